@@ -1,0 +1,3 @@
+from kdsweep.main import main
+
+main()

@@ -1,0 +1,126 @@
+"""The seed's DeepNN (teacher) and LightNN (student), for any input size.
+
+Both stack conv blocks with two 2x2 max-pools, so an input of C x H x W leaves
+``channels_out x H/4 x W/4`` features; only the first linear layer's width depends on the
+input. At 3x32x32 they have the seed's 1,186,986 and 267,738 parameters.
+
+Every model can return its hidden representation (the flattened conv features) through
+``forward_with_hidden``; ``returns_hidden`` decides what ``forward`` gives, like the seed's
+Modified*Cosine classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsweep.errors import ConfigError
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU()]
+
+
+class SeedNet(nn.Module):
+    """Conv features -> flatten -> MLP classifier, the shape of both seed networks."""
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        feature_channels: int,
+        hidden_units: int,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        dropout: float,
+        returns_hidden: bool,
+    ) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        if height % 4 or width % 4:
+            raise ConfigError(
+                f"input size {height}x{width} must be a multiple of 4 (two 2x2 pools)"
+            )
+        self.features = features
+        self.hidden_width = feature_channels * (height // 4) * (width // 4)
+        self.classifier = nn.Sequential(
+            nn.Linear(self.hidden_width, hidden_units),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_units, num_classes),
+        )
+        self.returns_hidden = returns_hidden
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.flatten(self.features(x), 1)
+        return self.classifier(hidden), hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden = self.forward_with_hidden(x)
+        return (logits, hidden) if self.returns_hidden else logits
+
+
+def deep_nn(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float = 0.1,
+    returns_hidden: bool = False,
+) -> SeedNet:
+    channels = input_shape[0]
+    features = nn.Sequential(
+        *_conv(channels, 128),
+        *_conv(128, 64),
+        nn.MaxPool2d(2, 2),
+        *_conv(64, 64),
+        *_conv(64, 32),
+        nn.MaxPool2d(2, 2),
+    )
+    return SeedNet(features, 32, 512, input_shape, num_classes, dropout, returns_hidden)
+
+
+def light_nn(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float = 0.1,
+    returns_hidden: bool = False,
+) -> SeedNet:
+    channels = input_shape[0]
+    features = nn.Sequential(
+        *_conv(channels, 16),
+        nn.MaxPool2d(2, 2),
+        *_conv(16, 16),
+        nn.MaxPool2d(2, 2),
+    )
+    return SeedNet(features, 16, 256, input_shape, num_classes, dropout, returns_hidden)
+
+
+BUILDERS = {"deep": deep_nn, "light": light_nn}
+
+
+def build_model(
+    architecture: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float = 0.1,
+    returns_hidden: bool = False,
+) -> SeedNet:
+    return BUILDERS[architecture](input_shape, num_classes, dropout, returns_hidden)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def hidden_pool_kernel(teacher_width: int, student_width: int) -> int:
+    """Kernel of the 1-D average pool that brings the teacher's hidden width down to the
+    student's (the seed pools DeepNN's 2048 features by 2 to LightNN's 1024)."""
+    if teacher_width % student_width:
+        raise ConfigError(
+            f"teacher hidden width {teacher_width} is not a multiple of the student's"
+            f" {student_width}: the cosine loss cannot align them; use teacher=deep model=modified"
+        )
+    return teacher_width // student_width
+
+
+def pool_hidden(hidden: torch.Tensor, kernel: int) -> torch.Tensor:
+    return hidden if kernel == 1 else F.avg_pool1d(hidden, kernel)

@@ -1,0 +1,158 @@
+"""Optuna studies as kdsweep uses them, shared by the sweeper and the jobs it launches:
+storage URLs, pruners, a cross-process study lock, trial heartbeats and stale trials.
+
+Storage URLs: any SQLAlchemy URL Optuna's RDB storage takes (``sqlite:///optuna.db``,
+``postgresql://user@host/db``), or ``journal:PATH`` for Optuna's journal file storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from kdsweep.errors import KdsweepError
+from kdsweep.files import file_lock
+from kdsweep.secrets import mask_secrets
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "journal:"
+HEARTBEAT_ATTR = "kdsweep:heartbeat"
+OWNER_ATTR = "kdsweep:owner"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; one line naming the fix if it cannot be opened."""
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # Parallel trials write to one file: wait for the lock instead of failing.
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        elif url.startswith("postgresql"):
+            engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdsweepError(
+            f"cannot open the Optuna storage {mask_secrets(url)} ({mask_secrets(first)[:200]}):"
+            " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
+            " postgresql://user@host/db)"
+        ) from None
+
+
+def build_pruner(conf: Any) -> optuna.pruners.BasePruner:
+    """From the sweeper's ``pruner`` node (name + options); none -> NopPruner."""
+    if conf is None:
+        return optuna.pruners.NopPruner()
+    name = conf.get("name", "none")
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=conf.get("n_startup_trials", 5),
+            n_warmup_steps=conf.get("n_warmup_steps", 1),
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=conf.get("min_resource", 1),
+            reduction_factor=conf.get("reduction_factor", 3),
+        )
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=conf.get("min_resource", 1),
+            reduction_factor=conf.get("reduction_factor", 3),
+        )
+    raise KdsweepError(
+        f"hydra.sweeper.pruner.name={name!r} is unknown: use none, median, hyperband"
+        " or successive_halving"
+    )
+
+
+def _lock_file_for(url: str) -> Path | None:
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url[len(JOURNAL_PREFIX) :] + ".lock").expanduser()
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///") :]
+        return Path(db + ".lock") if db and db != ":memory:" else None
+    return None
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
+    """Serialize "count the trials, then ask for more" across sweep workers, so that N
+    workers together create exactly n_trials. A file lock beside SQLite/journal files; a
+    PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere."""
+    lock_file = _lock_file_for(url)
+    if lock_file is not None:
+        with file_lock(lock_file):
+            yield
+        return
+    if url.startswith("postgresql") and isinstance(storage, optuna.storages.RDBStorage):
+        from sqlalchemy import text
+
+        key = zlib.crc32(f"kdsweep:{study_name}".encode())
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    yield
+
+
+def owner_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """True if the owner ran on this host and its process is gone."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def stale_trials(study: optuna.Study, grace_seconds: float) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials whose sweeper died: its process is gone (same host), or its
+    heartbeat is older than ``grace_seconds`` (any host)."""
+    now = time.time()
+    stale = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+        owner = trial.system_attrs.get(OWNER_ATTR)
+        if _owner_is_dead(owner) or (beat is not None and now - float(beat) > grace_seconds):
+            stale.append(trial)
+    return stale
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts

@@ -1,0 +1,204 @@
+"""The teacher: trained at most once per (teacher config, data, seed), then reused.
+
+Checkpoints are content-keyed files under ``<cache_dir>/teachers``; a lock file makes
+concurrent runs (sweep workers) wait for the one that trains instead of training again.
+The frozen teacher's outputs on each split are cached the same way, so a KD trial never
+pays for the teacher's forward pass (about 70x the student's) more than once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdsweep.config import Settings, TrainerConf
+from kdsweep.data import TensorSplits
+from kdsweep.errors import CheckpointError
+from kdsweep.files import atomic_torch_save, file_hash, file_lock, stable_hash
+from kdsweep.losses import CrossEntropy
+from kdsweep.models import SeedNet, build_model
+from kdsweep.optim import build_optimizer
+from kdsweep.train import evaluate, fit
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "kdsweep-teacher/1"
+
+
+@dataclass
+class Teacher:
+    model: SeedNet
+    key: str  # identifies the weights: cache keys of its outputs derive from it
+    path: Path
+    metrics: dict[str, float]
+    trained_now: bool
+
+
+def teacher_key(settings: Settings, data: TensorSplits) -> str:
+    recipe = {
+        "architecture": settings.teacher.architecture,
+        "epochs": settings.teacher.epochs,
+        "batch_size": settings.teacher.batch_size,
+        "seed": settings.teacher.seed,
+        "optimizer": asdict(settings.teacher_optimizer),
+        "data": data.fingerprint,
+        "format": CHECKPOINT_FORMAT,
+    }
+    return stable_hash(recipe)
+
+
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, refused global...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"teacher checkpoint {path} is corrupt or not a torch file ({first[:120]}):"
+            " delete it to retrain, or set teacher.checkpoint to a good file"
+        ) from None
+
+
+def _load_weights(model: SeedNet, state: Any, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not fit a {model.__class__.__name__} for this data"
+            f" ({first[:160]}): check teacher.architecture and data, or set teacher.checkpoint=null"
+        ) from None
+
+
+def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
+    expected = {
+        "architecture": settings.teacher.architecture,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+    }
+    for key, value in expected.items():
+        if payload.get(key) != value:
+            raise CheckpointError(
+                f"teacher checkpoint {path} has {key}={payload.get(key)}, this run needs {value}:"
+                " set teacher.checkpoint=null to train a matching teacher"
+            )
+    if payload.get("data_fingerprint") != data.fingerprint:
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on other data"
+            f" (fingerprint {payload.get('data_fingerprint')}, this run's data {data.fingerprint}):"
+            " set teacher.checkpoint=null to train one on this data"
+        )
+
+
+def _new_model(settings: Settings, data: TensorSplits) -> SeedNet:
+    return build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
+
+
+def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
+    """``teacher.checkpoint``: a kdsweep checkpoint (checked against this run's data) or a
+    plain state_dict of the same architecture (e.g. saved by the tutorial's code)."""
+    path = Path(settings.teacher.checkpoint).expanduser()  # type: ignore[arg-type]
+    if not path.is_file():
+        raise CheckpointError(
+            f"teacher.checkpoint {path} does not exist: give an existing file, or null to train one"
+        )
+    payload = _read_checkpoint(path)
+    model = _new_model(settings, data)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        _check_payload(payload, path, settings, data)
+        _load_weights(model, payload["state_dict"], path)
+        metrics = dict(payload.get("metrics", {}))
+    elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        log.warning(
+            "teacher checkpoint %s is a bare state_dict: its training data is unknown", path
+        )
+        _load_weights(model, payload, path)
+        metrics = {}
+    else:
+        raise CheckpointError(
+            f"teacher checkpoint {path} is neither a kdsweep checkpoint nor a state_dict:"
+            " set teacher.checkpoint to a file saved by kdsweep or torch.save(model.state_dict())"
+        )
+    model.to(device).eval()
+    return Teacher(model, "file-" + file_hash(path), path, metrics, trained_now=False)
+
+
+def _train_teacher(
+    settings: Settings, data: TensorSplits, device: torch.device
+) -> tuple[SeedNet, dict]:
+    conf = settings.teacher
+    torch.manual_seed(conf.seed)
+    model = _new_model(settings, data).to(device)
+    recipe = TrainerConf(
+        epochs=conf.epochs,
+        batch_size=conf.batch_size,
+        eval_batch_size=settings.trainer.eval_batch_size,
+        seed=conf.seed,
+        progress=settings.trainer.progress,
+        objective="best",
+        precision=settings.trainer.precision,
+        channels_last=settings.trainer.channels_last,
+    )
+    objective = CrossEntropy()
+    result = fit(
+        model,
+        objective,
+        build_optimizer(settings.teacher_optimizer, model.parameters()),
+        data.train_x,
+        data.train_y,
+        data.val_x,
+        data.val_y,
+        recipe,
+        description="teacher",
+    )
+    _, test_acc = evaluate(model, objective, data.test_x, data.test_y, None, recipe.eval_batch_size)
+    metrics = {
+        "teacher_val_acc": result.best_val_acc,
+        "teacher_test_acc": test_acc,
+        "teacher_train_seconds": result.wall_seconds,
+    }
+    return model, metrics
+
+
+def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
+    """The run's teacher, in eval mode on ``device``: from ``teacher.checkpoint``, from the
+    cache, or trained now (once, under a lock) and cached atomically."""
+    if settings.teacher.checkpoint:
+        return load_user_checkpoint(settings, data, device)
+    key = teacher_key(settings, data)
+    path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher.architecture}-{key}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            try:
+                payload = _read_checkpoint(path)
+                model = _new_model(settings, data)
+                _check_payload(payload, path, settings, data)
+                _load_weights(model, payload["state_dict"], path)
+                model.to(device).eval()
+                log.info("teacher: reusing %s", path)
+                return Teacher(model, key, path, dict(payload["metrics"]), trained_now=False)
+            except (CheckpointError, KeyError, TypeError, AttributeError) as exc:
+                # Our own cache entry: retrain rather than fail, and say so.
+                log.warning("teacher cache %s unusable (%s); retraining", path, exc)
+        log.info(
+            "teacher: training %s for %d epochs (once for this data and recipe; cached at %s)",
+            settings.teacher.architecture,
+            settings.teacher.epochs,
+            path,
+        )
+        model, metrics = _train_teacher(settings, data, device)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "architecture": settings.teacher.architecture,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "data_fingerprint": data.fingerprint,
+            "metrics": metrics,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+        atomic_torch_save(payload, path)
+        model.eval()
+        return Teacher(model, key, path, metrics, trained_now=True)

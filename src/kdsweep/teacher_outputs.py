@@ -1,0 +1,78 @@
+"""Precomputed outputs of a frozen teacher, cached on disk per (teacher, data, split).
+
+A frozen teacher (eval mode: dropout off) on un-augmented data is a pure function of the
+image, so its logits and hidden features can be computed once and indexed by batch in
+every epoch, every trial and every process. The key is content-addressed: the teacher's
+key already covers its weights' recipe and data fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from kdsweep.files import atomic_torch_save, file_lock, stable_hash
+from kdsweep.models import SeedNet, pool_hidden
+from kdsweep.train import TeacherSource
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def compute_outputs(
+    model: SeedNet, inputs: torch.Tensor, batch_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, hidden = [], []
+    for start in range(0, len(inputs), batch_size):
+        out_logits, out_hidden = model.forward_with_hidden(inputs[start : start + batch_size])
+        logits.append(out_logits.float())
+        hidden.append(out_hidden.float())
+    return torch.cat(logits), torch.cat(hidden)
+
+
+def cached_source(
+    model: SeedNet,
+    teacher_key: str,
+    split: str,
+    inputs: torch.Tensor,
+    cache_dir: str | Path,
+    need_logits: bool,
+    need_hidden: bool,
+    pool_kernel: int = 1,
+) -> TeacherSource:
+    """A TeacherSource over precomputed outputs, computing and caching what is missing."""
+    key = stable_hash({"teacher": teacher_key, "split": split, "n": len(inputs)})
+    base = Path(cache_dir) / "teacher_outputs" / f"{split}-{key}"
+    wanted = {"logits": need_logits, "hidden": need_hidden}
+    paths = {kind: base.with_name(f"{base.name}-{kind}.pt") for kind, on in wanted.items() if on}
+    loaded: dict[str, torch.Tensor] = {}
+    with file_lock(base.with_name(base.name + ".lock")):
+        for kind, path in paths.items():
+            if path.is_file():
+                try:
+                    loaded[kind] = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as exc:  # a cache entry is disposable: recompute it
+                    log.warning("teacher-output cache %s unreadable (%s); recomputing", path, exc)
+        missing = [kind for kind in paths if kind not in loaded]
+        if missing:
+            logits, hidden = compute_outputs(model, inputs)
+            fresh = {"logits": logits, "hidden": hidden}
+            for kind in missing:
+                loaded[kind] = fresh[kind].cpu()
+                atomic_torch_save(loaded[kind], paths[kind])
+            log.info("teacher outputs for %s computed once and cached (%s)", split, base.parent)
+    device = inputs.device
+    logits = loaded.get("logits")
+    hidden = loaded.get("hidden")
+    return TeacherSource(
+        logits=None if logits is None else logits.to(device),
+        hidden=None if hidden is None else pool_hidden(hidden, pool_kernel).to(device),
+    )
+
+
+def live_source(model: SeedNet, pool_kernel: int = 1) -> TeacherSource:
+    model.eval()
+    return TeacherSource(model=model, pool_kernel=pool_kernel)

@@ -1,0 +1,74 @@
+"""The job's side of a sweep trial: report each epoch's validation accuracy to the trial
+through the shared storage (so the pruner can stop it), and leave the trial the
+attributes the report is built from (MLflow run id, learning curves, final metrics).
+
+The sweeper passes the trial's identity as ``sweep.*`` overrides; storage and pruner come
+from the sweeper's own config, which every job sees as ``hydra.sweeper``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from kdsweep.run import RunResult, TrialHooks
+from kdsweep.train import EpochRecord
+
+
+class OptunaTrialHooks(TrialHooks):
+    def __init__(self, storage_url: str, study_name: str, trial_id: int, pruner_conf: Any) -> None:
+        import optuna
+
+        from kdsweep.studies import build_pruner, open_storage
+
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=open_storage(storage_url),
+            pruner=build_pruner(pruner_conf),
+            # The job never samples: a cheap sampler keeps loading the trial fast.
+            sampler=optuna.samplers.RandomSampler(),
+        )
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.curve: list[dict[str, float]] = []
+
+    def on_start(self, run_id: str | None) -> None:
+        if run_id:
+            self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        import optuna
+
+        self.curve.append(
+            {
+                "epoch": record.epoch,
+                "train_loss": record.train_loss,
+                "val_loss": record.val_loss,
+                "val_acc": record.val_acc,
+            }
+        )
+        self.trial.set_user_attr("history", self.curve)
+        self.trial.report(record.val_acc, record.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned after epoch {record.epoch} (val acc {record.val_acc:.2f}%)"
+            )
+
+    def on_finish(self, result: RunResult) -> None:
+        self.trial.set_user_attr("metrics", result.metrics)
+
+
+def trial_hooks(cfg: DictConfig) -> TrialHooks:
+    """Hooks for a sweep trial launched by kdsweep's sweeper, else the no-op."""
+    sweep = cfg.get("sweep")
+    if not sweep or sweep.get("trial_id") is None:
+        return TrialHooks()
+    from hydra.core.hydra_config import HydraConfig
+
+    sweeper = HydraConfig.get().sweeper
+    return OptunaTrialHooks(
+        storage_url=str(sweeper.storage),
+        study_name=str(sweep.study_name),
+        trial_id=int(sweep.trial_id),
+        pruner_conf=sweeper.get("pruner"),
+    )
