@@ -357,7 +357,9 @@ def validate(cfg: DictConfig) -> Settings:
     """Check the composed config and return it typed. Raises ConfigError (one line)."""
     try:
         # Resolve interpolations against the whole tree before groups are checked alone.
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        # (The hydra node is Hydra's own, and half-filled inside a sweeper: leave it out.)
+        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
     except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):

@@ -50,6 +50,9 @@ class OptunaTrialHooks(TrialHooks):
         self.trial.set_user_attr("history", self.curve)
         self.trial.report(record.val_acc, record.epoch)
         if self.trial.should_prune():
+            # Stored, not only raised: the sweeper reads it even when the exception comes
+            # back from another process in a different shape.
+            self.trial.set_user_attr("pruned", True)
             raise optuna.TrialPruned(
                 f"pruned after epoch {record.epoch} (val acc {record.val_acc:.2f}%)"
             )

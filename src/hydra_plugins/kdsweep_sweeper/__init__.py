@@ -1,0 +1,1 @@
+"""kdsweep's Optuna sweeper for Hydra: pruning, resume, shared studies, reports."""

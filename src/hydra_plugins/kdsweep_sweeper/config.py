@@ -1,0 +1,55 @@
+"""Config schema of kdsweep's sweeper: hydra-optuna-sweeper's own schema (sampler,
+direction, storage, study_name, n_trials, n_jobs, max_failure_rate, params) plus what the
+official sweeper lacks: a pruner, enqueued first trials, baselines, a report, and
+heartbeats so a resumed or shared study can tell dead trials from running ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+
+@dataclass
+class PrunerConf:
+    # none | median | hyperband | successive_halving
+    name: str = "none"
+    # median: no pruning until this many trials finished, nor before this many epochs
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 1
+    # hyperband / successive_halving
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass
+class KdsweepSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KdsweepSweeper"
+    direction: Any = "maximize"
+    # A study persists by default, in the directory kdsweep runs from: rerunning the same
+    # command continues it. journal:PATH selects Optuna's journal file storage.
+    storage: Any | None = "sqlite:///optuna.db"
+    # Trials are launched n_jobs at a time (in parallel with the joblib launcher).
+    n_jobs: int = 1
+    # Failed trials tolerated, as a fraction of n_trials, before the sweep stops.
+    max_failure_rate: float = 0.25
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    # Parameter sets tried first, once per study (e.g. the tutorial's defaults).
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
+    # Train a CE-only student once per study, for the report's baseline row.
+    baselines: bool = True
+    # Where the report goes: <report_dir>/<study name>/
+    report_dir: str = "multirun_reports"
+    # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead.
+    heartbeat_interval: float = 10.0
+    grace_period: float = 120.0
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper",
+    name="kdsweep",
+    node=KdsweepSweeperConf,
+    provider="kdsweep",
+)

@@ -1,0 +1,128 @@
+"""MLflow for a sweep: one parent run per study (shared by every invocation and worker
+that runs it), and the clean-up of trial runs whose job could not close them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig
+
+from kdsweep.config import TrackingConf, validate
+from kdsweep.errors import KdsweepError
+from kdsweep.secrets import mask_secrets
+from kdsweep.tracking import client_for, experiment_id, flatten, git_commit
+
+log = logging.getLogger("kdsweep.sweep")
+
+
+def _tracking(config: DictConfig) -> TrackingConf:
+    return validate(config).tracking
+
+
+class ParentRun:
+    def __init__(self, conf: TrackingConf, run_id: str | None) -> None:
+        self.conf, self.run_id = conf, run_id
+
+    @classmethod
+    def for_study(
+        cls,
+        study: optuna.Study,
+        config: DictConfig,
+        description: dict[str, Any],
+        lock: Callable[[], AbstractContextManager[None]],
+    ) -> ParentRun:
+        """The study's parent run: created by the first invocation, reopened by later
+        ones (resume, other workers). Fails with one line if MLflow is unreachable."""
+        conf = _tracking(config)
+        with lock():
+            for key in ("search_space", "sampler", "n_trials"):
+                study.set_user_attr(key, description[key])
+            if not conf.enabled:
+                return cls(conf, None)
+            run_id = study.user_attrs.get("mlflow_parent_run_id")
+            try:
+                client = client_for(conf.uri)
+                if run_id is None:
+                    tags = {
+                        "mlflow.runName": f"sweep-{description['study_name']}",
+                        "kdsweep.role": "sweep",
+                    }
+                    commit = git_commit()
+                    if commit:
+                        tags["mlflow.source.git.commit"] = commit
+                    run = client.create_run(experiment_id(client, conf.experiment), tags=tags)
+                    run_id = run.info.run_id
+                    from mlflow.entities import Param
+
+                    params = [Param(k, str(v)) for k, v in flatten(description).items()]
+                    client.log_batch(run_id, params=params[:100])
+                    study.set_user_attr("mlflow_parent_run_id", run_id)
+                else:
+                    client.update_run(run_id, status="RUNNING")
+                client.set_tag(run_id, "n_trials_requested", str(description["n_trials"]))
+            except KdsweepError:
+                raise
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise KdsweepError(
+                    f"cannot start the sweep's MLflow run at tracking.uri={mask_secrets(conf.uri)}"
+                    f" ({mask_secrets(first)[:200]}): start the server or fix tracking.uri"
+                ) from None
+        return cls(conf, run_id)
+
+    def finish(
+        self, best: optuna.trial.FrozenTrial | None, report_dir: Path | None, status: str | None
+    ) -> None:
+        """Best value and params, the report as artifacts; end the run unless other
+        workers still have trials running (the last one ends it)."""
+        if self.run_id is None:
+            return
+        try:
+            client = client_for(self.conf.uri)
+            if best is not None:
+                client.log_metric(self.run_id, "best_value", float(best.value))
+                client.log_metric(self.run_id, "best_trial", float(best.number))
+                for name, value in best.params.items():
+                    client.set_tag(self.run_id, f"best.{name}", str(value))
+            if report_dir is not None and report_dir.is_dir():
+                client.log_artifacts(self.run_id, str(report_dir), "report")
+            if status is not None:
+                client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            log.error(
+                "MLflow: could not finish the sweep's parent run %s: %s",
+                self.run_id,
+                mask_secrets(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+            )
+
+
+def close_trial_run(config: DictConfig, run_id: str | None, state: str, message: str) -> None:
+    """End a trial's MLflow run that its job left RUNNING (a crash, a kill)."""
+    if not run_id:
+        return
+    try:
+        conf = _tracking(config)
+        client = client_for(conf.uri)
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, "kdsweep.state", state)
+        client.set_tag(run_id, "error", mask_secrets(message)[:5000])
+        client.set_terminated(run_id, status="FAILED")
+    except Exception as exc:
+        log.error("MLflow: could not close trial run %s: %s", run_id, exc)
+
+
+def read_job_metrics(ret: JobReturn) -> dict[str, float]:
+    """The final metrics a job kept in its results.json (kdsweep.tracking.RunTracker)."""
+    try:
+        out_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))  # type: ignore[union-attr]
+        return dict(json.loads((out_dir / "results.json").read_text())["metrics"])
+    except (AttributeError, OSError, KeyError, ValueError):
+        return {}
