@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -56,10 +57,9 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             for trial_id in self.trial_ids:
-                try:
+                # A trial that just finished, or a storage hiccup: the next beat retries.
+                with contextlib.suppress(Exception):
                     self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-                except Exception:  # trial already finished, storage hiccup: next beat
-                    pass
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -119,8 +119,8 @@ class StudySweep:
         for name in space:
             if name not in choices and OmegaConf.select(self.config, name) is None:
                 raise KdsweepError(
-                    f"search parameter {name} is not in the config"
-                    f" (loss={choices.get('loss')}): fix hydra.sweeper.params or pick a matching group"
+                    f"search parameter {name} is not in the config (loss={choices.get('loss')}):"
+                    " fix hydra.sweeper.params or pick a matching group"
                 )
         validate(self.config)
 
@@ -184,7 +184,8 @@ class StudySweep:
             self.job_idx += len(trials)
             launched += len(trials)
             failures += sum(
-                self._tell(study, t, r) == TrialState.FAIL for t, r in zip(trials, returns)
+                self._tell(study, t, r) == TrialState.FAIL
+                for t, r in zip(trials, returns, strict=True)
             )
             if failures > self.max_failure_rate * self.n_trials:
                 self._finish(study, parent, aborted=True)
