@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class StudySweep:
         self,
         config: DictConfig,
         launcher: Any,
-        sampler: Any,
+        make_sampler: Callable[[int], Any],
         direction: Any,
         storage: str | None,
         study_name: str | None,
@@ -91,7 +91,7 @@ class StudySweep:
         grace_period: float,
         custom_search_space: str | None = None,
     ) -> None:
-        self.config, self.launcher, self.sampler = config, launcher, sampler
+        self.config, self.launcher, self.make_sampler = config, launcher, make_sampler
         self.direction = direction if isinstance(direction, str) else direction.name
         self.storage_url = str(storage or "sqlite:///optuna.db")
         self.study_name = study_name or "kdsweep"
@@ -136,15 +136,16 @@ class StudySweep:
         try:
             space, fixed, fixed_overrides = self._search_space(arguments)
             self._check(space)
+            storage = open_storage(self.storage_url)
+            self.sampler = self.make_sampler(self._existing_trials(storage))
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=open_storage(self.storage_url),
+                storage=storage,
                 sampler=self.sampler,
                 pruner=build_pruner(self.pruner_conf),
                 direction=self.direction,
                 load_if_exists=True,
             )
-            storage = study._storage
             parent = ParentRun.for_study(
                 study,
                 self.config,
@@ -198,6 +199,13 @@ class StudySweep:
                 raise SystemExit(1)
         self._finish(study, parent, aborted=False)
         return study
+
+    def _existing_trials(self, storage: optuna.storages.BaseStorage) -> int:
+        try:
+            study_id = storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return 0
+        return len(storage.get_all_trials(study_id, deepcopy=False))
 
     def _describe(self, space: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -9,18 +9,26 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import config as config  # noqa: F401  (registers hydra/sweeper=kdsweep)
 
 
 class KdsweepSweeper(Sweeper):
     def __init__(self, sampler: Any, **options: Any) -> None:
-        self.sampler = instantiate(
-            sampler,
+        self.sampler_conf = sampler
+        self.options = options
+
+    def make_sampler(self, seed_offset: int) -> Any:
+        """The configured sampler. A resumed study offsets the seed by its trial count:
+        the same seed would replay the first run's random start-up trials."""
+        conf = self.sampler_conf
+        if seed_offset and conf.get("seed") is not None:
+            conf = OmegaConf.merge(conf, {"seed": int(conf.seed) + seed_offset})
+        return instantiate(
+            conf,
             _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
         )
-        self.options = options
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -36,4 +44,6 @@ class KdsweepSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from kdsweep.sweep import StudySweep
 
-        return StudySweep(self.config, self.launcher, self.sampler, **self.options).run(arguments)
+        return StudySweep(self.config, self.launcher, self.make_sampler, **self.options).run(
+            arguments
+        )
