@@ -1,0 +1,173 @@
+"""``kdsweep-report``: rebuild a sweep's report from its stored Optuna study, no training.
+
+    kdsweep-report --storage sqlite:///optuna.db --study kd_search [--out DIR]
+    kdsweep-report --storage journal:optuna.journal.log --list
+
+Errors a user can fix print one line ``kdsweep-report: error: ...`` and exit 2.
+Heavy modules (optuna, matplotlib) are imported only once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+PROG = "kdsweep-report"
+
+
+class _Fail(Exception):
+    """One line for the user, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rebuild the multirun report of a kdsweep Optuna sweep from its storage.",
+    )
+    parser.add_argument(
+        "--storage",
+        required=True,
+        help="Optuna storage URL: sqlite:///optuna.db, journal:PATH, postgresql://...",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", help="name of the study to report on")
+    what.add_argument("--list", action="store_true", help="list the studies in the storage")
+    parser.add_argument(
+        "--out", help="output folder (default: multirun_reports/<study name> under the cwd)"
+    )
+    return parser
+
+
+def _local_file(url: str) -> Path | None:
+    """The file behind an SQLite or journal URL (None for servers and in-memory)."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :]).expanduser()
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///") :].split("?", 1)[0]
+        return Path(db) if db and db != ":memory:" else None
+    return None
+
+
+def _open(url: str) -> Any:
+    from kdsweep.secrets import mask_secrets
+
+    # Reading must not create: a typo in the path would otherwise yield an empty new study DB.
+    path = _local_file(url)
+    if path is not None and not path.is_file():
+        raise _Fail(f"storage {mask_secrets(url)}: no such file {str(path)!r}")
+    from kdsweep.errors import KdsweepError
+    from kdsweep.studies import open_storage
+
+    try:
+        return open_storage(url)
+    except KdsweepError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _list(storage: Any, url: str) -> None:
+    from optuna.trial import TrialState
+
+    from kdsweep.secrets import mask_secrets
+
+    studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
+    if not studies:
+        print(f"no studies in {mask_secrets(url)}")
+        return
+    header = ("study", "trials", "complete", "pruned", "fail", "running", "best")
+    table = [header]
+    for study in studies:
+        trials = storage.get_all_trials(
+            storage.get_study_id_from_name(study.study_name), deepcopy=False
+        )
+        counts = {state: 0 for state in TrialState}
+        for trial in trials:
+            counts[trial.state] += 1
+        values = [
+            t.values[0]
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.values and t.values[0] == t.values[0]
+        ]
+        minimize = study.directions[0].name == "MINIMIZE"
+        best = (min if minimize else max)(values) if values else None
+        table.append(
+            (
+                study.study_name,
+                str(len(trials)),
+                str(counts[TrialState.COMPLETE]),
+                str(counts[TrialState.PRUNED]),
+                str(counts[TrialState.FAIL]),
+                str(counts[TrialState.RUNNING]),
+                "-" if best is None else f"{best:.2f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _safe_dir_name(name: str) -> str:
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("._")
+    return safe or "study"
+
+
+def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
+    from kdsweep.secrets import mask_secrets
+
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if name not in names:
+        known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        hint = f"studies there: {known}" if names else "it has no studies"
+        raise _Fail(f"no study named {name!r} in {mask_secrets(url)} ({hint})")
+    import optuna
+
+    from kdsweep.report import write_report
+
+    # A cheap sampler: the report never samples, and TPE's setup would only cost time.
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+    out_dir = Path(out) if out else Path("multirun_reports") / _safe_dir_name(name)
+    return write_report(study, out_dir, storage_url=url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from kdsweep.errors import KdsweepError
+        from kdsweep.secrets import mask_secrets
+
+        try:
+            storage = _open(args.storage)
+            if args.list:
+                _list(storage, args.storage)
+                return 0
+            index = _report(storage, args.storage, args.study, args.out)
+        except KdsweepError as exc:
+            raise _Fail(str(exc)) from None
+        except OSError as exc:
+            raise _Fail(mask_secrets(str(exc))) from None
+        except Exception as exc:
+            # Storage back ends (SQLAlchemy, the journal) raise their own types for a
+            # locked, corrupt or unreachable database: one line, not a traceback.
+            if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
+                raise
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _Fail(
+                f"{mask_secrets(args.storage)}: {type(exc).__name__}: {mask_secrets(text)[:300]}"
+            ) from None
+    except _Fail as exc:
+        message = " ".join(str(exc).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

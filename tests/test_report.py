@@ -1,0 +1,273 @@
+"""The sweep report, built from hand-made trials in a temporary SQLite study."""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from kdsweep import report_cli
+from kdsweep.report import headline, summarize, write_report
+
+STUDY = "kd_search"
+DISTS = {
+    "loss.temperature": FloatDistribution(1.0, 8.0),
+    "loss.soft_target_weight": FloatDistribution(0.0, 1.0),
+    "loss.ce_weight": FloatDistribution(0.0, 1.0),
+    "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+    "optimizer": CategoricalDistribution(["adam", "sgd_nesterov"]),
+}
+# (state, temperature, soft weight, ce weight, lr, optimizer, per-epoch val acc, test acc)
+TRIALS = [
+    (TrialState.COMPLETE, 2.0, 0.25, 0.75, 1e-3, "adam", [61.0, 66.5, 70.8], 70.1),
+    (TrialState.COMPLETE, 4.0, 0.60, 0.40, 2e-3, "adam", [63.0, 69.0, 72.35], 71.9),
+    (TrialState.PRUNED, 7.5, 0.90, 0.10, 8e-3, "sgd_nesterov", [40.0, 42.0], None),
+    (TrialState.FAIL, 3.0, 0.50, 0.50, 5e-3, "sgd_nesterov", [], None),
+    (TrialState.COMPLETE, 1.5, 0.10, 0.90, 3e-4, "sgd_nesterov", [55.0, 60.0, 64.2], 63.0),
+]
+TUTORIAL = 0
+
+
+def _trial(state, temp, soft, ce, lr, opt, accs, test):
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_acc": a}
+        for e, a in enumerate(accs, start=1)
+    ]
+    attrs = {"mlflow_run_id": f"run{temp}", "history": history}
+    if state == TrialState.COMPLETE:
+        attrs["metrics"] = {
+            "objective": max(accs),
+            "best_val_acc": max(accs),
+            "final_val_acc": accs[-1],
+            "test_acc": test,
+            "wall_seconds": 12.5,
+            "train_images_per_s": 5000.0,
+        }
+    if state == TrialState.FAIL:
+        attrs["error"] = "RuntimeError: lost postgresql://kd:hunter2@db/optuna"
+    params = {
+        "loss.temperature": temp,
+        "loss.soft_target_weight": soft,
+        "loss.ce_weight": ce,
+        "optimizer.lr": lr,
+        "optimizer": opt,
+    }
+    return create_trial(
+        state=state,
+        value=max(accs) if state == TrialState.COMPLETE else None,
+        params=params,
+        distributions=DISTS,
+        user_attrs=attrs,
+        intermediate_values={e: a for e, a in enumerate(accs, start=1)},
+    )
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> tuple[str, optuna.Study]:
+    """The hand-made study in a temporary SQLite file: (storage URL, study)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('storage') / 'optuna.db'}"
+    study = optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
+    for spec in TRIALS:
+        study.add_trial(_trial(*spec))
+    study.set_user_attr(
+        "baselines",
+        {
+            "teacher": {"val_acc": 75.1, "test_acc": 74.6},
+            "student_ce": {"val_acc": 69.86, "test_acc": 69.2},
+        },
+    )
+    study.set_user_attr("tutorial_trial_number", TUTORIAL)
+    study.set_user_attr("search_space", {"loss.temperature": "float 1..8"})
+    study.set_user_attr("n_trials", 8)
+    study.set_user_attr("sampler", "TPESampler(seed=0)")
+    study.set_user_attr("mlflow_parent_run_id", "parent123")
+    return url, study
+
+
+@pytest.fixture(scope="module")
+def cli_rebuild(stored, tmp_path_factory) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """``kdsweep-report`` run as a separate process on the stored study. It is started
+    before the in-process tests (the first one asks for it) and runs beside them: its
+    imports (torch via kdsweep.files, scikit-learn via optuna.importance) are most of
+    its time. Its test, last in the file, collects the result."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdsweep.report_cli", "--storage", stored[0], "--study", STUDY],
+        cwd=cwd,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc, cwd
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def built(stored, tmp_path_factory) -> Path:
+    """The report, written once for the tests that read it, over a stale earlier plot."""
+    out = tmp_path_factory.mktemp("report")
+    (out / "param_old_knob.png").write_bytes(b"old")
+    index = write_report(stored[1], out)
+    assert index == out / "index.html"
+    return out
+
+
+def _expected_best() -> tuple[int, float]:
+    done = [(i, max(t[6])) for i, t in enumerate(TRIALS) if t[0] == TrialState.COMPLETE]
+    number, value = max(done, key=lambda d: d[1])
+    return number, value - max(TRIALS[TUTORIAL][6])
+
+
+def _headline(index: Path) -> str:
+    match = re.search(r'<p class="headline[^"]*">(.*?)</p>', index.read_text())
+    assert match, "no headline in index.html"
+    return html.unescape(match.group(1))
+
+
+def test_report_files_headline_and_table(stored, cli_rebuild, built):
+    _, study = stored
+    out = built
+    index = out / "index.html"
+    for name in ("index.html", "report.md", "trials.csv", "history.png", "importance.png"):
+        assert (out / name).is_file(), name
+    for name in ("curves.png", "all_curves.png", "param_loss_temperature.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    assert (out / "param_optimizer_lr.png").is_file()
+    assert (out / "param_optimizer.png").is_file()  # categorical: a strip plot
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries
+
+    best, gain = _expected_best()
+    line = _headline(index)
+    assert f"Best trial #{best}" in line
+    assert f"{gain:+.2f} points" in line
+    assert f"trial #{TUTORIAL}" in line
+    summary = summarize(study)
+    assert summary.best.number == best
+    assert summary.gain_val == pytest.approx(gain)
+
+    page = index.read_text()
+    for png in ("history.png", "importance.png", "curves.png", "param_optimizer_lr.png"):
+        assert f'<img src="{png}"' in page
+    assert "Teacher" in page and "CE-only student" in page and "75.10 %" in page
+    assert "hunter2" not in page  # the failed trial's error is masked
+    table = page[page.index("<h2>Trials</h2>") :]
+    numbers = [int(n) for n in re.findall(r'<tr class="\w+[^"]*"><td class="l">(\d+)<', table)]
+    assert numbers == list(range(len(TRIALS)))
+    assert "PRUNED" in table and "FAIL" in table and "pruned after epoch 2" in table
+
+    md = (out / "report.md").read_text()
+    assert f"Best trial #{best}" in md and f"{gain:+.2f} points" in md
+    assert md.count("\n| ") >= len(TRIALS) + 1
+    assert "hunter2" not in md
+
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["number"]) for r in rows] == list(range(len(TRIALS)))
+    assert [r["state"] for r in rows] == [t[0].name for t in TRIALS]
+    assert float(rows[best]["objective"]) == pytest.approx(max(TRIALS[best][6]))
+    assert rows[2]["objective"] == "" and rows[2]["loss.temperature"] == "7.5"
+    assert "hunter2" not in (out / "trials.csv").read_text()
+
+
+def test_report_without_completed_trials(tmp_path):
+    study = optuna.create_study(study_name="<b>empty</b>")
+    pruned = _trial(TrialState.PRUNED, 2.0, 0.25, 0.75, 1e-3, "adam", [30.0], None)
+    study.add_trial(pruned)
+    study.add_trial(_trial(TrialState.FAIL, 2.0, 0.25, 0.75, 1e-3, "adam", [], None))
+    index = write_report(study, tmp_path / "r", storage_url="postgresql://u:secret@h/db")
+    page = index.read_text()
+    assert "No completed trial yet" in _headline(index)
+    assert "&lt;b&gt;empty&lt;/b&gt;" in page and "<b>empty</b>" not in page
+    assert "secret" not in page and "postgresql://u:***@h/db" in page
+    assert "at least 2 completed trials" in page
+    assert (tmp_path / "r" / "all_curves.png").is_file()  # the pruned trial's partial curve
+    assert not (tmp_path / "r" / "curves.png").exists()
+    assert "No completed trial yet" in (tmp_path / "r" / "report.md").read_text()
+
+    bare = optuna.create_study(study_name="bare")  # no trials, no attrs at all
+    index = write_report(bare, tmp_path / "bare")
+    assert "No completed trial yet: 0 trials" in _headline(index)
+    assert (tmp_path / "bare" / "trials.csv").read_text().count("\n") == 1
+
+
+def test_rebuild_drops_stale_plots(built):
+    assert not (built / "param_old_knob.png").exists()
+
+
+def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
+    url, _ = stored
+    assert report_cli.main(["--storage", url, "--list"]) == 0
+    out = capsys.readouterr().out
+    assert STUDY in out and re.search(rf"{STUDY}\s+5\s+3\s+1\s+1\s+0\s+72\.35", out)
+
+    assert report_cli.main(["--storage", url, "--study", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("kdsweep-report: error: no study named 'nope'")
+    assert STUDY in captured.err  # names the studies that are there
+
+    absent = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert report_cli.main(["--storage", absent, "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdsweep-report: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "typo.db").exists()  # reading never creates a database
+
+
+def test_cli_journal_storage_and_bare_trial(tmp_path, capsys):
+    """A journal storage, and a completed trial that carries no user attrs at all."""
+    url = f"journal:{tmp_path / 'sweep.journal.log'}"
+    from kdsweep.studies import open_storage
+
+    study = optuna.create_study(study_name="j", storage=open_storage(url), direction="maximize")
+    temperature = {"loss.temperature": DISTS["loss.temperature"]}
+    study.add_trial(
+        create_trial(value=71.0, params={"loss.temperature": 3.0}, distributions=temperature)
+    )
+    out = tmp_path / "o"
+    assert report_cli.main(["--storage", url, "--study", "j", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "index.html")
+    line = _headline(out / "index.html")
+    assert "Best trial #0: 71.00 % val" in line and "no tutorial-default trial" in line
+    assert (out / "history.png").is_file() and (out / "param_loss_temperature.png").is_file()
+    assert "No learning curves" in (out / "index.html").read_text()
+    assert report_cli.main(["--storage", url, "--study", "x"]) == 2
+    assert "no study named 'x'" in capsys.readouterr().err
+
+
+def test_cli_rebuilds_from_storage(cli_rebuild):
+    proc, cwd = cli_rebuild
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    expected = Path("multirun_reports") / STUDY / "index.html"  # default: under the cwd
+    assert stdout.strip().splitlines()[-1] == str(expected)
+    line = _headline(cwd / expected)
+    best, gain = _expected_best()
+    assert f"Best trial #{best}" in line and f"{gain:+.2f} points" in line
+    assert (cwd / "multirun_reports" / STUDY / "history.png").is_file()
+    with open(cwd / "multirun_reports" / STUDY / "trials.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(TRIALS)
+
+
+def test_headline_when_the_tutorial_trial_has_no_value():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_trial(TrialState.PRUNED, 2.0, 0.25, 0.75, 1e-3, "adam", [50.0], None))
+    study.add_trial(_trial(*TRIALS[1]))
+    study.set_user_attr("tutorial_trial_number", 0)
+    summary = summarize(study)
+    assert summary.best.number == 1 and summary.gain_val is None
+    assert "tutorial-default trial #0 is pruned" in headline(summary)
+    study.set_user_attr("tutorial_trial_number", 7)
+    assert "tutorial-default trial #7 is not in the study" in headline(summarize(study))
