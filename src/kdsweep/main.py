@@ -35,7 +35,11 @@ def report_error(exc: BaseException) -> None:
     print(f"kdsweep: error: {mask_secrets(message)}", file=sys.stderr)
 
 
-@hydra.main(config_path=config_dir(), config_name="config")
+# Hydra 1.4 asks the call site which instantiate() targets config may name: ours only
+# (the tutorial-table callback); plugins and samplers carry their own lists.
+@hydra.main(
+    config_path=config_dir(), config_name="config", execution_whitelist=("kdsweep.callbacks.*",)
+)
 def hydra_main(cfg: DictConfig) -> float:
     from kdsweep.run import run
     from kdsweep.trial_link import trial_hooks
