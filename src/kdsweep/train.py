@@ -65,7 +65,9 @@ class EpochRecord:
             "val_loss": self.val_loss,
             "val_acc": self.val_acc,
             "epoch_seconds": self.seconds,
-            "train_images_per_s": self.images_per_s,
+            # Not "train_images_per_s": that key is the run's final average, and MLflow
+            # shows a key's highest step, so a per-epoch series would hide it.
+            "epoch_images_per_s": self.images_per_s,
         }
         out.update({f"train_{name}": value for name, value in self.train_terms.items()})
         return out
@@ -151,7 +153,8 @@ def fit(
     step_fn = model.forward_with_hidden
     if trainer.compile:
         step_fn = torch.compile(step_fn)
-    if trainer.channels_last and device.type == "cuda":
+    channels_last = trainer.channels_last and device.type == "cuda"
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     result = FitResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -175,6 +178,8 @@ def fit(
             x, y = train_x.index_select(0, index), train_y.index_select(0, index)
             if augment is not None:
                 x = augment(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             t_logits, t_hidden = (
                 train_teacher.for_batch(index, x) if train_teacher else (None, None)
             )
