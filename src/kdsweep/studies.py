@@ -145,6 +145,9 @@ def stale_trials(study: optuna.Study, grace_seconds: float) -> list[optuna.trial
     stale = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+        if beat is None and trial.datetime_start is not None:
+            # Killed between ask() and its first stamp: its start is its last sign of life.
+            beat = trial.datetime_start.timestamp()
         owner = trial.system_attrs.get(OWNER_ATTR)
         if _owner_is_dead(owner) or (beat is not None and now - float(beat) > grace_seconds):
             stale.append(trial)
