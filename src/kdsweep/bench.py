@@ -1,0 +1,398 @@
+"""``kdsweep-bench``: kdsweep's performance claims, measured side by side in one run.
+
+    kdsweep-bench                 # default sizes: about 5-10 minutes on a 2-core CPU
+    kdsweep-bench --smoke         # tiny sizes: checks that every figure is produced
+    kdsweep-bench --cifar-scale   # 50,000 synthetic CIFAR-shaped images (for a GPU)
+    kdsweep-bench --only ab --json bench.json
+
+Rows (targets from DESIGN.md section 4):
+  a  KD epoch images/s: cached teacher outputs + ``fit`` vs the seed notes' loop  >= 8x
+  b  CE training time: ``fit`` vs a bare PyTorch loop on the same tensors          <= 1.10x
+  c  KD sweep with the median pruner vs none: epochs trained, best val acc        <= 50%, -1 pt
+  d  Hydra + Optuna + MLflow overhead per sweep trial (basic launcher)            < 1 s
+  e  peak RSS growth of a cached KD trial / the data set's size                   (reported)
+
+Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data group);
+c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses.
+Progress goes to stderr, the table to stdout. Timings are medians of interleaved repeats
+after a warm-up, but a shared machine is noisy: rerun before believing a FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROW_KEYS = "abcde"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    images: int  # synthetic data set for rows a, b, e (train + val; 10% is val)
+    test_images: int
+    kd_repeats: int
+    ce_repeats: int
+    ce_epochs: int
+    sweep_trials: int
+    sweep_epochs: int
+    overhead_trials: tuple[int, int]
+    sweep_timeout_s: float
+
+
+MODES = {
+    "smoke": Sizes(320, 64, 1, 2, 1, 3, 1, (1, 3), 600.0),
+    "default": Sizes(3000, 500, 3, 7, 2, 30, 8, (2, 12), 1800.0),
+    "cifar-scale": Sizes(50_000, 10_000, 3, 5, 1, 30, 8, (2, 12), 3600.0),
+}
+
+
+@dataclass
+class Row:
+    key: str
+    measure: str
+    target: str
+    kdsweep: str = "-"
+    baseline: str = "-"
+    figure: float | None = None  # the number the target is about
+    figure_text: str = "-"
+    passed: bool | None = None  # None: reported only, or not measured
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def result(self) -> str:
+        if self.error:
+            return "ERROR"
+        if self.figure is None:
+            return "-"
+        if self.passed is None:
+            return "info"
+        return "PASS" if self.passed else "FAIL"
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command as the user would type it again."""
+    program = "kdsweep-bench"
+    if argv is None:
+        argv = sys.argv[1:]
+        if Path(sys.argv[0]).name != "kdsweep-bench":
+            program = "python -m kdsweep.bench"
+    return " ".join([program, *(shlex.quote(a) for a in argv)])
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+# --- the rows ---------------------------------------------------------------------------
+
+
+def row_a(data: Any, device: Any, sizes: Sizes) -> Row:
+    from kdsweep.bench_loops import measure_kd_epoch
+
+    row = Row("a", "KD epoch img/s: cached teacher + fit vs seed loop", ">= 8x")
+    fig = measure_kd_epoch(data, device, sizes.kd_repeats, progress)
+    row.kdsweep = f"{fig['kdsweep_images_per_s']:,.0f} img/s"
+    row.baseline = f"{fig['seed_images_per_s']:,.0f} img/s"
+    row.figure = fig["speedup"]
+    row.figure_text = f"{row.figure:.1f}x"
+    row.passed = row.figure >= 8.0
+    row.details = fig
+    return row
+
+
+def row_b(data: Any, device: Any, sizes: Sizes) -> Row:
+    from kdsweep.bench_loops import measure_overhead
+
+    row = Row("b", f"CE training time ({sizes.ce_epochs} ep): fit vs bare loop", "<= 1.10x")
+    fig = measure_overhead(data, device, sizes.ce_repeats, sizes.ce_epochs, progress)
+    row.kdsweep = f"{fig['fit_s']:.3f} s"
+    row.baseline = f"{fig['bare_s']:.3f} s"
+    row.figure = fig["ratio"]
+    row.figure_text = f"{row.figure:.3f}x"
+    row.passed = row.figure <= 1.10
+    row.details = fig
+    return row
+
+
+def rows_c(workdir: Path, device: Any, sizes: Sizes, args: argparse.Namespace) -> list[Row]:
+    from kdsweep.bench_sweeps import measure_pruning
+
+    epochs_row = Row("c1", f"sweep epochs: {args.pruner} pruner vs none", "<= 50%")
+    acc_row = Row("c2", "best val acc %: pruned vs unpruned sweep", ">= -1.0 pt")
+    try:
+        fig = measure_pruning(
+            workdir,
+            workdir / "cache",
+            sizes.sweep_trials,
+            sizes.sweep_epochs,
+            args.pruner,
+            args.seed,
+            [f"trainer.device={device}"],
+            sizes.sweep_timeout_s,
+            progress,
+        )
+    except Exception as exc:
+        epochs_row.error = acc_row.error = _one_line(exc)
+        return [epochs_row, acc_row]
+    epochs_row.kdsweep = str(fig["epochs_pruned"])
+    epochs_row.baseline = str(fig["epochs_unpruned"])
+    epochs_row.figure = float(fig["epoch_fraction"])
+    epochs_row.figure_text = f"{100 * epochs_row.figure:.0f}%"
+    epochs_row.passed = epochs_row.figure <= 0.5
+    epochs_row.details = fig
+    acc_row.kdsweep = f"{fig['best_acc_pruned']:.2f}"
+    acc_row.baseline = f"{fig['best_acc_unpruned']:.2f}"
+    acc_row.figure = float(fig["acc_diff_points"])
+    acc_row.figure_text = f"{acc_row.figure:+.2f} pt"
+    acc_row.passed = acc_row.figure >= -1.0
+    return [epochs_row, acc_row]
+
+
+def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
+    from kdsweep.bench_sweeps import measure_trial_overhead
+
+    low, high = sizes.overhead_trials
+    row = Row("d", f"overhead per trial (sweeps of {low} vs {high} trials)", "< 1 s")
+    fig = measure_trial_overhead(
+        workdir,
+        workdir / "cache",
+        sizes.overhead_trials,
+        [f"trainer.device={device}"],
+        sizes.sweep_timeout_s,
+        progress,
+    )
+    row.kdsweep = f"{fig['per_trial_wall_s']:.2f} s/trial"
+    row.baseline = f"{fig['mean_trial_run_s']:.2f} s run"
+    row.figure = float(fig["overhead_per_trial_s"])
+    row.figure_text = f"{row.figure:.2f} s"
+    row.passed = row.figure < 1.0
+    row.details = fig
+    return row
+
+
+def rows_e(workdir: Path, device: Any, sizes: Sizes) -> list[Row]:
+    from kdsweep.bench_memory import measure_in_subprocess
+
+    cache = workdir / "memory-cache"
+    rows = []
+    # First trial on a data set computes the teacher's outputs; every later one loads them.
+    for key, what in (("e1", "computed in the trial"), ("e2", "loaded from the cache")):
+        row = Row(key, f"peak RSS growth / data size, teacher outputs {what}", "report")
+        try:
+            fig = measure_in_subprocess(
+                sizes.images, sizes.test_images, cache, str(device), sizes.sweep_timeout_s
+            )
+        except Exception as exc:
+            row.error = _one_line(exc)
+            rows.append(row)
+            continue
+        progress(f"{key}: peak growth {_mb(fig['growth_bytes'])}, data {_mb(fig['data_nbytes'])}")
+        row.kdsweep = _mb(fig["growth_bytes"])
+        row.baseline = _mb(fig["data_nbytes"])
+        row.figure = fig["ratio"]
+        row.figure_text = f"{row.figure:.1f}x"
+        row.details = fig
+        rows.append(row)
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def format_table(rows: list[Row], header: list[str]) -> str:
+    columns = ["row", "measure", "kdsweep", "baseline", "figure", "target", "result"]
+    cells = [
+        [r.key, r.measure, r.kdsweep, r.baseline, r.figure_text, r.target, r.result] for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [columns, *cells]) for i in range(len(columns))]
+    lines = list(header)
+    lines.append("  ".join(name.ljust(w) for name, w in zip(columns, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    for cell in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip())
+    for row in rows:
+        if row.error:
+            lines.append(f"{row.key}: error: {row.error}")
+    return "\n".join(lines)
+
+
+def notes(rows: list[Row]) -> list[str]:
+    by_key = {r.key: r for r in rows}
+    out = []
+    if (a := by_key.get("a")) and a.details:
+        d = a.details
+        out.append(
+            f"a: {d['images']:.0f} training images, median of {d['repeats']:.0f}; the teacher's"
+            f" one-time pass took {d['teacher_cache_s']:.1f} s (a single epoch including it:"
+            f" {d['speedup_incl_cache_1_epoch']:.1f}x); kdsweep's time includes its val pass"
+        )
+    if (b := by_key.get("b")) and b.details:
+        d = b.details
+        out.append(
+            f"b: median of {d['repeats']:.0f} interleaved runs of {d['images']:.0f} images;"
+            f" median of per-pair ratios {d['ratio_median_of_pairs']:.3f}x"
+        )
+    if (c := by_key.get("c1")) and c.details:
+        d = c.details
+        out.append(
+            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits;"
+            f" trial states {d['states_pruned']} vs {d['states_unpruned']}"
+        )
+    if (d_row := by_key.get("d")) and d_row.details:
+        d = d_row.details
+        walls = ", ".join(f"{w:.1f}" for w in d["wall_s"])
+        out.append(
+            f"d: sweep walls {walls} s for {d['trial_counts']} trials; overhead = wall"
+            " difference per trial - mean trial run (metrics.wall_seconds, which itself"
+            " includes per-epoch MLflow/Optuna logging)"
+        )
+    e_rows = [by_key[k] for k in ("e1", "e2") if k in by_key and by_key[k].details]
+    if e_rows:
+        loads = ", ".join(f"{_mb(r.details['load_growth_bytes'])}" for r in e_rows)
+        out.append(
+            "e: VmHWM growth in a fresh process after imports and a toy warm-up step (data"
+            f" load, models, teacher outputs, one KD epoch; loading the data alone: {loads});"
+            " host memory only"
+            + ("" if e_rows[0].details.get("peak_reset") else " (no peak reset: lifetime peak)")
+        )
+    return out
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kdsweep-bench",
+        description="Measure kdsweep's performance levers side by side (see DESIGN.md §4).",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny sizes: every row, fast")
+    size.add_argument(
+        "--cifar-scale", action="store_true", help="50,000 synthetic images (meant for a GPU)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    parser.add_argument("--only", default=ROW_KEYS, help="rows to run, e.g. 'ab' (default all)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--pruner", default="median", help="row c's pruner (default median)")
+    parser.add_argument("--seed", type=int, default=42, help="row c's sampler seed")
+    parser.add_argument(
+        "--workdir", help="keep sweep files here (default: a temporary directory, removed)"
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.only) - set(ROW_KEYS)
+    if unknown:
+        parser.error(f"--only takes letters from {ROW_KEYS}, got {''.join(sorted(unknown))}")
+    return args
+
+
+def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """Run the selected rows; return them and the JSON-able report (also used by tests)."""
+    args = _parse(argv)
+    import torch
+
+    from kdsweep.config import SyntheticDataConf
+    from kdsweep.data import load_splits
+
+    mode = "smoke" if args.smoke else "cifar-scale" if args.cifar_scale else "default"
+    sizes = MODES[mode]
+    device = resolve_device(args.device)
+    command = command_line(argv)
+    progress(f"{command}  (mode {mode}, device {device})")
+    started = time.perf_counter()
+
+    rows: list[Row] = []
+    data = None
+    if "a" in args.only or "b" in args.only:
+        conf = SyntheticDataConf(size=sizes.images, test_size=sizes.test_images)
+        data = load_splits(conf).to(device)
+
+    def guarded(key: str, measure: str, target: str, work: Callable[[], Any]) -> None:
+        progress(f"{key}: {measure}")
+        try:
+            result = work()
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            rows.append(Row(key, measure, target, error=_one_line(exc)))
+            return
+        rows.extend(result if isinstance(result, list) else [result])
+
+    with tempfile.TemporaryDirectory(prefix="kdsweep-bench-") as tmp:
+        workdir = Path(args.workdir or tmp).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.workdir:  # a kept workdir may hold an earlier run: use a fresh subfolder
+            workdir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+        if "a" in args.only:
+            guarded("a", "KD epoch", ">= 8x", lambda: row_a(data, device, sizes))
+        if "b" in args.only:
+            guarded("b", "framework overhead", "<= 1.10x", lambda: row_b(data, device, sizes))
+        if "c" in args.only:
+            guarded("c", "pruning", "<= 50%", lambda: rows_c(workdir, device, sizes, args))
+        if "d" in args.only:
+            guarded("d", "per-trial overhead", "< 1 s", lambda: row_d(workdir, device, sizes))
+        if "e" in args.only:
+            guarded("e", "peak memory", "report", lambda: rows_e(workdir, device, sizes))
+
+    elapsed = time.perf_counter() - started
+    threads = torch.get_num_threads()
+    header = [
+        f"command: {command}",
+        f"kdsweep-bench, mode {mode}: device {device}, torch {torch.__version__},"
+        f" {threads} threads, {os.cpu_count()} CPUs, python {platform.python_version()},"
+        f" {elapsed:.0f} s",
+    ]
+    report = {
+        "command": command,
+        "mode": mode,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpus": os.cpu_count(),
+        "seconds": elapsed,
+        "sizes": asdict(sizes),
+        "header": header,
+        "notes": notes(rows),
+        "rows": [dict(asdict(r), result=r.result) for r in rows],
+    }
+    return rows, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    rows, report = run_bench(argv)
+    text = format_table(rows, report["header"])
+    print(text)
+    for line in report["notes"]:
+        print(line)
+    if (args := _parse(argv)).json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        progress(f"figures written to {args.json}")
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

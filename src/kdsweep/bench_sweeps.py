@@ -1,0 +1,229 @@
+"""Rows c and d of ``kdsweep-bench``: real sweeps through the ``kdsweep -m`` command line.
+
+c. The same KD sweep (same sampler seed, same trial count) with the median pruner and
+   without: epochs trained (the sum of each trial's reported epochs) and best val acc.
+d. What Hydra + Optuna + MLflow cost per trial: two sweeps of near-empty trials that
+   differ only in their trial count; the wall-time difference per extra trial, minus the
+   trials' own run time (``user_attrs['metrics']['wall_seconds']``, stored by the sweeper).
+
+Every sweep runs as a subprocess in its own directory (its Optuna and MLflow databases,
+Hydra output and report stay there); its output goes to ``sweep.log`` beside them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Progress = Callable[[str], None]
+
+# The search space of row d: a learning rate only, so a CE trial needs no teacher.
+LR_SPACE = "optimizer.lr=tag(log,interval(0.0001,0.01))"
+
+
+@dataclass
+class SweepOutcome:
+    command: list[str]
+    wall_s: float
+    states: dict[str, int] = field(default_factory=dict)
+    epochs_trained: int = 0
+    best_value: float | None = None
+    trial_wall_s: list[float] = field(default_factory=list)
+
+
+def sweep_command(
+    workdir: Path,
+    study_name: str,
+    n_trials: int,
+    cache_dir: Path,
+    search: Sequence[str],
+    overrides: Sequence[str],
+) -> list[str]:
+    """``kdsweep -m ...`` with the benchmark's contract overrides: every file it writes
+    lands under ``workdir`` (and the shared ``cache_dir``)."""
+    return [
+        sys.executable, "-m", "kdsweep", "-m", *search,
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}",
+        f"hydra.sweeper.study_name={study_name}",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"cache_dir={cache_dir}",
+        f"hydra.sweep.dir={workdir / 'multirun'}",
+        *overrides,
+    ]  # fmt: skip
+
+
+def _stream(
+    command: list[str], workdir: Path, label: str, timeout: float, progress: Progress
+) -> float:
+    """Run ``command`` in ``workdir``, its output to sweep.log; echo trial progress."""
+    log_path = workdir / "sweep.log"
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if "finished, launching trial" in line:
+                    progress(f"{label}: {line.split('] ', 1)[-1].strip()}")
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+    wall = time.perf_counter() - started
+    if returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-4:]
+        why = "timed out" if wall >= timeout else f"exited {returncode}"
+        raise RuntimeError(f"{label}: sweep {why} ({log_path}): " + " | ".join(tail))
+    return wall
+
+
+def read_study(storage_url: str, study_name: str) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    return {
+        "states": states,
+        "epochs_trained": sum(len(t.intermediate_values) for t in trials),
+        "best_value": max((t.value for t in complete if t.value is not None), default=None),
+        "trial_wall_s": [
+            float(t.user_attrs["metrics"]["wall_seconds"])
+            for t in complete
+            if "wall_seconds" in t.user_attrs.get("metrics", {})
+        ],
+    }
+
+
+def run_sweep(
+    workdir: Path,
+    label: str,
+    n_trials: int,
+    cache_dir: Path,
+    search: Sequence[str],
+    overrides: Sequence[str],
+    timeout: float,
+    progress: Progress,
+) -> SweepOutcome:
+    workdir.mkdir(parents=True, exist_ok=False)
+    study_name = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+    command = sweep_command(workdir, study_name, n_trials, cache_dir, search, overrides)
+    progress(f"{label}: {' '.join(command[1:])}")
+    wall = _stream(command, workdir, label, timeout, progress)
+    summary = read_study(f"sqlite:///{workdir / 'optuna.db'}", study_name)
+    progress(f"{label}: {n_trials} trials in {wall:.1f} s, states {summary['states']}")
+    return SweepOutcome(command=command, wall_s=wall, **summary)
+
+
+def measure_pruning(
+    root: Path,
+    cache_dir: Path,
+    n_trials: int,
+    epochs: int,
+    pruner: str,
+    seed: int,
+    extra: Sequence[str],
+    timeout: float,
+    progress: Progress,
+) -> dict[str, object]:
+    """Row c: the KD sweep with ``pruner`` and with none, same sampler seed."""
+    common = [
+        f"trainer.epochs={epochs}",
+        "data=digits",
+        f"hydra.sweeper.sampler.seed={seed}",
+        # The CE baseline is a once-per-study extra run, not a trial: leave it out.
+        "hydra.sweeper.baselines=false",
+        *extra,
+    ]
+    search = ["hparams_search=kd"]
+    outcomes = {}
+    for name in (pruner, "none"):
+        outcomes[name] = run_sweep(
+            root / f"c-{name}",
+            f"c-{name}",
+            n_trials,
+            cache_dir,
+            search,
+            [f"hydra.sweeper.pruner.name={name}", *common],
+            timeout,
+            progress,
+        )
+    pruned, full = outcomes[pruner], outcomes["none"]
+    if pruned.best_value is None or full.best_value is None:
+        raise RuntimeError("a sweep of row c completed no trial")
+    return {
+        "trials": n_trials,
+        "epochs_per_trial": epochs,
+        "pruner": pruner,
+        "epochs_pruned": pruned.epochs_trained,
+        "epochs_unpruned": full.epochs_trained,
+        "epoch_fraction": pruned.epochs_trained / full.epochs_trained,
+        "best_acc_pruned": pruned.best_value,
+        "best_acc_unpruned": full.best_value,
+        "acc_diff_points": pruned.best_value - full.best_value,
+        "states_pruned": pruned.states,
+        "states_unpruned": full.states,
+        "wall_s_pruned": pruned.wall_s,
+        "wall_s_unpruned": full.wall_s,
+        "commands": [" ".join(o.command[1:]) for o in outcomes.values()],
+    }
+
+
+def measure_trial_overhead(
+    root: Path,
+    cache_dir: Path,
+    counts: tuple[int, int],
+    extra: Sequence[str],
+    timeout: float,
+    progress: Progress,
+) -> dict[str, object]:
+    """Row d: seconds per trial spent outside the trial's own run (Hydra job setup,
+    Optuna ask/tell and storage, MLflow runs), from two sweeps of 1-epoch CE trials."""
+    low, high = counts
+    overrides = [
+        "data=digits",
+        "loss=ce",
+        "trainer.epochs=1",
+        "hydra.sweeper.baselines=false",
+        *extra,
+    ]
+    search = ["hydra/sweeper=kdsweep", LR_SPACE]
+    outcomes = [
+        run_sweep(root / f"d-{n}", f"d-{n}", n, cache_dir, search, overrides, timeout, progress)
+        for n in (low, high)
+    ]
+    workloads = outcomes[0].trial_wall_s + outcomes[1].trial_wall_s
+    if not workloads:
+        raise RuntimeError("no trial of row d stored metrics.wall_seconds")
+    per_trial_wall = (outcomes[1].wall_s - outcomes[0].wall_s) / (high - low)
+    mean_workload = statistics.fmean(workloads)
+    return {
+        "trial_counts": [low, high],
+        "wall_s": [o.wall_s for o in outcomes],
+        "per_trial_wall_s": per_trial_wall,
+        "mean_trial_run_s": mean_workload,
+        "overhead_per_trial_s": per_trial_wall - mean_workload,
+        "states": [o.states for o in outcomes],
+        "commands": [" ".join(o.command[1:]) for o in outcomes],
+    }
