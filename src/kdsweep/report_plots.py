@@ -1,0 +1,246 @@
+"""The figures of the sweep report, drawn with matplotlib (imported only when drawing).
+
+Each ``_plot_*`` writes one PNG and returns None, or returns why it drew nothing;
+:func:`kdsweep.report.write_report` collects those reasons as notes in the report.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdsweep.files import atomic_save_figure
+from kdsweep.report_data import Summary, TrialRow, _number
+from kdsweep.secrets import mask_secrets
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float = 5.6, height: float = 3.4, fixed: bool = False) -> Figure:
+    """A bare Figure with an Agg canvas: no pyplot, no global backend switch, thread-safe.
+
+    ``fixed`` margins instead of constrained layout halve the drawing time; they suit the
+    simple one-axes plots drawn once per parameter."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout=None if fixed else "constrained")
+    if fixed:
+        fig.subplots_adjust(left=0.16, right=0.96, bottom=0.15, top=0.9)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig: Figure, path: Path) -> None:
+    atomic_save_figure(lambda handle: fig.savefig(handle, format="png", dpi=100), path)
+
+
+def _baseline_lines(ax: Any, summary: Summary) -> None:
+    styles = (("teacher", "Teacher", "--", "#b03a2e"), ("student_ce", "CE student", ":", "#555"))
+    for key, label, style, color in styles:
+        val = summary.baselines.get(key, {}).get("val_acc")
+        if val is not None:
+            ax.axhline(val, ls=style, color=color, lw=1.2, label=f"{label} {val:.2f}")
+    if summary.tutorial is not None and summary.tutorial.value is not None:
+        val = summary.tutorial.value
+        ax.axhline(val, ls="-.", color="#2e86c1", lw=1.2, label=f"tutorial KD {val:.2f}")
+
+
+# Each _plot_* writes its PNG and returns None, or returns why it drew nothing.
+
+
+def _plot_history(summary: Summary, path: Path) -> str | None:
+    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
+    pruned = [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
+    if not done and not pruned:
+        return "No optimization history: no trial has a value yet."
+    fig = _figure()
+    ax = fig.add_subplot()
+    if pruned:
+        xs = [r.number for r in pruned]
+        ys = [r.intermediate[max(r.intermediate)] for r in pruned]
+        ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last epoch)")
+    if done:
+        xs = [r.number for r in done]
+        ys = [r.value for r in done]
+        ax.scatter(xs, ys, color="#1f77b4", zorder=3, label="completed")
+        pick = min if summary.direction == "minimize" else max
+        running = [pick(ys[: i + 1]) for i in range(len(ys))]
+        ax.step(xs, running, where="post", color="#3a7d44", lw=2, label="best so far")
+    _baseline_lines(ax, summary)
+    _integer_x(ax)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val acc (%)")
+    ax.set_title("Optimization history")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+    return None
+
+
+def _plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
+    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
+    if len(done) < 2:
+        return "Parameter importances need at least 2 completed trials."
+    # Only parameters every completed trial has (conditional ones are left out) and
+    # that actually vary: a constant parameter has no importance to measure.
+    shared = set.intersection(*(set(r.params) for r in done))
+    varying = [
+        p for p in summary.param_names if p in shared and len({repr(r.params[p]) for r in done}) > 1
+    ]
+    if len(varying) < 2:
+        return "Parameter importances need at least 2 parameters that vary across trials."
+    try:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+            importances = optuna.importance.get_param_importances(
+                study, params=varying, target=target
+            )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"Parameter importances could not be computed: {mask_secrets(first)[:200]}"
+    names = list(importances)[::-1]
+    fig = _figure(height=max(2.2, 0.45 * len(names) + 1))
+    ax = fig.add_subplot()
+    ax.barh(names, [importances[n] for n in names], color="#1f77b4")
+    ax.set_xlabel("importance (PED-ANOVA, normalized)")
+    ax.set_title("Parameter importances")
+    _save(fig, path)
+    return None
+
+
+def _is_log(study_rows: list[optuna.trial.FrozenTrial], name: str, xs: list[float]) -> bool:
+    for trial in study_rows:
+        dist = trial.distributions.get(name)
+        if dist is not None:
+            return bool(getattr(dist, "log", False))
+    return name.endswith("lr") and min(xs) > 0
+
+
+def _param_file(name: str) -> str:
+    return f"param_{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'param'}.png"
+
+
+def _plot_param(
+    trials: list[optuna.trial.FrozenTrial], summary: Summary, name: str, path: Path
+) -> str | None:
+    """Objective against one parameter: a scatter (log x for log-sampled ones), or a
+    strip per choice for a categorical one."""
+    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
+    points = [(r.params[name], r.value, r) for r in done if name in r.params]
+    if not points:
+        return f"No completed trial has {name}."
+    numeric = all(_number(x) is not None for x, _, _ in points)
+    fig = _figure(width=4.4, height=3.2, fixed=True)
+    ax = fig.add_subplot()
+    if numeric:
+        xs = [float(x) for x, _, _ in points]
+        if _is_log(trials, name, xs) and min(xs) > 0:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels would overlap
+    else:
+        cats = sorted({str(x) for x, _, _ in points})
+        xs = [float(cats.index(str(x))) for x, _, _ in points]
+        ax.set_xticks(range(len(cats)), cats)
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    ys = [y for _, y, _ in points]
+    ax.scatter(xs, ys, color="#1f77b4", alpha=0.8, label="completed trial")
+    for x, y, (_, _, r) in zip(xs, ys, points, strict=True):
+        if r is summary.best:
+            ax.scatter([x], [y], marker="*", s=180, color="#3a7d44", zorder=4, label="best")
+        if r is summary.tutorial:
+            ax.scatter([x], [y], marker="D", s=50, color="#2e86c1", zorder=4, label="tutorial")
+    ax.set_xlabel(name)
+    ax.set_ylabel("val acc (%)")
+    ax.set_title(f"Objective vs {name}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+    return None
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pairs = [(_number(h.get("epoch")), _number(h.get(key))) for h in history]
+    kept = [(x, y) for x, y in pairs if x is not None and y is not None]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _plot_curves(summary: Summary, path: Path) -> str | None:
+    best = summary.best
+    if best is None or not (best.history or best.intermediate):
+        return "No learning curves: the best trial has no recorded history."
+    fig = _figure(width=8.0, height=3.2)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        xs, ys = _series(best.history, key)
+        if xs:
+            loss_ax.plot(xs, ys, marker="o", ms=3, label=label)
+    _integer_x(loss_ax)
+    _integer_x(acc_ax)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_title("Loss")
+    if loss_ax.lines:
+        loss_ax.legend(fontsize=7)
+    else:
+        loss_ax.text(0.5, 0.5, "no losses recorded", ha="center", transform=loss_ax.transAxes)
+    xs, ys = _series(best.history, "val_acc")
+    if not xs:
+        xs, ys = list(best.intermediate), list(best.intermediate.values())
+    acc_ax.plot(xs, ys, marker="o", ms=3, color="#3a7d44", label="val acc")
+    _baseline_lines(acc_ax, summary)
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("%")
+    acc_ax.set_title("Validation accuracy")
+    acc_ax.legend(fontsize=7)
+    fig.suptitle(f"Best trial #{best.number}: learning curves", fontsize=11)
+    _save(fig, path)
+    return None
+
+
+def _curve_of(row: TrialRow) -> tuple[list[float], list[float]]:
+    xs, ys = _series(row.history, "val_acc")
+    if not xs and row.intermediate:
+        steps = sorted(row.intermediate)
+        xs, ys = [float(s) for s in steps], [row.intermediate[s] for s in steps]
+    return xs, ys
+
+
+def _plot_all_curves(summary: Summary, path: Path) -> str | None:
+    curves = [(row, *_curve_of(row)) for row in summary.rows]
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return "No per-epoch curves recorded."
+    fig = _figure()
+    ax = fig.add_subplot()
+    labelled: set[str] = set()
+    for row, xs, ys in curves:
+        if row is summary.best:
+            continue
+        style = {"COMPLETE": ("-", "#1f77b4", 0.5), "PRUNED": ("--", "#999", 0.8)}
+        ls, color, alpha = style.get(row.state, (":", "#b03a2e", 0.8))
+        label = row.state.lower() if row.state not in labelled else None
+        labelled.add(row.state)
+        ax.plot(xs, ys, ls=ls, color=color, alpha=alpha, lw=1, label=label)
+    for row, xs, ys in curves:
+        if row is summary.best:
+            ax.plot(xs, ys, color="#3a7d44", lw=2.2, label=f"best #{row.number}")
+    _integer_x(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val acc (%)")
+    ax.set_title("Validation accuracy per epoch, all trials")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+    return None
