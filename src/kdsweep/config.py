@@ -343,7 +343,13 @@ def _typed(node: Any, schema: type, where: str) -> Any:
         prefix = f"{where}.{key}" if key else where
         raise ConfigError(f"{prefix}: {first}") from None
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        message = str(exc)
+        # A schema names its own group ("optimizer.lr"); nested under another
+        # ("teacher.optimizer") the message must name the key the user sets.
+        parent, _, group = where.rpartition(".")
+        if parent and message.startswith(f"{group}."):
+            message = f"{parent}.{message}"
+        raise ConfigError(message) from None
 
 
 def _option(node: Any, schemas: dict[str, type], where: str) -> Any:

@@ -145,8 +145,10 @@ def load_cifar_splits(conf: CifarDataConf) -> TensorSplits:
     base = datasets.CIFAR10 if conf.name == "cifar10" else datasets.CIFAR100
     cls = base
     if not conf.verify_checksum:
-        # A subclass, not a patch: only this loader skips the md5 of the official archive.
-        cls = type(base.__name__ + "Unverified", (base,), {"_check_integrity": _files_present})
+        # A subclass, not a patch: only this loader skips the md5 of the official archive
+        # (data files via _check_integrity, the meta file via meta["md5"]=None).
+        unverified = {"_check_integrity": _files_present, "meta": {**base.meta, "md5": None}}
+        cls = type(base.__name__ + "Unverified", (base,), unverified)
     root = Path(conf.root).expanduser()
     folder, url = CIFAR_HINT[conf.name]
     try:

@@ -127,6 +127,9 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     settings, data, student = plan.settings, plan.data, plan.student
     objective = build_objective(settings.loss)
     optimizer = build_optimizer(settings.optimizer, student.parameters())
+    # Training a teacher (or not, when it is cached) consumed the global RNG: reseed so
+    # dropout draws are the same either way and a run repeats exactly.
+    torch.manual_seed(settings.trainer.seed)
 
     def log_epoch(record: EpochRecord) -> None:
         tracker.log_metrics(record.metrics(), step=record.epoch)

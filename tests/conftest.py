@@ -1,0 +1,326 @@
+"""Shared fixtures and helpers for kdsweep's tests.
+
+Helpers (plain functions, import them with ``from conftest import ...`` or use the
+fixtures that wrap them):
+
+- ``compose_config(*overrides)``: Hydra's compose API over kdsweep's real ``conf/``.
+- ``settings_for(*overrides)``: the same, validated into ``kdsweep.config.Settings``.
+- ``isolated_overrides(workdir)``: overrides that keep a run's MLflow database, teacher
+  cache and Hydra output directory inside ``workdir`` and make it fast (1 epoch each).
+- ``run_cli(workdir, *overrides)``: ``python -m kdsweep`` as a subprocess (exit codes,
+  stderr); ``start_cli`` is the non-blocking variant, to run several at once.
+- ``run_main_in_process(workdir, *overrides)``: the real ``@hydra.main`` entry point,
+  called in this process (no ~5 s interpreter start); returns its exit code.
+- ``write_tiny_cifar(root, ...)``: a small data set in the CIFAR-10/100 on-disk format.
+- ``mlflow_runs(db_path)``: every run in a SQLite MLflow database ([] if there is none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from omegaconf import DictConfig
+
+from kdsweep.config import Settings, validate
+from kdsweep.main import config_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Overrides that make any run finish in seconds on a CPU (digits is the default data).
+FAST = ("trainer.epochs=1", "teacher.epochs=1", "trainer.progress=none", "trainer.device=cpu")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """Compose kdsweep's ``config.yaml`` with Hydra's compose API, as the CLI would
+    (without the ``hydra`` node). Works whether or not a GlobalHydra is already set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), job_name="test"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def settings_for(*overrides: str) -> Settings:
+    """``compose_config`` then ``kdsweep.config.validate`` (raises ConfigError)."""
+    return validate(compose_config(*overrides))
+
+
+def db_path(workdir: Path) -> Path:
+    """Where ``isolated_overrides(workdir)`` puts the MLflow SQLite database."""
+    return Path(workdir) / "mlflow.db"
+
+
+def isolated_overrides(workdir: Path, run_dir: str = "out", fast: bool = True) -> list[str]:
+    """Overrides that keep everything a run writes under ``workdir``: tracking.uri (SQLite
+    file ``db_path(workdir)``), cache_dir (``workdir/cache``) and hydra.run.dir
+    (``workdir/<run_dir>``); plus ``FAST`` unless ``fast=False``."""
+    workdir = Path(workdir)
+    out = [
+        f"tracking.uri=sqlite:///{db_path(workdir)}",
+        f"cache_dir={workdir / 'cache'}",
+        f"hydra.run.dir={workdir / run_dir}",
+    ]
+    return out + (list(FAST) if fast else [])
+
+
+# Hydra's command-line options that take a value (the next argument).
+_OPTIONS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+
+
+def cli_args(workdir: Path | None, overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """Hydra's flags (``-m``, ``--cfg job``, ...) from ``overrides`` first, then
+    ``isolated_overrides(workdir)`` (unless ``workdir`` is None), then the other overrides,
+    which win over the isolated ones. Hydra's parser refuses overrides on both sides of
+    a flag."""
+    flags: list[str] = []
+    rest: list[str] = []
+    items = list(overrides)
+    while items:
+        arg = items.pop(0)
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in _OPTIONS_WITH_VALUE and items:
+                flags.append(items.pop(0))
+        else:
+            rest.append(arg)
+    isolated = isolated_overrides(workdir) if workdir is not None else []
+    return flags + isolated + rest
+
+
+def _cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)  # Hydra would print full tracebacks
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_cli(workdir: Path, *overrides: str, isolate: bool = True) -> subprocess.Popen:
+    """Start ``python -m kdsweep <overrides>`` with cwd ``workdir`` (so MLflow's default
+    ``./mlruns`` artifact folder lands there too) and pipes for stdout/stderr. With
+    ``isolate`` the ``isolated_overrides(workdir)`` are added (see ``cli_args``): the
+    given overrides win over them; flags such as ``-m`` may be given anywhere."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = cli_args(workdir if isolate else None, overrides)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdsweep", *args],
+        cwd=workdir,
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_cli(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Wait for a ``start_cli`` process; its (returncode, stdout, stderr)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def run_cli(
+    workdir: Path, *overrides: str, isolate: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """Run ``python -m kdsweep`` to completion (see ``start_cli``); returns the
+    CompletedProcess with text ``stdout``/``stderr`` and ``returncode``."""
+    return finish_cli(start_cli(workdir, *overrides, isolate=isolate), timeout)
+
+
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Hydra's entry point reconfigures the root logger (console + job-file handlers);
+    put the handlers and levels back afterwards so later tests log normally."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {name: (lg.level, lg.propagate, list(lg.handlers)) for name, lg in _loggers()}
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                with contextlib.suppress(Exception):
+                    handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, lg in _loggers():
+            if name in named:
+                lg.level, lg.propagate, lg.handlers[:] = named[name]
+            else:
+                lg.disabled = False
+
+
+def _loggers() -> list[tuple[str, logging.Logger]]:
+    manager = logging.Logger.manager
+    return [(n, lg) for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)]
+
+
+def run_main_in_process(workdir: Path, *overrides: str, isolate: bool = True) -> int:
+    """Call the real CLI entry (``kdsweep.main.main``, i.e. ``@hydra.main``) in this
+    process with cwd ``workdir``; returns the exit code (0 on success). Logging is restored
+    afterwards; Hydra's job log is ``<hydra.run.dir>/*.log``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdsweep.main import main
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = cli_args(workdir if isolate else None, overrides)
+    GlobalHydra.instance().clear()
+    with pytest.MonkeyPatch.context() as mp, restored_logging():
+        mp.chdir(workdir)
+        mp.setattr(sys, "argv", ["kdsweep", *args])
+        mp.delenv("HYDRA_FULL_ERROR", raising=False)
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+    return 0
+
+
+def job_log(run_dir: Path) -> str:
+    """The text of Hydra's job log file(s) in a run directory."""
+    return "".join(p.read_text() for p in sorted(Path(run_dir).glob("*.log")))
+
+
+def mlflow_runs(db: Path) -> list[Any]:
+    """All runs (any experiment, any state) in the SQLite MLflow database ``db``; [] when
+    the file does not exist. Does not create the file."""
+    db = Path(db)
+    if not db.exists():
+        return []
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    if not experiments:
+        return []
+    return client.search_runs(
+        [e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=1000
+    )
+
+
+def _pickle(path: Path, obj: Any) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(obj, handle)
+
+
+def write_tiny_cifar(
+    root: Path,
+    kind: str = "cifar10",
+    per_batch: int = 8,
+    test_size: int = 10,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Write a small data set in torchvision's CIFAR on-disk format under ``root``.
+
+    cifar10: ``cifar-10-batches-py/data_batch_1..5`` (``per_batch`` images each),
+    ``test_batch`` and ``batches.meta`` (key ``label_names``). cifar100:
+    ``cifar-100-python/train`` (``5 * per_batch`` images), ``test`` and ``meta`` (key
+    ``fine_label_names``; entries carry ``fine_labels``). Entries are dicts with str keys
+    (torchvision unpickles the official Python-2 files with latin1, giving str keys) and
+    ``data`` as uint8 rows of 3072 (1024 R, 1024 G, 1024 B, row-major).
+    The checksums do not match the official ones: load with ``data.verify_checksum=false``.
+
+    Returns the raw arrays: ``train_x``/``test_x`` uint8 N x 3 x 32 x 32 and
+    ``train_y``/``test_y``, in file order.
+    """
+    rng = np.random.default_rng(seed)
+    classes = 10 if kind == "cifar10" else 100
+    n_train = 5 * per_batch
+    train_x = rng.integers(0, 256, size=(n_train, 3, 32, 32), dtype=np.uint8)
+    test_x = rng.integers(0, 256, size=(test_size, 3, 32, 32), dtype=np.uint8)
+    train_y = rng.integers(0, classes, size=n_train)
+    test_y = rng.integers(0, classes, size=test_size)
+    rows = lambda x: x.reshape(len(x), 3072)  # noqa: E731 - CHW row-major is the format
+    if kind == "cifar10":
+        base = Path(root) / "cifar-10-batches-py"
+        base.mkdir(parents=True, exist_ok=True)
+        for i in range(5):
+            part = slice(i * per_batch, (i + 1) * per_batch)
+            _pickle(
+                base / f"data_batch_{i + 1}",
+                {"data": rows(train_x[part]), "labels": train_y[part].tolist()},
+            )
+        _pickle(base / "test_batch", {"data": rows(test_x), "labels": test_y.tolist()})
+        _pickle(base / "batches.meta", {"label_names": [f"class{i}" for i in range(classes)]})
+    elif kind == "cifar100":
+        base = Path(root) / "cifar-100-python"
+        base.mkdir(parents=True, exist_ok=True)
+        for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+            _pickle(
+                base / name,
+                {"data": rows(x), "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()},
+            )
+        _pickle(base / "meta", {"fine_label_names": [f"class{i}" for i in range(classes)]})
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compose() -> Any:
+    """``compose(*overrides) -> DictConfig`` (see ``compose_config``)."""
+    return compose_config
+
+
+@pytest.fixture
+def settings() -> Any:
+    """``settings(*overrides) -> Settings`` (see ``settings_for``)."""
+    return settings_for
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path) -> Any:
+    """``tiny_cifar(kind="cifar10", **kw) -> (root, raw arrays)``: ``write_tiny_cifar``
+    into a fresh folder under ``tmp_path``."""
+
+    def make(kind: str = "cifar10", **kwargs: Any) -> tuple[Path, dict[str, np.ndarray]]:
+        root = tmp_path / f"data-{kind}"
+        return root, write_tiny_cifar(root, kind, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Any:
+    """``cli(*overrides) -> CompletedProcess``: ``run_cli`` in ``tmp_path``."""
+
+    def call(*overrides: str, **kwargs: Any) -> subprocess.CompletedProcess:
+        return run_cli(tmp_path, *overrides, **kwargs)
+
+    return call

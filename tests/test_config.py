@@ -1,0 +1,169 @@
+"""Composed configs (Hydra's compose API over the real conf/) and their validation."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from kdsweep.config import (
+    CosineLossConf,
+    KDLossConf,
+    SGDNesterovConf,
+    validate,
+)
+from kdsweep.errors import ConfigError
+from kdsweep.main import config_dir
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
+MODELS, LOSSES, OPTIMIZERS = _options("model"), _options("loss"), _options("optimizer")
+
+
+def test_the_groups_hold_what_the_spec_names() -> None:
+    assert {"deep", "light", "modified"} <= set(MODELS)
+    assert {"ce", "kd", "cosine", "multimargin"} <= set(LOSSES)
+    assert {"adam", "sgd_nesterov"} <= set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize(
+    ("model", "loss", "optimizer"), list(itertools.product(MODELS, LOSSES, OPTIMIZERS))
+)
+def test_every_combination_validates_or_names_the_fix(
+    compose, model: str, loss: str, optimizer: str
+) -> None:
+    cfg = compose(f"model={model}", f"loss={loss}", f"optimizer={optimizer}")
+    model_returns_hidden = bool(cfg.model.returns_hidden)
+    if loss == "cosine" and not model_returns_hidden:
+        with pytest.raises(ConfigError) as info:
+            validate(cfg)
+        message = str(info.value)
+        assert "model=modified" in message
+        assert "\n" not in message
+        return
+    settings = validate(cfg)
+    assert settings.model.name == model
+    assert settings.loss.name == loss
+    assert settings.optimizer.name == optimizer
+    assert settings.uses_teacher == (loss in ("kd", "cosine"))
+
+
+def test_defaults_are_the_tutorials(settings) -> None:
+    s = settings()
+    assert isinstance(s.loss, KDLossConf)
+    assert (s.loss.temperature, s.loss.soft_target_weight, s.loss.ce_weight) == (2.0, 0.25, 0.75)
+    assert s.optimizer.name == "adam" and s.optimizer.lr == 1e-3
+    assert s.trainer.batch_size == 128
+    cos = settings("loss=cosine", "model=modified").loss
+    assert isinstance(cos, CosineLossConf) and (cos.hidden_weight, cos.ce_weight) == (0.25, 0.75)
+    sgd = settings("optimizer=sgd_nesterov").optimizer
+    assert isinstance(sgd, SGDNesterovConf) and sgd.momentum > 0 and sgd.dampening == 0
+
+
+def test_overrides_reach_the_typed_settings(settings) -> None:
+    s = settings(
+        "loss.temperature=4",
+        "loss.soft_target_weight=0.5",
+        "trainer.epochs=3",
+        "data.val_fraction=0.2",
+        "trainer.seed=7",
+    )
+    assert s.loss.temperature == 4.0 and isinstance(s.loss.temperature, float)
+    assert s.loss.soft_target_weight == 0.5
+    assert s.trainer.epochs == 3 and s.data.val_fraction == 0.2
+    assert s.teacher.seed == 7  # interpolated from trainer.seed
+
+
+BAD = [
+    # (overrides, words the one-line message must contain)
+    (["loss.temperature=0"], ["loss.temperature"]),
+    (["loss.temperature=-1"], ["loss.temperature"]),
+    (["loss.soft_target_weight=-0.1"], ["loss.soft_target_weight"]),
+    (["loss.ce_weight=-1"], ["loss.ce_weight"]),
+    (["loss.soft_target_weight=0", "loss.ce_weight=0"], ["all 0"]),
+    (["loss=cosine", "model=modified", "loss.hidden_weight=-1"], ["loss.hidden_weight"]),
+    (["loss=cosine", "model=modified", "loss.hidden_weight=0", "loss.ce_weight=0"], ["all 0"]),
+    (["optimizer.lr=0"], ["optimizer.lr"]),
+    (["optimizer.lr=-0.1"], ["optimizer.lr"]),
+    (["optimizer.weight_decay=-1"], ["optimizer.weight_decay"]),
+    (["trainer.batch_size=0"], ["trainer.batch_size"]),
+    (["trainer.epochs=0"], ["trainer.epochs"]),
+    (["teacher.epochs=0"], ["teacher.epochs"]),
+    (["data.val_fraction=0"], ["data.val_fraction"]),
+    (["data.val_fraction=1"], ["data.val_fraction"]),
+    (["optimizer=sgd_nesterov", "optimizer.momentum=0"], ["optimizer.momentum"]),
+    (["optimizer=sgd_nesterov", "optimizer.dampening=0.1"], ["optimizer.dampening"]),
+    (["loss=multimargin", "loss.p=3"], ["loss.p"]),
+    (["loss=multimargin", "loss.margin=0"], ["loss.margin"]),
+    (["model.dropout=1.0"], ["model.dropout"]),
+    (["trainer.objective=worst"], ["trainer.objective"]),
+    (["loss=cosine", "model=light"], ["model=modified"]),
+    (["loss=cosine", "model=deep"], ["model=modified"]),
+    (["teacher.optimizer.lr=0"], ["teacher.optimizer.lr"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "words"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_out_of_range_values_are_one_line_config_errors(
+    compose, overrides: list[str], words: list[str]
+) -> None:
+    cfg = compose(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_key_is_a_config_error(compose) -> None:
+    cfg = compose("+loss.foo=1")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "foo" in message and "\n" not in message
+
+
+def test_key_of_another_option_is_a_config_error(compose) -> None:
+    # loss.p exists for multimargin only; adding it to kd must not pass silently.
+    with pytest.raises(ConfigError, match="p"):
+        validate(compose("loss=kd", "+loss.p=2"))
+
+
+def test_wrong_type_is_a_config_error(compose) -> None:
+    cfg = compose("trainer.epochs=abc")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "trainer.epochs" in message and "abc" in message and "\n" not in message
+
+
+def test_wrong_type_float_is_a_config_error(compose) -> None:
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        validate(compose("optimizer.lr=fast"))
+
+
+def test_key_unknown_to_hydra_is_refused_at_compose(compose) -> None:
+    # Without '+', Hydra's struct mode refuses a key no option defines.
+    with pytest.raises(HydraException):
+        compose("loss.foo=1")
+
+
+def test_unknown_option_name_is_a_config_error(compose) -> None:
+    cfg = compose()
+    cfg = OmegaConf.merge(cfg, {"loss": {"name": "nope"}})
+    with pytest.raises(ConfigError, match="loss.name must be one of"):
+        validate(cfg)
+
+
+def test_missing_group_names_it(compose) -> None:
+    cfg = OmegaConf.to_container(compose())
+    del cfg["optimizer"]
+    with pytest.raises(ConfigError, match="optimizer"):
+        validate(OmegaConf.create(cfg))

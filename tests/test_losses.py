@@ -1,0 +1,180 @@
+"""The objectives against the seed's formulas (DESIGN.md section 5), written out here
+independently of kdsweep.losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdsweep.config import CELossConf, CosineLossConf, KDLossConf, MultiMarginLossConf
+from kdsweep.losses import (
+    CosineHidden,
+    CrossEntropy,
+    KnowledgeDistillation,
+    MultiMargin,
+    StepInputs,
+    build_objective,
+)
+
+BATCH, CLASSES = 16, 10
+
+
+def _batch(seed: int, hidden: int = 0, scale: float = 3.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "labels": torch.randint(0, CLASSES, (BATCH,), generator=g),
+        "student_logits": torch.randn(BATCH, CLASSES, generator=g, dtype=torch.float64) * scale,
+        "teacher_logits": torch.randn(BATCH, CLASSES, generator=g, dtype=torch.float64) * scale,
+    }
+    if hidden:
+        out["student_hidden"] = torch.randn(BATCH, hidden, generator=g, dtype=torch.float64)
+        out["teacher_hidden"] = torch.randn(BATCH, hidden, generator=g, dtype=torch.float64)
+    return out
+
+
+def _seed_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # -log softmax(x)[y], averaged: written out, not F.cross_entropy
+    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    return -log_probs[torch.arange(len(labels)), labels].mean()
+
+
+def _seed_kd(student, teacher, labels, T, soft_w, ce_w):
+    """The seed's train_knowledge_distillation step, verbatim in spirit."""
+    soft_targets = nn.functional.softmax(teacher / T, dim=-1)
+    soft_prob = nn.functional.log_softmax(student / T, dim=-1)
+    soft_loss = torch.sum(soft_targets * (soft_targets.log() - soft_prob)) / soft_prob.size()[0]
+    soft_loss = soft_loss * (T**2)
+    label_loss = nn.CrossEntropyLoss()(student, labels)
+    return soft_w * soft_loss + ce_w * label_loss, soft_loss, label_loss
+
+
+@pytest.mark.parametrize(
+    ("T", "soft_w", "ce_w"), [(2.0, 0.25, 0.75), (1.0, 1.0, 0.0), (4.0, 0.6, 0.3), (0.5, 0, 1)]
+)
+def test_kd_matches_seed(T: float, soft_w: float, ce_w: float) -> None:
+    b = _batch(seed=int(T * 10))
+    student = b["student_logits"].clone().requires_grad_(True)
+    ref_student = b["student_logits"].clone().requires_grad_(True)
+    loss = KnowledgeDistillation(
+        KDLossConf(temperature=T, soft_target_weight=soft_w, ce_weight=ce_w)
+    )
+    out = loss(StepInputs(b["labels"], student, teacher_logits=b["teacher_logits"]))
+    ref_total, ref_soft, ref_ce = _seed_kd(
+        ref_student, b["teacher_logits"], b["labels"], T, soft_w, ce_w
+    )
+
+    torch.testing.assert_close(out.total, ref_total, rtol=1e-10, atol=1e-10)
+    # Terms are the unweighted components.
+    assert set(out.terms) == {"soft_target", "ce"}
+    torch.testing.assert_close(out.terms["soft_target"], ref_soft, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.terms["ce"], ref_ce, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.terms["ce"], _seed_ce(b["student_logits"], b["labels"]))
+    # Same gradient for the student as the seed's loss.
+    out.total.backward()
+    ref_total.backward()
+    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_kd_soft_term_is_zero_when_student_equals_teacher() -> None:
+    b = _batch(seed=3)
+    out = KnowledgeDistillation(KDLossConf())(
+        StepInputs(b["labels"], b["teacher_logits"], teacher_logits=b["teacher_logits"])
+    )
+    assert abs(out.terms["soft_target"].item()) < 1e-12
+    assert out.total.item() == pytest.approx(0.75 * out.terms["ce"].item())
+
+
+def test_kd_stays_finite_where_the_seeds_log_of_softmax_underflows() -> None:
+    # At a low temperature softmax(t/T) underflows to 0, and the seed's .log() gives
+    # 0 * -inf = nan. The KL itself is finite.
+    b = _batch(seed=5, scale=50.0)
+    _, seed_soft, _ = _seed_kd(
+        b["student_logits"].float(), b["teacher_logits"].float(), b["labels"], 0.05, 1, 0
+    )
+    assert not torch.isfinite(seed_soft)  # the condition this test is about does occur
+    out = KnowledgeDistillation(KDLossConf(temperature=0.05, soft_target_weight=1, ce_weight=0))(
+        StepInputs(
+            b["labels"], b["student_logits"].float(), teacher_logits=b["teacher_logits"].float()
+        )
+    )
+    assert torch.isfinite(out.total)
+    assert out.total.item() > 0
+
+
+@pytest.mark.parametrize(("hidden_w", "ce_w"), [(0.25, 0.75), (1.0, 0.0), (0.0, 2.0)])
+def test_cosine_matches_seed(hidden_w: float, ce_w: float) -> None:
+    b = _batch(seed=11, hidden=32)
+    out = CosineHidden(CosineLossConf(hidden_weight=hidden_w, ce_weight=ce_w))(
+        StepInputs(
+            b["labels"],
+            b["student_logits"],
+            student_hidden=b["student_hidden"],
+            teacher_hidden=b["teacher_hidden"],
+        )
+    )
+    ones = torch.ones(BATCH, dtype=torch.float64)
+    ref_hidden = nn.CosineEmbeddingLoss()(b["student_hidden"], b["teacher_hidden"], ones)
+    # and from the definition: mean(1 - cos)
+    cos = (b["student_hidden"] * b["teacher_hidden"]).sum(1) / (
+        b["student_hidden"].norm(dim=1) * b["teacher_hidden"].norm(dim=1)
+    )
+    torch.testing.assert_close(ref_hidden, (1 - cos).mean())
+    ref_ce = nn.CrossEntropyLoss()(b["student_logits"], b["labels"])
+
+    torch.testing.assert_close(out.total, hidden_w * ref_hidden + ce_w * ref_ce)
+    assert set(out.terms) == {"hidden_cosine", "ce"}
+    torch.testing.assert_close(out.terms["hidden_cosine"], ref_hidden)
+    torch.testing.assert_close(out.terms["ce"], ref_ce)
+
+
+def _hand_multimargin(x: torch.Tensor, y: torch.Tensor, p: int, margin: float) -> torch.Tensor:
+    """sum_{i != y} max(0, margin - x[y] + x[i])^p / C, averaged over the batch (notes)."""
+    per_sample = []
+    for row, target in zip(x.tolist(), y.tolist(), strict=True):
+        total = 0.0
+        for i, value in enumerate(row):
+            if i != target:
+                total += max(0.0, margin - row[target] + value) ** p
+        per_sample.append(total / len(row))
+    return torch.tensor(sum(per_sample) / len(per_sample), dtype=x.dtype)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("margin", [1.0, 0.3])
+def test_multimargin_matches_formula(p: int, margin: float) -> None:
+    b = _batch(seed=p * 7, scale=0.6)  # small logits: some hinges active, some not
+    out = MultiMargin(MultiMarginLossConf(p=p, margin=margin))(
+        StepInputs(b["labels"], b["student_logits"])
+    )
+    expected = _hand_multimargin(b["student_logits"], b["labels"], p, margin)
+    torch.testing.assert_close(out.total, expected, rtol=1e-10, atol=1e-12)
+    assert set(out.terms) == {"multimargin"}
+    torch.testing.assert_close(out.terms["multimargin"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_multimargin_p_changes_the_loss() -> None:
+    b = _batch(seed=2, scale=2.0)
+    one = MultiMargin(MultiMarginLossConf(p=1))(StepInputs(b["labels"], b["student_logits"]))
+    two = MultiMargin(MultiMarginLossConf(p=2))(StepInputs(b["labels"], b["student_logits"]))
+    assert one.total.item() != pytest.approx(two.total.item())
+
+
+def test_cross_entropy() -> None:
+    b = _batch(seed=9)
+    out = CrossEntropy()(StepInputs(b["labels"], b["student_logits"]))
+    torch.testing.assert_close(out.total, _seed_ce(b["student_logits"], b["labels"]))
+    assert set(out.terms) == {"ce"}
+
+
+def test_build_objective_picks_the_class_and_its_needs() -> None:
+    kd = build_objective(KDLossConf())
+    cosine = build_objective(CosineLossConf())
+    assert isinstance(kd, KnowledgeDistillation)
+    assert kd.needs_teacher_logits and not kd.needs_teacher_hidden
+    assert isinstance(cosine, CosineHidden)
+    assert cosine.needs_teacher_hidden and cosine.needs_student_hidden
+    assert not cosine.needs_teacher_logits
+    assert isinstance(build_objective(MultiMarginLossConf(p=2)), MultiMargin)
+    assert build_objective(MultiMarginLossConf(p=2)).p == 2
+    assert isinstance(build_objective(CELossConf()), CrossEntropy)

@@ -1,0 +1,269 @@
+"""Teacher checkpoints (user files and the cache), cached teacher outputs, atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config, settings_for
+from kdsweep.config import CosineLossConf, KDLossConf
+from kdsweep.data import load_splits
+from kdsweep.errors import CheckpointError
+from kdsweep.files import atomic_torch_save, atomic_write, atomic_write_text
+from kdsweep.losses import CosineHidden, KnowledgeDistillation, StepInputs
+from kdsweep.models import build_model, deep_nn, light_nn
+from kdsweep.teacher import prepare_teacher
+from kdsweep.teacher_outputs import cached_source, live_source
+
+CPU = torch.device("cpu")
+# A light teacher on digits trains in well under a second.
+TEACHER = ("teacher=light", "teacher.epochs=1", "trainer.progress=none")
+
+
+def _prepare(settings_for, cache: Path, *overrides: str):
+    s = settings_for(*TEACHER, f"cache_dir={cache}", *overrides)
+    data = load_splits(s.data)
+    return s, data, prepare_teacher(s, data, CPU)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A light teacher trained on digits (split_seed=0) into a module cache dir."""
+    cache = tmp_path_factory.mktemp("teacher-cache")
+    s, data, teacher = _prepare(settings_for, cache, "data.split_seed=0")
+    return cache, teacher
+
+
+def test_training_then_reusing_the_cache(settings, trained, caplog) -> None:
+    cache, first = trained
+    assert first.trained_now and first.path.is_file()
+    assert first.path.parent == cache / "teachers"
+    assert set(first.metrics) >= {"teacher_val_acc", "teacher_test_acc"}
+    mtime = first.path.stat().st_mtime_ns
+    caplog.set_level("INFO", logger="kdsweep")
+    _, _, again = _prepare(settings, cache, "data.split_seed=0")
+    assert not again.trained_now
+    assert again.path == first.path and again.key == first.key
+    assert first.path.stat().st_mtime_ns == mtime
+    assert "teacher: reusing" in caplog.text
+    for a, b in zip(
+        first.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert not again.model.training
+    # another recipe is another cache entry
+    _, _, other = _prepare(settings, cache, "data.split_seed=0", "teacher.seed=5")
+    assert other.trained_now and other.path != first.path
+
+
+def test_corrupt_cache_entry_is_retrained(settings, tmp_path: Path, caplog) -> None:
+    _, _, first = _prepare(settings, tmp_path)
+    first.path.write_bytes(b"not a checkpoint")
+    caplog.set_level("WARNING", logger="kdsweep")
+    _, _, again = _prepare(settings, tmp_path)
+    assert again.trained_now
+    assert "unusable" in caplog.text
+    torch.load(again.path, weights_only=True)  # a good file again
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, b""])
+def test_corrupt_checkpoint_file_is_a_one_line_error(
+    settings, tmp_path: Path, content: bytes
+) -> None:
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        _prepare(settings, tmp_path, f"teacher.checkpoint={bad}")
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(bad) in message and "corrupt" in message
+
+
+def test_corrupt_checkpoint_stops_the_run_before_mlflow(tmp_path: Path, monkeypatch) -> None:
+    from kdsweep.run import run
+
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"\x00" * 64)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(
+        *TEACHER,
+        f"teacher.checkpoint={bad}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    with pytest.raises(CheckpointError):
+        run(cfg, output_dir=tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_truncated_checkpoint_is_a_one_line_error(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    cut = tmp_path / "cut.pt"
+    blob = teacher.path.read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError) as info:
+        _prepare(settings, tmp_path, f"teacher.checkpoint={cut}")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_checkpoint_file(settings, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _prepare(settings, tmp_path, f"teacher.checkpoint={tmp_path / 'nope.pt'}")
+
+
+def test_checkpoint_from_other_data_split_is_refused(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    with pytest.raises(CheckpointError) as info:
+        _prepare(settings, tmp_path, f"teacher.checkpoint={teacher.path}", "data.split_seed=1")
+    message = str(info.value)
+    assert "other data" in message and "\n" not in message
+
+
+def test_checkpoint_from_other_data_set_is_refused(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    with pytest.raises(CheckpointError) as info:
+        _prepare(
+            settings,
+            tmp_path,
+            f"teacher.checkpoint={teacher.path}",
+            "data=synthetic",
+            "data.size=40",
+            "data.test_size=8",
+        )
+    assert "input_shape" in str(info.value)
+
+
+def test_checkpoint_of_other_architecture_is_refused(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    with pytest.raises(CheckpointError, match="architecture"):
+        _prepare(settings, tmp_path, f"teacher.checkpoint={teacher.path}", "teacher=deep")
+
+
+def test_own_checkpoint_loads_on_the_same_data(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    _, _, loaded = _prepare(settings, tmp_path, f"teacher.checkpoint={teacher.path}")
+    assert not loaded.trained_now and loaded.metrics == teacher.metrics
+    for a, b in zip(
+        teacher.model.state_dict().values(), loaded.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "teachers").exists()  # nothing trained or cached
+
+
+def test_bare_state_dict_loads(settings, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = deep_nn((1, 8, 8), 10)
+    path = tmp_path / "tutorial_teacher.pt"
+    torch.save(model.state_dict(), path)
+    _, data, teacher = _prepare(settings, tmp_path, "teacher=deep", f"teacher.checkpoint={path}")
+    assert not teacher.trained_now and teacher.metrics == {}
+    assert teacher.key.startswith("file-")
+    for name, value in model.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[name], value), name
+    assert not teacher.model.training
+    x = data.val_x[:4]
+    model.eval()
+    torch.testing.assert_close(teacher.model(x), model(x))
+
+
+def test_state_dict_of_wrong_shape_is_refused(settings, tmp_path: Path) -> None:
+    path = tmp_path / "light.pt"
+    torch.save(light_nn((1, 8, 8), 10).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        _prepare(settings, tmp_path, "teacher=deep", f"teacher.checkpoint={path}")
+    assert "does not fit" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_checkpoint_that_is_neither(settings, tmp_path: Path) -> None:
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="neither"):
+        _prepare(settings, tmp_path, f"teacher.checkpoint={path}")
+
+
+# --- cached vs live teacher outputs -------------------------------------------------------
+
+
+def test_cached_outputs_equal_live_teacher(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = deep_nn((1, 8, 8), 10).eval()
+    student = build_model("light", (1, 8, 8), 10, returns_hidden=True).eval()
+    inputs = torch.randn(90, 1, 8, 8)
+    labels = torch.randint(0, 10, (90,))
+    kernel = teacher.hidden_width // student.hidden_width
+    cached = cached_source(teacher, "k1", "train", inputs, tmp_path, True, True, kernel)
+    live = live_source(teacher, kernel)
+    kd = KnowledgeDistillation(KDLossConf(temperature=3.0))
+    cosine = CosineHidden(CosineLossConf())
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(90, generator=generator)
+    for start in range(0, 90, 32):  # fixed batches, in shuffled order, last one short
+        index = order[start : start + 32]
+        x = inputs.index_select(0, index)
+        c_logits, c_hidden = cached.for_batch(index, x)
+        l_logits, l_hidden = live.for_batch(index, x)
+        torch.testing.assert_close(c_logits, l_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c_hidden, l_hidden, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            s_logits, s_hidden = student.forward_with_hidden(x)
+        y = labels.index_select(0, index)
+        for loss in (kd, cosine):
+            a = loss(StepInputs(y, s_logits, s_hidden, c_logits, c_hidden)).total
+            b = loss(StepInputs(y, s_logits, s_hidden, l_logits, l_hidden)).total
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    files = sorted(p.name for p in (tmp_path / "teacher_outputs").glob("*.pt"))
+    assert len(files) == 2
+    assert any("logits" in f for f in files) and any("hidden" in f for f in files)
+
+
+def test_cached_outputs_are_read_back_from_disk(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = light_nn((1, 8, 8), 10).eval()
+    inputs = torch.randn(20, 1, 8, 8)
+    first = cached_source(teacher, "k2", "val", inputs, tmp_path, True, False)
+    assert first.hidden is None
+    # A changed model under the same key must not be consulted: the cache is used.
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(1.0)
+    second = cached_source(teacher, "k2", "val", inputs, tmp_path, True, False)
+    assert torch.equal(first.logits, second.logits)
+    # An unreadable entry is recomputed, not fatal.
+    (path,) = (tmp_path / "teacher_outputs").glob("*-logits.pt")
+    path.write_bytes(b"broken")
+    third = cached_source(teacher, "k2", "val", inputs, tmp_path, True, False)
+    assert not torch.equal(third.logits, first.logits)
+    torch.testing.assert_close(third.logits, teacher(inputs))
+
+
+# --- atomic writes ------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_previous_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "file.bin"
+    atomic_write_text(target, "good")
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write(b"half of the new cont")
+        handle.flush()
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "good"
+    assert os.listdir(target.parent) == ["file.bin"]  # no temporary file left behind
+
+
+def test_atomic_torch_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt.pt"
+    atomic_torch_save({"w": torch.ones(3)}, target)
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails inside torch.save
+        atomic_torch_save({"w": torch.zeros(3), "bad": lambda: None}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_atomic_write_replaces_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
