@@ -41,12 +41,15 @@ def report_error(exc: BaseException) -> None:
     config_path=config_dir(), config_name="config", execution_whitelist=("kdsweep.callbacks.*",)
 )
 def hydra_main(cfg: DictConfig) -> float:
-    from kdsweep.run import run
-    from kdsweep.trial_link import trial_hooks
+    from kdsweep.config import validate
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        validate(cfg)  # before importing torch and MLflow: a typo fails in a second
+        from kdsweep.run import run
+        from kdsweep.trial_link import trial_hooks
+
         result = run(cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir)
     except (KdsweepError, NonFiniteLossError) as exc:
         if in_sweep:
