@@ -87,7 +87,9 @@ def build_pruner(conf: Any) -> optuna.pruners.BasePruner:
 
 def _lock_file_for(url: str) -> Path | None:
     if url.startswith(JOURNAL_PREFIX):
-        return Path(url[len(JOURNAL_PREFIX) :] + ".lock").expanduser()
+        # Not PATH.lock: that is the symlink lock Optuna's journal backend takes on every
+        # write; a file of ours there stalls it 30 s, then it deletes ours as stale.
+        return Path(url[len(JOURNAL_PREFIX) :] + ".kdsweep-lock").expanduser()
     if url.startswith("sqlite:///"):
         db = url[len("sqlite:///") :]
         return Path(db + ".lock") if db and db != ":memory:" else None
