@@ -8,7 +8,9 @@ the sweeper records the trial as failed and goes on.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -59,7 +61,34 @@ def hydra_main(cfg: DictConfig) -> float:
     return result.objective
 
 
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+
+
+def unusable_output_dir(argv: Sequence[str]) -> str | None:
+    """Hydra creates hydra.run.dir (hydra.sweep.dir with -m) before any kdsweep code runs,
+    and one it cannot create ends in a traceback; so it is checked here first: the
+    directory given on the command line, else the working directory (Hydra's default)."""
+    if any(arg.split("=")[0] in INFO_FLAGS for arg in argv):
+        return None
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
+    values = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.startswith(f"{key}=")]
+    given = values[-1] if values else ""
+    probe = Path(given.split("${")[0] or ".").expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:  # the nearest existing ancestor
+        probe = probe.parent
+    where = f"{key}={given}" if given else f"the working directory ({key})"
+    if not probe.is_dir():
+        return f"{where} cannot be created ({probe} is a file): give {key} a writable directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{where} cannot be created ({probe} is not writable): give {key} another directory"
+    return None
+
+
 def main() -> None:
+    problem = unusable_output_dir(sys.argv[1:])
+    if problem:
+        print(f"kdsweep: error: {mask_secrets(problem)}", file=sys.stderr)
+        raise SystemExit(2)
     hydra_main()
 
 
