@@ -83,6 +83,7 @@ def test_smoke_rows_c_d_run_real_sweeps(tmp_path, capsys):
     assert 0 <= c["best_acc_pruned"] <= 100
     assert rows["d"]["details"]["trial_counts"] == [1, 3]
     assert rows["d"]["details"]["mean_trial_run_s"] > 0
+    assert isinstance(rows["d"]["details"]["overhead_median_of_trials_s"], float)
     # Every sweep kept its files in the work directory, not in the current one.
     assert list((tmp_path / "work").glob("run-*/c-median/optuna.db"))
     assert list((tmp_path / "work").glob("run-*/d-3/multirun_reports"))

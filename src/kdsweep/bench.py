@@ -30,7 +30,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,9 @@ class Sizes:
 
 MODES = {
     "smoke": Sizes(320, 64, 1, 2, 1, 3, 1, (1, 3), 600.0),
-    "default": Sizes(3000, 500, 3, 7, 2, 30, 8, (2, 12), 1800.0),
-    "cifar-scale": Sizes(50_000, 10_000, 3, 5, 1, 30, 8, (2, 12), 3600.0),
+    # Sweeps train trainer.epochs' default (10, the tutorial's recipe) per trial.
+    "default": Sizes(3000, 500, 5, 7, 2, 30, 10, (2, 12), 1800.0),
+    "cifar-scale": Sizes(50_000, 10_000, 3, 5, 1, 30, 10, (2, 12), 3600.0),
 }
 
 
@@ -186,7 +187,7 @@ def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
         progress,
     )
     row.kdsweep = f"{fig['per_trial_wall_s']:.2f} s/trial"
-    row.baseline = f"{fig['mean_trial_run_s']:.2f} s run"
+    row.baseline = f"{fig['extra_trial_run_s']:.2f} s run"
     row.figure = float(fig["overhead_per_trial_s"])
     row.figure_text = f"{row.figure:.2f} s"
     row.passed = row.figure < 1.0
@@ -252,27 +253,40 @@ def notes(rows: list[Row]) -> list[str]:
         out.append(
             f"a: {d['images']:.0f} training images, median of {d['repeats']:.0f}; the teacher's"
             f" one-time pass took {d['teacher_cache_s']:.1f} s (a single epoch including it:"
-            f" {d['speedup_incl_cache_1_epoch']:.1f}x); kdsweep's time includes its val pass"
+            f" {d['speedup_incl_cache_1_epoch']:.1f}x); kdsweep's time includes its val pass;"
+            f" median of per-pair ratios {d['speedup_median_of_pairs']:.1f}x, ratio of the"
+            f" fastest runs {d['speedup_of_minimums']:.1f}x"
         )
     if (b := by_key.get("b")) and b.details:
         d = b.details
         out.append(
             f"b: median of {d['repeats']:.0f} interleaved runs of {d['images']:.0f} images;"
-            f" median of per-pair ratios {d['ratio_median_of_pairs']:.3f}x"
+            f" median of per-pair ratios {d['ratio_median_of_pairs']:.3f}x, ratio of the"
+            f" fastest runs {d['ratio_of_minimums']:.3f}x; fit and the bare loop compute"
+            " the same weights (tests/test_bench.py)"
         )
     if (c := by_key.get("c1")) and c.details:
         d = c.details
         out.append(
-            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits;"
-            f" trial states {d['states_pruned']} vs {d['states_unpruned']}"
+            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits,"
+            f" hparams_search=kd's pruner settings; trial states {d['states_pruned']}"
+            f" vs {d['states_unpruned']}; sweep walls {d['wall_s_pruned']:.0f} s vs"
+            f" {d['wall_s_unpruned']:.0f} s"
         )
     if (d_row := by_key.get("d")) and d_row.details:
         d = d_row.details
         walls = ", ".join(f"{w:.1f}" for w in d["wall_s"])
+        median = d.get("overhead_median_of_trials_s")
         out.append(
-            f"d: sweep walls {walls} s for {d['trial_counts']} trials; overhead = wall"
-            " difference per trial - mean trial run (metrics.wall_seconds, which itself"
-            " includes per-epoch MLflow/Optuna logging)"
+            f"d: sweep walls {walls} s for {d['trial_counts']} trials; overhead = (wall"
+            " difference - run-time difference) per extra trial, run time = the trials'"
+            " metrics.wall_seconds (which itself includes per-epoch MLflow/Optuna logging);"
+            f" with the mean run time instead {d['overhead_with_mean_run_s']:.2f} s"
+            + (
+                f"; median over single trials (next start - start - run) {median:.2f} s"
+                if median is not None
+                else ""
+            )
         )
     e_rows = [by_key[k] for k in ("e1", "e2") if k in by_key and by_key[k].details]
     if e_rows:
@@ -302,12 +316,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pruner", default="median", help="row c's pruner (default median)")
     parser.add_argument("--seed", type=int, default=42, help="row c's sampler seed")
     parser.add_argument(
+        "--repeats", type=int, help="timed repeats of rows a and b (default: per mode)"
+    )
+    parser.add_argument(
         "--workdir", help="keep sweep files here (default: a temporary directory, removed)"
     )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(ROW_KEYS)
     if unknown:
         parser.error(f"--only takes letters from {ROW_KEYS}, got {''.join(sorted(unknown))}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     return args
 
 
@@ -321,6 +340,8 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
 
     mode = "smoke" if args.smoke else "cifar-scale" if args.cifar_scale else "default"
     sizes = MODES[mode]
+    if args.repeats:
+        sizes = replace(sizes, kd_repeats=args.repeats, ce_repeats=args.repeats)
     device = resolve_device(args.device)
     command = command_line(argv)
     progress(f"{command}  (mode {mode}, device {device})")

@@ -4,7 +4,8 @@ c. The same KD sweep (same sampler seed, same trial count) with the median prune
    without: epochs trained (the sum of each trial's reported epochs) and best val acc.
 d. What Hydra + Optuna + MLflow cost per trial: two sweeps of near-empty trials that
    differ only in their trial count; the wall-time difference per extra trial, minus the
-   trials' own run time (``user_attrs['metrics']['wall_seconds']``, stored by the sweeper).
+   extra trials' own run time (``user_attrs['metrics']['wall_seconds']``, stored by the
+   sweeper; summed per sweep, so a trial slowed by a neighbour process is subtracted too).
 
 Every sweep runs as a subprocess in its own directory (its Optuna and MLflow databases,
 Hydra output and report stay there); its output goes to ``sweep.log`` beside them.
@@ -36,6 +37,8 @@ class SweepOutcome:
     epochs_trained: int = 0
     best_value: float | None = None
     trial_wall_s: list[float] = field(default_factory=list)
+    # Per trial (but the last): next trial's start - this trial's start - its own run time.
+    trial_gaps_s: list[float] = field(default_factory=list)
 
 
 def sweep_command(
@@ -113,7 +116,23 @@ def read_study(storage_url: str, study_name: str) -> dict:
             for t in complete
             if "wall_seconds" in t.user_attrs.get("metrics", {})
         ],
+        "trial_gaps_s": _gaps(trials),
     }
+
+
+def _gaps(trials: list) -> list[float]:
+    """Seconds between consecutive trials' starts not spent in the earlier trial's run:
+    the sweep's own cost per trial, free of the process start and the final report."""
+    ordered = sorted(
+        (t for t in trials if t.datetime_start is not None), key=lambda t: t.datetime_start
+    )
+    gaps = []
+    for this, following in zip(ordered, ordered[1:], strict=False):
+        wall = this.user_attrs.get("metrics", {}).get("wall_seconds")
+        if wall is not None:
+            cycle = (following.datetime_start - this.datetime_start).total_seconds()
+            gaps.append(cycle - float(wall))
+    return gaps
 
 
 def run_sweep(
@@ -214,16 +233,24 @@ def measure_trial_overhead(
         for n in (low, high)
     ]
     workloads = outcomes[0].trial_wall_s + outcomes[1].trial_wall_s
-    if not workloads:
-        raise RuntimeError("no trial of row d stored metrics.wall_seconds")
+    if any(len(o.trial_wall_s) != n for o, n in zip(outcomes, (low, high), strict=True)):
+        raise RuntimeError(f"a trial of row d did not complete: {[o.states for o in outcomes]}")
     per_trial_wall = (outcomes[1].wall_s - outcomes[0].wall_s) / (high - low)
-    mean_workload = statistics.fmean(workloads)
+    # The extra trials' own run time, summed per sweep: a trial slowed down by another
+    # process on the machine is then subtracted where it happened.
+    extra_run = (sum(outcomes[1].trial_wall_s) - sum(outcomes[0].trial_wall_s)) / (high - low)
     return {
         "trial_counts": [low, high],
         "wall_s": [o.wall_s for o in outcomes],
         "per_trial_wall_s": per_trial_wall,
-        "mean_trial_run_s": mean_workload,
-        "overhead_per_trial_s": per_trial_wall - mean_workload,
+        "mean_trial_run_s": statistics.fmean(workloads),
+        "extra_trial_run_s": extra_run,
+        "overhead_per_trial_s": per_trial_wall - extra_run,
+        "overhead_with_mean_run_s": per_trial_wall - statistics.fmean(workloads),
+        # Robust to a burst of load from other processes: the median over single trials.
+        "overhead_median_of_trials_s": (
+            statistics.median(outcomes[1].trial_gaps_s) if outcomes[1].trial_gaps_s else None
+        ),
         "states": [o.states for o in outcomes],
         "commands": [" ".join(o.command[1:]) for o in outcomes],
     }
