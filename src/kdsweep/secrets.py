@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# scheme://user:password@host  ->  scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<secret>[^@/\s]+)@")
+# scheme://user:password@host  ->  scheme://user:***@host. The password runs to the next
+# "@", "/" included: SQLAlchemy reads postgresql://u:ab/cd@host as password "ab/cd".
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<secret>[^@\s]+)@")
 _QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd|token|secret)=)[^&\s]+")
 
 
