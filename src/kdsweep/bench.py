@@ -297,6 +297,9 @@ def notes(rows: list[Row]) -> list[str]:
             " host memory only"
             + ("" if e_rows[0].details.get("peak_reset") else " (no peak reset: lifetime peak)")
         )
+        cuda = [r.details.get("cuda_peak_allocated_bytes") for r in e_rows]
+        if all(c is not None for c in cuda):
+            out.append("e: CUDA peak allocated " + ", ".join(_mb(c) for c in cuda))
     return out
 
 
