@@ -47,7 +47,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         elif url.startswith("postgresql"):
             engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        # N workers started together on a new database race to create Optuna's tables, and
+        # the losers fail (duplicate key, table already exists): create them one at a time.
+        with _creation_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdsweepError(
@@ -94,6 +97,36 @@ def _lock_file_for(url: str) -> Path | None:
         db = url[len("sqlite:///") :]
         return Path(db + ".lock") if db and db != ":memory:" else None
     return None
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Held while RDBStorage creates (or checks) its tables. Not the study lock: a
+    process may open a storage while it holds that one (flock would deadlock)."""
+    lock_file = _lock_file_for(url)
+    if lock_file is not None:
+        with file_lock(lock_file.with_name(lock_file.name + ".init")):
+            yield
+        return
+    if url.startswith("postgresql"):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": 10}
+        )
+        key = zlib.crc32(b"kdsweep:create-tables")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    yield
 
 
 @contextlib.contextmanager
