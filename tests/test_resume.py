@@ -1,0 +1,151 @@
+"""Resuming a sweep: n_trials counts the study's finished trials, one MLflow parent run
+spans every invocation, and a sweep killed mid-trial resumes without repeating or losing
+a completed trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _helpers import (
+    children_of,
+    finish,
+    kill_group,
+    load_study,
+    load_trials,
+    mlflow_client,
+    mlflow_runs,
+    run,
+    start,
+    states,
+    sweep_args,
+    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
+    unique,
+    wait_for,
+)
+
+
+def _storage(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'optuna.db'}"
+
+
+def _tracking(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def test_n_trials_counts_finished_trials_and_a_finished_sweep_trains_nothing(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    study_name = unique("resume")
+
+    def sweep(n_trials: int):
+        return run(tmp_path, sweep_args(tmp_path, study_name, n_trials, cache_dir=teacher_cache))
+
+    first = sweep(2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert states(load_trials(_storage(tmp_path), study_name)) == {"COMPLETE": 2}
+    before = {t.number: t.value for t in load_trials(_storage(tmp_path), study_name)}
+
+    second = sweep(4)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = load_trials(_storage(tmp_path), study_name)
+    # Only the 2 missing trials ran: 4 in all, and the first two are untouched.
+    assert states(trials) == {"COMPLETE": 4}
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    assert "launching trial(s) 2" in second.stdout + second.stderr
+
+    study = load_study(_storage(tmp_path), study_name)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    runs = mlflow_runs(_tracking(tmp_path))
+    parents = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [p.info.run_id for p in parents] == [parent_id]  # ONE parent for both invocations
+    children = children_of(runs, parent_id)
+    assert len(children) == 4 == len(runs) - 1
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == [0, 1, 2, 3]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    # Each trial points at its own child run.
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
+    assert mlflow_client(_tracking(tmp_path)).get_run(parent_id).info.status == "FINISHED"
+
+    jobs_before = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir())
+    third = sweep(4)
+    assert third.returncode == 0, third.stderr[-3000:]
+    output = third.stdout + third.stderr
+    # Nothing was launched or trained, and nothing new was recorded.
+    assert "launching trial" not in output
+    assert "Launching" not in output
+    assert "epoch 1/" not in output
+    assert states(load_trials(_storage(tmp_path), study_name)) == {"COMPLETE": 4}
+    assert len(mlflow_runs(_tracking(tmp_path))) == len(runs)
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == jobs_before
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    study_name = unique("kill")
+    storage = _storage(tmp_path)
+    # Several epochs per trial, so the kill lands in the middle of one.
+    args = sweep_args(tmp_path, study_name, 4, "trainer.epochs=8", cache_dir=teacher_cache)
+    proc = start(tmp_path, args)
+    try:
+
+        def one_done_one_running():
+            trials = load_trials(storage, study_name)
+            done = [t for t in trials if t.state.name == "COMPLETE"]
+            running = [
+                t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("history")
+            ]
+            return (done, running[0]) if done and running else None
+
+        done, _ = wait_for(one_done_one_running, 400, "one complete and one running trial", proc)
+    finally:
+        kill_group(proc)
+        proc.wait(timeout=60)
+    assert proc.returncode != 0
+
+    killed = load_trials(storage, study_name)
+    running = [t for t in killed if t.state.name == "RUNNING"]
+    assert len(running) == 1, states(killed)
+    interrupted = running[0]
+    completed_before = {t.number: t.value for t in killed if t.state.name == "COMPLETE"}
+    assert completed_before
+    run_id = interrupted.user_attrs["mlflow_run_id"]
+    client = mlflow_client(_tracking(tmp_path))
+    assert client.get_run(run_id).info.status == "RUNNING"  # the kill left it open
+
+    resumed = finish(start(tmp_path, args), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"trial {interrupted.number} was interrupted" in resumed.stdout + resumed.stderr
+
+    trials = load_trials(storage, study_name)
+    assert states(trials) == {"COMPLETE": 4, "FAIL": 1}
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))  # no trial was run twice under one number
+    by_number = {t.number: t for t in trials}
+    assert by_number[interrupted.number].state.name == "FAIL"
+    assert by_number[interrupted.number].user_attrs.get("error") == "interrupted"
+    for number, value in completed_before.items():  # completed work is kept, not redone
+        assert by_number[number].state.name == "COMPLETE"
+        assert by_number[number].value == value
+    new = [t for t in trials if t.state.name == "COMPLETE" and t.number not in completed_before]
+    assert len(new) == 4 - len(completed_before)
+    assert all(t.number > interrupted.number for t in new)
+
+    interrupted_run = client.get_run(run_id)
+    assert interrupted_run.info.status == "FAILED"
+    assert "interrupted" in interrupted_run.data.tags.get("error", "")
+
+    study = load_study(storage, study_name)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    runs = mlflow_runs(_tracking(tmp_path))
+    assert [r.info.run_id for r in runs if r.data.tags.get("kdsweep.role") == "sweep"] == [
+        parent_id
+    ]
+    children = children_of(runs, parent_id)
+    assert sorted(c.info.status for c in children) == ["FAILED"] + ["FINISHED"] * 4
+    assert {c.info.run_id for c in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    assert client.get_run(parent_id).info.status == "FINISHED"

@@ -1,0 +1,255 @@
+"""Security: credentials in storage and tracking URLs never reach logs, MLflow or reports;
+teacher checkpoints are loaded with weights_only=True, so a malicious pickle is refused
+and its payload never runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from _helpers import (
+    FAST,
+    drop_study,
+    load_trials,
+    mlflow_runs,
+    postgres_url_fixture,  # noqa: F401  (the postgres_url fixture)
+    run,
+    states,
+    sweep_args,
+    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
+    unique,
+)
+from kdsweep.secrets import mask_secrets, mask_value
+
+SECRET = "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "postgresql://kd:s3cret@db.example.com:5432/optuna",
+            "postgresql://kd:***@db.example.com:5432/optuna",
+        ),
+        (
+            "postgresql+psycopg2://kd:s3cret@10.0.0.5/optuna",
+            "postgresql+psycopg2://kd:***@10.0.0.5/optuna",
+        ),
+        ("mysql://root:p%40ss:word@127.0.0.1/x", "mysql://root:***@127.0.0.1/x"),
+        # SQLAlchemy takes everything up to the "@" as the password, "/" and "#" included.
+        ("postgresql://kd:ab/cd#ef@host/db", "postgresql://kd:***@host/db"),
+        (
+            "http://mlflow:s3cret@tracking.example.com:5000",
+            "http://mlflow:***@tracking.example.com:5000",
+        ),
+        ("https://:s3cret@host/api", "https://:***@host/api"),
+        (
+            "storage postgresql://a:s3cret@h/db, tracking http://b:t0ken@h:5000 (failed)",
+            "storage postgresql://a:***@h/db, tracking http://b:***@h:5000 (failed)",
+        ),
+        ("http://host/api?user=kd&password=s3cret&x=1", "http://host/api?user=kd&password=***&x=1"),
+        ("https://host/?token=s3cret", "https://host/?token=***"),
+        ("https://host/?a=1&Secret=s3cret", "https://host/?a=1&Secret=***"),
+        # Nothing secret: unchanged.
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+        ("sqlite:////tmp/a:b@c/optuna.db", "sqlite:////tmp/a:b@c/optuna.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("journal:/tmp/optuna.journal.log", "journal:/tmp/optuna.journal.log"),
+        ("lr=0.001, T=2.0", "lr=0.001, T=2.0"),
+    ],
+)
+def test_mask_secrets(text: str, masked: str) -> None:
+    assert mask_secrets(text) == masked
+    assert mask_secrets(masked) == masked  # idempotent
+
+
+def test_mask_value_leaves_non_strings_alone() -> None:
+    assert mask_value(3) == 3
+    assert mask_value(None) is None
+    assert mask_value("http://u:s3cret@h") == "http://u:***@h"
+
+
+def _files_with(root: Path, needle: bytes, skip_hydra_snapshots: bool) -> list[Path]:
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        if skip_hydra_snapshots and (".hydra" in path.parts or path.name == "multirun.yaml"):
+            continue
+        if needle in path.read_bytes():
+            found.append(path)
+    return found
+
+
+@pytest.mark.postgres
+def test_storage_password_reaches_no_log_run_or_report(
+    tmp_path: Path, postgres_url: str, teacher_cache: Path
+) -> None:
+    """A sweep on PostgreSQL with a password in the URL (trust auth ignores it)."""
+    assert "@" in postgres_url and ":" not in postgres_url.split("://")[1].split("@")[0]
+    storage = postgres_url.replace("@", f":{SECRET}@", 1)
+    study_name = unique("secret")
+    try:
+        proc = run(
+            tmp_path, sweep_args(tmp_path, study_name, 2, storage=storage, cache_dir=teacher_cache)
+        )
+        assert proc.returncode == 0, mask_secrets(proc.stderr[-3000:])
+        assert states(load_trials(postgres_url, study_name)) == {"COMPLETE": 2}
+    finally:
+        drop_study(postgres_url, study_name)
+
+    # Not on the console...
+    output = proc.stdout + proc.stderr
+    assert SECRET not in output
+    assert "postgres:***@" in output  # the storage is named, masked
+    # ...nor in MLflow: params, tags and metrics of the parent and every trial run...
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 3
+    parent = next(r for r in runs if r.data.tags.get("kdsweep.role") == "sweep")
+    assert parent.data.params["storage"] == storage.replace(SECRET, "***")
+    for run_ in runs:
+        for key, value in {**run_.data.params, **run_.data.tags}.items():
+            assert SECRET not in value, key
+    # ...nor in any file kdsweep wrote: the MLflow database and artifacts, the report,
+    # the job logs (main.log) and results. Hydra's own snapshots of the command line
+    # (.hydra/*.yaml, multirun.yaml) are the user's input, recorded verbatim by Hydra.
+    assert list((tmp_path / "reports").rglob("index.html"))
+    assert list((tmp_path / "multirun").rglob("*.log"))
+    assert _files_with(tmp_path, SECRET.encode(), skip_hydra_snapshots=True) == []
+
+
+def test_tracking_password_is_masked_in_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once
+    proc = run(
+        tmp_path,
+        [
+            "loss=ce",
+            f"tracking.uri=http://kd:{SECRET}@127.0.0.1:1",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            *FAST,
+        ],
+    )
+    assert proc.returncode == 2
+    assert "cannot start an MLflow run at tracking.uri=http://kd:***@127.0.0.1:1" in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert _files_with(tmp_path, SECRET.encode(), skip_hydra_snapshots=True) == []
+
+
+def test_storage_password_is_masked_when_the_server_is_unreachable(tmp_path: Path) -> None:
+    proc = run(
+        tmp_path,
+        sweep_args(tmp_path, "unreachable", 1, storage=f"postgresql://kd:{SECRET}@127.0.0.1:1/x"),
+    )
+    assert proc.returncode == 2
+    assert "cannot open the Optuna storage postgresql://kd:***@127.0.0.1:1/x" in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+# --- teacher checkpoints: weights_only ------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this creates a file: proof that the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_checkpoint(tmp_path: Path, wrap: bool) -> tuple[Path, Path]:
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "teacher.pt"
+    payload = Payload(marker)
+    if wrap:  # shaped like a state_dict / kdsweep checkpoint, the payload inside
+        payload = {"format": "kdsweep-teacher/1", "state_dict": {"w": torch.zeros(1)}, "x": payload}
+    torch.save(payload, path)
+    assert not marker.exists()
+    return path, marker
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["bare", "inside-a-checkpoint"])
+def test_malicious_teacher_checkpoint_is_refused_in_process(tmp_path: Path, wrap: bool) -> None:
+    from _helpers import compose
+    from kdsweep.config import validate
+    from kdsweep.data import load_splits
+    from kdsweep.errors import CheckpointError
+    from kdsweep.teacher import load_user_checkpoint
+
+    path, marker = _malicious_checkpoint(tmp_path, wrap)
+    settings = validate(compose(f"teacher.checkpoint={path}"))
+    with pytest.raises(CheckpointError) as caught:
+        load_user_checkpoint(settings, load_splits(settings.data), torch.device("cpu"))
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+    # The same file, loaded the unsafe way, does run the payload: the test would notice.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_malicious_teacher_checkpoint_is_refused_by_the_cli(tmp_path: Path) -> None:
+    path, marker = _malicious_checkpoint(tmp_path, wrap=False)
+    proc = run(
+        tmp_path,
+        [
+            f"teacher.checkpoint={path}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            *FAST,
+        ],
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("kdsweep: error:")]
+    assert f"teacher checkpoint {path} is corrupt or not a torch file" in line
+    assert not marker.exists()
+    assert mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}") == []
+
+
+def test_malicious_file_in_the_caches_is_never_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted file where the teacher cache or the teacher-output cache would be is
+    unreadable with weights_only: it is replaced by a freshly computed one."""
+    from _helpers import compose
+    from kdsweep import teacher as teacher_module
+    from kdsweep.config import validate
+    from kdsweep.data import load_splits
+    from kdsweep.teacher import prepare_teacher, teacher_key
+    from kdsweep.teacher_outputs import cached_source
+
+    def untrained(settings, data, device):  # noqa: ANN001, ANN202  (training is not the point)
+        return teacher_module._new_model(settings, data), {"teacher_val_acc": 0.0}
+
+    monkeypatch.setattr(teacher_module, "_train_teacher", untrained)
+
+    cache = tmp_path / "cache"
+    settings = validate(compose("teacher.epochs=1", f"cache_dir={cache}"))
+    data = load_splits(settings.data)
+    key = teacher_key(settings, data)
+    planted, marker = _malicious_checkpoint(tmp_path, wrap=False)
+    target = cache / "teachers" / f"{settings.teacher.architecture}-{key}.pt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(planted.read_bytes())
+
+    teacher = prepare_teacher(settings, data, torch.device("cpu"))
+    assert teacher.trained_now  # the planted file was not used
+    assert not marker.exists()
+    assert torch.load(target, weights_only=True)["format"] == "kdsweep-teacher/1"
+
+    # The teacher-output cache: plant the payload where val logits go.
+    first = cached_source(teacher.model, teacher.key, "val", data.val_x, cache, True, False)
+    (logits_file,) = (cache / "teacher_outputs").glob("val-*-logits.pt")
+    logits_file.write_bytes(planted.read_bytes())
+    again = cached_source(teacher.model, teacher.key, "val", data.val_x, cache, True, False)
+    assert not marker.exists()
+    assert torch.equal(again.logits, first.logits)

@@ -1,0 +1,194 @@
+"""Scale-out: several sweep processes sharing one study (PostgreSQL or Optuna's journal
+file) and one MLflow store finish exactly n_trials between them, each trial logged once
+under one parent run; and the submitit launcher runs a sweep end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _helpers import (
+    children_of,
+    drop_study,
+    finish,
+    fresh_postgres_db_fixture,  # noqa: F401  (the fresh_postgres_db fixture)
+    load_study,
+    load_trials,
+    mlflow_client,
+    mlflow_runs,
+    postgres_url_fixture,  # noqa: F401  (the postgres_url fixture)
+    start,
+    states,
+    sweep_args,
+    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
+    unique,
+)
+
+N_TRIALS = 5
+WORKERS = 2
+
+
+def _run_workers(workdir: Path, storage: str, study_name: str, cache: Path) -> None:
+    """WORKERS copies of the same sweep command, started together, all to exit 0."""
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = sweep_args(
+        workdir, study_name, N_TRIALS, storage=storage, tracking_uri=tracking, cache_dir=cache
+    )
+    procs = [start(workdir, args) for _ in range(WORKERS)]
+    done = [finish(proc, timeout=900) for proc in procs]
+    for worker, proc in enumerate(done):
+        assert proc.returncode == 0, f"worker {worker}:\n{proc.stderr[-3000:]}"
+    # Every worker took part: each launched at least one trial.
+    for worker, proc in enumerate(done):
+        assert "launching trial(s)" in proc.stdout + proc.stderr, f"worker {worker} idled"
+
+
+def _check_shared_sweep(workdir: Path, storage: str, study_name: str) -> None:
+    trials = load_trials(storage, study_name)
+    assert states(trials) == {"COMPLETE": N_TRIALS}
+    assert sorted(t.number for t in trials) == list(range(N_TRIALS))
+    owners = {t.system_attrs.get("kdsweep:owner") for t in trials}
+    assert len(owners) == WORKERS  # the trials were shared out, not run by one worker
+
+    study = load_study(storage, study_name)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    runs = mlflow_runs(tracking)
+    parents = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [p.info.run_id for p in parents] == [parent_id]
+    children = children_of(runs, parent_id)
+    assert len(children) == N_TRIALS == len(runs) - 1  # each trial logged exactly once
+    numbers = sorted(int(c.data.tags["optuna.trial_number"]) for c in children)
+    assert numbers == list(range(N_TRIALS))
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
+    # The last worker to finish closes the parent run.
+    assert mlflow_client(tracking).get_run(parent_id).info.status == "FINISHED"
+
+
+@pytest.mark.postgres
+def test_workers_share_a_postgresql_study(
+    tmp_path: Path, fresh_postgres_db: str, teacher_cache: Path
+) -> None:
+    """Started together on a new database: they also race to create Optuna's tables."""
+    study_name = unique("pg-workers")
+    _run_workers(tmp_path, fresh_postgres_db, study_name, teacher_cache)
+    _check_shared_sweep(tmp_path, fresh_postgres_db, study_name)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_workers_share_a_study_on_a_postgresql_server_in_use(
+    tmp_path: Path, postgres_url: str, teacher_cache: Path
+) -> None:
+    """The configured database, which other studies (earlier test runs) already use."""
+    study_name = unique("pg-workers")
+    try:
+        _run_workers(tmp_path, postgres_url, study_name, teacher_cache)
+        _check_shared_sweep(tmp_path, postgres_url, study_name)
+    finally:
+        drop_study(postgres_url, study_name)
+
+
+_OPEN_AT = """
+import sys, time
+from kdsweep.errors import KdsweepError
+from kdsweep.studies import open_storage
+
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+try:
+    open_storage(sys.argv[1])
+    print("ok")
+except KdsweepError as exc:
+    print(exc)
+"""
+
+
+def _open_together(url: str, processes: int = 4) -> list[str]:
+    """``processes`` processes open the storage at the same instant; what each said."""
+    import subprocess
+    import sys
+    import time
+
+    at = time.time() + 6  # after every interpreter has started
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AT, url, str(at)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(processes)
+    ]
+    return [p.communicate(timeout=120)[0].strip() for p in procs]
+
+
+def test_workers_create_a_new_sqlite_storage_together(tmp_path: Path) -> None:
+    assert _open_together(f"sqlite:///{tmp_path / 'optuna.db'}") == ["ok"] * 4
+
+
+@pytest.mark.postgres
+def test_workers_create_a_new_postgresql_storage_together(fresh_postgres_db: str) -> None:
+    assert _open_together(fresh_postgres_db) == ["ok"] * 4
+
+
+@pytest.mark.slow
+def test_workers_share_a_journal_file_study(tmp_path: Path, teacher_cache: Path) -> None:
+    storage = f"journal:{tmp_path / 'optuna.journal.log'}"
+    study_name = unique("journal-workers")
+    _run_workers(tmp_path, storage, study_name, teacher_cache)
+    _check_shared_sweep(tmp_path, storage, study_name)
+
+
+@pytest.mark.slow
+def test_workers_share_a_sqlite_study(tmp_path: Path, teacher_cache: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study_name = unique("sqlite-workers")
+    _run_workers(tmp_path, storage, study_name, teacher_cache)
+    _check_shared_sweep(tmp_path, storage, study_name)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_sweep(tmp_path: Path, teacher_cache: Path) -> None:
+    """Each trial in its own submitit job (a separate process, as on SLURM)."""
+    study_name = unique("submitit")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = sweep_args(
+        tmp_path,
+        study_name,
+        2,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        cache_dir=teacher_cache,
+    )
+    proc = finish(start(tmp_path, args), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load_trials(storage, study_name)
+    assert states(trials) == {"COMPLETE": 2}
+    # The jobs ran under submitit: its per-job logs are in the sweep directory.
+    assert list((tmp_path / "multirun").glob(".submitit/*/*_log.out"))
+    study = load_study(storage, study_name)
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    children = children_of(runs, study.user_attrs["mlflow_parent_run_id"])
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]
+    assert all(t.user_attrs.get("metrics", {}).get("test_acc") is not None for t in trials)
+
+
+def test_study_lock_does_not_block_journal_writes(tmp_path: Path) -> None:
+    """The study lock is held while the sweeper writes to the study; on a journal file
+    it must not be the lock file Optuna's journal backend takes for each write."""
+    import time
+
+    import optuna
+
+    from kdsweep.studies import open_storage, study_lock
+
+    url = f"journal:{tmp_path / 'optuna.journal.log'}"
+    storage = open_storage(url)
+    started = time.monotonic()
+    with study_lock(storage, url, "locked"):
+        study = optuna.create_study(study_name="locked", storage=storage)
+        study.set_user_attr("written", True)
+    assert time.monotonic() - started < 10  # Optuna waits 30 s for a lock it cannot take
+    assert load_study(url, "locked").user_attrs == {"written": True}
+    assert (tmp_path / "optuna.journal.log").is_file()
+    assert not (tmp_path / "optuna.journal.log.lock").exists()  # Optuna's lock was released
