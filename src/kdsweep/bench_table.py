@@ -1,0 +1,113 @@
+"""The table ``kdsweep-bench`` prints: one row per figure, its target and result, then a
+note per row on how it was measured (sizes, robust alternatives to the headline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Row:
+    key: str
+    measure: str
+    target: str
+    kdsweep: str = "-"
+    baseline: str = "-"
+    figure: float | None = None  # the number the target is about
+    figure_text: str = "-"
+    passed: bool | None = None  # None: reported only, or not measured
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def result(self) -> str:
+        if self.error:
+            return "ERROR"
+        if self.figure is None:
+            return "-"
+        if self.passed is None:
+            return "info"
+        return "PASS" if self.passed else "FAIL"
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def format_table(rows: list[Row], header: list[str]) -> str:
+    columns = ["row", "measure", "kdsweep", "baseline", "figure", "target", "result"]
+    cells = [
+        [r.key, r.measure, r.kdsweep, r.baseline, r.figure_text, r.target, r.result] for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [columns, *cells]) for i in range(len(columns))]
+    lines = list(header)
+    lines.append("  ".join(name.ljust(w) for name, w in zip(columns, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    for cell in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip())
+    for row in rows:
+        if row.error:
+            lines.append(f"{row.key}: error: {row.error}")
+    return "\n".join(lines)
+
+
+def notes(rows: list[Row]) -> list[str]:
+    by_key = {r.key: r for r in rows}
+    out = []
+    if (a := by_key.get("a")) and a.details:
+        d = a.details
+        out.append(
+            f"a: {d['images']:.0f} training images, median of {d['repeats']:.0f}; the teacher's"
+            f" one-time pass took {d['teacher_cache_s']:.1f} s (a single epoch including it:"
+            f" {d['speedup_incl_cache_1_epoch']:.1f}x); kdsweep's time includes its val pass;"
+            f" median of per-pair ratios {d['speedup_median_of_pairs']:.1f}x, ratio of the"
+            f" fastest runs {d['speedup_of_minimums']:.1f}x"
+        )
+    if (b := by_key.get("b")) and b.details:
+        d = b.details
+        out.append(
+            f"b: median of {d['repeats']:.0f} interleaved runs of {d['images']:.0f} images;"
+            f" median of per-pair ratios {d['ratio_median_of_pairs']:.3f}x, ratio of the"
+            f" fastest runs {d['ratio_of_minimums']:.3f}x; fit and the bare loop compute"
+            " the same weights (tests/test_bench.py)"
+        )
+    if (c := by_key.get("c1")) and c.details:
+        d = c.details
+        out.append(
+            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits,"
+            f" hparams_search=kd's pruner settings; trial states {d['states_pruned']}"
+            f" vs {d['states_unpruned']}; sweep walls {d['wall_s_pruned']:.0f} s vs"
+            f" {d['wall_s_unpruned']:.0f} s"
+        )
+    if (d_row := by_key.get("d")) and d_row.details:
+        d = d_row.details
+        walls = ", ".join(f"{w:.1f}" for w in d["wall_s"])
+        median = d.get("overhead_median_of_trials_s")
+        out.append(
+            f"d: sweep walls {walls} s for {d['trial_counts']} trials; overhead = (wall"
+            " difference - run-time difference) per extra trial, run time = the trials'"
+            " metrics.wall_seconds (which itself includes per-epoch MLflow/Optuna logging);"
+            f" with the mean run time instead {d['overhead_with_mean_run_s']:.2f} s"
+            + (
+                f"; median over single trials (next start - start - run) {median:.2f} s"
+                if median is not None
+                else ""
+            )
+        )
+    e_rows = [by_key[k] for k in ("e1", "e2") if k in by_key and by_key[k].details]
+    if e_rows:
+        loads = ", ".join(f"{mb(r.details['load_growth_bytes'])}" for r in e_rows)
+        out.append(
+            "e: VmHWM growth in a fresh process after imports and a toy warm-up step (data"
+            f" load, models, teacher outputs, one KD epoch; loading the data alone: {loads});"
+            " host memory only"
+            + ("" if e_rows[0].details.get("peak_reset") else " (no peak reset: lifetime peak)")
+        )
+        cuda = [r.details.get("cuda_peak_allocated_bytes") for r in e_rows]
+        if all(c is not None for c in cuda):
+            out.append("e: CUDA peak allocated " + ", ".join(mb(c) for c in cuda))
+    return out
