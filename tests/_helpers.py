@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import start_cli
 
 #: A run this small finishes in seconds on a CPU (digits is the default data).
 FAST = ("trainer.epochs=1", "teacher.epochs=1", "trainer.progress=none", "trainer.device=cpu")
@@ -30,13 +31,6 @@ POSTGRES_URL = os.environ.get("KDSWEEP_POSTGRES_URL", "postgresql://postgres@127
 def unique(prefix: str) -> str:
     """A study name no other test run (or earlier run on a shared server) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("HYDRA_FULL_ERROR", None)  # Hydra would print full tracebacks
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def sweep_args(
@@ -71,18 +65,8 @@ def sweep_args(
 
 def start(workdir: Path, args: list[str], **popen: Any) -> subprocess.Popen:
     """``python -m kdsweep ARGS`` in ``workdir``, in a new session (its own process
-    group), stdout and stderr piped as text."""
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "kdsweep", *args],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **popen,
-    )
+    group), stdout and stderr piped as text: conftest.start_cli without its isolation."""
+    return start_cli(workdir, *args, isolate=False, start_new_session=True, **popen)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:

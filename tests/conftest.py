@@ -110,14 +110,16 @@ def cli_args(workdir: Path | None, overrides: tuple[str, ...] | list[str]) -> li
     return flags + isolated + rest
 
 
-def _cli_env() -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)  # Hydra would print full tracebacks
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def start_cli(workdir: Path, *overrides: str, isolate: bool = True) -> subprocess.Popen:
+def start_cli(
+    workdir: Path, *overrides: str, isolate: bool = True, **popen: Any
+) -> subprocess.Popen:
     """Start ``python -m kdsweep <overrides>`` with cwd ``workdir`` (so MLflow's default
     ``./mlruns`` artifact folder lands there too) and pipes for stdout/stderr. With
     ``isolate`` the ``isolated_overrides(workdir)`` are added (see ``cli_args``): the
@@ -128,10 +130,11 @@ def start_cli(workdir: Path, *overrides: str, isolate: bool = True) -> subproces
     return subprocess.Popen(
         [sys.executable, "-m", "kdsweep", *args],
         cwd=workdir,
-        env=_cli_env(),
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 

@@ -15,7 +15,6 @@ import pytest
 
 from _helpers import (
     FAST,
-    cli_env,
     finish,
     kill_group,
     mlflow_client,
@@ -25,6 +24,7 @@ from _helpers import (
     teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     wait_for,
 )
+from conftest import cli_env
 
 FAILURE_LINE = "MLflow tracking at"
 
