@@ -136,7 +136,7 @@ def test_tracking_password_is_masked_in_the_error(
         ],
     )
     assert proc.returncode == 2
-    assert "cannot start an MLflow run at tracking.uri=http://kd:***@127.0.0.1:1" in proc.stderr
+    assert "MLflow does not answer at tracking.uri=http://kd:***@127.0.0.1:1" in proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     assert _files_with(tmp_path, SECRET.encode(), skip_hydra_snapshots=True) == []
 

@@ -198,6 +198,14 @@ def run(
     before any MLflow run exists."""
     hooks = hooks or TrialHooks()
     settings = validate(cfg)
+    tracker = RunTracker(
+        settings.tracking,
+        run_name(settings),
+        tags_for(settings),
+        parent_run_id=settings.sweep.parent_run_id,
+        local_dir=output_dir,
+    )
+    tracker.check()
     plan = plan_run(settings)
     log.info(
         "student %s (%s parameters) on %s %s, loss %s, optimizer %s, device %s",
@@ -208,13 +216,6 @@ def run(
         settings.loss.name,
         settings.optimizer.name,
         plan.device,
-    )
-    tracker = RunTracker(
-        settings.tracking,
-        run_name(settings),
-        tags_for(settings),
-        parent_run_id=settings.sweep.parent_run_id,
-        local_dir=output_dir,
     )
     tracker.start()
     try:

@@ -106,6 +106,20 @@ class RunTracker:
         self.record: dict[str, Any] = {"params": {}, "metrics": {}, "tags": {}, "history": []}
 
     # -- lifecycle -----------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail now if the tracking store does not answer: before the data, the teacher
+        and the student cost minutes. Read-only: no experiment or run is created."""
+        if not self.conf.enabled:
+            return
+        try:
+            client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
+        except Exception as exc:
+            raise KdsweepError(
+                f"MLflow does not answer at tracking.uri={mask_secrets(self.conf.uri)}"
+                f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                " (tracking.enabled=false runs untracked)"
+            ) from None
+
     def start(self) -> None:
         if not self.conf.enabled:
             return
