@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -157,6 +158,12 @@ def owner_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def claim_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Mark a new trial as this process's, alive now (see stale_trials)."""
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, owner_tag())
+    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
 def _owner_is_dead(owner: str | None) -> bool:
     """True if the owner ran on this host and its process is gone."""
     if not owner or ":" not in owner:
@@ -171,6 +178,30 @@ def _owner_is_dead(owner: str | None) -> bool:
     except (PermissionError, ValueError):
         return False
     return False
+
+
+class Heartbeat:
+    """Stamps the in-flight trials every ``interval`` seconds while their jobs run."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: list[int], interval: float):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in self.trial_ids:
+                # A trial that just finished, or a storage hiccup: the next beat retries.
+                with contextlib.suppress(Exception):
+                    self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def stale_trials(study: optuna.Study, grace_seconds: float) -> list[optuna.trial.FrozenTrial]:

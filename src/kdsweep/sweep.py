@@ -12,11 +12,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,42 +29,17 @@ from kdsweep.errors import KdsweepError
 from kdsweep.secrets import mask_secrets
 from kdsweep.studies import (
     FINISHED_STATES,
-    HEARTBEAT_ATTR,
-    OWNER_ATTR,
+    Heartbeat,
     build_pruner,
+    claim_trial,
     count_states,
     open_storage,
-    owner_tag,
     stale_trials,
     study_lock,
 )
 from kdsweep.sweep_tracking import ParentRun, close_trial_run, read_job_metrics
 
 log = logging.getLogger("kdsweep.sweep")
-
-
-class Heartbeat:
-    """Stamps the in-flight trials every ``interval`` seconds while their jobs run."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: list[int], interval: float):
-        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            for trial_id in self.trial_ids:
-                # A trial that just finished, or a storage hiccup: the next beat retries.
-                with contextlib.suppress(Exception):
-                    self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class StudySweep:
@@ -288,10 +260,8 @@ class StudySweep:
                     log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
                 return []
             trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
-            now = time.time()
             for trial in trials:
-                storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_tag())
-                storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, now)
+                claim_trial(storage, trial._trial_id)
         log.info(
             "study %s: %d/%d finished, launching trial(s) %s",
             self.study_name,
