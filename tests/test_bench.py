@@ -159,3 +159,35 @@ def test_table_lists_errors_and_results():
     results = {line.split()[0]: line.split()[-1] for line in text.splitlines()[3:7]}
     assert results == {"a": "PASS", "b": "FAIL", "c1": "ERROR", "e1": "info"}
     assert "c1: error: RuntimeError: boom" in text
+
+
+def test_gpu_row_on_a_cpu_says_it_needs_a_gpu_and_is_not_an_error(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = bench.main(["--smoke", "--only", "f", "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    rows = _rows_by_key(json.loads(out.read_text()))
+    assert sorted(rows) == ["f1", "f2", "f3"]
+    for row in rows.values():
+        assert row["error"] is None and row["figure"] is None and row["result"] == "-"
+        assert row["kdsweep"] == "needs a GPU"
+    assert "needs a GPU" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA host syncs")
+def test_fit_syncs_the_host_per_epoch_not_per_batch(tiny_data):
+    from kdsweep.bench_gpu import count_host_syncs
+
+    device = torch.device("cuda")
+    data = tiny_data.to(device)
+    models = make_models(data, device)
+
+    def train(epochs: int, batch_size: int) -> None:
+        student = models.student(data, device)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        trainer = bench_trainer(device, epochs)
+        trainer.batch_size = batch_size
+        fit(student, CrossEntropy(), optimizer, data.train_x, data.train_y,
+            data.val_x, data.val_y, trainer)  # fmt: skip
+
+    # Ten times more batches must not mean more syncs; a .item() per batch would.
+    assert count_host_syncs(lambda: train(2, 8)) == count_host_syncs(lambda: train(2, 80))

@@ -45,7 +45,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, work: Callable[[], object]) -> float:
+def timed(device: torch.device, work: Callable[[], object]) -> float:
     _sync(device)
     started = time.perf_counter()
     work()
@@ -171,7 +171,7 @@ def measure_kd_epoch(
             (kd_times, lambda: kdsweep_epoch(data.train_x, data.train_y, train_src)),
         ]
         for times, work in sides if repeat % 2 else sides[::-1]:
-            times.append(_timed(device, work))
+            times.append(timed(device, work))
         progress(
             f"a: repeat {repeat}/{repeats}: seed {n / seed_times[-1]:,.0f} img/s,"
             f" kdsweep {n / kd_times[-1]:,.0f} img/s"
@@ -276,7 +276,7 @@ def measure_overhead(
         if repeat % 2 == 0:
             order.reverse()
         for name, work in order:
-            seconds = _timed(device, lambda w=work: w(data, trainer))
+            seconds = timed(device, lambda w=work: w(data, trainer))
             (fit_times if name == "fit" else bare_times).append(seconds)
         progress(
             f"b: repeat {repeat}/{repeats}: fit {fit_times[-1]:.3f} s,"

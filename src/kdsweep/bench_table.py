@@ -70,18 +70,19 @@ def notes(rows: list[Row]) -> list[str]:
     if (b := by_key.get("b")) and b.details:
         d = b.details
         out.append(
-            f"b: median of {d['repeats']:.0f} interleaved runs of {d['images']:.0f} images;"
-            f" median of per-pair ratios {d['ratio_median_of_pairs']:.3f}x, ratio of the"
-            f" fastest runs {d['ratio_of_minimums']:.3f}x; fit and the bare loop compute"
+            f"b: {d['repeats']:.0f} interleaved pairs of runs on {d['images']:.0f} images,"
+            f" figure = median of per-pair ratios (times: medians); ratio of medians"
+            f" {d['ratio']:.3f}x, ratio of the fastest runs {d['ratio_of_minimums']:.3f}x;"
+            " fit and the bare loop compute"
             " the same weights (tests/test_bench.py)"
         )
     if (c := by_key.get("c1")) and c.details:
         d = c.details
         out.append(
-            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits,"
-            f" hparams_search=kd's pruner settings; trial states {d['states_pruned']}"
-            f" vs {d['states_unpruned']}; sweep walls {d['wall_s_pruned']:.0f} s vs"
-            f" {d['wall_s_unpruned']:.0f} s"
+            f"c: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits (30% of"
+            " it held out for val), hparams_search=kd's pruner settings; trial states"
+            f" {d['states_pruned']} vs {d['states_unpruned']}; sweep walls (teacher"
+            f" trained beforehand) {d['wall_s_pruned']:.0f} s vs {d['wall_s_unpruned']:.0f} s"
         )
     if (d_row := by_key.get("d")) and d_row.details:
         d = d_row.details
@@ -110,4 +111,12 @@ def notes(rows: list[Row]) -> list[str]:
         cuda = [r.details.get("cuda_peak_allocated_bytes") for r in e_rows]
         if all(c is not None for c in cuda):
             out.append("e: CUDA peak allocated " + ", ".join(mb(c) for c in cuda))
+    if (f := by_key.get("f1")) and f.details:
+        d = f.details
+        out.append(
+            f"f: {d['images']:.0f} training images, median of {d['repeats']:.0f} epochs per"
+            " variant after a warm-up epoch; f1 is row a's cached KD epoch; syncs counted"
+            " with torch.cuda.set_sync_debug_mode('warn') over a 2-epoch fit (val pass"
+            " included)"
+        )
     return out
