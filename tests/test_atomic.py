@@ -165,6 +165,17 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> Non
     assert stray.name.startswith(".ckpt.pt.")
     atomic_torch_save({"w": torch.zeros(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(3))
+    # A fresh temporary file may be another writer's, in progress: it stays...
+    assert _temp_files(tmp_path) == [stray]
+    # ...until it is old enough to be an orphan; the next save of that target removes it.
+    old = stray.stat().st_mtime - files.ORPHAN_AGE_S - 60
+    os.utime(stray, (old, old))
+    other = tmp_path / ".other.pt.abc.tmp"  # another target's: not ours to remove
+    other.write_bytes(b"x")
+    os.utime(other, (old, old))
+    atomic_torch_save({"w": torch.ones(3)}, target)
+    assert _temp_files(tmp_path) == [other]
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
 
 
 # --- the teacher checkpoint and teacher-output caches ---------------------------------------

@@ -2,20 +2,39 @@
 
 Everything kdsweep persists (teacher checkpoints, teacher-output caches, reports) goes
 through ``atomic_write``: the data land in a temporary file in the same directory, are
-fsync'ed, then renamed over the target. A crash mid-write leaves the previous good file.
+fsync'ed, then renamed over the target. A crash mid-write leaves the previous good file,
+and a temporary file that the next write of the same target removes once it is old.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# A temporary file this old was left by a writer that died (SIGKILL, power loss): a live
+# writer's file is minutes old at most, since it is written in one go.
+ORPHAN_AGE_S = 3600.0
+
+
+def remove_orphaned_temporaries(target: Path, older_than_s: float = ORPHAN_AGE_S) -> int:
+    """Delete ``target``'s temporary files that a dead writer left; return how many."""
+    removed = 0
+    now = time.time()
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,6 +42,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Yield a temporary file; on success it replaces ``path`` atomically."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
