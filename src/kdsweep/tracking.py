@@ -107,9 +107,12 @@ class RunTracker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def check(self) -> None:
-        """Fail now if the tracking store does not answer: before the data, the teacher
-        and the student cost minutes. Read-only: no experiment or run is created."""
-        if not self.conf.enabled:
+        """Fail now if a tracking server does not answer: before the data, the teacher
+        and the student cost minutes. Read-only: no experiment or run is created. A local
+        store (SQLite file, directory) is left alone: it cannot be down, and asking would
+        create it before the run's inputs are known to be good."""
+        scheme = self.conf.uri.partition("://")[0].lower() if "://" in self.conf.uri else ""
+        if not self.conf.enabled or scheme in ("", "file", "sqlite"):
             return
         try:
             client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
