@@ -63,7 +63,8 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
+        # The bytes of tobytes(), without the copy it makes (700 MB at CIFAR scale).
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     return digest.hexdigest()[:16]
 
 
@@ -77,26 +78,32 @@ def _assemble(
 ) -> TensorSplits:
     """Hold out val from train, normalize every split with the train statistics."""
     keep, held = _split(len(train_x), conf.val_fraction, conf.split_seed)
-    fit_x = train_x[keep].astype(np.float32)
+    # Fancy indexing copies: these two arrays are ours, and are normalized in place.
+    train_part, val_part = train_x[keep], train_x[held]
+    fingerprint = _fingerprint(train_part, train_y[keep], val_part, test_x)
+    train_part = train_part.astype(np.float32, copy=False)
     # Per-channel statistics of the training split alone: nothing leaks from val/test.
-    mean = fit_x.mean(axis=(0, 2, 3), keepdims=True)
-    std = fit_x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    mean = train_part.mean(axis=(0, 2, 3), keepdims=True)
+    std = train_part.std(axis=(0, 2, 3), keepdims=True) + 1e-6
 
-    def norm(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((x.astype(np.float32) - mean) / std).astype(np.float32))
+    def norm(x: np.ndarray, owned: bool) -> torch.Tensor:
+        x = x.astype(np.float32, copy=not owned)  # the caller's arrays stay untouched
+        x -= mean
+        x /= std
+        return torch.from_numpy(x)
 
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(y.astype(np.int64))
 
     return TensorSplits(
-        train_x=norm(train_x[keep]),
+        train_x=norm(train_part, owned=True),
         train_y=labels(train_y[keep]),
-        val_x=norm(train_x[held]),
+        val_x=norm(val_part, owned=True),
         val_y=labels(train_y[held]),
-        test_x=norm(test_x),
+        test_x=norm(test_x, owned=False),
         test_y=labels(test_y),
         num_classes=num_classes,
-        fingerprint=_fingerprint(train_x[keep], train_y[keep], train_x[held], test_x),
+        fingerprint=fingerprint,
     )
 
 
