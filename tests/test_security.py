@@ -14,6 +14,7 @@ from _helpers import (
     FAST,
     drop_study,
     load_trials,
+    mlflow_client,
     mlflow_runs,
     postgres_url_fixture,  # noqa: F401  (the postgres_url fixture)
     run,
@@ -253,3 +254,55 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     again = cached_source(teacher.model, teacher.key, "val", data.val_x, cache, True, False)
     assert not marker.exists()
     assert torch.equal(again.logits, first.logits)
+
+
+# --- the study name is user input, never a path ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/home/me/.ssh", "..", ".", "../../etc", "a/../../b", "~", "", "x" * 600, "C:\\temp", "\x00"],
+)
+def test_report_dir_is_one_component_inside_the_root(tmp_path: Path, name: str) -> None:
+    from kdsweep.report import MAX_DIR_NAME, report_dir_for
+
+    folder = report_dir_for(tmp_path / "reports", name)
+    assert folder.parent == tmp_path / "reports"
+    assert folder.name not in ("", ".", "..") and not folder.name.startswith(".")
+    assert len(folder.name) <= MAX_DIR_NAME + 9
+    assert "/" not in folder.name and "\\" not in folder.name
+
+
+def test_report_dir_keeps_plain_names_and_separates_cleaned_ones(tmp_path: Path) -> None:
+    from kdsweep.report import report_dir_for
+
+    assert report_dir_for(tmp_path, "kd-digits-light") == tmp_path / "kd-digits-light"
+    assert report_dir_for(tmp_path, "a/b") != report_dir_for(tmp_path, "a_b")
+    assert report_dir_for(tmp_path, "y" * 300) != report_dir_for(tmp_path, "y" * 301)
+
+
+def test_a_path_as_study_name_writes_and_uploads_nothing_outside_the_reports(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    """study_name=<a folder with a private key> once wrote the report into that folder and
+    uploaded all of it (the key included) to the parent run."""
+    secret_dir = tmp_path / "home" / ".ssh"
+    secret_dir.mkdir(parents=True)
+    (secret_dir / "id_rsa").write_text("PRIVATE KEY")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "unrelated.txt").write_text("not the sweep's")  # a neighbour, never uploaded
+    proc = run(tmp_path, sweep_args(tmp_path, str(secret_dir), 1, cache_dir=teacher_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    assert sorted(p.name for p in secret_dir.iterdir()) == ["id_rsa"]
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    assert (folder / "index.html").is_file()
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (parent,) = [r for r in mlflow_runs(tracking) if r.data.tags.get("kdsweep.role") == "sweep"]
+    client = mlflow_client(tracking)
+    uploaded = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/index.html" in uploaded
+    assert uploaded == {f"report/{p.name}" for p in folder.iterdir()}
+    here = client.download_artifacts(parent.info.run_id, "report", str(tmp_path / "dl"))
+    assert b"PRIVATE KEY" not in b"".join(p.read_bytes() for p in Path(here).iterdir())

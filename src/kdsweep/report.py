@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import html
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +75,9 @@ __all__ = [
     "headline",
     "state_line",
     "summarize",
+    "report_dir_for",
     "write_report",
+    "write_report_files",
 ]
 
 FIXED_PNGS = ("history.png", "importance.png", "curves.png", "all_curves.png")
@@ -240,6 +244,31 @@ def _csv(summary: Summary) -> str:
 # --------------------------------------------------------------------------- entry
 
 
+# A study name is user input: as a folder name it must stay one harmless path component.
+_UNSAFE_IN_DIR_NAME = re.compile(r"[^\w.-]+")
+MAX_DIR_NAME = 80
+
+
+def report_dir_for(root: str | Path, study_name: str) -> Path:
+    """The report folder of ``study_name``: one path component directly inside ``root``.
+
+    ``/home/me/.ssh``, ``..`` or ``a/../../b`` must never name a folder outside ``root``
+    (the sweep uploads its report folder to MLflow), so every character outside
+    ``[A-Za-z0-9_.-]`` becomes ``_``, leading dots go, and a changed or long name is cut
+    and suffixed with a hash of the full one, so two names never share a folder.
+    """
+    safe = _UNSAFE_IN_DIR_NAME.sub("_", study_name).strip("._-") or "study"
+    if safe != study_name or len(safe) > MAX_DIR_NAME:
+        # Changed or cut: the hash keeps "a/b" and "a_b" (or two long names) apart.
+        digest = hashlib.sha256(study_name.encode()).hexdigest()[:8]
+        safe = f"{safe[:MAX_DIR_NAME]}-{digest}"
+    folder = Path(root) / safe
+    # Belt and braces: the name above cannot climb out, and this proves it.
+    if folder.resolve().parent != Path(root).resolve():
+        raise ValueError(f"study name {study_name!r} does not map into {root}")
+    return folder
+
+
 def write_report(
     study: optuna.Study, out_dir: str | Path, *, storage_url: str | None = None
 ) -> Path:
@@ -247,6 +276,15 @@ def write_report(
 
     ``storage_url`` (optional) is shown, with any password masked, in the page footer.
     """
+    return write_report_files(study, out_dir, storage_url=storage_url)[-1]
+
+
+def write_report_files(
+    study: optuna.Study, out_dir: str | Path, *, storage_url: str | None = None
+) -> list[Path]:
+    """Write the report as :func:`write_report` does; return every file written (the
+    plots, trials.csv, report.md, and index.html last). Only these may be uploaded: the
+    folder can hold other files (an older build's, or anything a user put there)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(study)
@@ -304,4 +342,4 @@ def write_report(
     atomic_write_text(out / "report.md", _markdown(summary, plots, notes))
     index = out / "index.html"
     atomic_write_text(index, _html(summary, plots, notes, storage_url))
-    return index
+    return [*(out / name for name in sorted(written)), out / "trials.csv", out / "report.md", index]

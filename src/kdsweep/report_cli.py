@@ -10,7 +10,6 @@ Heavy modules (optuna, matplotlib) are imported only once the arguments are pars
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,11 +110,6 @@ def _list(storage: Any, url: str) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _safe_dir_name(name: str) -> str:
-    safe = re.sub(r"[^\w.-]+", "_", name).strip("._")
-    return safe or "study"
-
-
 def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
     from kdsweep.secrets import mask_secrets
 
@@ -126,13 +120,13 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
         raise _Fail(f"no study named {name!r} in {mask_secrets(url)} ({hint})")
     import optuna
 
-    from kdsweep.report import write_report
+    from kdsweep.report import report_dir_for, write_report
 
     # A cheap sampler: the report never samples, and TPE's setup would only cost time.
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
-    out_dir = Path(out) if out else Path("multirun_reports") / _safe_dir_name(name)
+    out_dir = Path(out) if out else report_dir_for("multirun_reports", name)
     return write_report(study, out_dir, storage_url=url)
 
 

@@ -344,18 +344,18 @@ class StudySweep:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         self._record_teacher_baseline(study)
-        report_dir = Path(self.report_dir) / self.study_name
-        try:
-            from kdsweep.report import write_report
+        from kdsweep.report import report_dir_for, write_report_files
 
-            index = write_report(study, report_dir)
-            log.info("report: %s", index)
+        report_dir = report_dir_for(self.report_dir, self.study_name)
+        report_files: list[Path] = []
+        try:
+            report_files = write_report_files(study, report_dir)
+            log.info("report: %s", report_files[-1])
         except Exception as exc:  # a report must never cost the sweep its results
             log.error("could not write the report to %s: %s", report_dir, exc)
-            report_dir = None
         still_running = counts[TrialState.RUNNING] > 0
         parent.finish(
             best,
-            report_dir,
+            report_files,
             status=None if still_running and not aborted else ("FAILED" if aborted else "FINISHED"),
         )

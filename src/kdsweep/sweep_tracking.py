@@ -78,10 +78,11 @@ class ParentRun:
         return cls(conf, run_id)
 
     def finish(
-        self, best: optuna.trial.FrozenTrial | None, report_dir: Path | None, status: str | None
+        self, best: optuna.trial.FrozenTrial | None, report_files: list[Path], status: str | None
     ) -> None:
-        """Best value and params, the report as artifacts; end the run unless other
-        workers still have trials running (the last one ends it)."""
+        """Best value and params, the report's files as artifacts (those files only, never
+        the rest of their folder); end the run unless other workers still have trials
+        running (the last one ends it)."""
         if self.run_id is None:
             return
         try:
@@ -91,8 +92,8 @@ class ParentRun:
                 client.log_metric(self.run_id, "best_trial", float(best.number))
                 for name, value in best.params.items():
                     client.set_tag(self.run_id, f"best.{name}", str(value))
-            if report_dir is not None and report_dir.is_dir():
-                client.log_artifacts(self.run_id, str(report_dir), "report")
+            for path in report_files:
+                client.log_artifact(self.run_id, str(path), "report")
             if status is not None:
                 client.set_terminated(self.run_id, status=status)
         except Exception as exc:
