@@ -1,16 +1,26 @@
-"""kdsweep-bench: every row produces a number (never how fast: these machines are noisy),
+"""benchmarks/bench.py: every row produces a number (never how fast: these machines are noisy),
 and each side-by-side comparison really compares the same computation."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from kdsweep import bench
-from kdsweep.bench_loops import (
+from kdsweep.config import SyntheticDataConf
+from kdsweep.data import load_splits
+from kdsweep.losses import CrossEntropy, KnowledgeDistillation, StepInputs
+from kdsweep.train import fit
+
+# The benchmark is not part of the package: its modules import each other from its folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench  # noqa: E402
+from loops import (  # noqa: E402
     KD,
     bare_ce_fit,
     bench_trainer,
@@ -18,10 +28,6 @@ from kdsweep.bench_loops import (
     seed_kd_epoch,
     seed_loader,
 )
-from kdsweep.config import SyntheticDataConf
-from kdsweep.data import load_splits
-from kdsweep.losses import CrossEntropy, KnowledgeDistillation, StepInputs
-from kdsweep.train import fit
 
 
 def _rows_by_key(report: dict) -> dict[str, dict]:
@@ -58,7 +64,7 @@ def test_smoke_rows_a_b_e_produce_every_figure(tmp_path, capsys):
     assert rows["e2"]["details"]["cache_was_present"] == 1.0
     # The table: the exact command first, one line per row, targets and results.
     assert printed.splitlines()[0] == (
-        f"command: kdsweep-bench --smoke --only abe --device cpu --json {out}"
+        f"command: python benchmarks/bench.py --smoke --only abe --device cpu --json {out}"
     )
     for key in rows:
         assert any(line.startswith(f"{key} ") for line in printed.splitlines())
@@ -175,7 +181,7 @@ def test_gpu_row_on_a_cpu_says_it_needs_a_gpu_and_is_not_an_error(tmp_path, caps
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA host syncs")
 def test_fit_syncs_the_host_per_epoch_not_per_batch(tiny_data):
-    from kdsweep.bench_gpu import count_host_syncs
+    from gpu import count_host_syncs
 
     device = torch.device("cuda")
     data = tiny_data.to(device)

@@ -1,4 +1,4 @@
-"""Rows a and b of ``kdsweep-bench``: training epochs timed side by side, in process.
+"""Rows a and b of the benchmark: training epochs timed side by side, in process.
 
 a. A KD epoch the kdsweep way (teacher outputs computed once and cached, data as one
    tensor indexed by a permutation, ``kdsweep.train.fit``) against the seed notes' way
@@ -25,12 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdsweep.config import KDLossConf, TrainerConf
-from kdsweep.data import TensorSplits
-from kdsweep.losses import CrossEntropy, KnowledgeDistillation
-from kdsweep.models import SeedNet, deep_nn, light_nn
-from kdsweep.teacher_outputs import cached_source
-from kdsweep.train import TeacherSource, fit
+from _kdsweep_api import (
+    CrossEntropy,
+    KDLossConf,
+    KnowledgeDistillation,
+    SeedNet,
+    TeacherSource,
+    TensorSplits,
+    TrainerConf,
+    cached_source,
+    deep_nn,
+    fit,
+    light_nn,
+)
 
 Progress = Callable[[str], None]
 

@@ -1,4 +1,4 @@
-"""The table ``kdsweep-bench`` prints: one row per figure, its target and result, then a
+"""The table the benchmark prints: one row per figure, its target and result, then a
 note per row on how it was measured (sizes, robust alternatives to the headline)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Row f of ``kdsweep-bench``: the GPU levers, measured on a GPU only.
+"""Row f of the benchmark: the GPU levers, measured on a GPU only.
 
 Epochs through ``fit`` with the trainer's GPU switches: fp32, then bf16 autocast +
 channels_last, then the same with ``torch.compile``; for two workloads: the cached KD epoch
@@ -20,13 +20,16 @@ from dataclasses import replace
 
 import torch
 
-from kdsweep.bench_loops import BATCH, KD, LR, Progress, bench_trainer, make_models, timed
-from kdsweep.config import TrainerConf
-from kdsweep.data import TensorSplits
-from kdsweep.losses import CrossEntropy, KnowledgeDistillation
-from kdsweep.models import deep_nn
-from kdsweep.teacher_outputs import cached_source
-from kdsweep.train import fit
+from _kdsweep_api import (
+    CrossEntropy,
+    KnowledgeDistillation,
+    TensorSplits,
+    TrainerConf,
+    cached_source,
+    deep_nn,
+    fit,
+)
+from loops import BATCH, KD, LR, Progress, bench_trainer, make_models, timed
 
 VARIANTS = {
     "fp32": {},

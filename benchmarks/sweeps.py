@@ -1,4 +1,4 @@
-"""Rows c and d of ``kdsweep-bench``: real sweeps through the ``kdsweep -m`` command line.
+"""Rows c and d of the benchmark: real sweeps through the ``kdsweep -m`` command line.
 
 c. The same KD sweep (same sampler seed, same trial count) with the median pruner and
    without: epochs trained (the sum of each trial's reported epochs) and best val acc.

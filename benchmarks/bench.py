@@ -1,11 +1,13 @@
-"""``kdsweep-bench``: kdsweep's performance claims, measured side by side in one run.
+"""The benchmark's entry point: kdsweep's performance claims, measured side by side in one run.
 
-    kdsweep-bench                 # default sizes: about 5-10 minutes on a 2-core CPU
-    kdsweep-bench --smoke         # tiny sizes: checks that every figure is produced
-    kdsweep-bench --cifar-scale   # 50,000 synthetic CIFAR-shaped images (for a GPU)
-    kdsweep-bench --only ab --json bench.json
+Run from a clone with kdsweep installed (``pip install -e .``); it is not part of the package:
 
-Rows (targets from DESIGN.md section 4):
+    python benchmarks/bench.py                 # default sizes: about 5-10 minutes on a 2-core CPU
+    python benchmarks/bench.py --smoke         # tiny sizes: checks that every figure is produced
+    python benchmarks/bench.py --cifar-scale   # 50,000 synthetic CIFAR-shaped images (for a GPU)
+    python benchmarks/bench.py --only ab --json bench.json
+
+Rows (targets and measured figures: README.md, section "Performance"):
   a  KD epoch images/s: cached teacher outputs + ``fit`` vs the seed notes' loop  >= 8x
   b  CE training time: ``fit`` vs a bare PyTorch loop on the same tensors          <= 1.10x
   c  KD sweep with the median pruner vs none: epochs trained, best val acc        <= 50%, -1 pt
@@ -18,6 +20,10 @@ Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data grou
 c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses.
 Progress goes to stderr, the table to stdout. Timings are medians of interleaved repeats
 after a warm-up, but a shared machine is noisy: rerun before believing a FAIL.
+
+The modules beside this file import each other as top-level modules: this file puts its own
+folder on ``sys.path`` (running it as a script does that too). They take kdsweep's Python
+API from ``_kdsweep_api.py`` only.
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kdsweep.bench_table import Row, format_table, mb, notes
+# The benchmark's modules (table.py, loops.py, ...) are imported from this file's folder.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from table import Row, format_table, mb, notes  # noqa: E402
 
 ROW_KEYS = "abcdef"
 
@@ -66,13 +77,16 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+PROGRAM = "python benchmarks/bench.py"
+
+
 def command_line(argv: list[str] | None) -> str:
     """The command as the user would type it again."""
-    program = "kdsweep-bench"
+    program = PROGRAM
     if argv is None:
         argv = sys.argv[1:]
-        if Path(sys.argv[0]).name != "kdsweep-bench":
-            program = "python -m kdsweep.bench"
+        if Path(sys.argv[0]).name == "bench.py":
+            program = f"python {shlex.quote(sys.argv[0])}"
     return " ".join([program, *(shlex.quote(a) for a in argv)])
 
 
@@ -88,7 +102,7 @@ def resolve_device(name: str) -> Any:
 
 
 def row_a(data: Any, device: Any, sizes: Sizes) -> Row:
-    from kdsweep.bench_loops import measure_kd_epoch
+    from loops import measure_kd_epoch
 
     row = Row("a", "KD epoch img/s: cached teacher + fit vs seed loop", ">= 8x")
     fig = measure_kd_epoch(data, device, sizes.kd_repeats, progress)
@@ -102,7 +116,7 @@ def row_a(data: Any, device: Any, sizes: Sizes) -> Row:
 
 
 def row_b(data: Any, device: Any, sizes: Sizes) -> Row:
-    from kdsweep.bench_loops import measure_overhead
+    from loops import measure_overhead
 
     row = Row("b", f"CE training time ({sizes.ce_epochs} ep): fit vs bare loop", "<= 1.10x")
     fig = measure_overhead(data, device, sizes.ce_repeats, sizes.ce_epochs, progress)
@@ -118,7 +132,7 @@ def row_b(data: Any, device: Any, sizes: Sizes) -> Row:
 
 
 def rows_c(workdir: Path, device: Any, sizes: Sizes, args: argparse.Namespace) -> list[Row]:
-    from kdsweep.bench_sweeps import measure_pruning
+    from sweeps import measure_pruning
 
     epochs_row = Row("c1", f"sweep epochs: {args.pruner} pruner vs none", "<= 50%")
     acc_row = Row("c2", "best val acc %: pruned vs unpruned sweep", ">= -1.0 pt")
@@ -152,7 +166,7 @@ def rows_c(workdir: Path, device: Any, sizes: Sizes, args: argparse.Namespace) -
 
 
 def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
-    from kdsweep.bench_sweeps import measure_trial_overhead
+    from sweeps import measure_trial_overhead
 
     low, high = sizes.overhead_trials
     row = Row("d", f"overhead per trial (sweeps of {low} vs {high} trials)", "< 1 s")
@@ -174,7 +188,7 @@ def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
 
 
 def rows_e(workdir: Path, device: Any, sizes: Sizes) -> list[Row]:
-    from kdsweep.bench_memory import measure_in_subprocess
+    from memory import measure_in_subprocess
 
     cache = workdir / "memory-cache"
     rows = []
@@ -200,7 +214,7 @@ def rows_e(workdir: Path, device: Any, sizes: Sizes) -> list[Row]:
 
 
 def rows_f(data: Any, device: Any, sizes: Sizes) -> list[Row]:
-    from kdsweep.bench_gpu import WORKLOADS
+    from gpu import WORKLOADS
 
     levers = [
         Row(f"f{i}", f"{what} (batch {batch}): bf16+CL (+compile) vs fp32", "report")
@@ -212,7 +226,7 @@ def rows_f(data: Any, device: Any, sizes: Sizes) -> list[Row]:
         for row in rows:
             row.kdsweep = "needs a GPU"
         return rows
-    from kdsweep.bench_gpu import measure_gpu_levers
+    from gpu import measure_gpu_levers
 
     fig = measure_gpu_levers(data, device, sizes.kd_repeats, progress)
     for row, (label, _, _) in zip(levers, WORKLOADS, strict=True):
@@ -239,8 +253,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="kdsweep-bench",
-        description="Measure kdsweep's performance levers side by side (see DESIGN.md §4).",
+        prog=PROGRAM,
+        description="Measure kdsweep's performance levers side by side and print ratios"
+        " against their targets.",
+        epilog='Rows, targets and measured figures: README.md, section "Performance".'
+        " Run from a clone with kdsweep installed (pip install -e .).",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny sizes: every row, fast")
@@ -272,8 +289,7 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
     args = _parse(argv)
     import torch
 
-    from kdsweep.config import SyntheticDataConf
-    from kdsweep.data import load_splits
+    from _kdsweep_api import SyntheticDataConf, load_splits
 
     mode = "smoke" if args.smoke else "cifar-scale" if args.cifar_scale else "default"
     sizes = MODES[mode]
@@ -322,7 +338,7 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
     threads = torch.get_num_threads()
     header = [
         f"command: {command}",
-        f"kdsweep-bench, mode {mode}: device {device}, torch {torch.__version__},"
+        f"benchmark, mode {mode}: device {device}, torch {torch.__version__},"
         f" {threads} threads, {os.cpu_count()} CPUs, python {platform.python_version()},"
         f" {elapsed:.0f} s",
     ]

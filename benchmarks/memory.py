@@ -1,4 +1,4 @@
-"""Row e of ``kdsweep-bench``: peak memory of a cached KD trial vs the data set's size.
+"""Row e of the benchmark: peak memory of a cached KD trial vs the data set's size.
 
 torch allocates outside Python's heap (tracemalloc sees none of it), so the figure is the
 process's peak resident set (VmHWM in /proc/self/status), taken in a fresh subprocess so
@@ -7,8 +7,8 @@ the imports, so what is measured is the growth caused by the trial: loading the 
 building the models, loading (or computing) the teacher's outputs, one KD epoch. (A toy
 forward/backward pass before the reset keeps torch's one-time start-up out of it.)
 
-Run as ``python -m kdsweep.bench_memory --size N --cache-dir DIR``; it prints one JSON
-object on stdout.
+Run as ``python benchmarks/memory.py --size N --cache-dir DIR``; it prints one JSON object
+on stdout.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ import sys
 from pathlib import Path
 
 import torch
+
+from _kdsweep_api import (
+    KnowledgeDistillation,
+    SyntheticDataConf,
+    cached_source,
+    deep_nn,
+    fit,
+    light_nn,
+    load_splits,
+)
+from loops import KD, LR, bench_trainer
 
 KIB = 1024
 
@@ -67,8 +78,6 @@ def _peak() -> int:
 def _warm_up(device: torch.device) -> None:
     """Start torch's per-process machinery (kernels, thread pools, allocator arenas) on a
     toy batch: a fixed cost of any torch process, not something that grows with the data."""
-    from kdsweep.models import light_nn
-
     model = light_nn((3, 32, 32), 10).to(device)
     model(torch.zeros(2, 3, 32, 32, device=device)).sum().backward()
 
@@ -76,14 +85,6 @@ def _warm_up(device: torch.device) -> None:
 def trial(size: int, test_size: int, cache_dir: str, device_name: str) -> dict[str, float]:
     """Load synthetic data, build teacher and student, get the cached teacher outputs
     (computing them if the cache is empty), train one KD epoch; report memory figures."""
-    from kdsweep.bench_loops import KD, LR, bench_trainer
-    from kdsweep.config import SyntheticDataConf
-    from kdsweep.data import load_splits
-    from kdsweep.losses import KnowledgeDistillation
-    from kdsweep.models import deep_nn, light_nn
-    from kdsweep.teacher_outputs import cached_source
-    from kdsweep.train import fit
-
     device = torch.device(device_name)
     _warm_up(device)
     if device.type == "cuda":
@@ -131,7 +132,7 @@ def measure_in_subprocess(
 ) -> dict[str, float]:
     """Run ``trial`` in a fresh interpreter; its JSON line is the result."""
     command = [
-        sys.executable, "-m", "kdsweep.bench_memory",
+        sys.executable, str(Path(__file__).resolve()),
         "--size", str(size), "--test-size", str(test_size),
         "--cache-dir", str(cache_dir), "--device", device,
     ]  # fmt: skip

@@ -1,0 +1,52 @@
+"""Every kdsweep symbol the benchmark uses, imported in this one place.
+
+The benchmark imports kdsweep like any user would; the other modules of ``benchmarks/`` take
+kdsweep's Python API from here only, so a change to that API is an edit of this file (and
+of the call sites named beside each symbol). Importing this module imports torch.
+
+The benchmark also uses kdsweep's command line (``python -m kdsweep``, rows c and d, see
+sweeps.py) and its config groups by name (``data=digits``, ``loss=ce``,
+``hparams_search=kd``, ``hydra/sweeper=kdsweep``, ``optimizer.lr``, ``trainer.*``).
+"""
+
+from __future__ import annotations
+
+# Configs: SyntheticDataConf(size=, test_size=) (bench, memory); KDLossConf(temperature=,
+# soft_target_weight=, ce_weight=) (loops); TrainerConf(epochs=, batch_size=, device=,
+# progress=, objective=), also read: seed, eval_batch_size; replaced: precision,
+# channels_last, compile (loops, gpu).
+from kdsweep.config import KDLossConf, SyntheticDataConf, TrainerConf
+
+# Data: load_splits(conf) -> TensorSplits (.to(), train/val/test x and y, input_shape,
+# num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
+from kdsweep.data import TensorSplits, load_splits
+
+# Objectives: CrossEntropy(), KnowledgeDistillation(KDLossConf) (loops, gpu, memory).
+from kdsweep.losses import CrossEntropy, KnowledgeDistillation
+
+# Models: deep_nn / light_nn(input_shape, num_classes) -> SeedNet (loops, gpu, memory).
+from kdsweep.models import SeedNet, deep_nn, light_nn
+
+# Teacher outputs: cached_source(teacher, teacher_key, split, inputs, cache_dir,
+# need_logits=True, need_hidden=False), passed positionally (loops, gpu, memory).
+from kdsweep.teacher_outputs import cached_source
+
+# Training: fit(model, objective, optimizer, train_x, train_y, val_x, val_y, trainer,
+# train_source, val_source); TeacherSource(logits=) (loops, gpu, memory).
+from kdsweep.train import TeacherSource, fit
+
+__all__ = [
+    "CrossEntropy",
+    "KDLossConf",
+    "KnowledgeDistillation",
+    "SeedNet",
+    "SyntheticDataConf",
+    "TeacherSource",
+    "TensorSplits",
+    "TrainerConf",
+    "cached_source",
+    "deep_nn",
+    "fit",
+    "light_nn",
+    "load_splits",
+]
