@@ -325,7 +325,7 @@ def test_report_plot_crash_never_leaves_a_torn_png(
     images (the previous build's image of that plot is dropped, not left stale)."""
     import re
 
-    from kdsweep import report_plots
+    from kdsweep.report import plots as report_plots
     from kdsweep.report import write_report
 
     out = tmp_path / "report"

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from kdsweep import report_cli
+from kdsweep.report import cli as report_cli
 from kdsweep.report import headline, summarize, write_report
 
 STUDY = "kd_search"
@@ -102,7 +102,7 @@ def cli_rebuild(stored, tmp_path_factory) -> Iterator[tuple[subprocess.Popen[str
     its time. Its test, last in the file, collects the result."""
     cwd = tmp_path_factory.mktemp("cwd")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdsweep.report_cli", "--storage", stored[0], "--study", STUDY],
+        [sys.executable, "-m", "kdsweep.report.cli", "--storage", stored[0], "--study", STUDY],
         cwd=cwd,
         env=dict(os.environ, MPLBACKEND="Agg"),
         stdout=subprocess.PIPE,
@@ -229,7 +229,7 @@ def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
 def test_cli_journal_storage_and_bare_trial(tmp_path, capsys):
     """A journal storage, and a completed trial that carries no user attrs at all."""
     url = f"journal:{tmp_path / 'sweep.journal.log'}"
-    from kdsweep.studies import open_storage
+    from kdsweep.sweep.studies import open_storage
 
     study = optuna.create_study(study_name="j", storage=open_storage(url), direction="maximize")
     temperature = {"loss.temperature": DISTS["loss.temperature"]}
@@ -271,3 +271,31 @@ def test_headline_when_the_tutorial_trial_has_no_value():
     assert "tutorial-default trial #0 is pruned" in headline(summary)
     study.set_user_attr("tutorial_trial_number", 7)
     assert "tutorial-default trial #7 is not in the study" in headline(summarize(study))
+
+
+def test_templates_escape_hostile_names_and_values(tmp_path):
+    """index.html autoescapes what the study carries (its name, parameter values); report.md
+    escapes ``|`` so a value cannot split its table cell, and ``<`` so it cannot add HTML."""
+    hostile = "<script>alert(1)</script>"
+    study = optuna.create_study(study_name=f"kd {hostile}", direction="maximize")
+    value = f"adam|{hostile}"
+    dists = {"optimizer": CategoricalDistribution([value, "sgd"])}
+    study.add_trial(create_trial(value=70.0, params={"optimizer": value}, distributions=dists))
+    index = write_report(study, tmp_path / "r")
+
+    page = index.read_text()
+    assert "<script>" not in page
+    assert "<h1>Sweep report: kd &lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page
+    assert page.count("<td>adam|&lt;script&gt;alert(1)&lt;/script&gt;</td>") == 2  # best, trials
+
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "<script>" not in md
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| # |"))
+    row = next(line for line in lines if line.startswith("| 0 |"))
+    assert "| adam\\|&lt;script>alert(1)&lt;/script> |" in row  # no < opens a tag
+
+    def cells(line: str) -> list[str]:
+        return re.split(r"(?<!\\)\|", line)
+
+    assert len(cells(row)) == len(cells(header))  # the escaped | stays inside its cell

@@ -1,7 +1,8 @@
 """The figures of the sweep report, drawn with matplotlib (imported only when drawing).
 
-Each ``_plot_*`` writes one PNG and returns None, or returns why it drew nothing;
-:func:`kdsweep.report.write_report` collects those reasons as notes in the report.
+Each ``plot_*`` writes one PNG and returns None, or returns why it drew nothing;
+:func:`kdsweep.report.render.write_report_files` collects those reasons as notes in the
+report. ``param_file`` names the PNG of one parameter's plot.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.files import atomic_save_figure
-from kdsweep.report_data import Summary, TrialRow, _number
+from kdsweep.report.summary import Summary, TrialRow, finite
 from kdsweep.secrets import mask_secrets
 
 if TYPE_CHECKING:
@@ -56,10 +57,10 @@ def _baseline_lines(ax: Any, summary: Summary) -> None:
         ax.axhline(val, ls="-.", color="#2e86c1", lw=1.2, label=f"tutorial KD {val:.2f}")
 
 
-# Each _plot_* writes its PNG and returns None, or returns why it drew nothing.
+# Each plot_* writes its PNG and returns None, or returns why it drew nothing.
 
 
-def _plot_history(summary: Summary, path: Path) -> str | None:
+def plot_history(summary: Summary, path: Path) -> str | None:
     done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
     pruned = [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
     if not done and not pruned:
@@ -87,7 +88,7 @@ def _plot_history(summary: Summary, path: Path) -> str | None:
     return None
 
 
-def _plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
+def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
     done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
     if len(done) < 2:
         return "Parameter importances need at least 2 completed trials."
@@ -129,11 +130,11 @@ def _is_log(study_rows: list[optuna.trial.FrozenTrial], name: str, xs: list[floa
     return name.endswith("lr") and min(xs) > 0
 
 
-def _param_file(name: str) -> str:
+def param_file(name: str) -> str:
     return f"param_{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'param'}.png"
 
 
-def _plot_param(
+def plot_param(
     trials: list[optuna.trial.FrozenTrial], summary: Summary, name: str, path: Path
 ) -> str | None:
     """Objective against one parameter: a scatter (log x for log-sampled ones), or a
@@ -142,7 +143,7 @@ def _plot_param(
     points = [(r.params[name], r.value, r) for r in done if name in r.params]
     if not points:
         return f"No completed trial has {name}."
-    numeric = all(_number(x) is not None for x, _, _ in points)
+    numeric = all(finite(x) is not None for x, _, _ in points)
     fig = _figure(width=4.4, height=3.2, fixed=True)
     ax = fig.add_subplot()
     if numeric:
@@ -173,12 +174,12 @@ def _plot_param(
 
 
 def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    pairs = [(_number(h.get("epoch")), _number(h.get(key))) for h in history]
+    pairs = [(finite(h.get("epoch")), finite(h.get(key))) for h in history]
     kept = [(x, y) for x, y in pairs if x is not None and y is not None]
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _plot_curves(summary: Summary, path: Path) -> str | None:
+def plot_curves(summary: Summary, path: Path) -> str | None:
     best = summary.best
     if best is None or not (best.history or best.intermediate):
         return "No learning curves: the best trial has no recorded history."
@@ -218,7 +219,7 @@ def _curve_of(row: TrialRow) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def _plot_all_curves(summary: Summary, path: Path) -> str | None:
+def plot_all_curves(summary: Summary, path: Path) -> str | None:
     curves = [(row, *_curve_of(row)) for row in summary.rows]
     curves = [c for c in curves if c[1]]
     if not curves:

@@ -2,9 +2,10 @@
 
 ``summarize(study)`` turns the stored Optuna study into a :class:`Summary` (one
 :class:`TrialRow` per trial, the best trial, the tutorial-default trial, the baselines);
-``headline``, ``state_line``, ``comparison`` and the ``_fmt``-style helpers turn it into
-the text both the HTML and the Markdown report show. See :mod:`kdsweep.report` for the
-attributes read from the study; every one of them may be missing.
+``headline``, ``state_line``, ``comparison``, ``trial_table`` and the ``fmt``-style
+helpers turn it into the text both the HTML and the Markdown report show. See
+:mod:`kdsweep.report` for the attributes read from the study; every one of them may be
+missing.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Summary:
 # --------------------------------------------------------------------------- data
 
 
-def _number(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
     """A finite float, or None for anything else (missing, NaN, a string...)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -85,7 +86,7 @@ def _number(value: Any) -> float | None:
 
 def _objective(trial: optuna.trial.FrozenTrial) -> float | None:
     values = trial.values
-    return _number(values[0]) if values else None
+    return finite(values[0]) if values else None
 
 
 def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
@@ -93,13 +94,13 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     metrics = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
     history = [h for h in attrs.get("history") or [] if isinstance(h, dict)]
     intermediate = {
-        int(k): float(v) for k, v in trial.intermediate_values.items() if _number(v) is not None
+        int(k): float(v) for k, v in trial.intermediate_values.items() if finite(v) is not None
     }
     start, complete = trial.datetime_start, trial.datetime_complete
     duration = (complete - start).total_seconds() if start and complete else None
     if duration is None:
-        duration = _number(metrics.get("wall_seconds"))
-    epochs = [int(h["epoch"]) for h in history if _number(h.get("epoch")) is not None]
+        duration = finite(metrics.get("wall_seconds"))
+    epochs = [int(h["epoch"]) for h in history if finite(h.get("epoch")) is not None]
     last_epoch = max([*intermediate, *epochs], default=None)
     state = trial.state.name
     note = ""
@@ -111,14 +112,14 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
         note = f"running, epoch {last_epoch}" if last_epoch is not None else "running"
     value = _objective(trial) if state == "COMPLETE" else None
     if value is None and state == "COMPLETE":
-        value = _number(metrics.get("objective"))
+        value = finite(metrics.get("objective"))
     run_id = attrs.get("mlflow_run_id")
     return TrialRow(
         number=trial.number,
         state=state,
         params=dict(trial.params),
         value=value,
-        test_acc=_number(metrics.get("test_acc")),
+        test_acc=finite(metrics.get("test_acc")),
         duration_s=duration,
         last_epoch=last_epoch,
         note=note,
@@ -157,8 +158,8 @@ def summarize(study: optuna.Study) -> Summary:
     for key, entry in raw_baselines.items():
         if isinstance(entry, dict):
             baselines[str(key)] = {
-                "val_acc": _number(entry.get("val_acc")),
-                "test_acc": _number(entry.get("test_acc")),
+                "val_acc": finite(entry.get("val_acc")),
+                "test_acc": finite(entry.get("test_acc")),
             }
 
     tutorial_number = attrs.get("tutorial_trial_number")
@@ -196,7 +197,7 @@ def summarize(study: optuna.Study) -> Summary:
 # --------------------------------------------------------------------------- text
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return DASH
     if isinstance(value, float):
@@ -208,11 +209,11 @@ def _acc(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f}"
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f} %"
 
 
-def _points(value: float | None) -> str:
+def points(value: float | None) -> str:
     return DASH if value is None else f"{value:+.2f} points"
 
 
@@ -236,17 +237,17 @@ def headline(summary: Summary) -> str:
     best = summary.best
     if best is None:
         return f"No completed trial yet: {state_line(summary)}."
-    text = f"Best trial #{best.number}: {_pct(best.value)} val"
+    text = f"Best trial #{best.number}: {pct(best.value)} val"
     if best.test_acc is not None:
-        text += f", {_pct(best.test_acc)} test"
+        text += f", {pct(best.test_acc)} test"
     tutorial, number = summary.tutorial, summary.tutorial_number
     if summary.gain_val is not None and tutorial is not None:
         text += (
-            f"; {_points(summary.gain_val)} (val) over the tutorial-default KD student"
-            f" (trial #{tutorial.number}, {_pct(tutorial.value)} val)"
+            f"; {points(summary.gain_val)} (val) over the tutorial-default KD student"
+            f" (trial #{tutorial.number}, {pct(tutorial.value)} val)"
         )
         if summary.gain_test is not None:
-            text += f", {_points(summary.gain_test)} (test)"
+            text += f", {points(summary.gain_test)} (test)"
     elif number is None:
         text += "; no tutorial-default trial recorded, so no gain over it"
     elif tutorial is None:
@@ -277,17 +278,17 @@ def comparison(summary: Summary) -> list[tuple[str, float | None, float | None, 
     return out
 
 
-def _best_params(summary: Summary) -> list[tuple[str, Any]]:
+def best_params(summary: Summary) -> list[tuple[str, Any]]:
     params = summary.best.params if summary.best is not None else {}
     return [(name, params[name]) for name in summary.param_names if name in params]
 
 
-def _table(summary: Summary) -> tuple[list[str], list[list[str]]]:
+def trial_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
     head = ["#", "state", *summary.param_names, "val acc", "test acc", "duration s", "note"]
     body = []
     for r in summary.rows:
         cells = [str(r.number), r.state]
-        cells += [_fmt(r.params[p]) if p in r.params else "" for p in summary.param_names]
+        cells += [fmt(r.params[p]) if p in r.params else "" for p in summary.param_names]
         cells += [_acc(r.value), _acc(r.test_acc), _secs(r.duration_s), r.note[:160]]
         body.append(cells)
     return head, body

@@ -1,0 +1,53 @@
+"""The multirun report of a sweep, rebuilt from the stored Optuna study alone (no training).
+
+This package only re-exports the public names; the work is split by job:
+
+- :mod:`kdsweep.report.summary` reads the study into a :class:`Summary` and words it;
+- :mod:`kdsweep.report.plots` draws the figures (matplotlib);
+- :mod:`kdsweep.report.render` writes index.html and report.md (Jinja2 templates in
+  ``templates/``), trials.csv and the plots, and names a study's report folder;
+- :mod:`kdsweep.report.cli` is the ``kdsweep-report`` command.
+
+What the sweeper stores and the report reads: study user attrs ``baselines``,
+``tutorial_trial_number``, ``search_space``, ``n_trials``, ``sampler``,
+``mlflow_parent_run_id``; trial user attrs ``mlflow_run_id``, ``history``, ``metrics``,
+``error``. Every one of them may be missing.
+"""
+
+from __future__ import annotations
+
+from kdsweep.report.render import (
+    FIXED_PNGS,
+    MAX_DIR_NAME,
+    report_dir_for,
+    write_report,
+    write_report_files,
+)
+from kdsweep.report.summary import (
+    DASH,
+    PARAM_ORDER,
+    STATES,
+    Summary,
+    TrialRow,
+    comparison,
+    headline,
+    state_line,
+    summarize,
+)
+
+__all__ = [
+    "DASH",
+    "FIXED_PNGS",
+    "MAX_DIR_NAME",
+    "PARAM_ORDER",
+    "STATES",
+    "Summary",
+    "TrialRow",
+    "comparison",
+    "headline",
+    "report_dir_for",
+    "state_line",
+    "summarize",
+    "write_report",
+    "write_report_files",
+]
