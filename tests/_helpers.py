@@ -110,7 +110,7 @@ def wait_for(
 
 def load_trials(storage: str, study: str) -> list[Any]:
     """The study's trials (FrozenTrial) read from its storage; [] if it does not exist yet."""
-    from kdsweep.studies import open_storage
+    from kdsweep.sweep.studies import open_storage
 
     backend = open_storage(storage)
     try:
@@ -123,7 +123,7 @@ def load_trials(storage: str, study: str) -> list[Any]:
 def load_study(storage: str, study: str) -> Any:
     import optuna
 
-    from kdsweep.studies import open_storage
+    from kdsweep.sweep.studies import open_storage
 
     return optuna.load_study(study_name=study, storage=open_storage(storage))
 
@@ -222,7 +222,7 @@ def drop_study(storage: str, study: str) -> None:
     """Remove a study from a shared server so test runs do not pile up."""
     import optuna
 
-    from kdsweep.studies import open_storage
+    from kdsweep.sweep.studies import open_storage
 
     with contextlib.suppress(Exception):
         optuna.delete_study(study_name=study, storage=open_storage(storage))

@@ -54,6 +54,16 @@ SECRET = "s3cret"
         ("http://host/api?user=kd&password=s3cret&x=1", "http://host/api?user=kd&password=***&x=1"),
         ("https://host/?token=s3cret", "https://host/?token=***"),
         ("https://host/?a=1&Secret=s3cret", "https://host/?a=1&Secret=***"),
+        # Hydra's launchers log each job's overrides with ":" (and " ", "=", ...) escaped.
+        (
+            r"tracking.uri=postgresql\://u\:s3cret@host/db",
+            r"tracking.uri=postgresql\://u\:***@host/db",
+        ),
+        (
+            r"#0 : loss=kd tracking.uri=http\://kd\:s3\ cr\=et@h\:5000",
+            r"#0 : loss=kd tracking.uri=http\://kd\:***@h\:5000",
+        ),
+        (r"tracking.uri=sqlite\:////tmp/a\:b@c/x.db", r"tracking.uri=sqlite\:////tmp/a\:b@c/x.db"),
         # Nothing secret: unchanged.
         ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
         ("sqlite:////tmp/a:b@c/optuna.db", "sqlite:////tmp/a:b@c/optuna.db"),

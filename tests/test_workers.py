@@ -94,7 +94,7 @@ def test_workers_share_a_study_on_a_postgresql_server_in_use(
 _OPEN_AT = """
 import sys, time
 from kdsweep.errors import KdsweepError
-from kdsweep.studies import open_storage
+from kdsweep.sweep.studies import open_storage
 
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 try:
@@ -180,7 +180,7 @@ def test_study_lock_does_not_block_journal_writes(tmp_path: Path) -> None:
 
     import optuna
 
-    from kdsweep.studies import open_storage, study_lock
+    from kdsweep.sweep.studies import open_storage, study_lock
 
     url = f"journal:{tmp_path / 'optuna.journal.log'}"
     storage = open_storage(url)

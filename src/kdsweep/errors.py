@@ -19,3 +19,10 @@ class CheckpointError(KdsweepError):
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged (NaN or inf loss). A fault inside a trial, not a user error."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for
+    one-line reports: library messages often carry multi-line trailers."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

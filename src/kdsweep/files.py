@@ -9,7 +9,6 @@ and a temporary file that the next write of the same target removes once it is o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
@@ -19,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from filelock import FileLock
 
 # A temporary file this old was left by a writer that died (SIGKILL, power loss): a live
 # writer's file is minutes old at most, since it is written in one go.
@@ -81,15 +82,12 @@ def atomic_save_figure(save: Callable[[IO[bytes]], None], path: str | Path) -> N
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock shared by every process on this machine (flock)."""
+    """An exclusive lock on ``path`` (created with its folder if missing), shared by every
+    process on this machine: filelock's FileLock (flock on Unix). Blocks until it is free."""
     lock_path = Path(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(lock_path):
+        yield
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:

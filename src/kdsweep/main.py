@@ -50,7 +50,7 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         validate(cfg)  # before importing torch and MLflow: a typo fails in a second
         from kdsweep.run import run
-        from kdsweep.trial_link import trial_hooks
+        from kdsweep.sweep.trial_hooks import trial_hooks
 
         result = run(cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir)
     except (KdsweepError, NonFiniteLossError) as exc:

@@ -1,6 +1,6 @@
 """The Hydra face of kdsweep's sweeper. Hydra discovers it in the ``hydra_plugins``
-namespace; the work is done by kdsweep.sweep, imported only when a sweep starts, so that
-plugin discovery (at every kdsweep start) stays cheap."""
+namespace; the work is done by kdsweep.sweep.core.StudySweep, imported only when a sweep
+starts, so that plugin discovery (at every kdsweep start) stays cheap."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class KdsweepSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from kdsweep.sweep import StudySweep
+        from kdsweep.sweep.core import StudySweep
+        from kdsweep.sweep.settings import SweepSettings
 
-        return StudySweep(self.config, self.launcher, self.make_sampler, **self.options).run(
-            arguments
-        )
+        settings = SweepSettings.from_options(self.options)
+        return StudySweep(self.config, settings, self.launcher, self.make_sampler).run(arguments)

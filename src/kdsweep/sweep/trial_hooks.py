@@ -20,7 +20,7 @@ class OptunaTrialHooks(TrialHooks):
     def __init__(self, storage_url: str, study_name: str, trial_id: int, pruner_conf: Any) -> None:
         import optuna
 
-        from kdsweep.studies import build_pruner, open_storage
+        from kdsweep.sweep.studies import build_pruner, open_storage
 
         study = optuna.load_study(
             study_name=study_name,
@@ -29,6 +29,8 @@ class OptunaTrialHooks(TrialHooks):
             # The job never samples: a cheap sampler keeps loading the trial fast.
             sampler=optuna.samplers.RandomSampler(),
         )
+        # Trial(study, trial_id) is Optuna's public constructor; the id is the storage's
+        # (kdsweep.sweep.studies.trial_id), passed by the sweeper as sweep.trial_id.
         self.trial = optuna.trial.Trial(study, trial_id)
         self.curve: list[dict[str, float]] = []
 

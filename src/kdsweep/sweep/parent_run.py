@@ -1,5 +1,6 @@
-"""MLflow for a sweep: one parent run per study (shared by every invocation and worker
-that runs it), and the clean-up of trial runs whose job could not close them."""
+"""The sweep's MLflow side: one parent run per study (shared by every invocation and
+worker that runs it), the clean-up of trial runs their job could not close, and the
+metrics a finished job left beside its outputs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import optuna
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
-from kdsweep.config import TrackingConf, validate
-from kdsweep.errors import KdsweepError
+from kdsweep.errors import KdsweepError, first_line
+from kdsweep.schema import TrackingConf, validate
 from kdsweep.secrets import mask_secrets
 from kdsweep.tracking import client_for, experiment_id, flatten, git_commit
 
@@ -70,10 +71,10 @@ class ParentRun:
             except KdsweepError:
                 raise
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                uri, problem = mask_secrets(conf.uri), mask_secrets(first_line(exc))[:200]
                 raise KdsweepError(
-                    f"cannot start the sweep's MLflow run at tracking.uri={mask_secrets(conf.uri)}"
-                    f" ({mask_secrets(first)[:200]}): start the server or fix tracking.uri"
+                    f"cannot start the sweep's MLflow run at tracking.uri={uri}"
+                    f" ({problem}): start the server or fix tracking.uri"
                 ) from None
         return cls(conf, run_id)
 
@@ -100,7 +101,7 @@ class ParentRun:
             log.error(
                 "MLflow: could not finish the sweep's parent run %s: %s",
                 self.run_id,
-                mask_secrets(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+                mask_secrets(first_line(exc)),
             )
 
 
@@ -117,7 +118,7 @@ def close_trial_run(config: DictConfig, run_id: str | None, state: str, message:
         client.set_tag(run_id, "error", mask_secrets(message)[:5000])
         client.set_terminated(run_id, status="FAILED")
     except Exception as exc:
-        log.error("MLflow: could not close trial run %s: %s", run_id, exc)
+        log.error("MLflow: could not close trial run %s: %s", run_id, mask_secrets(first_line(exc)))
 
 
 def read_job_metrics(ret: JobReturn) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Optuna studies as kdsweep uses them, shared by the sweeper and the jobs it launches:
-storage URLs, pruners, a cross-process study lock, trial heartbeats and stale trials.
+"""Optuna studies as kdsweep keeps them, shared by the sweeper and the jobs it launches:
+opening a storage, the pruner, a cross-process study lock, trial ids, heartbeats and
+stale trials.
 
 Storage URLs: any SQLAlchemy URL Optuna's RDB storage takes (``sqlite:///optuna.db``,
 ``postgresql://user@host/db``), or ``journal:PATH`` for Optuna's journal file storage.
@@ -14,14 +15,14 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.errors import KdsweepError
+from kdsweep.errors import KdsweepError, first_line
 from kdsweep.files import file_lock
 from kdsweep.secrets import mask_secrets
 
@@ -36,12 +37,12 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; one line naming the fix if it cannot be opened."""
     try:
-        if url.startswith(JOURNAL_PREFIX):
+        journal = _journal_file(url)
+        if journal is not None:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-            path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(journal)))
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # Parallel trials write to one file: wait for the lock instead of failing.
@@ -53,15 +54,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         with _creation_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdsweepError(
-            f"cannot open the Optuna storage {mask_secrets(url)} ({mask_secrets(first)[:200]}):"
+            f"cannot open the Optuna storage {mask_secrets(url)}"
+            f" ({mask_secrets(first_line(exc))[:200]}):"
             " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
             " postgresql://user@host/db)"
         ) from None
 
 
-def build_pruner(conf: Any) -> optuna.pruners.BasePruner:
+def build_pruner(conf: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     """From the sweeper's ``pruner`` node (name + options); none -> NopPruner."""
     if conf is None:
         return optuna.pruners.NopPruner()
@@ -89,15 +90,37 @@ def build_pruner(conf: Any) -> optuna.pruners.BasePruner:
     )
 
 
+def _journal_file(url: str) -> Path | None:
+    return Path(url[len(JOURNAL_PREFIX) :]).expanduser() if url.startswith(JOURNAL_PREFIX) else None
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind a ``sqlite:///PATH`` or ``journal:PATH`` storage URL; None for a
+    server, an in-memory database or a URL that names no file."""
+    journal = _journal_file(url)
+    if journal is not None:
+        return journal
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
 def _lock_file_for(url: str) -> Path | None:
+    path = storage_file(url)
+    if path is None:
+        return None
     if url.startswith(JOURNAL_PREFIX):
         # Not PATH.lock: that is the symlink lock Optuna's journal backend takes on every
         # write; a file of ours there stalls it 30 s, then it deletes ours as stale.
-        return Path(url[len(JOURNAL_PREFIX) :] + ".kdsweep-lock").expanduser()
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///") :]
-        return Path(db + ".lock") if db and db != ":memory:" else None
-    return None
+        return path.with_name(path.name + ".kdsweep-lock")
+    return path.with_name(path.name + ".lock")
 
 
 @contextlib.contextmanager
@@ -152,6 +175,13 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) 
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         return
     yield
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study_id: int, number: int) -> int:
+    """The storage's id of the study's trial ``number``: the key every storage method takes
+    and the job's way back to its trial. Asked of the storage (public API) because Optuna
+    keeps it private (``_trial_id``) on Trial and FrozenTrial (optuna 5.0)."""
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
 def owner_tag() -> str:

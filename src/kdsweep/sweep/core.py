@@ -1,0 +1,294 @@
+"""One sweep invocation over a persistent Optuna study: ask -> launch -> tell.
+
+- ``n_trials`` counts the study's finished trials (complete or pruned): a rerun runs only
+  the missing ones, a finished sweep trains nothing, and N workers sharing a storage stop
+  together at exactly n_trials (asking is serialized by studies.study_lock).
+- Trials whose sweeper died (SIGKILL, lost machine) are found by their owner's pid or a
+  stale heartbeat, failed in Optuna, and their MLflow runs closed.
+- Each job learns its trial through ``sweep.*`` overrides and reports every epoch to the
+  study, so the pruner can stop it (trial_hooks).
+- One MLflow parent run per study; trials are its children. A report is written at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from kdsweep.errors import KdsweepError, first_line
+from kdsweep.schema import validate
+from kdsweep.secrets import mask_secrets
+from kdsweep.sweep.finish import finish_sweep
+from kdsweep.sweep.parent_run import ParentRun, close_trial_run, read_job_metrics
+from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
+from kdsweep.sweep.studies import (
+    FINISHED_STATES,
+    Heartbeat,
+    build_pruner,
+    claim_trial,
+    count_states,
+    open_storage,
+    stale_trials,
+    study_lock,
+    trial_id,
+)
+
+log = logging.getLogger("kdsweep.sweep")
+
+#: A trial asked of the study, with its id in the storage.
+Asked = tuple[optuna.trial.Trial, int]
+
+
+def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
+    """A job's return value, or the exception that ended it, through Hydra's public
+    ``JobReturn.return_value`` (which re-raises a failed job's exception). That property
+    first prints the job's overrides, unmasked, to stderr: the line is kept off the
+    console, where the trial's masked error is logged instead."""
+    if ret.status == JobStatus.COMPLETED:
+        return ret.return_value, None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            _ = ret.return_value
+    except Exception as exc:
+        return None, exc
+    return None, RuntimeError(f"the job ended {ret.status.name} and returned no error")
+
+
+class StudySweep:
+    def __init__(
+        self,
+        config: DictConfig,
+        settings: SweepSettings,
+        launcher: Any,
+        make_sampler: Callable[[int], Any],
+    ) -> None:
+        self.config, self.settings = config, settings
+        self.launcher, self.make_sampler = launcher, make_sampler
+        self.job_idx = 0
+
+    def _check(self, space: SearchSpace) -> None:
+        """Before anything is written: the settings, the search space, the config."""
+        self.settings.check()
+        choices = self.config.hydra.runtime.choices
+        for name in space.distributions:
+            if name not in choices and OmegaConf.select(self.config, name) is None:
+                raise KdsweepError(
+                    f"search parameter {name} is not in the config (loss={choices.get('loss')}):"
+                    " fix hydra.sweeper.params or pick a matching group"
+                )
+        validate(self.config)
+
+    def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
+        s = self.settings
+        self.storage = open_storage(s.storage)
+        self.sampler = self.make_sampler(self._existing_trials())
+        study = optuna.create_study(
+            study_name=s.study_name,
+            storage=self.storage,
+            sampler=self.sampler,
+            pruner=build_pruner(s.pruner),
+            direction=s.direction,
+            load_if_exists=True,
+        )
+        self.study_id = self.storage.get_study_id_from_name(s.study_name)
+        parent = ParentRun.for_study(
+            study, self.config, s.describe(self.sampler, space.distributions), lock=self._lock
+        )
+        return study, parent
+
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return study_lock(self.storage, self.settings.storage, self.settings.study_name)
+
+    def run(self, arguments: list[str]) -> optuna.Study:
+        s = self.settings
+        try:
+            space = search_space(s.params, arguments)
+            self._check(space)
+            study, parent = self._open(space)
+        except KdsweepError as exc:
+            from kdsweep.main import report_error
+
+            report_error(exc)
+            raise SystemExit(2) from None
+        log.info(
+            "study %s in %s: %s sampler, %s pruner, n_trials=%d",
+            s.study_name,
+            mask_secrets(s.storage),
+            type(self.sampler).__name__,
+            s.pruner.get("name"),
+            s.n_trials,
+        )
+        self._fail_stale(study)
+        self._enqueue_once(study, space)
+        if s.baselines:
+            self._run_baseline_once(study, space.fixed, parent)
+
+        failures = launched = 0
+        while asked := self._ask(study, space):
+            overrides = [self._overrides(t, tid, space.fixed, parent) for t, tid in asked]
+            with Heartbeat(self.storage, [tid for _, tid in asked], s.heartbeat_interval):
+                try:
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                except Exception as exc:  # the launcher itself broke: every job in the batch failed
+                    broken = JobReturn(status=JobStatus.FAILED)
+                    broken.return_value = exc
+                    returns = [broken] * len(asked)
+            self.job_idx += len(asked)
+            launched += len(asked)
+            failures += sum(
+                self._tell(study, t, tid, r) == TrialState.FAIL
+                for (t, tid), r in zip(asked, returns, strict=True)
+            )
+            if failures > s.max_failure_rate * s.n_trials:
+                finish_sweep(study, self.config, self.settings, parent, aborted=True)
+                print(
+                    f"kdsweep: error: {failures} of {launched} trials failed, more than"
+                    f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
+                    " see the trials' errors in the report or MLflow (tag 'error')",
+                    file=sys.stderr,
+                )
+                raise SystemExit(1)
+        finish_sweep(study, self.config, self.settings, parent, aborted=False)
+        return study
+
+    def _existing_trials(self) -> int:
+        try:
+            study_id = self.storage.get_study_id_from_name(self.settings.study_name)
+        except KeyError:
+            return 0
+        return len(self.storage.get_all_trials(study_id, deepcopy=False))
+
+    def _fail_stale(self, study: optuna.Study) -> None:
+        with self._lock():
+            for trial in stale_trials(study, self.settings.grace_period):
+                log.warning(
+                    "trial %d was interrupted (its sweeper died): marking it FAIL", trial.number
+                )
+                tid = trial_id(self.storage, self.study_id, trial.number)
+                self.storage.set_trial_user_attr(tid, "error", "interrupted")
+                # Not study.tell: this sweeper's sampler never sampled the dead trial.
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+                close_trial_run(
+                    self.config,
+                    trial.user_attrs.get("mlflow_run_id"),
+                    "FAIL",
+                    "interrupted: the sweep process died during this trial",
+                )
+
+    def _enqueue_once(self, study: optuna.Study, space: SearchSpace) -> None:
+        if not self.settings.enqueue_trials:
+            return
+        with self._lock():
+            if study.user_attrs.get("enqueued"):
+                return
+            for params in self.settings.enqueue_trials:
+                study.enqueue_trial({k: v for k, v in params.items() if k in space.distributions})
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            study.set_user_attr("enqueued", True)
+            if waiting:
+                study.set_user_attr("tutorial_trial_number", min(t.number for t in waiting))
+
+    def _run_baseline_once(self, study: optuna.Study, base: list[str], parent: ParentRun) -> None:
+        """A CE-only student with the sweep's fixed settings, once per study, for the
+        report's baseline row. The teacher's row comes from the trials' own metrics."""
+        with self._lock():
+            if study.user_attrs.get("baseline_claimed"):
+                return
+            study.set_user_attr("baseline_claimed", True)
+        keep = [o for o in base if not o.lstrip("+~").startswith("loss")]
+        overrides = keep + [
+            "loss=ce",
+            "sweep.role=baseline",
+            "tracking.run_name=baseline-student-ce",
+        ]
+        if parent.run_id:
+            overrides.append(f"sweep.parent_run_id={parent.run_id}")
+        if self.config.hydra.runtime.choices.get("model") == "modified":
+            overrides.append("model=light")
+        log.info("baseline: training a CE-only student once for this study")
+        (ret,) = self.launcher.launch([overrides], initial_job_idx=self.job_idx)
+        self.job_idx += 1
+        _, error = job_outcome(ret)
+        metrics = read_job_metrics(ret)
+        if error is None and metrics:
+            baselines = dict(study.user_attrs.get("baselines", {}))
+            baselines["student_ce"] = {
+                "val_acc": metrics.get("objective"),
+                "test_acc": metrics.get("test_acc"),
+            }
+            study.set_user_attr("baselines", baselines)
+        else:
+            reason = first_line(error) if error is not None else "no metrics"
+            log.warning("baseline CE student failed: %s", mask_secrets(reason))
+
+    def _ask(self, study: optuna.Study, space: SearchSpace) -> list[Asked]:
+        """New trials for this worker, sampled, never more than the study still needs."""
+        s = self.settings
+        with self._lock():
+            counts = count_states(study)
+            done = sum(counts[state] for state in FINISHED_STATES)
+            remaining = s.n_trials - done - counts[TrialState.RUNNING]
+            if remaining <= 0:
+                if counts[TrialState.RUNNING]:
+                    log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
+                return []
+            asked = []
+            for _ in range(min(s.n_jobs, remaining)):
+                trial = study.ask(fixed_distributions=space.distributions)
+                tid = trial_id(self.storage, self.study_id, trial.number)
+                claim_trial(self.storage, tid)
+                asked.append((trial, tid))
+        log.info(
+            "study %s: %d/%d finished, launching trial(s) %s",
+            s.study_name,
+            done,
+            s.n_trials,
+            ", ".join(str(trial.number) for trial, _ in asked),
+        )
+        return asked
+
+    def _overrides(
+        self, trial: optuna.trial.Trial, tid: int, base: list[str], parent: ParentRun
+    ) -> list[str]:
+        overrides = [f"{name}={value}" for name, value in trial.params.items()] + base
+        overrides += [
+            f"sweep.trial_number={trial.number}",
+            f"sweep.trial_id={tid}",
+            f"sweep.study_name={self.settings.study_name}",
+        ]
+        if parent.run_id:
+            overrides.append(f"sweep.parent_run_id={parent.run_id}")
+        return overrides
+
+    def _tell(
+        self, study: optuna.Study, trial: optuna.trial.Trial, tid: int, ret: JobReturn
+    ) -> TrialState:
+        value, error = job_outcome(ret)
+        # Read back from the storage: the job wrote these attributes in its own process.
+        user_attrs = self.storage.get_trial_user_attrs(tid)
+        if error is None:
+            try:
+                study.tell(trial, float(value))
+                return TrialState.COMPLETE
+            except (TypeError, ValueError) as exc:
+                error = exc
+        if user_attrs.get("pruned") or isinstance(error, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned", trial.number)
+            return TrialState.PRUNED
+        message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split())[:2000])
+        log.warning("trial %d failed: %s", trial.number, message)
+        trial.set_user_attr("error", message)
+        study.tell(trial, state=TrialState.FAIL)
+        # A job that died before closing its run (or never started one) must not stay RUNNING.
+        close_trial_run(self.config, user_attrs.get("mlflow_run_id"), "FAIL", message)
+        return TrialState.FAIL

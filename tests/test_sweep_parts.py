@@ -1,0 +1,82 @@
+"""Unit checks of the sweep's parts that need no training: storage URLs, the grouped
+sweeper settings, trial ids and a job's outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+
+from kdsweep.errors import KdsweepError
+from kdsweep.sweep.core import job_outcome
+from kdsweep.sweep.settings import SweepSettings
+from kdsweep.sweep.studies import open_storage, storage_file, trial_id
+
+OPTIONS = {
+    "direction": "maximize",
+    "storage": None,
+    "study_name": None,
+    "n_trials": 3,
+    "n_jobs": 1,
+    "max_failure_rate": 0.25,
+    "params": {"loss.temperature": "interval(1.0, 4.0)"},
+    "pruner": {"name": "median"},
+    "enqueue_trials": [],
+    "baselines": True,
+    "report_dir": "reports",
+    "heartbeat_interval": 10.0,
+    "grace_period": 120.0,
+    "custom_search_space": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///optuna.db", Path("optuna.db")),
+        ("sqlite:////tmp/a:b@c/optuna.db", Path("/tmp/a:b@c/optuna.db")),
+        ("sqlite:///optuna.db?timeout=5", Path("optuna.db")),
+        ("journal:/tmp/optuna.journal.log", Path("/tmp/optuna.journal.log")),
+        ("sqlite:///:memory:", None),
+        ("sqlite://", None),
+        ("postgresql://kd:pw@host/db", None),
+    ],
+)
+def test_storage_file(url: str, path: Path | None) -> None:
+    assert storage_file(url) == path
+
+
+def test_settings_from_the_sweeper_options() -> None:
+    settings = SweepSettings.from_options(OPTIONS)
+    assert settings.storage == "sqlite:///optuna.db" and settings.study_name == "kdsweep"
+    assert settings.pruner == {"name": "median"}
+    settings.check()
+    with pytest.raises(TypeError):
+        SweepSettings.from_options({**OPTIONS, "n_trails": 3})
+    with pytest.raises(KdsweepError, match="n_trials"):
+        SweepSettings.from_options({**OPTIONS, "n_trials": 0}).check()
+    with pytest.raises(KdsweepError, match="direction"):
+        SweepSettings.from_options({**OPTIONS, "direction": ["maximize", "minimize"]}).check()
+
+
+def test_trial_id_is_the_storage_id_of_a_trial_number(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    for name in ("other", "mine"):  # ids and numbers part ways in the second study
+        study = optuna.create_study(study_name=name, storage=storage)
+        trials = [study.ask() for _ in range(2)]
+    study_id = storage.get_study_id_from_name("mine")
+    ids = [trial_id(storage, study_id, t.number) for t in trials]
+    assert ids != [0, 1]  # the ids count the other study's trials too
+    assert [storage.get_trial(i).number for i in ids] == [0, 1]
+
+
+def test_job_outcome() -> None:
+    done = JobReturn(status=JobStatus.COMPLETED)
+    done.return_value = 0.5
+    assert job_outcome(done) == (0.5, None)
+    failed = JobReturn(status=JobStatus.FAILED, overrides=["tracking.uri=http://u:pw@h"])
+    failed.return_value = ValueError("temperature must be > 0")
+    value, error = job_outcome(failed)
+    assert value is None and isinstance(error, ValueError)
