@@ -11,21 +11,20 @@ sweeps.py) and its config groups by name (``data=digits``, ``loss=ce``,
 
 from __future__ import annotations
 
-# Configs: SyntheticDataConf(size=, test_size=) (bench, memory); KDLossConf(temperature=,
-# soft_target_weight=, ce_weight=) (loops); TrainerConf(epochs=, batch_size=, device=,
+# Configs: SyntheticData(size=, test_size=) (bench, memory); KnowledgeDistillation(
+# temperature=, soft_target_weight=, ce_weight=) (loops); TrainerConf(epochs=, batch_size=, device=,
 # progress=, objective=), also read: seed, eval_batch_size; replaced: precision,
 # channels_last, compile (loops, gpu).
-from kdsweep.config import KDLossConf, SyntheticDataConf, TrainerConf
-
 # Data: load_splits(conf) -> TensorSplits (.to(), train/val/test x and y, input_shape,
 # num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
-from kdsweep.data import TensorSplits, load_splits
+from kdsweep.data import SyntheticData, TensorSplits, load_splits
 
-# Objectives: CrossEntropy(), KnowledgeDistillation(KDLossConf) (loops, gpu, memory).
+# Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
 
 # Models: deep_nn / light_nn(input_shape, num_classes) -> SeedNet (loops, gpu, memory).
 from kdsweep.models import SeedNet, deep_nn, light_nn
+from kdsweep.schema import TrainerConf
 
 # Teacher outputs: cached_source(teacher, teacher_key, split, inputs, cache_dir,
 # need_logits=True, need_hidden=False), passed positionally (loops, gpu, memory).
@@ -37,10 +36,9 @@ from kdsweep.train import TeacherSource, fit
 
 __all__ = [
     "CrossEntropy",
-    "KDLossConf",
     "KnowledgeDistillation",
     "SeedNet",
-    "SyntheticDataConf",
+    "SyntheticData",
     "TeacherSource",
     "TensorSplits",
     "TrainerConf",

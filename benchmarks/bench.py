@@ -289,7 +289,7 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
     args = _parse(argv)
     import torch
 
-    from _kdsweep_api import SyntheticDataConf, load_splits
+    from _kdsweep_api import SyntheticData, load_splits
 
     mode = "smoke" if args.smoke else "cifar-scale" if args.cifar_scale else "default"
     sizes = MODES[mode]
@@ -303,7 +303,7 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
     rows: list[Row] = []
     data = None
     if set("abf") & set(args.only):
-        conf = SyntheticDataConf(size=sizes.images, test_size=sizes.test_images)
+        conf = SyntheticData(size=sizes.images, test_size=sizes.test_images)
         data = load_splits(conf).to(device)
 
     def guarded(key: str, measure: str, target: str, work: Callable[[], Any]) -> None:

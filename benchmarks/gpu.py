@@ -22,7 +22,6 @@ import torch
 
 from _kdsweep_api import (
     CrossEntropy,
-    KnowledgeDistillation,
     TensorSplits,
     TrainerConf,
     cached_source,
@@ -50,7 +49,7 @@ def measure_gpu_levers(
     if device.type != "cuda":
         raise RuntimeError("row f measures the GPU levers: run it with --device cuda")
     models = make_models(data, device)
-    kd, ce = KnowledgeDistillation(KD), CrossEntropy()
+    kd, ce = KD, CrossEntropy()
     n = len(data.train_x)
     with tempfile.TemporaryDirectory(prefix="kdsweep-bench-cache-") as cache_dir:
         train_src = cached_source(

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from _kdsweep_api import (
     CrossEntropy,
-    KDLossConf,
     KnowledgeDistillation,
     SeedNet,
     TeacherSource,
@@ -44,7 +43,7 @@ Progress = Callable[[str], None]
 # The seed tutorial's KD recipe: Adam lr 1e-3, batch 128, T=2, weights 0.25 / 0.75.
 LR = 1e-3
 BATCH = 128
-KD = KDLossConf(temperature=2.0, soft_target_weight=0.25, ce_weight=0.75)
+KD = KnowledgeDistillation(temperature=2.0, soft_target_weight=0.25, ce_weight=0.75)
 
 
 def _sync(device: torch.device) -> None:
@@ -148,7 +147,7 @@ def measure_kd_epoch(
         _sync(device)
         cache_seconds = time.perf_counter() - started
 
-    objective = KnowledgeDistillation(KD)
+    objective = KD
 
     def kdsweep_epoch(x: torch.Tensor, y: torch.Tensor, source: TeacherSource) -> None:
         student = models.student(data, device)

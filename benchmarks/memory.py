@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from _kdsweep_api import (
-    KnowledgeDistillation,
-    SyntheticDataConf,
+    SyntheticData,
     cached_source,
     deep_nn,
     fit,
@@ -94,7 +93,7 @@ def trial(size: int, test_size: int, cache_dir: str, device_name: str) -> dict[s
     if not reset:
         baseline = _peak()  # growth is then measured from the lifetime peak so far
 
-    data = load_splits(SyntheticDataConf(size=size, test_size=test_size)).to(device)
+    data = load_splits(SyntheticData(size=size, test_size=test_size)).to(device)
     after_load_peak = _peak()
     cache_present = any(Path(cache_dir).glob("teacher_outputs/train-*-logits.pt"))
     torch.manual_seed(0)
@@ -108,7 +107,7 @@ def trial(size: int, test_size: int, cache_dir: str, device_name: str) -> dict[s
     )
     optimizer = torch.optim.Adam(student.parameters(), lr=LR)
     fit(
-        student, KnowledgeDistillation(KD), optimizer, data.train_x, data.train_y,
+        student, KD, optimizer, data.train_x, data.train_y,
         data.val_x, data.val_y, bench_trainer(device), train_src, val_src,
     )  # fmt: skip
     peak = _peak()

@@ -234,8 +234,8 @@ def teacher_cache_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     per test session (in this process) so sweeps in several tests do not each train it."""
     import torch
 
-    from kdsweep.config import validate
     from kdsweep.data import load_splits
+    from kdsweep.schema import validate
     from kdsweep.teacher import prepare_teacher
 
     cache = tmp_path_factory.mktemp("teacher_cache")

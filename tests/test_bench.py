@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsweep.config import SyntheticDataConf
-from kdsweep.data import load_splits
+from kdsweep.data import SyntheticData, load_splits
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation, StepInputs
 from kdsweep.train import fit
 
@@ -42,7 +41,7 @@ def _assert_numeric(row: dict) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    return load_splits(SyntheticDataConf(size=300, test_size=20))
+    return load_splits(SyntheticData(size=300, test_size=20))
 
 
 def test_smoke_rows_a_b_e_produce_every_figure(tmp_path, capsys):

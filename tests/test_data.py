@@ -10,8 +10,10 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from kdsweep.config import CifarDataConf, DigitsDataConf, SyntheticDataConf
 from kdsweep.data import (
+    CifarData,
+    DigitsData,
+    SyntheticData,
     load_cifar_splits,
     load_digits_splits,
     load_splits,
@@ -36,7 +38,7 @@ def _rows(x: np.ndarray) -> Counter:
 
 
 def test_digits_shapes_and_sizes() -> None:
-    splits = load_digits_splits(DigitsDataConf(val_fraction=0.1, test_fraction=0.2))
+    splits = load_digits_splits(DigitsData(val_fraction=0.1, test_fraction=0.2))
     n = 1797
     n_test = round(n * 0.2)
     n_val = round((n - n_test) * 0.1)
@@ -50,7 +52,7 @@ def test_digits_shapes_and_sizes() -> None:
 
 
 def test_digits_normalized_with_train_statistics() -> None:
-    splits = load_digits_splits(DigitsDataConf())
+    splits = load_digits_splits(DigitsData())
     assert abs(splits.train_x.mean().item()) < 1e-4
     assert splits.train_x.std().item() == pytest.approx(1.0, abs=1e-3)
     # val/test use the same (train) statistics, so they are not exactly centred
@@ -63,7 +65,7 @@ def test_digits_normalized_with_train_statistics() -> None:
 
 @pytest.mark.parametrize("val_fraction", [0.1, 0.25, 0.5])
 def test_digits_val_fraction_respected(val_fraction: float) -> None:
-    splits = load_digits_splits(DigitsDataConf(val_fraction=val_fraction))
+    splits = load_digits_splits(DigitsData(val_fraction=val_fraction))
     pool = len(splits.train_x) + len(splits.val_x)
     assert abs(len(splits.val_x) - val_fraction * pool) <= 1
 
@@ -71,7 +73,7 @@ def test_digits_val_fraction_respected(val_fraction: float) -> None:
 def test_digits_splits_partition_the_data_set() -> None:
     """train + val + test is exactly the original data set (as a multiset of images with
     their labels): nothing is shared, nothing is lost."""
-    splits = load_digits_splits(DigitsDataConf(val_fraction=0.2))
+    splits = load_digits_splits(DigitsData(val_fraction=0.2))
     mean, std = _raw_from_normalized(splits)
     bunch = load_digits()
 
@@ -100,12 +102,12 @@ def test_digits_splits_partition_the_data_set() -> None:
 
 
 def test_digits_split_is_seeded() -> None:
-    a = load_digits_splits(DigitsDataConf(split_seed=3))
-    b = load_digits_splits(DigitsDataConf(split_seed=3))
+    a = load_digits_splits(DigitsData(split_seed=3))
+    b = load_digits_splits(DigitsData(split_seed=3))
     for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.fingerprint == b.fingerprint
-    c = load_digits_splits(DigitsDataConf(split_seed=4))
+    c = load_digits_splits(DigitsData(split_seed=4))
     assert not torch.equal(a.val_y, c.val_y) or not torch.equal(a.val_x, c.val_x)
     assert a.fingerprint != c.fingerprint
     # the test set is held out once, for good: split_seed reshuffles val only
@@ -118,16 +120,16 @@ def test_digits_split_is_seeded() -> None:
 
 
 def test_load_splits_caches_per_config() -> None:
-    conf = DigitsDataConf(split_seed=11)
-    assert load_splits(conf) is load_splits(DigitsDataConf(split_seed=11))
-    assert load_splits(DigitsDataConf(split_seed=12)) is not load_splits(conf)
+    conf = DigitsData(split_seed=11)
+    assert load_splits(conf) is load_splits(DigitsData(split_seed=11))
+    assert load_splits(DigitsData(split_seed=12)) is not load_splits(conf)
 
 
 # --- synthetic ----------------------------------------------------------------------------
 
 
 def test_synthetic_shapes_and_determinism() -> None:
-    conf = SyntheticDataConf(size=200, test_size=50, num_classes=4, val_fraction=0.25)
+    conf = SyntheticData(size=200, test_size=50, num_classes=4, val_fraction=0.25)
     a = load_synthetic_splits(conf)
     b = load_synthetic_splits(conf)
     assert a.train_x.shape == (150, 3, 32, 32)
@@ -139,14 +141,14 @@ def test_synthetic_shapes_and_determinism() -> None:
     # per-channel normalization with the train split's statistics
     torch.testing.assert_close(a.train_x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
     other = load_synthetic_splits(
-        SyntheticDataConf(size=200, test_size=50, num_classes=4, val_fraction=0.25, split_seed=1)
+        SyntheticData(size=200, test_size=50, num_classes=4, val_fraction=0.25, split_seed=1)
     )
     assert not torch.equal(a.train_x, other.train_x)
 
 
 def test_synthetic_other_sizes() -> None:
     s = load_synthetic_splits(
-        SyntheticDataConf(size=40, test_size=8, channels=1, image_size=16, num_classes=3)
+        SyntheticData(size=40, test_size=8, channels=1, image_size=16, num_classes=3)
     )
     assert s.input_shape == (1, 16, 16) and len(s.test_x) == 8
 
@@ -167,7 +169,7 @@ def _check_affine_per_channel(loaded: torch.Tensor, raw: np.ndarray) -> None:
 
 def test_cifar10_tiny_files_load(tiny_cifar) -> None:
     root, raw = tiny_cifar("cifar10", per_batch=8, test_size=10)
-    conf = CifarDataConf(name="cifar10", root=str(root), verify_checksum=False, val_fraction=0.25)
+    conf = CifarData(name="cifar10", root=str(root), verify_checksum=False, val_fraction=0.25)
     splits = load_cifar_splits(conf)
     assert splits.num_classes == 10
     assert splits.input_shape == (3, 32, 32)
@@ -187,7 +189,7 @@ def test_cifar10_tiny_files_load(tiny_cifar) -> None:
 
 def test_cifar10_train_subset(tiny_cifar) -> None:
     root, raw = tiny_cifar("cifar10", per_batch=8, test_size=4)
-    conf = CifarDataConf(
+    conf = CifarData(
         name="cifar10", root=str(root), verify_checksum=False, train_subset=20, val_fraction=0.1
     )
     splits = load_cifar_splits(conf)
@@ -199,13 +201,13 @@ def test_cifar10_train_subset(tiny_cifar) -> None:
 def test_cifar10_checksums_are_checked_by_default(tiny_cifar) -> None:
     root, _ = tiny_cifar("cifar10", per_batch=2, test_size=2)
     with pytest.raises(DataError) as info:
-        load_cifar_splits(CifarDataConf(name="cifar10", root=str(root)))
+        load_cifar_splits(CifarData(name="cifar10", root=str(root)))
     assert "\n" not in str(info.value)
 
 
 def test_cifar100_tiny_files_load(tiny_cifar) -> None:
     root, raw = tiny_cifar("cifar100", per_batch=6, test_size=5)
-    conf = CifarDataConf(name="cifar100", root=str(root), verify_checksum=False)
+    conf = CifarData(name="cifar100", root=str(root), verify_checksum=False)
     splits = load_cifar_splits(conf)
     assert splits.num_classes == 100
     assert len(splits.train_x) + len(splits.val_x) == 30
@@ -219,7 +221,7 @@ def test_cifar100_tiny_files_load(tiny_cifar) -> None:
 def test_missing_cifar_says_where_to_put_the_files(tmp_path: Path, name: str, folder: str) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(DataError) as info:
-        load_cifar_splits(CifarDataConf(name=name, root=str(root)))
+        load_cifar_splits(CifarData(name=name, root=str(root)))
     message = str(info.value)
     assert "\n" not in message
     assert str(root.resolve()) in message

@@ -7,14 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdsweep.config import CELossConf, CosineLossConf, KDLossConf, MultiMarginLossConf
 from kdsweep.losses import (
     CosineHidden,
     CrossEntropy,
     KnowledgeDistillation,
     MultiMargin,
     StepInputs,
-    build_objective,
 )
 
 BATCH, CLASSES = 16, 10
@@ -56,9 +54,7 @@ def test_kd_matches_seed(T: float, soft_w: float, ce_w: float) -> None:
     b = _batch(seed=int(T * 10))
     student = b["student_logits"].clone().requires_grad_(True)
     ref_student = b["student_logits"].clone().requires_grad_(True)
-    loss = KnowledgeDistillation(
-        KDLossConf(temperature=T, soft_target_weight=soft_w, ce_weight=ce_w)
-    )
+    loss = KnowledgeDistillation(temperature=T, soft_target_weight=soft_w, ce_weight=ce_w)
     out = loss(StepInputs(b["labels"], student, teacher_logits=b["teacher_logits"]))
     ref_total, ref_soft, ref_ce = _seed_kd(
         ref_student, b["teacher_logits"], b["labels"], T, soft_w, ce_w
@@ -78,7 +74,7 @@ def test_kd_matches_seed(T: float, soft_w: float, ce_w: float) -> None:
 
 def test_kd_soft_term_is_zero_when_student_equals_teacher() -> None:
     b = _batch(seed=3)
-    out = KnowledgeDistillation(KDLossConf())(
+    out = KnowledgeDistillation()(
         StepInputs(b["labels"], b["teacher_logits"], teacher_logits=b["teacher_logits"])
     )
     assert abs(out.terms["soft_target"].item()) < 1e-12
@@ -93,7 +89,7 @@ def test_kd_stays_finite_where_the_seeds_log_of_softmax_underflows() -> None:
         b["student_logits"].float(), b["teacher_logits"].float(), b["labels"], 0.05, 1, 0
     )
     assert not torch.isfinite(seed_soft)  # the condition this test is about does occur
-    out = KnowledgeDistillation(KDLossConf(temperature=0.05, soft_target_weight=1, ce_weight=0))(
+    out = KnowledgeDistillation(temperature=0.05, soft_target_weight=1, ce_weight=0)(
         StepInputs(
             b["labels"], b["student_logits"].float(), teacher_logits=b["teacher_logits"].float()
         )
@@ -105,7 +101,7 @@ def test_kd_stays_finite_where_the_seeds_log_of_softmax_underflows() -> None:
 @pytest.mark.parametrize(("hidden_w", "ce_w"), [(0.25, 0.75), (1.0, 0.0), (0.0, 2.0)])
 def test_cosine_matches_seed(hidden_w: float, ce_w: float) -> None:
     b = _batch(seed=11, hidden=32)
-    out = CosineHidden(CosineLossConf(hidden_weight=hidden_w, ce_weight=ce_w))(
+    out = CosineHidden(hidden_weight=hidden_w, ce_weight=ce_w)(
         StepInputs(
             b["labels"],
             b["student_logits"],
@@ -144,9 +140,7 @@ def _hand_multimargin(x: torch.Tensor, y: torch.Tensor, p: int, margin: float) -
 @pytest.mark.parametrize("margin", [1.0, 0.3])
 def test_multimargin_matches_formula(p: int, margin: float) -> None:
     b = _batch(seed=p * 7, scale=0.6)  # small logits: some hinges active, some not
-    out = MultiMargin(MultiMarginLossConf(p=p, margin=margin))(
-        StepInputs(b["labels"], b["student_logits"])
-    )
+    out = MultiMargin(p=p, margin=margin)(StepInputs(b["labels"], b["student_logits"]))
     expected = _hand_multimargin(b["student_logits"], b["labels"], p, margin)
     torch.testing.assert_close(out.total, expected, rtol=1e-10, atol=1e-12)
     assert set(out.terms) == {"multimargin"}
@@ -155,8 +149,8 @@ def test_multimargin_matches_formula(p: int, margin: float) -> None:
 
 def test_multimargin_p_changes_the_loss() -> None:
     b = _batch(seed=2, scale=2.0)
-    one = MultiMargin(MultiMarginLossConf(p=1))(StepInputs(b["labels"], b["student_logits"]))
-    two = MultiMargin(MultiMarginLossConf(p=2))(StepInputs(b["labels"], b["student_logits"]))
+    one = MultiMargin(p=1)(StepInputs(b["labels"], b["student_logits"]))
+    two = MultiMargin(p=2)(StepInputs(b["labels"], b["student_logits"]))
     assert one.total.item() != pytest.approx(two.total.item())
 
 
@@ -167,14 +161,37 @@ def test_cross_entropy() -> None:
     assert set(out.terms) == {"ce"}
 
 
-def test_build_objective_picks_the_class_and_its_needs() -> None:
-    kd = build_objective(KDLossConf())
-    cosine = build_objective(CosineLossConf())
+@pytest.mark.parametrize("loss", ["kd", "cosine", "multimargin", "ce"])
+def test_each_loss_option_composes_into_its_class(compose, loss: str) -> None:
+    """conf/loss/<name>.yaml names its class by _target_; validation builds it once."""
+    from kdsweep.schema import validate
+
+    built = validate(compose(f"loss={loss}", "model=modified")).loss
+    assert built.name == loss
+    assert (
+        type(built)
+        is {
+            "kd": KnowledgeDistillation,
+            "cosine": CosineHidden,
+            "multimargin": MultiMargin,
+            "ce": CrossEntropy,
+        }[loss]
+    )
+
+
+def test_build_objective_picks_the_class_and_its_needs(compose) -> None:
+    from kdsweep.schema import validate
+
+    def build_objective(*overrides: str):  # noqa: ANN202 - the composed loss, built once
+        return validate(compose(*overrides, "model=modified")).loss
+
+    kd = build_objective("loss=kd")
+    cosine = build_objective("loss=cosine")
     assert isinstance(kd, KnowledgeDistillation)
     assert kd.needs_teacher_logits and not kd.needs_teacher_hidden
     assert isinstance(cosine, CosineHidden)
     assert cosine.needs_teacher_hidden and cosine.needs_student_hidden
     assert not cosine.needs_teacher_logits
-    assert isinstance(build_objective(MultiMarginLossConf(p=2)), MultiMargin)
-    assert build_objective(MultiMarginLossConf(p=2)).p == 2
-    assert isinstance(build_objective(CELossConf()), CrossEntropy)
+    assert isinstance(build_objective("loss=multimargin", "loss.p=2"), MultiMargin)
+    assert build_objective("loss=multimargin", "loss.p=2").p == 2
+    assert isinstance(build_objective("loss=ce"), CrossEntropy)

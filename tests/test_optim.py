@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdsweep.config import AdamConf, SGDNesterovConf
 from kdsweep.optim import build_optimizer
+from kdsweep.schema import OptimizerConf, SGDNesterovConf
 
 
 def _problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -85,7 +85,9 @@ def test_sgd_nesterov_follows_the_pseudocode(
         dampening=0.0,
         nesterov=True,
     )
-    conf = SGDNesterovConf(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    conf = SGDNesterovConf(
+        _target_="torch.optim.SGD", lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     optimizer = build_optimizer(conf, model.parameters())
     start = [p.detach().clone() for p in model.parameters()]
     for t in range(1, steps + 1):
@@ -116,7 +118,7 @@ def test_nesterov_differs_from_plain_momentum_and_weight_decay_matters() -> None
 
 def test_sgd_nesterov_param_group() -> None:
     model, _, _ = _problem()
-    conf = SGDNesterovConf(lr=0.03, momentum=0.8, weight_decay=0.001)
+    conf = SGDNesterovConf(_target_="torch.optim.SGD", lr=0.03, momentum=0.8, weight_decay=0.001)
     optimizer = build_optimizer(conf, model.parameters())
     assert isinstance(optimizer, torch.optim.SGD)
     group = optimizer.param_groups[0]
@@ -131,7 +133,9 @@ def test_sgd_nesterov_param_group() -> None:
 
 def test_adam_from_config() -> None:
     model, _, _ = _problem()
-    optimizer = build_optimizer(AdamConf(lr=0.002, weight_decay=0.1), model.parameters())
+    optimizer = build_optimizer(
+        OptimizerConf(_target_="torch.optim.Adam", lr=0.002, weight_decay=0.1), model.parameters()
+    )
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["lr"] == 0.002
     assert optimizer.param_groups[0]["weight_decay"] == 0.1

@@ -189,9 +189,9 @@ def _malicious_checkpoint(tmp_path: Path, wrap: bool) -> tuple[Path, Path]:
 @pytest.mark.parametrize("wrap", [False, True], ids=["bare", "inside-a-checkpoint"])
 def test_malicious_teacher_checkpoint_is_refused_in_process(tmp_path: Path, wrap: bool) -> None:
     from _helpers import compose
-    from kdsweep.config import validate
     from kdsweep.data import load_splits
     from kdsweep.errors import CheckpointError
+    from kdsweep.schema import validate
     from kdsweep.teacher import load_user_checkpoint
 
     path, marker = _malicious_checkpoint(tmp_path, wrap)
@@ -233,8 +233,8 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     unreadable with weights_only: it is replaced by a freshly computed one."""
     from _helpers import compose
     from kdsweep import teacher as teacher_module
-    from kdsweep.config import validate
     from kdsweep.data import load_splits
+    from kdsweep.schema import validate
     from kdsweep.teacher import prepare_teacher, teacher_key
     from kdsweep.teacher_outputs import cached_source
 

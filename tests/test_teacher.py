@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from conftest import compose_config, settings_for
-from kdsweep.config import CosineLossConf, KDLossConf
 from kdsweep.data import load_splits
 from kdsweep.errors import CheckpointError
 from kdsweep.files import atomic_torch_save, atomic_write, atomic_write_text
@@ -196,8 +195,8 @@ def test_cached_outputs_equal_live_teacher(tmp_path: Path) -> None:
     kernel = teacher.hidden_width // student.hidden_width
     cached = cached_source(teacher, "k1", "train", inputs, tmp_path, True, True, kernel)
     live = live_source(teacher, kernel)
-    kd = KnowledgeDistillation(KDLossConf(temperature=3.0))
-    cosine = CosineHidden(CosineLossConf())
+    kd = KnowledgeDistillation(temperature=3.0)
+    cosine = CosineHidden()
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(90, generator=generator)
     for start in range(0, 90, 32):  # fixed batches, in shuffled order, last one short

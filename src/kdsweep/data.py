@@ -1,25 +1,126 @@
 """Data sets as tensors: train / val / test, normalized once, ready to index by batch.
 
-The whole set lives as one tensor (the airbench way): a training step indexes a
+Each data set is a dataclass whose fields are its config keys (``conf/data/<name>.yaml``
+names it by ``_target_``; Hydra checks the types against it, ``__post_init__`` the
+ranges). The whole set lives as one tensor (the airbench way): a training step indexes a
 permutation instead of running a per-image DataLoader pipeline. The validation split is a
 seeded fraction held out of the training set; the test set is never used to choose
-anything.
+anything. torch is imported where tensors are made, so a config is checked without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from kdsweep.config import CifarDataConf, DataConf, DigitsDataConf, SyntheticDataConf
-from kdsweep.errors import DataError
+from kdsweep.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
+
+# Colour images that random crop + flip make sense for.
+AUGMENTABLE = ("cifar10", "cifar100", "synthetic")
+
+
+@dataclass
+class DataSet:
+    """What every data set has: a seeded val split held out of its training images."""
+
+    name: str = "dataset"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    # On-device random crop (padding 4) and horizontal flip of the training batches.
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.augment and self.name not in AUGMENTABLE:
+            raise ValueError(
+                f"data.augment=true is for 32x32 colour images (cifar10, cifar100, synthetic),"
+                f" not data={self.name}"
+            )
+
+    def load(self) -> TensorSplits:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class DigitsData(DataSet):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), bundled."""
+
+    name: str = "digits"
+    # digits has no official test split: a seeded fraction is held out once, for good.
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    def load(self) -> TensorSplits:
+        return load_digits_splits(self)
+
+
+@dataclass
+class SyntheticData(DataSet):
+    """Generated CIFAR-shaped images: class patterns plus noise (no files needed)."""
+
+    name: str = "synthetic"
+    size: int = 5000
+    test_size: int = 1000
+    num_classes: int = 10
+    image_size: int = 32
+    channels: int = 3
+    noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("size", "test_size", "num_classes", "image_size", "channels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_classes < 2:
+            raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
+        if self.image_size % 4:
+            raise ValueError(f"data.image_size must be a multiple of 4, got {self.image_size}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"data.noise must be a finite number >= 0, got {self.noise}")
+
+    def load(self) -> TensorSplits:
+        return load_synthetic_splits(self)
+
+
+@dataclass
+class CifarData(DataSet):
+    """CIFAR-10 / CIFAR-100 in torchvision's format under ``root``; never downloaded
+    unless ``download`` is true."""
+
+    name: str = "cifar10"
+    root: str = "data"
+    download: bool = False
+    # torchvision checks the official archives' md5; a hand-made CIFAR-format subset
+    # (or a test fixture) can switch that off.
+    verify_checksum: bool = True
+    # Use only the first N training images (quick experiments); null = all.
+    train_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.name not in CIFAR_HINT:
+            raise ValueError(f"data.name must be one of {sorted(CIFAR_HINT)}, got {self.name!r}")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise ValueError(f"data.train_subset must be >= 2 or null, got {self.train_subset}")
+
+    def load(self) -> TensorSplits:
+        return load_cifar_splits(self)
 
 
 @dataclass
@@ -37,7 +138,7 @@ class TensorSplits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
-    def to(self, device: torch.device) -> TensorSplits:
+    def to(self, device: torch.device | str) -> TensorSplits:
         moved = {
             name: getattr(self, name).to(device)
             for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
@@ -73,10 +174,12 @@ def _assemble(
     train_y: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
-    conf: DataConf,
+    conf: DataSet,
     num_classes: int,
 ) -> TensorSplits:
     """Hold out val from train, normalize every split with the train statistics."""
+    import torch
+
     keep, held = _split(len(train_x), conf.val_fraction, conf.split_seed)
     # Fancy indexing copies: these two arrays are ours, and are normalized in place.
     train_part, val_part = train_x[keep], train_x[held]
@@ -107,7 +210,7 @@ def _assemble(
     )
 
 
-def load_digits_splits(conf: DigitsDataConf) -> TensorSplits:
+def load_digits_splits(conf: DigitsData) -> TensorSplits:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -120,7 +223,7 @@ def load_digits_splits(conf: DigitsDataConf) -> TensorSplits:
     )
 
 
-def load_synthetic_splits(conf: SyntheticDataConf) -> TensorSplits:
+def load_synthetic_splits(conf: SyntheticData) -> TensorSplits:
     """Learnable CIFAR-shaped data: each class is a smooth random pattern, each image that
     pattern with a random gain plus pixel noise. Deterministic for a given config."""
     rng = np.random.default_rng(conf.split_seed + 7919)
@@ -146,7 +249,7 @@ CIFAR_HINT = {
 }
 
 
-def load_cifar_splits(conf: CifarDataConf) -> TensorSplits:
+def load_cifar_splits(conf: CifarData) -> TensorSplits:
     from torchvision import datasets
 
     base = datasets.CIFAR10 if conf.name == "cifar10" else datasets.CIFAR100
@@ -165,7 +268,7 @@ def load_cifar_splits(conf: CifarDataConf) -> TensorSplits:
         where = root.resolve()
         raise DataError(
             f"{conf.name} not found or unreadable under {where}/{folder}"
-            f" ({_first_line(exc)}): extract {url} into {where},"
+            f" ({first_line(exc)}): extract {url} into {where},"
             " or set data.download=true where the network allows"
         ) from None
     train_x = np.asarray(train.data).transpose(0, 3, 1, 2)
@@ -183,29 +286,14 @@ def _files_present(self: object) -> bool:
     return all((base / name).is_file() for name in names)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 _LOADED: dict[str, TensorSplits] = {}
 
 
-def load_splits(conf: DataConf) -> TensorSplits:
-    """Load a data group's splits on the CPU. Cached per process: a sweep's in-process
+def load_splits(conf: DataSet) -> TensorSplits:
+    """Load a data set's splits on the CPU. Cached per process: a sweep's in-process
     trials share one copy (the returned tensors are never modified in place)."""
     key = repr(conf)
     if key not in _LOADED:
         _LOADED.clear()  # one data set at a time is what a process uses; bound the memory
-        _LOADED[key] = _load_uncached(conf)
+        _LOADED[key] = conf.load()
     return _LOADED[key]
-
-
-def _load_uncached(conf: DataConf) -> TensorSplits:
-    if isinstance(conf, DigitsDataConf):
-        return load_digits_splits(conf)
-    if isinstance(conf, SyntheticDataConf):
-        return load_synthetic_splits(conf)
-    if isinstance(conf, CifarDataConf):
-        return load_cifar_splits(conf)
-    raise DataError(f"unknown data set {conf.name!r}")

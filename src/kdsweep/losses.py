@@ -1,24 +1,29 @@
-"""The four training objectives, behind one interface so the loop never branches on them.
+"""The training objectives, behind one interface so the loop never branches on them.
 
-Each loss returns its total and its named, weighted-free component terms (for logging).
-Formulas follow the seed (see DESIGN.md section 5).
+Each loss is a dataclass whose fields are its config keys: ``conf/loss/<name>.yaml`` names
+the class by ``_target_``, Hydra checks the keys' types at composition against a schema
+made from these fields (kdsweep.schema), ``__post_init__`` checks their ranges, and
+``hydra.utils.instantiate`` builds it once. Adding a loss is one class here and one YAML.
+
+This module imports torch only inside the formulas, so that a config is checked (and a
+typo refused) before torch's ~2 s import. Each loss returns its total and its unweighted
+component terms (for logging). Formulas follow the seed notes (DESIGN.md section 5).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:
+    import torch
 
-from kdsweep.config import (
-    CELossConf,
-    CosineLossConf,
-    KDLossConf,
-    LossConf,
-    MultiMarginLossConf,
-)
+
+def _functional():  # noqa: ANN202 - torch.nn.functional, imported on first use
+    import torch.nn.functional as functional
+
+    return functional
 
 
 @dataclass
@@ -36,18 +41,41 @@ class LossOutput:
     terms: dict[str, torch.Tensor]
 
 
-class Objective(nn.Module):
-    needs_teacher_logits = False
-    needs_teacher_hidden = False
-    needs_student_hidden = False
+def check_weights(**weights: float) -> None:
+    """Loss weights are finite, >= 0, and not all 0 (nothing would be learned)."""
+    for key, value in weights.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"loss.{key} must be a finite number >= 0, got {value}")
+    if all(value == 0 for value in weights.values()):
+        raise ValueError(f"loss weights {', '.join(weights)} are all 0: nothing would be learned")
+
+
+@dataclass
+class Objective:
+    """A loss. ``name`` is the config option that selects it (tags, run names); the class
+    flags say which teacher / student outputs the loop must provide."""
+
+    name: str = "objective"
+    uses_teacher: ClassVar[bool] = False
+    needs_teacher_logits: ClassVar[bool] = False
+    needs_teacher_hidden: ClassVar[bool] = False
+    needs_student_hidden: ClassVar[bool] = False
+
+    def __call__(self, batch: StepInputs) -> LossOutput:
+        return self.forward(batch)
 
     def forward(self, batch: StepInputs) -> LossOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
 
+@dataclass
 class CrossEntropy(Objective):
+    """CE(student, labels): the student without a teacher."""
+
+    name: str = "ce"
+
     def forward(self, batch: StepInputs) -> LossOutput:
-        ce = F.cross_entropy(batch.student_logits, batch.labels)
+        ce = _functional().cross_entropy(batch.student_logits, batch.labels)
         return LossOutput(ce, {"ce": ce})
 
 
@@ -55,70 +83,89 @@ def soft_target_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch (Hinton et al.)."""
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    functional = _functional()
+    log_p_student = functional.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = functional.log_softmax(teacher_logits / temperature, dim=-1)
     # log_target avoids the seed's softmax().log(), which is -inf where a probability
     # underflows to 0 at low temperatures.
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    kl = functional.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
 
+@dataclass
 class KnowledgeDistillation(Objective):
-    needs_teacher_logits = True
+    """soft_target_weight * T^2 * KL(teacher/T || student/T) + ce_weight * CE.
 
-    def __init__(self, conf: KDLossConf) -> None:
-        super().__init__()
-        self.temperature = conf.temperature
-        self.soft_target_weight = conf.soft_target_weight
-        self.ce_weight = conf.ce_weight
+    Hinton, Vinyals, Dean: "Distilling the Knowledge in a Neural Network" (2015)."""
+
+    name: str = "kd"
+    temperature: float = 2.0
+    soft_target_weight: float = 0.25
+    ce_weight: float = 0.75
+    uses_teacher: ClassVar[bool] = True
+    needs_teacher_logits: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
+        check_weights(soft_target_weight=self.soft_target_weight, ce_weight=self.ce_weight)
 
     def forward(self, batch: StepInputs) -> LossOutput:
         assert batch.teacher_logits is not None
         soft = soft_target_loss(batch.student_logits, batch.teacher_logits, self.temperature)
-        ce = F.cross_entropy(batch.student_logits, batch.labels)
+        ce = _functional().cross_entropy(batch.student_logits, batch.labels)
         total = self.soft_target_weight * soft + self.ce_weight * ce
         return LossOutput(total, {"soft_target": soft, "ce": ce})
 
 
+@dataclass
 class CosineHidden(Objective):
-    needs_teacher_hidden = True
-    needs_student_hidden = True
+    """hidden_weight * (1 - cos(student hidden, pooled teacher hidden)) + ce_weight * CE.
 
-    def __init__(self, conf: CosineLossConf) -> None:
-        super().__init__()
-        self.hidden_weight = conf.hidden_weight
-        self.ce_weight = conf.ce_weight
+    The seed's cosine-embedding variant: CosineEmbeddingLoss with target +1 on the
+    flattened conv features. Needs a student that returns them (model=modified)."""
+
+    name: str = "cosine"
+    hidden_weight: float = 0.25
+    ce_weight: float = 0.75
+    uses_teacher: ClassVar[bool] = True
+    needs_teacher_hidden: ClassVar[bool] = True
+    needs_student_hidden: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_weights(hidden_weight=self.hidden_weight, ce_weight=self.ce_weight)
 
     def forward(self, batch: StepInputs) -> LossOutput:
         assert batch.student_hidden is not None and batch.teacher_hidden is not None
+        import torch
+
+        functional = _functional()
         # CosineEmbeddingLoss with target +1 is mean(1 - cos(student, teacher)).
         target = torch.ones(batch.student_hidden.shape[0], device=batch.student_hidden.device)
-        hidden = F.cosine_embedding_loss(batch.student_hidden, batch.teacher_hidden, target)
-        ce = F.cross_entropy(batch.student_logits, batch.labels)
+        hidden = functional.cosine_embedding_loss(
+            batch.student_hidden, batch.teacher_hidden, target
+        )
+        ce = functional.cross_entropy(batch.student_logits, batch.labels)
         total = self.hidden_weight * hidden + self.ce_weight * ce
         return LossOutput(total, {"hidden_cosine": hidden, "ce": ce})
 
 
+@dataclass
 class MultiMargin(Objective):
-    def __init__(self, conf: MultiMarginLossConf) -> None:
-        super().__init__()
-        self.p = conf.p
-        self.margin = conf.margin
+    """torch.nn.MultiMarginLoss: the multi-class hinge loss on the labels (no teacher)."""
+
+    name: str = "multimargin"
+    p: int = 1
+    margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.p not in (1, 2):
+            raise ValueError(f"loss.p must be 1 or 2 (torch.nn.MultiMarginLoss), got {self.p}")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"loss.margin must be > 0, got {self.margin}")
 
     def forward(self, batch: StepInputs) -> LossOutput:
-        hinge = F.multi_margin_loss(
+        hinge = _functional().multi_margin_loss(
             batch.student_logits, batch.labels, p=self.p, margin=self.margin
         )
         return LossOutput(hinge, {"multimargin": hinge})
-
-
-def build_objective(conf: LossConf) -> Objective:
-    if isinstance(conf, KDLossConf):
-        return KnowledgeDistillation(conf)
-    if isinstance(conf, CosineLossConf):
-        return CosineHidden(conf)
-    if isinstance(conf, MultiMarginLossConf):
-        return MultiMargin(conf)
-    if isinstance(conf, CELossConf):
-        return CrossEntropy()
-    raise TypeError(f"no objective for {type(conf).__name__}")

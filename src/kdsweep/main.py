@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdsweep.errors import KdsweepError, NonFiniteLossError
+from kdsweep.schema import TRUSTED_TARGETS, validate
 from kdsweep.secrets import mask_secrets
 
 log = logging.getLogger("kdsweep")
@@ -37,22 +38,20 @@ def report_error(exc: BaseException) -> None:
     print(f"kdsweep: error: {mask_secrets(message)}", file=sys.stderr)
 
 
-# Hydra 1.4 asks the call site which instantiate() targets config may name: ours only
-# (the tutorial-table callback); plugins and samplers carry their own lists.
-@hydra.main(
-    config_path=config_dir(), config_name="config", execution_whitelist=("kdsweep.callbacks.*",)
-)
+# Hydra 1.4 asks the call site which instantiate() targets config may name: kdsweep's own
+# classes and torch's optimizers; plugins and samplers carry their own lists.
+@hydra.main(config_path=config_dir(), config_name="config", execution_whitelist=TRUSTED_TARGETS)
 def hydra_main(cfg: DictConfig) -> float:
-    from kdsweep.config import validate
-
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        validate(cfg)  # before importing torch and MLflow: a typo fails in a second
+        settings = validate(cfg)  # once, before torch and MLflow: a typo fails in a second
         from kdsweep.run import run
         from kdsweep.sweep.trial_hooks import trial_hooks
 
-        result = run(cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir)
+        result = run(
+            cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir, settings=settings
+        )
     except (KdsweepError, NonFiniteLossError) as exc:
         if in_sweep:
             raise
@@ -84,12 +83,52 @@ def unusable_output_dir(argv: Sequence[str]) -> str | None:
     return None
 
 
+def composition_error(exc: BaseException) -> str | None:
+    """The one line for a value Hydra refused while composing against the schemas (a
+    wrong type, a choice outside its Enum), or None for Hydra's other errors (an unknown
+    option or key), which are reported as Hydra reports them."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
+
+    cause = exc.__cause__
+    if not isinstance(exc, ConfigCompositionException) or not isinstance(cause, ValidationError):
+        return None
+    key = getattr(cause, "full_key", None)
+    message = str(cause).splitlines()[0]
+    return f"{key}: {message}" if key else message
+
+
+def _is_hydra_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (HydraException, OmegaConfBaseException))
+
+
 def main() -> None:
     problem = unusable_output_dir(sys.argv[1:])
     if problem:
         print(f"kdsweep: error: {mask_secrets(problem)}", file=sys.stderr)
         raise SystemExit(2)
-    hydra_main()
+    # Hydra prints composition errors itself (several lines, exit 1); with HYDRA_FULL_ERROR
+    # it raises them instead, so that a refused value can be reported in one line here. A
+    # user who set HYDRA_FULL_ERROR keeps Hydra's full report.
+    user_asked_full_errors = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        hydra_main()
+    except Exception as exc:
+        if user_asked_full_errors or not _is_hydra_error(exc):
+            raise
+        line = composition_error(exc)
+        if line is not None:
+            report_error(KdsweepError(line))
+            raise SystemExit(2) from None
+        # What Hydra prints without HYDRA_FULL_ERROR.
+        print(str(exc), file=sys.stderr)
+        if exc.__cause__ is not None:
+            print(str(exc.__cause__), file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """One run, end to end: validated settings -> data -> teacher -> student -> MLflow.
 
-Everything a user can get wrong is checked before the MLflow run is created, so a bad
-input leaves no run behind. Once the run exists, it always ends FINISHED, FAILED or KILLED
-(pruned), never RUNNING.
+Each part is built once: the loss and the data set came out of validation as objects
+(kdsweep.schema), the student and the optimizer are built here. Everything a user can get
+wrong is checked before the MLflow run is created, so a bad input leaves no run behind.
+Once the run exists, it always ends FINISHED, FAILED or KILLED (pruned), never RUNNING.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.config import Settings, validate
 from kdsweep.data import TensorSplits, load_splits
-from kdsweep.losses import CrossEntropy, build_objective
+from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model, count_parameters, hidden_pool_kernel
 from kdsweep.optim import build_optimizer
+from kdsweep.schema import Settings, validate
 from kdsweep.teacher import Teacher, prepare_teacher
 from kdsweep.teacher_outputs import cached_source, live_source
 from kdsweep.tracking import RunTracker, flatten
@@ -39,7 +40,7 @@ class RunResult:
 
 
 class TrialHooks:
-    """What a sweep trial adds to a run (see kdsweep.trial_link): per-epoch reports that
+    """What a sweep trial adds to a run (see kdsweep.sweep.trial_hooks): per-epoch reports that
     may prune, and attributes for the study. A plain run uses this no-op."""
 
     def on_start(self, run_id: str | None) -> None:
@@ -86,7 +87,7 @@ def plan_run(settings: Settings) -> Plan:
     ).to(device)
     teacher = train_source = val_source = None
     if settings.uses_teacher:
-        objective = build_objective(settings.loss)
+        objective = settings.loss
         kernel = 1
         if objective.needs_teacher_hidden:
             probe = build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
@@ -125,7 +126,7 @@ def run_name(settings: Settings) -> str:
 
 def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     settings, data, student = plan.settings, plan.data, plan.student
-    objective = build_objective(settings.loss)
+    objective = settings.loss
     optimizer = build_optimizer(settings.optimizer, student.parameters())
     # Training a teacher (or not, when it is cached) consumed the global RNG: reseed so
     # dropout draws are the same either way and a run repeats exactly.
@@ -192,12 +193,16 @@ def tags_for(settings: Settings) -> dict[str, str]:
 
 
 def run(
-    cfg: DictConfig, hooks: TrialHooks | None = None, output_dir: str | Path = "."
+    cfg: DictConfig,
+    hooks: TrialHooks | None = None,
+    output_dir: str | Path = ".",
+    settings: Settings | None = None,
 ) -> RunResult:
-    """Validate, prepare, train and track one run. User errors (KdsweepError) surface
-    before any MLflow run exists."""
+    """Prepare, train and track one run of ``cfg`` (validated here unless the caller
+    already did: the CLI validates before importing this module). User errors
+    (KdsweepError) surface before any MLflow run exists."""
     hooks = hooks or TrialHooks()
-    settings = validate(cfg)
+    settings = settings or validate(cfg)
     tracker = RunTracker(
         settings.tracking,
         run_name(settings),

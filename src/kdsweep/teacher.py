@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from kdsweep.config import Settings, TrainerConf
 from kdsweep.data import TensorSplits
-from kdsweep.errors import CheckpointError
+from kdsweep.errors import CheckpointError, first_line
 from kdsweep.files import atomic_torch_save, file_hash, file_lock, stable_hash
 from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model
 from kdsweep.optim import build_optimizer
+from kdsweep.schema import Settings, TrainerConf
 from kdsweep.train import evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Teacher:
 
 def teacher_key(settings: Settings, data: TensorSplits) -> str:
     recipe = {
-        "architecture": settings.teacher.architecture,
+        "architecture": str(settings.teacher.architecture),
         "epochs": settings.teacher.epochs,
         "batch_size": settings.teacher.batch_size,
         "seed": settings.teacher.seed,
@@ -55,9 +55,8 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, refused global...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"teacher checkpoint {path} is corrupt or not a torch file ({first[:120]}):"
+            f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)[:120]}):"
             " delete it to retrain, or set teacher.checkpoint to a good file"
         ) from None
 
@@ -66,10 +65,10 @@ def _load_weights(model: SeedNet, state: Any, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0]
         raise CheckpointError(
             f"teacher checkpoint {path} does not fit a {model.__class__.__name__} for this data"
-            f" ({first[:160]}): check teacher.architecture and data, or set teacher.checkpoint=null"
+            f" ({first_line(exc)[:160]}): check teacher.architecture and data,"
+            " or set teacher.checkpoint=null"
         ) from None
 
 
@@ -192,7 +191,8 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
         model, metrics = _train_teacher(settings, data, device)
         payload = {
             "format": CHECKPOINT_FORMAT,
-            "architecture": settings.teacher.architecture,
+            # A plain str: weights_only loading refuses pickled Enum members.
+            "architecture": str(settings.teacher.architecture),
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
             "data_fingerprint": data.fingerprint,

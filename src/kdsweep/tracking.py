@@ -18,9 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from kdsweep.config import TrackingConf
-from kdsweep.errors import KdsweepError
+from kdsweep.errors import KdsweepError, first_line
 from kdsweep.files import atomic_write_text
+from kdsweep.schema import TrackingConf
 from kdsweep.secrets import mask_secrets, mask_value
 
 log = logging.getLogger(__name__)
@@ -215,5 +215,4 @@ class RunTracker:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return mask_secrets(text[0]) if text else type(exc).__name__
+    return mask_secrets(first_line(exc))

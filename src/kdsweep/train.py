@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdsweep.config import TrainerConf
 from kdsweep.errors import NonFiniteLossError
 from kdsweep.losses import Objective, StepInputs
 from kdsweep.models import pool_hidden
+from kdsweep.schema import TrainerConf
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def fit(
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: cuda, then mps, then cpu; else the named device, which must exist here."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

@@ -1,0 +1,354 @@
+"""The config's schemas, registered in Hydra's ConfigStore, and the one validation pass.
+
+Hydra checks types while it composes: every option file in ``conf/`` starts from its
+schema (``defaults: [/schema/<group>/<Schema>@_here_, _self_]``), so ``trainer.epochs=abc``
+or ``trainer.objective=worst`` fails at composition. What composition cannot know, the
+ranges and the cross-field rules, :func:`validate` checks once, in the ``kdsweep``
+process, before torch and MLflow are imported (a typo costs a second, not a teacher).
+
+The schemas of losses and data sets are those classes themselves (their fields are their
+config keys); the rest are the dataclasses below. Defaults live in the schemas; the YAML
+files name the ``_target_`` and say in comments what each option is for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from enum import Enum
+from typing import Any, get_type_hints
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdsweep.data import CifarData, DataSet, DigitsData, SyntheticData
+from kdsweep.errors import ConfigError
+from kdsweep.losses import CosineHidden, CrossEntropy, KnowledgeDistillation, MultiMargin, Objective
+
+# instantiate() may build these and nothing else: a config (or a command line) cannot make
+# kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call).
+TRUSTED_TARGETS = ("kdsweep.*", "torch.optim.*")
+
+
+def instantiate_trusted(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` under kdsweep's target whitelist."""
+    from hydra.utils import instantiate
+
+    return instantiate(node, *args, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)
+
+
+# --- closed choices ------------------------------------------------------------------------
+
+
+class Choice(str, Enum):
+    """A closed choice that reads as its value in messages, paths and MLflow params."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Architecture(Choice):
+    """The seed's networks (kdsweep.models.BUILDERS builds them). A name, not a
+    ``_target_``: it is part of the teacher's cache key and checkpoint, which must not
+    change when a module is renamed."""
+
+    deep = "deep"
+    light = "light"
+
+
+class Progress(Choice):
+    auto = "auto"  # a bar on a terminal, one log line per epoch otherwise
+    bar = "bar"
+    log = "log"
+    none = "none"
+
+
+class EpochChoice(Choice):
+    best = "best"  # the best val epoch's weights are kept and tested
+    last = "last"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast on CUDA; ignored on the CPU
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# --- models and optimizers ------------------------------------------------------------------
+
+
+@dataclass
+class ModelConf:
+    name: str = "light"
+    architecture: Architecture = Architecture.light
+    # The seed's Modified*Cosine variants: forward also yields the flattened conv features.
+    returns_hidden: bool = False
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OptimizerConf:
+    """A ``torch.optim`` class by ``_target_``, built with the parameters when the run has
+    a model (``_partial_``). The other fields are its keyword arguments."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"optimizer.weight_decay must be a finite number >= 0, got {self.weight_decay}"
+            )
+
+
+@dataclass
+class SGDNesterovConf(OptimizerConf):
+    name: str = "sgd_nesterov"
+    lr: float = 0.01
+    momentum: float = 0.9
+    dampening: float = 0.0
+    nesterov: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # torch refuses these combinations only when the optimizer is built; we refuse
+        # them at start-up, before any data or teacher work.
+        if not (math.isfinite(self.momentum) and self.momentum > 0):
+            raise ValueError(
+                f"optimizer.momentum must be > 0 for Nesterov momentum, got {self.momentum}"
+            )
+        if self.dampening != 0:
+            raise ValueError(
+                f"optimizer.dampening must be 0 for Nesterov momentum, got {self.dampening}"
+            )
+
+
+# --- teacher, trainer, tracking, sweep context ----------------------------------------------
+
+
+@dataclass
+class TeacherConf:
+    architecture: Architecture = Architecture.deep
+    # A checkpoint to use instead of training one (written by kdsweep, or a plain
+    # state_dict of the same architecture). null: train once and cache.
+    checkpoint: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    # An optimizer option (conf/optimizer/*.yaml) that trains the teacher.
+    optimizer: Any = MISSING
+    # Precompute the frozen teacher's outputs once per data set (no augmentation only).
+    cache_outputs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"teacher.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"teacher.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    seed: int = 0
+    # auto: cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
+    device: str = "auto"
+    progress: Progress = Progress.auto
+    # Which epoch's val accuracy is the objective, and whose weights are tested.
+    objective: EpochChoice = EpochChoice.best
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"trainer.device must be one of {DEVICES}, got {self.device!r}")
+
+
+@dataclass
+class TrackingConf:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "kdsweep"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.experiment:
+            raise ValueError("tracking.experiment must not be empty")
+
+
+@dataclass
+class SweepContext:
+    """Filled in by kdsweep's sweeper for each trial; null for a plain run."""
+
+    trial_number: int | None = None
+    trial_id: int | None = None
+    parent_run_id: str | None = None
+    study_name: str | None = None
+    role: str = "trial"
+
+
+@dataclass
+class Settings:
+    """The validated run: losses and data sets are already their objects (built once)."""
+
+    data: DataSet
+    model: ModelConf
+    teacher: TeacherConf
+    teacher_optimizer: OptimizerConf
+    loss: Objective
+    optimizer: OptimizerConf
+    trainer: TrainerConf
+    tracking: TrackingConf
+    sweep: SweepContext
+    cache_dir: str = ".kdsweep_cache"
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.loss.uses_teacher
+
+
+# --- registration ---------------------------------------------------------------------------
+
+# Options whose class is their own schema: the YAML's _target_ names one of these.
+BUILT_PARTS: dict[str, tuple[type, ...]] = {
+    "loss": (CrossEntropy, KnowledgeDistillation, CosineHidden, MultiMargin),
+    "data": (DigitsData, SyntheticData, CifarData),
+}
+SCHEMAS: dict[str, tuple[type, ...]] = {
+    "model": (ModelConf,),
+    "optimizer": (OptimizerConf, SGDNesterovConf),
+    "teacher": (TeacherConf,),
+    "trainer": (TrainerConf,),
+    "tracking": (TrackingConf,),
+}
+
+
+def register_schemas() -> None:
+    """Store every schema as ``schema/<group>/<ClassName>`` in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    for group, classes in BUILT_PARTS.items():
+        for cls in classes:
+            hints = get_type_hints(cls)  # the real types: annotations here are strings
+            schema = make_dataclass(
+                cls.__name__,
+                [("_target_", str, field(default=MISSING))]
+                + [(f.name, hints[f.name], field(default=f.default)) for f in fields(cls)],
+            )
+            store.store(group=f"schema/{group}", name=cls.__name__, node=schema, provider="kdsweep")
+    for group, classes in SCHEMAS.items():
+        for cls in classes:
+            store.store(group=f"schema/{group}", name=cls.__name__, node=cls, provider="kdsweep")
+
+
+register_schemas()
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _config_error(exc: Exception, where: str) -> ConfigError:
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        prefix = f"{where}.{key}" if key else where
+        return ConfigError(f"{prefix}: {str(exc).splitlines()[0]}")
+    message = str(exc)
+    # A schema names its own group ("optimizer.lr"); nested under another
+    # ("teacher.optimizer") the message must name the key the user sets.
+    parent, _, group = where.rpartition(".")
+    if parent and message.startswith(f"{group}."):
+        message = f"{parent}.{message}"
+    return ConfigError(message)
+
+
+def _typed(node: Any, schema: type, where: str) -> Any:
+    """The node as its schema's dataclass: types checked, then ranges (__post_init__)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise _config_error(exc, where) from None
+
+
+def _optimizer(node: Any, where: str) -> OptimizerConf:
+    by_target = {"torch.optim.SGD": SGDNesterovConf}
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not isinstance(target, str) or not target.startswith("torch.optim."):
+        raise ConfigError(f"{where}._target_ must name a torch.optim class, got {target!r}")
+    return _typed(node, by_target.get(target, OptimizerConf), where)
+
+
+def _built(node: Any, group: str) -> Any:
+    """Instantiate a loss or data set once: its class checks its own ranges."""
+    classes = {f"{c.__module__}.{c.__qualname__}": c for c in BUILT_PARTS[group]}
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target not in classes:
+        raise ConfigError(f"{group}._target_ must be one of {sorted(classes)}, got {target!r}")
+    known = {f.name for f in fields(classes[target])} | {"_target_"}
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"{group}.{key}: Key '{key}' not in {classes[target].__name__}")
+    try:
+        built = instantiate_trusted(node)
+    except Exception as exc:
+        # instantiate wraps the class's ValueError in its own exception.
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
+        raise _config_error(cause, group) from None
+    assert is_dataclass(built)
+    return built
+
+
+def validate(cfg: DictConfig) -> Settings:
+    """Check the composed config once and return it typed. Raises ConfigError (one line)."""
+    try:
+        # Resolve interpolations against the whole tree before groups are checked alone.
+        # (The hydra node is Hydra's own, and half-filled inside a sweeper: leave it out.)
+        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"config group '{group}' is missing: pick one, e.g. {group}=...")
+    teacher = _typed(cfg.teacher, TeacherConf, "teacher")
+    settings = Settings(
+        data=_built(cfg.data, "data"),
+        model=_typed(cfg.model, ModelConf, "model"),
+        teacher=teacher,
+        teacher_optimizer=_optimizer(OmegaConf.create(teacher.optimizer), "teacher.optimizer"),
+        loss=_built(cfg.loss, "loss"),
+        optimizer=_optimizer(cfg.optimizer, "optimizer"),
+        trainer=_typed(cfg.trainer, TrainerConf, "trainer"),
+        tracking=_typed(cfg.tracking, TrackingConf, "tracking"),
+        sweep=_typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
+        cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
+    )
+    check_combination(settings)
+    return settings
+
+
+def check_combination(settings: Settings) -> None:
+    """The cross-field rules: refuse model x loss combinations that cannot train."""
+    if settings.loss.needs_student_hidden and not settings.model.returns_hidden:
+        raise ConfigError(
+            f"loss={settings.loss.name} needs a student that returns its hidden representation;"
+            f" model={settings.model.name} does not: use model=modified"
+        )
