@@ -20,10 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import start_cli
-
-#: A run this small finishes in seconds on a CPU (digits is the default data).
-FAST = ("trainer.epochs=1", "teacher.epochs=1", "trainer.progress=none", "trainer.device=cpu")
+from conftest import FAST, start_cli
 
 POSTGRES_URL = os.environ.get("KDSWEEP_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -235,8 +232,8 @@ def teacher_cache_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from kdsweep.data import load_splits
-    from kdsweep.schema import validate
     from kdsweep.teacher import prepare_teacher
+    from kdsweep.validation import validate
 
     cache = tmp_path_factory.mktemp("teacher_cache")
     settings = validate(compose("teacher.epochs=1", f"cache_dir={cache}"))

@@ -4,7 +4,7 @@ Helpers (plain functions, import them with ``from conftest import ...`` or use t
 fixtures that wrap them):
 
 - ``compose_config(*overrides)``: Hydra's compose API over kdsweep's real ``conf/``.
-- ``settings_for(*overrides)``: the same, validated into ``kdsweep.schema.Settings``.
+- ``settings_for(*overrides)``: the same, validated into ``kdsweep.validation.Settings``.
 - ``isolated_overrides(workdir)``: overrides that keep a run's MLflow database, teacher
   cache and Hydra output directory inside ``workdir`` and make it fast (1 epoch each).
 - ``run_cli(workdir, *overrides)``: ``python -m kdsweep`` as a subprocess (exit codes,
@@ -32,7 +32,7 @@ import pytest
 from omegaconf import DictConfig
 
 from kdsweep.main import config_dir
-from kdsweep.schema import Settings, validate
+from kdsweep.validation import Settings, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def compose_config(*overrides: str) -> DictConfig:
 
 
 def settings_for(*overrides: str) -> Settings:
-    """``compose_config`` then ``kdsweep.schema.validate`` (raises ConfigError)."""
+    """``compose_config`` then ``kdsweep.validation.validate`` (raises ConfigError)."""
     return validate(compose_config(*overrides))
 
 

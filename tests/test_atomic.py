@@ -184,7 +184,7 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> Non
 @pytest.fixture
 def digits(tmp_path: Path):  # noqa: ANN201
     from kdsweep.data import load_splits
-    from kdsweep.schema import validate
+    from kdsweep.validation import validate
 
     settings = validate(compose("teacher.epochs=1", f"cache_dir={tmp_path / 'cache'}"))
     return settings, load_splits(settings.data)

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from kdsweep.errors import ConfigError
 from kdsweep.losses import CosineHidden, KnowledgeDistillation
 from kdsweep.main import composition_error, config_dir
-from kdsweep.schema import SGDNesterovConf, validate
+from kdsweep.schema import SGDNesterovConf
+from kdsweep.validation import validate
 
 
 def _options(group: str) -> list[str]:

@@ -191,8 +191,8 @@ def test_malicious_teacher_checkpoint_is_refused_in_process(tmp_path: Path, wrap
     from _helpers import compose
     from kdsweep.data import load_splits
     from kdsweep.errors import CheckpointError
-    from kdsweep.schema import validate
     from kdsweep.teacher import load_user_checkpoint
+    from kdsweep.validation import validate
 
     path, marker = _malicious_checkpoint(tmp_path, wrap)
     settings = validate(compose(f"teacher.checkpoint={path}"))
@@ -234,9 +234,9 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     from _helpers import compose
     from kdsweep import teacher as teacher_module
     from kdsweep.data import load_splits
-    from kdsweep.schema import validate
     from kdsweep.teacher import prepare_teacher, teacher_key
     from kdsweep.teacher_outputs import cached_source
+    from kdsweep.validation import validate
 
     def untrained(settings, data, device):  # noqa: ANN001, ANN202  (training is not the point)
         return teacher_module._new_model(settings, data), {"teacher_val_acc": 0.0}

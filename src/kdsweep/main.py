@@ -19,8 +19,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdsweep.errors import KdsweepError, NonFiniteLossError
-from kdsweep.schema import TRUSTED_TARGETS, validate
+from kdsweep.schema import TRUSTED_TARGETS
 from kdsweep.secrets import mask_secrets
+from kdsweep.validation import validate
 
 log = logging.getLogger("kdsweep")
 

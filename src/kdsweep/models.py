@@ -60,22 +60,42 @@ class SeedNet(nn.Module):
         return (logits, hidden) if self.returns_hidden else logits
 
 
+POOL = "pool"
+
+
+def _seed_net(
+    plan: tuple[int | str, ...],
+    hidden_units: int,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dropout: float,
+    returns_hidden: bool,
+) -> SeedNet:
+    """A SeedNet from its conv plan: each int a 3x3 conv (+ReLU) to that many channels,
+    each POOL a 2x2 max-pool. Layer indices match the seed's nn.Sequential."""
+    layers: list[nn.Module] = []
+    channels = input_shape[0]
+    for step in plan:
+        if step == POOL:
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += _conv(channels, int(step))
+            channels = int(step)
+    features = nn.Sequential(*layers)
+    return SeedNet(
+        features, channels, hidden_units, input_shape, num_classes, dropout, returns_hidden
+    )
+
+
 def deep_nn(
     input_shape: tuple[int, int, int],
     num_classes: int,
     dropout: float = 0.1,
     returns_hidden: bool = False,
 ) -> SeedNet:
-    channels = input_shape[0]
-    features = nn.Sequential(
-        *_conv(channels, 128),
-        *_conv(128, 64),
-        nn.MaxPool2d(2, 2),
-        *_conv(64, 64),
-        *_conv(64, 32),
-        nn.MaxPool2d(2, 2),
-    )
-    return SeedNet(features, 32, 512, input_shape, num_classes, dropout, returns_hidden)
+    """The seed's DeepNN teacher: 128-64-pool-64-32-pool convs, a 512-unit classifier."""
+    plan = (128, 64, POOL, 64, 32, POOL)
+    return _seed_net(plan, 512, input_shape, num_classes, dropout, returns_hidden)
 
 
 def light_nn(
@@ -84,14 +104,9 @@ def light_nn(
     dropout: float = 0.1,
     returns_hidden: bool = False,
 ) -> SeedNet:
-    channels = input_shape[0]
-    features = nn.Sequential(
-        *_conv(channels, 16),
-        nn.MaxPool2d(2, 2),
-        *_conv(16, 16),
-        nn.MaxPool2d(2, 2),
-    )
-    return SeedNet(features, 16, 256, input_shape, num_classes, dropout, returns_hidden)
+    """The seed's LightNN student: 16-pool-16-pool convs, a 256-unit classifier."""
+    plan = (16, POOL, 16, POOL)
+    return _seed_net(plan, 256, input_shape, num_classes, dropout, returns_hidden)
 
 
 BUILDERS = {"deep": deep_nn, "light": light_nn}

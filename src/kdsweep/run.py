@@ -22,11 +22,11 @@ from kdsweep.data import TensorSplits, load_splits
 from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model, count_parameters, hidden_pool_kernel
 from kdsweep.optim import build_optimizer
-from kdsweep.schema import Settings, validate
 from kdsweep.teacher import Teacher, prepare_teacher
 from kdsweep.teacher_outputs import cached_source, live_source
 from kdsweep.tracking import RunTracker, flatten
 from kdsweep.train import EpochRecord, TeacherSource, evaluate, fit, resolve_device
+from kdsweep.validation import Settings, validate
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
-"""The config's schemas, registered in Hydra's ConfigStore, and the one validation pass.
+"""The config's schemas, registered in Hydra's ConfigStore.
 
 Hydra checks types while it composes: every option file in ``conf/`` starts from its
 schema (``defaults: [/schema/<group>/<Schema>@_here_, _self_]``), so ``trainer.epochs=abc``
 or ``trainer.objective=worst`` fails at composition. What composition cannot know, the
-ranges and the cross-field rules, :func:`validate` checks once, in the ``kdsweep``
-process, before torch and MLflow are imported (a typo costs a second, not a teacher).
+ranges and the cross-field rules, kdsweep.validation checks once.
 
 The schemas of losses and data sets are those classes themselves (their fields are their
 config keys); the rest are the dataclasses below. Defaults live in the schemas; the YAML
@@ -14,17 +13,15 @@ files name the ``_target_`` and say in comments what each option is for.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from enum import Enum
 from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
-from kdsweep.data import CifarData, DataSet, DigitsData, SyntheticData
-from kdsweep.errors import ConfigError
-from kdsweep.losses import CosineHidden, CrossEntropy, KnowledgeDistillation, MultiMargin, Objective
+from kdsweep.data import CifarData, DigitsData, SyntheticData
+from kdsweep.losses import CosineHidden, CrossEntropy, KnowledgeDistillation, MultiMargin
 
 # instantiate() may build these and nothing else: a config (or a command line) cannot make
 # kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call).
@@ -207,26 +204,6 @@ class SweepContext:
     role: str = "trial"
 
 
-@dataclass
-class Settings:
-    """The validated run: losses and data sets are already their objects (built once)."""
-
-    data: DataSet
-    model: ModelConf
-    teacher: TeacherConf
-    teacher_optimizer: OptimizerConf
-    loss: Objective
-    optimizer: OptimizerConf
-    trainer: TrainerConf
-    tracking: TrackingConf
-    sweep: SweepContext
-    cache_dir: str = ".kdsweep_cache"
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.loss.uses_teacher
-
-
 # --- registration ---------------------------------------------------------------------------
 
 # Options whose class is their own schema: the YAML's _target_ names one of these.
@@ -261,94 +238,3 @@ def register_schemas() -> None:
 
 
 register_schemas()
-
-# --- validation -----------------------------------------------------------------------------
-
-
-def _config_error(exc: Exception, where: str) -> ConfigError:
-    if isinstance(exc, OmegaConfBaseException):
-        key = getattr(exc, "full_key", None)
-        prefix = f"{where}.{key}" if key else where
-        return ConfigError(f"{prefix}: {str(exc).splitlines()[0]}")
-    message = str(exc)
-    # A schema names its own group ("optimizer.lr"); nested under another
-    # ("teacher.optimizer") the message must name the key the user sets.
-    parent, _, group = where.rpartition(".")
-    if parent and message.startswith(f"{group}."):
-        message = f"{parent}.{message}"
-    return ConfigError(message)
-
-
-def _typed(node: Any, schema: type, where: str) -> Any:
-    """The node as its schema's dataclass: types checked, then ranges (__post_init__)."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise _config_error(exc, where) from None
-
-
-def _optimizer(node: Any, where: str) -> OptimizerConf:
-    by_target = {"torch.optim.SGD": SGDNesterovConf}
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not isinstance(target, str) or not target.startswith("torch.optim."):
-        raise ConfigError(f"{where}._target_ must name a torch.optim class, got {target!r}")
-    return _typed(node, by_target.get(target, OptimizerConf), where)
-
-
-def _built(node: Any, group: str) -> Any:
-    """Instantiate a loss or data set once: its class checks its own ranges."""
-    classes = {f"{c.__module__}.{c.__qualname__}": c for c in BUILT_PARTS[group]}
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if target not in classes:
-        raise ConfigError(f"{group}._target_ must be one of {sorted(classes)}, got {target!r}")
-    known = {f.name for f in fields(classes[target])} | {"_target_"}
-    for key in node:
-        if key not in known:
-            raise ConfigError(f"{group}.{key}: Key '{key}' not in {classes[target].__name__}")
-    try:
-        built = instantiate_trusted(node)
-    except Exception as exc:
-        # instantiate wraps the class's ValueError in its own exception.
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
-        raise _config_error(cause, group) from None
-    assert is_dataclass(built)
-    return built
-
-
-def validate(cfg: DictConfig) -> Settings:
-    """Check the composed config once and return it typed. Raises ConfigError (one line)."""
-    try:
-        # Resolve interpolations against the whole tree before groups are checked alone.
-        # (The hydra node is Hydra's own, and half-filled inside a sweeper: leave it out.)
-        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-        cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-    for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):
-        if not isinstance(cfg.get(group), DictConfig):
-            raise ConfigError(f"config group '{group}' is missing: pick one, e.g. {group}=...")
-    teacher = _typed(cfg.teacher, TeacherConf, "teacher")
-    settings = Settings(
-        data=_built(cfg.data, "data"),
-        model=_typed(cfg.model, ModelConf, "model"),
-        teacher=teacher,
-        teacher_optimizer=_optimizer(OmegaConf.create(teacher.optimizer), "teacher.optimizer"),
-        loss=_built(cfg.loss, "loss"),
-        optimizer=_optimizer(cfg.optimizer, "optimizer"),
-        trainer=_typed(cfg.trainer, TrainerConf, "trainer"),
-        tracking=_typed(cfg.tracking, TrackingConf, "tracking"),
-        sweep=_typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
-        cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
-    )
-    check_combination(settings)
-    return settings
-
-
-def check_combination(settings: Settings) -> None:
-    """The cross-field rules: refuse model x loss combinations that cannot train."""
-    if settings.loss.needs_student_hidden and not settings.model.returns_hidden:
-        raise ConfigError(
-            f"loss={settings.loss.name} needs a student that returns its hidden representation;"
-            f" model={settings.model.name} does not: use model=modified"
-        )

@@ -21,8 +21,9 @@ from kdsweep.files import atomic_torch_save, file_hash, file_lock, stable_hash
 from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model
 from kdsweep.optim import build_optimizer
-from kdsweep.schema import Settings, TrainerConf
+from kdsweep.schema import TrainerConf
 from kdsweep.train import evaluate, fit
+from kdsweep.validation import Settings
 
 log = logging.getLogger(__name__)
 

@@ -42,35 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _storage_file(url: str) -> Path | None:
-    """The file behind an SQLite or journal URL (None for servers and in-memory)."""
-    try:
-        from kdsweep.sweep.studies import storage_file
-    except ImportError:
-        # TODO(merge): use kdsweep.sweep.studies.storage_file (drop this local copy once
-        # studies.py has moved to kdsweep/sweep/studies.py and exposes it).
-        if url.startswith("journal:"):
-            return Path(url[len("journal:") :]).expanduser()
-        if url.startswith("sqlite:///"):
-            db = url[len("sqlite:///") :].split("?", 1)[0]
-            return Path(db) if db and db != ":memory:" else None
-        return None
-    return storage_file(url)
-
-
 def _open(url: str) -> Any:
     from kdsweep.secrets import mask_secrets
+    from kdsweep.sweep.studies import open_storage, storage_file
 
     # Reading must not create: a typo in the path would otherwise yield an empty new study DB.
-    path = _storage_file(url)
+    path = storage_file(url)
     if path is not None and not path.is_file():
         raise _Fail(f"storage {mask_secrets(url)}: no such file {str(path)!r}")
     from kdsweep.errors import KdsweepError
-
-    try:
-        from kdsweep.sweep.studies import open_storage
-    except ImportError:  # TODO(merge): kdsweep.studies moves to kdsweep.sweep.studies
-        from kdsweep.studies import open_storage
 
     try:
         return open_storage(url)

@@ -46,6 +46,16 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_save_figure(lambda handle: fig.savefig(handle, format="png", dpi=100), path)
 
 
+def _finish(fig: Figure, ax: Any, xlabel: str, title: str, path: Path) -> None:
+    """Integer x ticks, the labels (y is always val accuracy), a legend; saved."""
+    _integer_x(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("val acc (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
 def _baseline_lines(ax: Any, summary: Summary) -> None:
     styles = (("teacher", "Teacher", "--", "#b03a2e"), ("student_ce", "CE student", ":", "#555"))
     for key, label, style, color in styles:
@@ -79,12 +89,7 @@ def plot_history(summary: Summary, path: Path) -> str | None:
         running = [pick(ys[: i + 1]) for i in range(len(ys))]
         ax.step(xs, running, where="post", color="#3a7d44", lw=2, label="best so far")
     _baseline_lines(ax, summary)
-    _integer_x(ax)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("val acc (%)")
-    ax.set_title("Optimization history")
-    ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    _finish(fig, ax, "trial", "Optimization history", path)
     return None
 
 
@@ -238,10 +243,5 @@ def plot_all_curves(summary: Summary, path: Path) -> str | None:
     for row, xs, ys in curves:
         if row is summary.best:
             ax.plot(xs, ys, color="#3a7d44", lw=2.2, label=f"best #{row.number}")
-    _integer_x(ax)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val acc (%)")
-    ax.set_title("Validation accuracy per epoch, all trials")
-    ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    _finish(fig, ax, "epoch", "Validation accuracy per epoch, all trials", path)
     return None

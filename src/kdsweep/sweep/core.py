@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from kdsweep.errors import KdsweepError, first_line
-from kdsweep.schema import validate
 from kdsweep.secrets import mask_secrets
 from kdsweep.sweep.finish import finish_sweep
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run, read_job_metrics
@@ -41,6 +40,7 @@ from kdsweep.sweep.studies import (
     study_lock,
     trial_id,
 )
+from kdsweep.validation import validate
 
 log = logging.getLogger("kdsweep.sweep")
 

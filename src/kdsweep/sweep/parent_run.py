@@ -16,15 +16,17 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
 from kdsweep.errors import KdsweepError, first_line
-from kdsweep.schema import TrackingConf, validate
+from kdsweep.schema import TrackingConf
 from kdsweep.secrets import mask_secrets
 from kdsweep.tracking import client_for, experiment_id, flatten, git_commit
+from kdsweep.validation import typed
 
 log = logging.getLogger("kdsweep.sweep")
 
 
 def _tracking(config: DictConfig) -> TrackingConf:
-    return validate(config).tracking
+    """The sweep's tracking settings (the sweeper validated the whole config already)."""
+    return typed(config.tracking, TrackingConf, "tracking")
 
 
 class ParentRun:

@@ -1,0 +1,140 @@
+"""The one validation pass: a composed config becomes checked :class:`Settings`.
+
+Composition already checked the types (kdsweep.schema); here each group's ranges are
+checked (its dataclass's ``__post_init__``), the loss and the data set are built once
+(they are their own schemas), and the cross-field rules run. It happens once, in the
+process that runs the job, before torch and MLflow are imported: a typo costs a second,
+not a teacher's training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdsweep.data import DataSet
+from kdsweep.errors import ConfigError
+from kdsweep.losses import Objective
+from kdsweep.schema import (
+    BUILT_PARTS,
+    ModelConf,
+    OptimizerConf,
+    SGDNesterovConf,
+    SweepContext,
+    TeacherConf,
+    TrackingConf,
+    TrainerConf,
+    instantiate_trusted,
+)
+
+
+@dataclass
+class Settings:
+    """The validated run: losses and data sets are already their objects (built once)."""
+
+    data: DataSet
+    model: ModelConf
+    teacher: TeacherConf
+    teacher_optimizer: OptimizerConf
+    loss: Objective
+    optimizer: OptimizerConf
+    trainer: TrainerConf
+    tracking: TrackingConf
+    sweep: SweepContext
+    cache_dir: str = ".kdsweep_cache"
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.loss.uses_teacher
+
+
+def _config_error(exc: Exception, where: str) -> ConfigError:
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        prefix = f"{where}.{key}" if key else where
+        return ConfigError(f"{prefix}: {str(exc).splitlines()[0]}")
+    message = str(exc)
+    # A schema names its own group ("optimizer.lr"); nested under another
+    # ("teacher.optimizer") the message must name the key the user sets.
+    parent, _, group = where.rpartition(".")
+    if parent and message.startswith(f"{group}."):
+        message = f"{parent}.{message}"
+    return ConfigError(message)
+
+
+def typed(node: Any, schema: type, where: str) -> Any:
+    """The node as its schema's dataclass: types checked, then ranges (__post_init__)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise _config_error(exc, where) from None
+
+
+def _optimizer(node: Any, where: str) -> OptimizerConf:
+    by_target = {"torch.optim.SGD": SGDNesterovConf}
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not isinstance(target, str) or not target.startswith("torch.optim."):
+        raise ConfigError(f"{where}._target_ must name a torch.optim class, got {target!r}")
+    return typed(node, by_target.get(target, OptimizerConf), where)
+
+
+def _built(node: Any, group: str) -> Any:
+    """Instantiate a loss or data set once: its class checks its own ranges."""
+    classes = {f"{c.__module__}.{c.__qualname__}": c for c in BUILT_PARTS[group]}
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target not in classes:
+        raise ConfigError(f"{group}._target_ must be one of {sorted(classes)}, got {target!r}")
+    known = {f.name for f in fields(classes[target])} | {"_target_"}
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"{group}.{key}: Key '{key}' not in {classes[target].__name__}")
+    try:
+        built = instantiate_trusted(node)
+    except Exception as exc:
+        # instantiate wraps the class's ValueError in its own exception.
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
+        raise _config_error(cause, group) from None
+    assert is_dataclass(built)
+    return built
+
+
+def validate(cfg: DictConfig) -> Settings:
+    """Check the composed config once and return it typed. Raises ConfigError (one line)."""
+    try:
+        # Resolve interpolations against the whole tree before groups are checked alone.
+        # (The hydra node is Hydra's own, and half-filled inside a sweeper: leave it out.)
+        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"config group '{group}' is missing: pick one, e.g. {group}=...")
+    teacher = typed(cfg.teacher, TeacherConf, "teacher")
+    settings = Settings(
+        data=_built(cfg.data, "data"),
+        model=typed(cfg.model, ModelConf, "model"),
+        teacher=teacher,
+        teacher_optimizer=_optimizer(OmegaConf.create(teacher.optimizer), "teacher.optimizer"),
+        loss=_built(cfg.loss, "loss"),
+        optimizer=_optimizer(cfg.optimizer, "optimizer"),
+        trainer=typed(cfg.trainer, TrainerConf, "trainer"),
+        tracking=typed(cfg.tracking, TrackingConf, "tracking"),
+        sweep=typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
+        cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
+    )
+    check_combination(settings)
+    return settings
+
+
+def check_combination(settings: Settings) -> None:
+    """The cross-field rules: refuse model x loss combinations that cannot train."""
+    if settings.loss.needs_student_hidden and not settings.model.returns_hidden:
+        raise ConfigError(
+            f"loss={settings.loss.name} needs a student that returns its hidden representation;"
+            f" model={settings.model.name} does not: use model=modified"
+        )
