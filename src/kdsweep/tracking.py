@@ -103,7 +103,15 @@ class RunTracker:
         self.local_path = Path(local_dir) / "results.json"
         self.run_id: str | None = None
         self.broken: str | None = None
-        self.record: dict[str, Any] = {"params": {}, "metrics": {}, "tags": {}, "history": []}
+        # The run name is kept whether or not MLflow tracks the run: the multirun tables
+        # (kdsweep.callbacks) group the jobs' results.json records by it.
+        self.record: dict[str, Any] = {
+            "run_name": run_name,
+            "params": {},
+            "metrics": {},
+            "tags": {},
+            "history": [],
+        }
 
     # -- lifecycle -----------------------------------------------------------------------
     def check(self) -> None:
