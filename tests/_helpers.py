@@ -52,6 +52,7 @@ def sweep_args(
         f"hydra.sweeper.storage={storage}",
         f"hydra.sweeper.report_dir={workdir / 'reports'}",
         "hydra.sweeper.baselines=false",
+        "hydra.sweeper.confirm.enabled=false",  # tests/test_confirm.py covers that stage
         f"hydra.sweep.dir={workdir / 'multirun'}",
         f"tracking.uri={tracking_uri}",
         f"cache_dir={cache_dir or workdir / 'cache'}",

@@ -24,6 +24,7 @@ def sweep_args(workdir: Path, study: str, n_trials: int, *extra: str) -> list[st
         f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}",
         f"hydra.sweeper.report_dir={workdir / 'reports'}",
         f"hydra.sweep.dir={workdir / 'multirun'}",
+        "hydra.sweeper.confirm.enabled=false",  # tests/test_confirm.py covers that stage
         *extra,
     ]
 

@@ -169,6 +169,9 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
         "final_val_acc": fitted.last_val_acc,
         "test_acc": test_acc,
         "train_images_per_s": fitted.images_per_s,
+        # What one image is worth on each split (the report states the resolution).
+        "val_size": float(len(data.val_y)),
+        "test_size": float(len(data.test_y)),
         "wall_seconds": time.perf_counter() - started,
     }
     if plan.teacher is not None:
@@ -189,6 +192,9 @@ def tags_for(settings: Settings) -> dict[str, str]:
         tags["optuna.trial_number"] = str(settings.sweep.trial_number)
     if settings.sweep.study_name:
         tags["optuna.study_name"] = settings.sweep.study_name
+    if settings.sweep.role == "confirm":
+        tags["kdsweep.seed"] = str(settings.trainer.seed)
+        tags["kdsweep.arm"] = str(settings.sweep.arm)
     return tags
 
 

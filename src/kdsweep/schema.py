@@ -201,7 +201,9 @@ class SweepContext:
     trial_id: int | None = None
     parent_run_id: str | None = None
     study_name: str | None = None
+    # trial | baseline | confirm; a confirmation run also names its arm (top1, ablation...)
     role: str = "trial"
+    arm: str | None = None
 
 
 # --- registration ---------------------------------------------------------------------------

@@ -25,6 +25,18 @@ class PrunerConf:
 
 
 @dataclass
+class ConfirmConf:
+    # After the search: retrain the top_k configs, the best one's recipe without the
+    # teacher (the ablation) and the references with `seeds` fresh seeds, paired across
+    # arms (kdsweep.sweep.confirm). The search configs switch it on.
+    enabled: bool = False
+    seeds: int = 5
+    top_k: int = 3
+    # Confirmation seeds are first_seed, first_seed + 1, ... (never the search's seed).
+    first_seed: int = 1000
+
+
+@dataclass
 class KdsweepSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KdsweepSweeper"
     direction: Any = "maximize"
@@ -45,6 +57,7 @@ class KdsweepSweeperConf(OptunaSweeperConf):
     # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead.
     heartbeat_interval: float = 10.0
     grace_period: float = 120.0
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
 
 
 ConfigStore.instance().store(

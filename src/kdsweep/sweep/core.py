@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from kdsweep.errors import KdsweepError, first_line
 from kdsweep.secrets import mask_secrets
+from kdsweep.sweep.confirm import Confirmation, plan_arms
 from kdsweep.sweep.finish import finish_sweep
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run, read_job_metrics
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
@@ -157,8 +158,66 @@ class StudySweep:
                     file=sys.stderr,
                 )
                 raise SystemExit(1)
-        finish_sweep(study, self.config, self.settings, parent, aborted=False)
+        confirmation = self._confirm(study, space, parent)
+        finish_sweep(
+            study,
+            self.config,
+            self.settings,
+            parent,
+            aborted=False,
+            confirm_study=confirmation.study if confirmation else None,
+        )
         return study
+
+    def _launch(self, batch: list[list[str]]) -> list[JobReturn]:
+        try:
+            returns = list(self.launcher.launch(batch, initial_job_idx=self.job_idx))
+        except Exception as exc:  # the launcher itself broke: every job in the batch failed
+            broken = JobReturn(status=JobStatus.FAILED)
+            broken.return_value = exc
+            returns = [broken] * len(batch)
+        self.job_idx += len(batch)
+        return returns
+
+    def _confirm(
+        self, study: optuna.Study, space: SearchSpace, parent: ParentRun
+    ) -> Confirmation | None:
+        """The confirmation stage (kdsweep.sweep.confirm), once the search is complete."""
+        s = self.settings
+        search_seed = OmegaConf.select(self.config, "trainer.seed")
+        seeds = s.confirmation_seeds(search_seed)
+        if not seeds:
+            return None
+        running = count_states(study)[TrialState.RUNNING]
+        if running:
+            log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
+            return None
+        stage = Confirmation(
+            self.storage,
+            s.storage,
+            s.study_name,
+            seeds,
+            s.n_jobs,
+            s.heartbeat_interval,
+            s.grace_period,
+        )
+        arms = plan_arms(
+            study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
+        )
+        queued = stage.plan(arms, OmegaConf.select(self.config, "teacher.seed"))
+        log.info(
+            "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
+            len(arms),
+            len(seeds),
+            queued,
+        )
+        base = list(space.fixed)
+        if parent.run_id:
+            base.append(f"sweep.parent_run_id={parent.run_id}")
+        failures = stage.run(base, self._launch, job_outcome)
+        if failures:
+            log.warning("confirmation: %d run(s) failed; rerun the command to retry them", failures)
+        return stage
 
     def _existing_trials(self) -> int:
         try:

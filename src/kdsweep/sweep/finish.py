@@ -24,8 +24,9 @@ def finish_sweep(
     settings: SweepSettings,
     parent: ParentRun,
     aborted: bool,
+    confirm_study: optuna.Study | None = None,
 ) -> None:
-    from kdsweep.report import report_dir_for, write_report_files
+    from kdsweep.report import lead, report_dir_for, summarize, write_report_files
 
     still_running = count_states(study)[TrialState.RUNNING] > 0
     best = _best_trial(study)
@@ -37,8 +38,11 @@ def finish_sweep(
     _record_teacher_baseline(study)
     report_dir = report_dir_for(settings.report_dir, settings.study_name)
     report_files: list[Path] = []
+    description = None
     try:
-        report_files = write_report_files(study, report_dir)
+        report_files = write_report_files(study, report_dir, confirm_study=confirm_study)
+        description = lead(summarize(study, confirm_study))
+        log.info("%s", description)
         log.info("report: %s", report_files[-1])
     except Exception as exc:  # a report must never cost the sweep its results
         log.error("could not write the report to %s: %s", report_dir, exc)
@@ -46,6 +50,7 @@ def finish_sweep(
         best,
         report_files,
         status=None if still_running and not aborted else ("FAILED" if aborted else "FINISHED"),
+        description=description,
     )
 
 

@@ -81,7 +81,11 @@ class ParentRun:
         return cls(conf, run_id)
 
     def finish(
-        self, best: optuna.trial.FrozenTrial | None, report_files: list[Path], status: str | None
+        self,
+        best: optuna.trial.FrozenTrial | None,
+        report_files: list[Path],
+        status: str | None,
+        description: str | None = None,
     ) -> None:
         """Best value and params, the report's files as artifacts (those files only, never
         the rest of their folder); end the run unless other workers still have trials
@@ -95,6 +99,9 @@ class ParentRun:
                 client.log_metric(self.run_id, "best_trial", float(best.number))
                 for name, value in best.params.items():
                     client.set_tag(self.run_id, f"best.{name}", str(value))
+            if description:
+                # MLflow's run description: the report's headline, first thing in the UI.
+                client.set_tag(self.run_id, "mlflow.note.content", mask_secrets(description))
             for path in report_files:
                 client.log_artifact(self.run_id, str(path), "report")
             if status is not None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import BaseDistribution
@@ -34,6 +34,7 @@ class SweepSettings:
     heartbeat_interval: float
     grace_period: float
     custom_search_space: str | None = None
+    confirm: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SweepSettings:
@@ -47,6 +48,7 @@ class SweepSettings:
         values["params"] = {str(k): v for k, v in (values.pop("params", None) or {}).items()}
         values["pruner"] = dict(values.pop("pruner", None) or {})
         values["enqueue_trials"] = [dict(t) for t in values.pop("enqueue_trials", None) or []]
+        values["confirm"] = dict(values.pop("confirm", None) or {})
         return cls(**values)
 
     def check(self) -> None:
@@ -59,6 +61,27 @@ class SweepSettings:
             raise KdsweepError("hydra.sweeper.max_failure_rate must be in [0, 1]")
         if self.direction not in ("maximize", "minimize"):
             raise KdsweepError("hydra.sweeper.direction must be maximize or minimize")
+        if self.confirm.get("seeds", 0) < 0 or self.confirm.get("top_k", 1) < 1:
+            raise KdsweepError(
+                "hydra.sweeper.confirm.seeds must be >= 0 (0: no confirmation)"
+                " and confirm.top_k >= 1"
+            )
+
+    def confirmation_seeds(self, search_seed: int | None) -> list[int]:
+        """The fresh seeds of the confirmation stage ([] when it is off): consecutive
+        from confirm.first_seed, skipping the search's own seed."""
+        if not self.confirm.get("enabled"):
+            return []
+        wanted, seed, seeds = (
+            int(self.confirm.get("seeds", 0)),
+            int(self.confirm.get("first_seed", 1000)),
+            [],
+        )
+        while len(seeds) < wanted:
+            if seed != search_seed:
+                seeds.append(seed)
+            seed += 1
+        return seeds
 
     def describe(self, sampler: Any, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
         """What the study records about itself (its user attributes, the parent run's

@@ -17,7 +17,9 @@ from kdsweep.train import EpochRecord
 
 
 class OptunaTrialHooks(TrialHooks):
-    def __init__(self, storage_url: str, study_name: str, trial_id: int, pruner_conf: Any) -> None:
+    def __init__(
+        self, storage_url: str, study_name: str, trial_id: int, pruner_conf: Any, prune: bool
+    ) -> None:
         import optuna
 
         from kdsweep.sweep.studies import build_pruner, open_storage
@@ -33,6 +35,7 @@ class OptunaTrialHooks(TrialHooks):
         # (kdsweep.sweep.studies.trial_id), passed by the sweeper as sweep.trial_id.
         self.trial = optuna.trial.Trial(study, trial_id)
         self.curve: list[dict[str, float]] = []
+        self.prune = prune
 
     def on_start(self, run_id: str | None) -> None:
         if run_id:
@@ -51,7 +54,7 @@ class OptunaTrialHooks(TrialHooks):
         )
         self.trial.set_user_attr("history", self.curve)
         self.trial.report(record.val_acc, record.epoch)
-        if self.trial.should_prune():
+        if self.prune and self.trial.should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.
             self.trial.set_user_attr("pruned", True)
@@ -76,4 +79,6 @@ def trial_hooks(cfg: DictConfig) -> TrialHooks:
         study_name=str(sweep.study_name),
         trial_id=int(sweep.trial_id),
         pruner_conf=sweeper.get("pruner"),
+        # A confirmation run is a measurement, not a candidate: it always runs to the end.
+        prune=sweep.get("role") != "confirm",
     )

@@ -1,0 +1,160 @@
+"""The confirmation stage: after the search, the candidates retrain with fresh seeds, paired
+across arms, as children of the sweep's parent run; reruns add only what is missing; a
+killed stage completes on the next run; the report leads with the paired comparison."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from _helpers import (
+    children_of,
+    kill_group,
+    load_trials,
+    mlflow_runs,
+    run,
+    start,
+    sweep_args,
+    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
+    wait_for,
+)
+
+STUDY = "confirm"
+ARMS = {"top1", "ablation", "tutorial", "ce_default"}
+
+
+def confirm_args(workdir: Path, cache: Path, seeds: int, *extra: str) -> list[str]:
+    """A 3-trial kd sweep (1 epoch each) confirming its best config with ``seeds`` seeds."""
+    return sweep_args(
+        workdir,
+        STUDY,
+        3,
+        "hydra.sweeper.confirm.enabled=true",
+        f"hydra.sweeper.confirm.seeds={seeds}",
+        "hydra.sweeper.confirm.top_k=1",
+        "hydra.sweeper.pruner.name=none",
+        *extra,
+        cache_dir=cache,
+    )
+
+
+def _confirmations(workdir: Path) -> list:
+    return load_trials(f"sqlite:///{workdir / 'optuna.db'}", f"{STUDY}:confirm")
+
+
+def _done(workdir: Path) -> Counter:
+    return Counter(
+        (t.user_attrs["arm"], t.user_attrs["seed"])
+        for t in _confirmations(workdir)
+        if t.state.name == "COMPLETE"
+    )
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Path:
+    workdir = tmp_path_factory.mktemp("confirmed")
+    proc = run(workdir, confirm_args(workdir, teacher_cache, 2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_every_arm_runs_once_per_fresh_seed(confirmed: Path) -> None:
+    done = _done(confirmed)
+    assert set(done) == {(arm, seed) for arm in ARMS for seed in (1000, 1001)}
+    assert set(done.values()) == {1}  # exactly once each
+
+
+def test_confirmation_runs_are_tagged_children_of_the_sweep(confirmed: Path) -> None:
+    runs = mlflow_runs(f"sqlite:///{confirmed / 'mlflow.db'}")
+    (parent,) = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    confirm = [r for r in children_of(runs, parent.info.run_id)]
+    confirm = [r for r in confirm if r.data.tags.get("kdsweep.role") == "confirm"]
+    assert len(confirm) == len(ARMS) * 2
+    assert {(r.data.tags["kdsweep.arm"], r.data.tags["kdsweep.seed"]) for r in confirm} == {
+        (arm, str(seed)) for arm in ARMS for seed in (1000, 1001)
+    }
+    assert all(r.info.status == "FINISHED" for r in confirm)
+    # The teacher is the search's (teacher.seed of the sweep), whatever the student's seed.
+    assert {r.data.params["teacher.seed"] for r in confirm} == {"0"}
+    ablation = [r for r in confirm if r.data.tags["kdsweep.arm"] == "ablation"]
+    top = [r for r in confirm if r.data.tags["kdsweep.arm"] == "top1"]
+    assert {r.data.params["loss._target_"] for r in ablation} == {"kdsweep.losses.CrossEntropy"}
+    assert {r.data.params["optimizer.lr"] for r in ablation} == {
+        r.data.params["optimizer.lr"] for r in top
+    }
+    # The parent run's description is the report's first sentence.
+    assert "vs the same recipe without a teacher" in parent.data.tags["mlflow.note.content"]
+
+
+def test_the_report_leads_with_the_paired_comparison(confirmed: Path) -> None:
+    (folder,) = (confirmed / "reports").iterdir()
+    report = (folder / "report.md").read_text()
+    first = report.split("\n\n")[1]
+    assert "vs the same recipe without a teacher" in first and "2 paired seeds" in first
+    assert "95 % CI" in first and "Wilcoxon" in first
+    assert "## Confirmed on fresh seeds" in report
+    assert "Search only, not confirmed" in report  # the search's best, labelled as biased
+    assert "one image = 0.39 pt" in report  # the val split's resolution is stated
+    page = (folder / "index.html").read_text()
+    assert page.index("vs the same recipe without a teacher") < page.index("<h2>Search</h2>")
+
+
+def test_a_rerun_trains_nothing_and_more_seeds_add_only_those(
+    confirmed: Path, teacher_cache: Path
+) -> None:
+    proc = run(confirmed, confirm_args(confirmed, teacher_cache, 2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(_done(confirmed).values()) == len(ARMS) * 2
+    proc = run(confirmed, confirm_args(confirmed, teacher_cache, 3))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = _done(confirmed)
+    assert set(done) == {(arm, seed) for arm in ARMS for seed in (1000, 1001, 1002)}
+    assert set(done.values()) == {1}
+
+
+@pytest.mark.slow
+def test_killed_during_confirmation_a_rerun_completes_exactly_the_plan(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    args = confirm_args(tmp_path, teacher_cache, 3, "hydra.sweeper.grace_period=5")
+    proc = start(tmp_path, args)
+    wait_for(lambda: len(_done(tmp_path)) >= 2, 240, "two confirmation runs", proc)
+    kill_group(proc, signal.SIGKILL)
+    proc.wait()
+    assert len(_done(tmp_path)) < len(ARMS) * 3
+    again = run(tmp_path, args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = _done(tmp_path)
+    assert set(done) == {(arm, seed) for arm in ARMS for seed in (1000, 1001, 1002)}
+    assert set(done.values()) == {1}
+    search = load_trials(f"sqlite:///{tmp_path / 'optuna.db'}", STUDY)
+    assert sum(t.state.name == "COMPLETE" for t in search) == 3
+
+
+def test_paired_seeds_give_identical_initial_weights_across_arms(teacher_cache: Path) -> None:
+    """Seed s means the same student initialisation in every arm: KD and its teacher-less
+    ablation start from the same weights (the teacher is prepared after the student)."""
+    from conftest import compose_config
+    from kdsweep.run import plan_run
+    from kdsweep.validation import validate
+
+    def student(*overrides: str) -> dict[str, torch.Tensor]:
+        cfg = compose_config(
+            *overrides,
+            "teacher.epochs=1",
+            "teacher.seed=0",
+            "trainer.device=cpu",
+            f"cache_dir={teacher_cache}",
+        )
+        return plan_run(validate(cfg)).student.state_dict()
+
+    kd = student("loss=kd", "trainer.seed=1000", "loss.temperature=6")
+    ce = student("loss=ce", "trainer.seed=1000")
+    other = student("loss=ce", "trainer.seed=1001")
+    assert kd.keys() == ce.keys()
+    assert all(torch.equal(kd[k], ce[k]) for k in kd)
+    assert not all(torch.equal(kd[k], other[k]) for k in kd)
