@@ -3,6 +3,8 @@
 This package only re-exports the public names; the work is split by job:
 
 - :mod:`kdsweep.report.summary` reads the study into a :class:`Summary` and words it;
+- :mod:`kdsweep.report.confirmed` and :mod:`kdsweep.report.stats`: the confirmation
+  stage's paired-seed comparison and its statistics;
 - :mod:`kdsweep.report.plots` draws the figures (matplotlib);
 - :mod:`kdsweep.report.render` writes index.html and report.md (Jinja2 templates in
   ``templates/``), trials.csv and the plots, and names a study's report folder;
@@ -11,7 +13,9 @@ This package only re-exports the public names; the work is split by job:
 What the sweeper stores and the report reads: study user attrs ``baselines``,
 ``tutorial_trial_number``, ``search_space``, ``n_trials``, ``sampler``,
 ``mlflow_parent_run_id``; trial user attrs ``mlflow_run_id``, ``history``, ``metrics``,
-``error``. Every one of them may be missing.
+``error``; of the confirmation study ``<study>:confirm``: ``arms``, ``current_arms``,
+``seeds``, ``teacher_seed`` and per trial ``arm``, ``seed``, ``metrics``. Every one of
+them may be missing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from kdsweep.report.summary import (
     TrialRow,
     comparison,
     headline,
+    lead,
     state_line,
     summarize,
 )
@@ -45,6 +50,7 @@ __all__ = [
     "TrialRow",
     "comparison",
     "headline",
+    "lead",
     "report_dir_for",
     "state_line",
     "summarize",

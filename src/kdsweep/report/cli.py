@@ -113,13 +113,21 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
     import optuna
 
     from kdsweep.report import report_dir_for, write_report
+    from kdsweep.sweep.confirm import confirm_study_name
 
-    # A cheap sampler: the report never samples, and TPE's setup would only cost time.
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
-    )
+    def load(study_name: str) -> optuna.Study:
+        # A cheap sampler: the report never samples, and TPE's setup would only cost time.
+        sampler = optuna.samplers.RandomSampler()
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+
+    confirm = confirm_study_name(name)
     out_dir = Path(out) if out else report_dir_for("multirun_reports", name)
-    return write_report(study, out_dir, storage_url=url)
+    return write_report(
+        load(name),
+        out_dir,
+        storage_url=url,
+        confirm_study=load(confirm) if confirm in names else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from kdsweep.files import atomic_write_text
+from kdsweep.report.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
 from kdsweep.report.plots import (
     param_file,
     plot_all_curves,
@@ -48,6 +49,7 @@ from kdsweep.report.summary import (
     finite,
     fmt,
     headline,
+    lead,
     pct,
     points,
     state_line,
@@ -102,7 +104,12 @@ def _context(
     return {
         "summary": summary,
         "state_line": state_line(summary),
+        "lead": lead(summary),
         "headline": headline(summary),
+        "confirmed": summary.confirmed,
+        "confirmed_head": CONFIRMED_HEAD,
+        "confirmed_rows": confirmed_rows(summary.confirmed) if summary.confirmed else [],
+        "resolution": resolution(summary.confirmed) if summary.confirmed else "",
         "comparison": comparison(summary),
         "best_params": best_params(summary),
         "head": head,
@@ -171,24 +178,34 @@ def report_dir_for(root: str | Path, study_name: str) -> Path:
 
 
 def write_report(
-    study: optuna.Study, out_dir: str | Path, *, storage_url: str | None = None
+    study: optuna.Study,
+    out_dir: str | Path,
+    *,
+    storage_url: str | None = None,
+    confirm_study: optuna.Study | None = None,
 ) -> Path:
-    """Write the sweep report of ``study`` into ``out_dir``; return the index.html path.
+    """Write the sweep report of ``study`` (and of its confirmation stage, if given) into
+    ``out_dir``; return the index.html path.
 
     ``storage_url`` (optional) is shown, with any password masked, in the page footer.
     """
-    return write_report_files(study, out_dir, storage_url=storage_url)[-1]
+    files = write_report_files(study, out_dir, storage_url=storage_url, confirm_study=confirm_study)
+    return files[-1]
 
 
 def write_report_files(
-    study: optuna.Study, out_dir: str | Path, *, storage_url: str | None = None
+    study: optuna.Study,
+    out_dir: str | Path,
+    *,
+    storage_url: str | None = None,
+    confirm_study: optuna.Study | None = None,
 ) -> list[Path]:
     """Write the report as :func:`write_report` does; return every file written (the
     plots, trials.csv, report.md, and index.html last). Only these may be uploaded: the
     folder can hold other files (an older build's, or anything a user put there)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(study)
+    summary = summarize(study, confirm_study)
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
     trials = study.get_trials(deepcopy=False)

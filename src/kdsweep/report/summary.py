@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdsweep.report.confirmed import Confirmed, confirmed_headline, confirmed_summary
 from kdsweep.secrets import mask_secrets
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Summary:
     gain_val: float | None = None  # best minus tutorial default, in points
     gain_test: float | None = None
     notes: list[str] = field(default_factory=list)
+    confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
 
 
 # --------------------------------------------------------------------------- data
@@ -138,8 +140,9 @@ def _ordered_params(rows: list[TrialRow]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-def summarize(study: optuna.Study) -> Summary:
-    """Everything the report shows, read from the study (trials sorted by number)."""
+def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) -> Summary:
+    """Everything the report shows, read from the study (trials sorted by number) and its
+    confirmation study, if any."""
     attrs = study.user_attrs
     rows = sorted((_row(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
     counts = {state: 0 for state in STATES}
@@ -182,6 +185,7 @@ def summarize(study: optuna.Study) -> Summary:
         baselines=baselines,
         search_space={str(k): mask_secrets(str(v)) for k, v in space.items()},
         mlflow_parent_run_id=str(parent) if parent else None,
+        confirmed=confirmed_summary(confirm_study),
     )
     if len(directions) > 1:
         summary.notes.append(
@@ -232,12 +236,25 @@ def state_line(summary: Summary) -> str:
     return line
 
 
+def lead(summary: Summary) -> str:
+    """The report's first sentence: the confirmed comparison where the sweep has one,
+    else the search's best, labelled as the unconfirmed, selected figure it is."""
+    if summary.confirmed is not None:
+        return confirmed_headline(summary.confirmed)
+    return headline(summary)
+
+
 def headline(summary: Summary) -> str:
-    """One sentence: the best trial and how far it is from the tutorial default."""
+    """One sentence: the search's best trial and how far it is from the tutorial default,
+    labelled as what it is: one seed, selected on val (optimistically biased)."""
     best = summary.best
     if best is None:
         return f"No completed trial yet: {state_line(summary)}."
-    text = f"Best trial #{best.number}: {pct(best.value)} val"
+    n = sum(1 for r in summary.rows if r.state == "COMPLETE")
+    text = (
+        f"Search only, not confirmed (one seed, best of {n} on val: optimistically"
+        f" biased). Best trial #{best.number}: {pct(best.value)} val"
+    )
     if best.test_acc is not None:
         text += f", {pct(best.test_acc)} test"
     tutorial, number = summary.tutorial, summary.tutorial_number
