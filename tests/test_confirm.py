@@ -158,3 +158,29 @@ def test_paired_seeds_give_identical_initial_weights_across_arms(teacher_cache: 
     assert kd.keys() == ce.keys()
     assert all(torch.equal(kd[k], ce[k]) for k in kd)
     assert not all(torch.equal(kd[k], other[k]) for k in kd)
+
+
+def test_ties_in_the_objective_go_to_the_lower_val_loss() -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from kdsweep.report import summarize
+    from kdsweep.sweep.confirm import ranked_trials
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"loss.temperature": FloatDistribution(1, 10)}
+    for number, val_loss in enumerate((0.40, 0.25, 0.31)):
+        history = [
+            {"epoch": 1, "val_loss": 9.0, "val_acc": 50.0},
+            {"epoch": 2, "val_loss": val_loss, "val_acc": 97.92},
+        ]
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=97.92,
+                params={"loss.temperature": 2.0 + number},
+                distributions=dist,
+                user_attrs={"history": history, "metrics": {"best_epoch": 2}},
+            )
+        )
+    assert [t.number for t in ranked_trials(study)] == [1, 2, 0]
+    assert summarize(study).best.number == 1

@@ -140,6 +140,15 @@ def _ordered_params(rows: list[TrialRow]) -> list[str]:
     return known + sorted(names - set(known))
 
 
+def _selected_val_loss(row: TrialRow) -> float:
+    """The val loss at the epoch whose val accuracy is the trial's value (inf if unknown)."""
+    epoch = row.metrics.get("best_epoch")
+    for record in row.history:
+        if epoch is not None and int(record.get("epoch", -1)) == int(epoch):
+            return float(record.get("val_loss", math.inf))
+    return math.inf
+
+
 def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) -> Summary:
     """Everything the report shows, read from the study (trials sorted by number) and its
     confirmation study, if any."""
@@ -153,8 +162,9 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     scored = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
     best = None
     if scored:
-        pick = min if direction == "minimize" else max
-        best = pick(scored, key=lambda r: r.value)  # type: ignore[arg-type,return-value]
+        # Best value first; a tie (common on small val splits) goes to the lower val loss.
+        sign = 1.0 if direction == "minimize" else -1.0
+        best = min(scored, key=lambda r: (sign * r.value, _selected_val_loss(r), r.number))  # type: ignore[operator]
 
     raw_baselines = attrs.get("baselines") if isinstance(attrs.get("baselines"), dict) else {}
     baselines: dict[str, dict[str, float | None]] = {}

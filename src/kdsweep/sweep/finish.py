@@ -55,10 +55,11 @@ def finish_sweep(
 
 
 def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no trial completed
-        return None
+    """The best completed trial, ties broken by val loss (None if none completed)."""
+    from kdsweep.sweep.confirm import ranked_trials
+
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None
 
 
 def _save_results(best: optuna.trial.FrozenTrial, study_name: str, sweep_dir: Path) -> None:
