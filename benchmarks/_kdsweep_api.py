@@ -17,7 +17,7 @@ from __future__ import annotations
 # channels_last, compile (loops, gpu).
 # Data: load_splits(conf) -> TensorSplits (.to(), train/val/test x and y, input_shape,
 # num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
-from kdsweep.data import SyntheticData, TensorSplits, load_splits
+from kdsweep.data import DigitsData, SyntheticData, TensorSplits, load_splits
 
 # Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
@@ -36,6 +36,7 @@ from kdsweep.train import TeacherSource, fit
 
 __all__ = [
     "CrossEntropy",
+    "DigitsData",
     "KnowledgeDistillation",
     "SeedNet",
     "SyntheticData",

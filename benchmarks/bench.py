@@ -15,6 +15,7 @@ Rows (targets and measured figures: README.md, section "Performance"):
   e  peak RSS growth of a cached KD trial / the data set's size                   (reported)
   f  GPU only: bf16 + channels_last (+ compile) vs fp32 img/s for the student (KD,
      batch 128) and the teacher (CE, batch 512); host syncs per KD epoch
+  g  CPU: a digits run (8x8, LightNN) with 1 torch thread vs torch's default          (reported)
 
 Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data group);
 c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses.
@@ -49,7 +50,7 @@ if _HERE not in sys.path:
 
 from table import Row, format_table, mb, notes  # noqa: E402
 
-ROW_KEYS = "abcdef"
+ROW_KEYS = "abcdefg"
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,19 @@ def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
     row.figure = float(fig["overhead_per_trial_s"])
     row.figure_text = f"{row.figure:.2f} s"
     row.passed = row.figure < 1.0
+    row.details = fig
+    return row
+
+
+def row_g(sizes: Sizes) -> Row:
+    from threads import measure_threads
+
+    row = Row("g", "digits CE run (10 ep): 1 torch thread vs default", "report")
+    fig = measure_threads(sizes.ce_repeats, 10, progress)
+    row.kdsweep = f"{fig['one_thread_s']:.3f} s"
+    row.baseline = f"{fig['default_threads_s']:.3f} s ({fig['default_threads']} thr)"
+    row.figure = fig["speedup_median_of_pairs"]
+    row.figure_text = f"{row.figure:.2f}x"
     row.details = fig
     return row
 
@@ -333,6 +347,8 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
             guarded("e", "peak memory", "report", lambda: rows_e(workdir, device, sizes))
         if "f" in args.only:
             guarded("f", "GPU levers", "report", lambda: rows_f(data, device, sizes))
+        if "g" in args.only and device.type == "cpu":
+            guarded("g", "CPU threads", "report", lambda: row_g(sizes))
 
     elapsed = time.perf_counter() - started
     threads = torch.get_num_threads()

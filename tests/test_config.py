@@ -177,3 +177,15 @@ def test_missing_group_names_it(compose) -> None:
     del cfg["optimizer"]
     with pytest.raises(ConfigError, match="optimizer"):
         validate(OmegaConf.create(cfg))
+
+
+def test_cpu_threads_one_for_small_inputs_else_torchs_default_or_the_request() -> None:
+    from kdsweep.run import cpu_threads
+
+    assert cpu_threads(0, (1, 8, 8)) == 1  # digits: thread hand-offs cost more than they gain
+    assert cpu_threads(0, (3, 32, 32)) is None  # CIFAR-sized: torch's own default
+    assert cpu_threads(4, (1, 8, 8)) == 4  # an explicit trainer.threads wins
+
+
+def test_negative_threads_are_refused(compose) -> None:
+    assert "trainer.threads" in _refusal(compose, "trainer.threads=-1")

@@ -172,8 +172,13 @@ class TrainerConf:
     precision: Precision = Precision.fp32
     channels_last: bool = False
     compile: bool = False
+    # CPU threads for torch; 0 = auto: 1 for small inputs (<= 1,024 values an image, e.g.
+    # 8x8 digits), where thread hand-offs cost more than the tiny ops gain, else torch's.
+    threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"trainer.threads must be >= 0 (0: auto), got {self.threads}")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
