@@ -3,6 +3,7 @@ failed and pruned trials, the joblib launcher, and the tutorial multirun."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -194,6 +195,19 @@ def test_pruned_trials_agree_between_optuna_and_mlflow(tmp_path: Path) -> None:
         assert run.info.status == expected_status[trial.state]
         if trial.state == TrialState.PRUNED:
             assert len(trial.intermediate_values) < 4
+            # Stopped on purpose, not an error: no error tag, the reason in its own tag.
+            assert "error" not in run.data.tags
+            assert run.data.tags["kdsweep.pruned"].startswith("pruned after epoch")
+        # Each run names its data set as an MLflow dataset input (the UI's Dataset column).
+        (dataset_input,) = run.inputs.dataset_inputs
+        assert dataset_input.dataset.name == "digits"
+        assert json.loads(dataset_input.dataset.profile)["val"] == 259
+    # The experiment opens on its runs in MLflow 3's UI: a model-training experiment.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db_path(tmp_path)}")
+    tags = client.get_experiment_by_name("kdsweep").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_joblib_launcher_runs_trials_in_other_processes(tmp_path: Path) -> None:

@@ -247,6 +247,7 @@ def run(
     )
     tracker.start()
     try:
+        tracker.log_dataset(settings.data.name, plan.data)
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         tracker.log_params(flatten(resolved))
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -255,8 +256,13 @@ def run(
         hooks.on_finish(result)
     except BaseException as exc:
         status, state = _ending(exc)
-        tracker.set_tags({"kdsweep.state": state})
-        tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
+        if state == "PRUNED":
+            # Stopped on purpose, not an error: KILLED, the reason in its own tag.
+            tracker.set_tags({"kdsweep.state": state, "kdsweep.pruned": str(exc)})
+            tracker.finish(status)
+        else:
+            tracker.set_tags({"kdsweep.state": state})
+            tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
         raise
     tracker.set_tags({"kdsweep.state": "COMPLETE"})
     tracker.finish("FINISHED")
