@@ -20,8 +20,8 @@ from typing import Any, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from kdsweep.data import CifarData, DigitsData, SyntheticData
-from kdsweep.losses import CosineHidden, CrossEntropy, KnowledgeDistillation, MultiMargin
+from kdsweep.data import DataSet
+from kdsweep.losses import Objective
 
 # instantiate() may build these and nothing else: a config (or a command line) cannot make
 # kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call).
@@ -214,9 +214,17 @@ class SweepContext:
 # --- registration ---------------------------------------------------------------------------
 
 # Options whose class is their own schema: the YAML's _target_ names one of these.
+def _subclasses(base: type) -> tuple[type, ...]:
+    """Every class derived from ``base``: a new loss or data set needs no list of ours."""
+    found: list[type] = []
+    for cls in base.__subclasses__():
+        found += [cls, *_subclasses(cls)]
+    return tuple(found)
+
+
 BUILT_PARTS: dict[str, tuple[type, ...]] = {
-    "loss": (CrossEntropy, KnowledgeDistillation, CosineHidden, MultiMargin),
-    "data": (DigitsData, SyntheticData, CifarData),
+    "loss": _subclasses(Objective),
+    "data": _subclasses(DataSet),
 }
 SCHEMAS: dict[str, tuple[type, ...]] = {
     "model": (ModelConf,),
