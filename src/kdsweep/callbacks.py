@@ -14,7 +14,6 @@ multirun: a job whose files cannot be read is logged and left out.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,150 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdsweep.files import atomic_write_text
+from kdsweep.multirun import (
+    FINISHED,
+    SEED_KEY,
+    Job,
+    as_mapping,
+    collect_jobs,
+    collect_results,
+    is_kdsweep_sweep,
+    number,
+    objective_acc,
+    override_key,
+)
 from kdsweep.report.stats import arm_stats, paired_diff, verdict
 
 log = logging.getLogger("kdsweep")
-
-SEED_KEY = "trainer.seed"
-FINISHED = "FINISHED"
-
-# --- the jobs of a multirun ----------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """One job's results.json record and its task overrides (``.hydra/overrides.yaml``;
-    None when that file is missing or unreadable)."""
-
-    directory: Path
-    record: dict[str, Any]
-    overrides: list[str] | None
-
-    @property
-    def run_name(self) -> str | None:
-        name = self.record.get("run_name") or _mapping(self.record.get("tags")).get(
-            "mlflow.runName"
-        )
-        return str(name) if name else None
-
-    @property
-    def finished(self) -> bool:
-        return self.record.get("status") == FINISHED
-
-    @property
-    def params(self) -> Mapping[str, Any]:
-        return _mapping(self.record.get("params"))
-
-    @property
-    def metrics(self) -> Mapping[str, Any]:
-        return _mapping(self.record.get("metrics"))
-
-    @property
-    def in_kdsweep_sweep(self) -> bool:
-        """A run of kdsweep's sweeper (a trial, a baseline, ...): it sets sweep.trial_number
-        or sweep.study_name, which a plain run leaves null."""
-        unset = (None, "None", "null", "")
-        keys = ("sweep.trial_number", "sweep.study_name")
-        return any(self.params.get(key) not in unset for key in keys)
-
-    @property
-    def seed(self) -> int | None:
-        value = self.params.get(SEED_KEY)
-        if value is None:
-            value = next(
-                (o.split("=", 1)[1] for o in self.overrides or [] if _key(o) == SEED_KEY), None
-            )
-        try:
-            return int(str(value))
-        except ValueError:
-            return None
-
-    def metric(self, name: str) -> float | None:
-        return _number(self.metrics, name)
-
-    def val_acc(self) -> float | None:
-        return _val_acc(self.metrics)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _number(metrics: Mapping[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _val_acc(metrics: Mapping[str, Any]) -> float | None:
-    """The run's val accuracy at its objective epoch (best by default): the epoch whose
-    weights test_acc measured."""
-    value = _number(metrics, "objective")
-    return value if value is not None else _number(metrics, "best_val_acc")
-
-
-def _key(override: str) -> str:
-    """'trainer.seed=3' / '+trainer.seed=3' / '~trainer.seed' -> 'trainer.seed'."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _job_order(directory: Path) -> tuple[int, float, str]:
-    """Hydra's job number (the default subdir name) first; otherwise the record's age."""
-    name = directory.name
-    if name.isdigit():
-        return (0, float(name), "")
-    return (1, (directory / "results.json").stat().st_mtime, name)
-
-
-def collect_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job under ``sweep_dir`` with a readable results.json, in job order. An
-    unreadable record is logged and left out; it never stops the multirun."""
-    import yaml
-
-    jobs: list[Job] = []
-    for path in sweep_dir.glob("*/results.json"):
-        try:
-            record = json.loads(path.read_text())
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            log.warning("multirun table: skipping %s (%s)", path, str(exc).splitlines()[0])
-            continue
-        overrides: list[str] | None = None
-        overrides_file = path.parent / ".hydra" / "overrides.yaml"
-        try:
-            loaded = yaml.safe_load(overrides_file.read_text())
-            if isinstance(loaded, list):
-                overrides = [str(o) for o in loaded]
-        except (OSError, yaml.YAMLError):
-            pass
-        jobs.append(Job(path.parent, record, overrides))
-    try:
-        jobs.sort(key=lambda job: _job_order(job.directory))
-    except OSError:  # a record removed while we read: keep the directory order
-        jobs.sort(key=lambda job: job.directory.name)
-    return jobs
-
-
-def collect_results(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """run name -> every results.json record under the sweep directory with that name, in
-    job order (one per seed when the multirun repeats a run over seeds)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for job in collect_jobs(sweep_dir):
-        if job.run_name and not job.in_kdsweep_sweep:
-            found.setdefault(job.run_name, []).append(job.record)
-    return found
-
-
-def is_kdsweep_sweep(config: DictConfig) -> bool:
-    """A multirun driven by kdsweep's own sweeper (hydra/sweeper=kdsweep)."""
-    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-    return "kdsweep" in str(target or "")
-
 
 # --- formatting ----------------------------------------------------------------------------
 
@@ -226,9 +99,9 @@ def _accuracies(
     """(val, test) accuracies of the finished records that have both."""
     vals, tests = [], []
     for record in records:
-        metrics = _mapping(record.get("metrics"))
-        v = _val_acc(metrics) if val == "objective" else _number(metrics, val)
-        t = _number(metrics, test)
+        metrics = as_mapping(record.get("metrics"))
+        v = objective_acc(metrics) if val == "objective" else number(metrics, val)
+        t = number(metrics, test)
         if record.get("status") == FINISHED and v is not None and t is not None:
             vals.append(v)
             tests.append(t)
@@ -243,7 +116,7 @@ def _teachers(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[s
     seen: dict[tuple, dict[str, Any]] = {}
     for name in TEACHER_SOURCES:
         for record in results.get(name, []):
-            metrics = _mapping(record.get("metrics"))
+            metrics = as_mapping(record.get("metrics"))
             teacher = {k: v for k, v in metrics.items() if str(k).startswith("teacher_")}
             if record.get("status") != FINISHED or not all(k in teacher for k in TEACHER_METRICS):
                 continue
@@ -331,7 +204,7 @@ def group_arms(jobs: Iterable[Job]) -> list[Arm]:
         if job.overrides is None:
             log.warning("seeds table: skipping job %s (no readable .hydra/overrides.yaml)", where)
             continue
-        overrides = tuple(o for o in job.overrides if _key(o) != SEED_KEY)
+        overrides = tuple(o for o in job.overrides if override_key(o) != SEED_KEY)
         arm = arms.setdefault(tuple(sorted(overrides)), Arm(overrides))
         seed, val, test = job.seed, job.val_acc(), job.metric("test_acc")
         if not job.finished or seed is None or val is None or test is None:

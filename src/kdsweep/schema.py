@@ -213,6 +213,8 @@ class SweepContext:
 
 # --- registration ---------------------------------------------------------------------------
 
+
+
 # Options whose class is their own schema: the YAML's _target_ names one of these.
 def _subclasses(base: type) -> tuple[type, ...]:
     """Every class derived from ``base``: a new loss or data set needs no list of ours."""
