@@ -112,8 +112,10 @@ def evaluate(
     teacher: TeacherSource | None,
     batch_size: int,
     precision: str = "fp32",
+    epoch: int = 1,
 ) -> tuple[float, float]:
-    """(mean objective loss, accuracy in %) over a split, in eval mode."""
+    """(mean objective loss, accuracy in %) over a split, in eval mode; ``epoch`` is the
+    training epoch it follows (losses with a warm-up weigh their terms by it)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=inputs.device)
@@ -124,7 +126,7 @@ def evaluate(
         with _autocast(inputs.device, precision):
             logits, hidden = model.forward_with_hidden(x)
         t_logits, t_hidden = teacher.for_batch(index, x) if teacher else (None, None)
-        out = objective(StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden))
+        out = objective(StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch))
         loss_sum += out.total * len(y)
         correct += (logits.argmax(dim=1) == y).sum()
     model.train(was_training)
@@ -185,7 +187,9 @@ def fit(
             )
             with _autocast(device, trainer.precision):
                 logits, hidden = step_fn(x)
-            out = objective(StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden))
+            out = objective(
+                StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch)
+            )
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             optimizer.step()
@@ -202,8 +206,9 @@ def fit(
             )
         train_seconds = time.perf_counter() - epoch_start
         val_loss, val_acc = evaluate(
-            model, objective, val_x, val_y, val_teacher, trainer.eval_batch_size, trainer.precision
-        )
+            model, objective, val_x, val_y, val_teacher, trainer.eval_batch_size,
+            trainer.precision, epoch,
+        )  # fmt: skip
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,
