@@ -26,3 +26,31 @@ def first_line(exc: BaseException) -> str:
     one-line reports: library messages often carry multi-line trailers."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM, raised in the main thread by kdsweep's signal handlers
+    (kdsweep.main). A KeyboardInterrupt, so every ``except BaseException`` clean-up (the
+    MLflow run ended KILLED, temporary files removed, locks released) runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+def interrupt_name(exc: BaseException) -> str:
+    """SIGINT / SIGTERM for an Interrupted, SIGINT for a plain KeyboardInterrupt."""
+    return getattr(exc, "signal_name", "SIGINT")
+
+
+class Abandoned(KeyboardInterrupt):
+    """A sweep trial whose sweeper has already ended it (interrupted, or found it stale):
+    the job stops, and its run ends KILLED like an interrupted one."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdsweep.errors import KdsweepError, NonFiniteLossError
+from kdsweep.errors import Interrupted, KdsweepError, NonFiniteLossError, interrupt_name
 from kdsweep.schema import TRUSTED_TARGETS
 from kdsweep.secrets import mask_secrets
 from kdsweep.validation import validate
@@ -106,6 +108,37 @@ def _is_hydra_error(exc: BaseException) -> bool:
     return isinstance(exc, (HydraException, OmegaConfBaseException))
 
 
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: the run (or
+    the sweep's trials and parent run) is ended KILLED on the way out and the process exits
+    130 / 143 with one line. A second signal while that clean-up runs is ignored, so it
+    completes (SIGKILL still ends the process; a rerun then finds the trials stale)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    raised: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def report_interrupt(exc: BaseException, multirun: bool) -> int:
+    """The one line for an interrupted run or sweep; returns the exit code."""
+    what = (
+        "the sweep's trials in flight were marked FAIL and their MLflow runs ended KILLED:"
+        " rerun the same command to resume"
+        if multirun
+        else "the MLflow run (if one was started) was ended KILLED"
+    )
+    print(f"kdsweep: interrupted by {interrupt_name(exc)}: {what}", file=sys.stderr)
+    return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
+
+
 def main() -> None:
     problem = unusable_output_dir(sys.argv[1:])
     if problem:
@@ -116,8 +149,12 @@ def main() -> None:
     # user who set HYDRA_FULL_ERROR keeps Hydra's full report.
     user_asked_full_errors = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    install_signal_handlers()
     try:
         hydra_main()
+    except KeyboardInterrupt as exc:
+        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        raise SystemExit(report_interrupt(exc, multirun)) from None
     except Exception as exc:
         if user_asked_full_errors or not _is_hydra_error(exc):
             raise

@@ -52,8 +52,15 @@ class OptunaTrialHooks(TrialHooks):
                 "val_acc": record.val_acc,
             }
         )
-        self.trial.set_user_attr("history", self.curve)
-        self.trial.report(record.val_acc, record.epoch)
+        try:
+            self.trial.set_user_attr("history", self.curve)
+            self.trial.report(record.val_acc, record.epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The sweeper failed this trial (it was interrupted, or found it stale) while a
+            # launcher's child (submitit) went on: stop, and end the run KILLED.
+            from kdsweep.errors import Abandoned
+
+            raise Abandoned("the sweeper stopped this trial (it was interrupted)") from None
         if self.prune and self.trial.should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.

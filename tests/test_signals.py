@@ -1,0 +1,135 @@
+"""SIGTERM and SIGINT (Ctrl-C) end a run or a sweep cleanly: one line on stderr, exit
+143 / 130, no traceback, the MLflow run(s) ended KILLED, the trials in flight FAIL (so a
+rerun runs them again), nothing left RUNNING, and no launcher child left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from _helpers import (
+    finish,
+    kill_group,
+    load_trials,
+    mlflow_runs,
+    start,
+    states,
+    sweep_args,
+    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
+    unique,
+    wait_for,
+)
+from conftest import job_log
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _one_line(stderr: str, name: str) -> None:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("kdsweep: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith(f"kdsweep: interrupted by {name}"), lines
+
+
+def _epoch_logged(directory: Path) -> bool:
+    return any("student epoch 1/" in job_log(d) for d in [directory, *directory.glob("*")])
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_signalled_run_ends_killed_with_one_line(
+    tmp_path: Path, teacher_cache: Path, sig: signal.Signals
+) -> None:
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        f"tracking.uri={tracking}",
+        f"cache_dir={teacher_cache}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        "teacher.epochs=1",
+        "trainer.device=cpu",
+        "trainer.progress=log",
+        "trainer.epochs=500",
+    ]
+    proc = start(tmp_path, args)
+    try:
+        wait_for(lambda: _epoch_logged(tmp_path / "out"), 120, "the first epoch", proc)
+        proc.send_signal(sig)
+        done = finish(proc, timeout=120)
+    finally:
+        kill_group(proc)
+    assert done.returncode == EXIT[sig], done.stderr[-3000:]
+    _one_line(done.stderr, sig.name)
+    (only,) = mlflow_runs(tracking)
+    assert only.info.status == "KILLED"
+    assert sig.name in only.data.tags["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig, launcher",
+    [(signal.SIGINT, "basic"), (signal.SIGTERM, "joblib")],
+    ids=["SIGINT-basic", "SIGTERM-joblib"],
+)
+def test_a_signalled_sweep_fails_its_trials_and_kills_its_runs(
+    tmp_path: Path, teacher_cache: Path, sig: signal.Signals, launcher: str
+) -> None:
+    study = unique("sig")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    extra = ["trainer.epochs=500", "trainer.progress=log"]
+    if launcher == "joblib":
+        extra += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+    proc = start(tmp_path, sweep_args(tmp_path, study, 3, *extra, cache_dir=teacher_cache))
+    try:
+
+        def training() -> bool:
+            running = [t for t in load_trials(storage, study) if t.state.name == "RUNNING"]
+            return bool(running) and all(t.user_attrs.get("history") for t in running)
+
+        wait_for(training, 180, "trials in training", proc)
+        if sig == signal.SIGINT:
+            kill_group(proc, sig)  # Ctrl-C reaches the whole process group
+        else:
+            proc.send_signal(sig)  # `kill PID`: the sweeper alone
+        done = finish(proc, timeout=120)
+    finally:
+        kill_group(proc)
+    assert done.returncode == EXIT[sig], done.stderr[-3000:]
+    _one_line(done.stderr, sig.name)
+    trials = load_trials(storage, study)
+    assert "RUNNING" not in states(trials)
+    assert states(trials)["FAIL"] == (2 if launcher == "joblib" else 1)
+    runs = mlflow_runs(tracking)
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    sweep_runs = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [r.info.status for r in sweep_runs] == ["KILLED"]
+    killed = [r for r in runs if r.data.tags.get("kdsweep.role") == "trial"]
+    assert {r.info.status for r in killed} == {"KILLED"}
+    if launcher == "joblib":  # the workers went with the sweeper
+        wait_for(lambda: not _children_alive(proc.pid), 30, "the launcher's workers to end")
+
+    # A rerun completes the study.
+    resumed = finish(
+        start(tmp_path, sweep_args(tmp_path, study, 3, cache_dir=teacher_cache)), timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert states(load_trials(storage, study))["COMPLETE"] == 3
+
+
+def _children_alive(pgid: int) -> bool:
+    """Any process left in the sweeper's process group (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
