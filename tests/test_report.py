@@ -34,6 +34,12 @@ TRIALS = [
     (TrialState.PRUNED, 7.5, 0.90, 0.10, 8e-3, "sgd_nesterov", [40.0, 42.0], None),
     (TrialState.FAIL, 3.0, 0.50, 0.50, 5e-3, "sgd_nesterov", [], None),
     (TrialState.COMPLETE, 1.5, 0.10, 0.90, 3e-4, "sgd_nesterov", [55.0, 60.0, 64.2], 63.0),
+    # Enough completed trials for parameter importances (plots.MIN_TRIALS_FOR_IMPORTANCE).
+    (TrialState.COMPLETE, 3.5, 0.30, 0.70, 5e-4, "adam", [50.0, 58.0, 61.5], 60.2),
+    (TrialState.COMPLETE, 6.0, 0.80, 0.20, 6e-3, "adam", [45.0, 52.0, 55.0], 54.1),
+    (TrialState.COMPLETE, 2.5, 0.45, 0.55, 1.5e-3, "sgd_nesterov", [58.0, 63.0, 67.9], 66.6),
+    (TrialState.COMPLETE, 7.9, 0.95, 0.05, 9e-3, "sgd_nesterov", [30.0, 35.0, 38.0], 37.5),
+    (TrialState.COMPLETE, 1.2, 0.05, 0.95, 2e-4, "adam", [52.0, 59.0, 62.0], 61.0),
 ]
 TUTORIAL = 0
 
@@ -192,7 +198,7 @@ def test_report_without_completed_trials(tmp_path):
     assert "No completed trial yet" in _headline(index)
     assert "&lt;b&gt;empty&lt;/b&gt;" in page and "<b>empty</b>" not in page
     assert "secret" not in page and "postgresql://u:***@h/db" in page
-    assert "at least 2 completed trials" in page
+    assert "at least 8 completed trials (0 so far)" in page
     assert (tmp_path / "r" / "all_curves.png").is_file()  # the pruned trial's partial curve
     assert not (tmp_path / "r" / "curves.png").exists()
     assert "No completed trial yet" in (tmp_path / "r" / "report.md").read_text()
@@ -211,7 +217,9 @@ def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
     url, _ = stored
     assert report_cli.main(["--storage", url, "--list"]) == 0
     out = capsys.readouterr().out
-    assert STUDY in out and re.search(rf"{STUDY}\s+5\s+3\s+1\s+1\s+0\s+72\.35", out)
+    complete = sum(t[0] == TrialState.COMPLETE for t in TRIALS)
+    row = rf"{STUDY}\s+{len(TRIALS)}\s+{complete}\s+1\s+1\s+0\s+72\.35"
+    assert STUDY in out and re.search(row, out)
 
     assert report_cli.main(["--storage", url, "--study", "nope"]) == 2
     captured = capsys.readouterr()
@@ -299,3 +307,46 @@ def test_templates_escape_hostile_names_and_values(tmp_path):
         return re.split(r"(?<!\\)\|", line)
 
     assert len(cells(row)) == len(cells(header))  # the escaped | stays inside its cell
+
+
+def test_history_zooms_to_where_trials_and_baselines_differ(stored):
+    from kdsweep.report.plots import zoom_band
+
+    summary = summarize(stored[1])
+    low, high = zoom_band(summary)
+    best = max(max(t[6]) for t in TRIALS if t[0] == TrialState.COMPLETE)
+    assert high >= best and high <= 100
+    # The worst completed trial (38 %) lies below the band: it would squash the rest.
+    assert 38.0 < low < best
+    for ref in (b["val_acc"] for b in summary.baselines.values()):
+        assert low <= ref <= high
+
+
+def test_parameter_plots_show_pruned_trials_and_plain_log_ticks(stored, tmp_path):
+    from kdsweep.report.plots import plot_param
+
+    study = stored[1]
+    summary = summarize(study)
+    path = tmp_path / "lr.png"
+    assert plot_param(study.get_trials(deepcopy=False), summary, "optimizer.lr", path) is None
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+    from kdsweep.report import plots
+
+    captured = {}
+    real = plots._save
+
+    def keep(fig, target):  # noqa: ANN001, ANN202 - look at the axes before saving
+        ax = fig.axes[0]
+        captured["labels"] = {t.get_text() for t in ax.get_xticklabels() if t.get_text()}
+        captured["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        real(fig, target)
+
+    plots._save = keep
+    try:
+        plot_param(study.get_trials(deepcopy=False), summary, "optimizer.lr", path)
+    finally:
+        plots._save = real
+    assert "pruned (last value)" in captured["legend"]
+    assert captured["labels"] & {"0.001", "0.002", "0.005", "0.0005"}
+    assert not any("^" in label or "times" in label for label in captured["labels"])

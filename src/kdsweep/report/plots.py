@@ -77,26 +77,59 @@ def plot_history(summary: Summary, path: Path) -> str | None:
         return "No optimization history: no trial has a value yet."
     fig = _figure()
     ax = fig.add_subplot()
+    floor = zoom_band(summary)[0]
     if pruned:
         xs = [r.number for r in pruned]
         ys = [r.intermediate[max(r.intermediate)] for r in pruned]
+        if floor is not None:  # below the band: shown on its edge, still counted
+            ys = [max(y, floor) for y in ys]
         ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last epoch)")
     if done:
         xs = [r.number for r in done]
         ys = [r.value for r in done]
-        ax.scatter(xs, ys, color="#1f77b4", zorder=3, label="completed")
+        shown = [max(y, floor) for y in ys] if floor is not None else ys
+        ax.scatter(xs, shown, color="#1f77b4", zorder=3, label="completed")
         pick = min if summary.direction == "minimize" else max
         running = [pick(ys[: i + 1]) for i in range(len(ys))]
         ax.step(xs, running, where="post", color="#3a7d44", lw=2, label="best so far")
     _baseline_lines(ax, summary)
+    low, high = zoom_band(summary)
+    if low is not None and high is not None:
+        ax.set_ylim(low, high)
     _finish(fig, ax, "trial", "Optimization history", path)
     return None
 
 
+def zoom_band(summary: Summary) -> tuple[float | None, float | None]:
+    """The val accuracy band where the completed trials' upper half and the baselines lie,
+    with a margin: pruned and poor trials far below would squeeze the differences that
+    matter into a few pixels (they are drawn at the bottom edge instead)."""
+    values = sorted(r.value for r in summary.rows if r.state == "COMPLETE" and r.value is not None)
+    refs = [b.get("val_acc") for b in summary.baselines.values()]
+    if summary.tutorial is not None:
+        refs.append(summary.tutorial.value)
+    refs = [v for v in refs if v is not None]
+    if not values:
+        return None, None
+    upper_half = values[len(values) // 2 :]
+    low, high = min(upper_half + refs), max(values + refs)
+    margin = max(0.5, 0.1 * (high - low))
+    return max(0.0, low - margin), min(100.0, high + margin)
+
+
+#: Below this many completed trials an importance estimate (a model fitted to the trials)
+#: ranks noise: with the 4 parameters of hparams_search=kd, 2 points a parameter.
+MIN_TRIALS_FOR_IMPORTANCE = 8
+
+
 def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
     done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
-    if len(done) < 2:
-        return "Parameter importances need at least 2 completed trials."
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
+        return (
+            f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed"
+            f" trials ({len(done)} so far): with fewer, the importance model is fitted to"
+            " a handful of points and ranks noise."
+        )
     # Only parameters every completed trial has (conditional ones are left out) and
     # that actually vary: a constant parameter has no importance to measure.
     shared = set.intersection(*(set(r.params) for r in done))
@@ -135,6 +168,17 @@ def _is_log(study_rows: list[optuna.trial.FrozenTrial], name: str, xs: list[floa
     return name.endswith("lr") and min(xs) > 0
 
 
+def _readable_log_x(ax: Any) -> None:
+    """A log x axis labelled at 1, 2 and 5 of each decade in plain numbers (0.0005, not
+    5x10^-4), without the minor labels that would overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def param_file(name: str) -> str:
     return f"param_{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'param'}.png"
 
@@ -148,21 +192,31 @@ def plot_param(
     points = [(r.params[name], r.value, r) for r in done if name in r.params]
     if not points:
         return f"No completed trial has {name}."
+    # Pruned trials at their last reported value, marked: they show where the search
+    # gave up, which the completed ones alone hide.
+    pruned = [
+        (r.params[name], r.intermediate[max(r.intermediate)], r)
+        for r in summary.rows
+        if r.state == "PRUNED" and r.intermediate and name in r.params
+    ]
     numeric = all(finite(x) is not None for x, _, _ in points)
     fig = _figure(width=4.4, height=3.2, fixed=True)
     ax = fig.add_subplot()
+    numeric = numeric and all(finite(x) is not None for x, _, _ in pruned)
     if numeric:
         xs = [float(x) for x, _, _ in points]
-        if _is_log(trials, name, xs) and min(xs) > 0:
-            from matplotlib.ticker import NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # labels would overlap
+        pxs = [float(x) for x, _, _ in pruned]
+        if _is_log(trials, name, xs) and min(xs + pxs) > 0:
+            _readable_log_x(ax)
     else:
-        cats = sorted({str(x) for x, _, _ in points})
+        cats = sorted({str(x) for x, _, _ in points + pruned})
         xs = [float(cats.index(str(x))) for x, _, _ in points]
+        pxs = [float(cats.index(str(x))) for x, _, _ in pruned]
         ax.set_xticks(range(len(cats)), cats)
         ax.set_xlim(-0.5, len(cats) - 0.5)
+    if pruned:
+        pys = [y for _, y, _ in pruned]
+        ax.scatter(pxs, pys, marker="x", color="#aaa", label="pruned (last value)")
     ys = [y for _, y, _ in points]
     ax.scatter(xs, ys, color="#1f77b4", alpha=0.8, label="completed trial")
     for x, y, (_, _, r) in zip(xs, ys, points, strict=True):
