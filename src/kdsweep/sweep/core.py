@@ -24,19 +24,28 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from kdsweep.errors import KdsweepError, first_line
+from kdsweep.errors import KdsweepError, first_line, interrupt_name
 from kdsweep.secrets import mask_secrets
 from kdsweep.sweep.confirm import Confirmation, plan_arms
 from kdsweep.sweep.finish import finish_sweep
-from kdsweep.sweep.parent_run import ParentRun, close_trial_run, read_job_metrics
+from kdsweep.sweep.parent_run import (
+    ParentRun,
+    close_role_runs,
+    close_trial_run,
+    read_job_metrics,
+)
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
 from kdsweep.sweep.studies import (
     FINISHED_STATES,
+    OWNER_ATTR,
     Heartbeat,
     build_pruner,
+    claim_study_task,
     claim_trial,
     count_states,
     open_storage,
+    owner_tag,
+    release_study_task,
     stale_trials,
     study_lock,
     trial_id,
@@ -47,6 +56,9 @@ log = logging.getLogger("kdsweep.sweep")
 
 #: A trial asked of the study, with its id in the storage.
 Asked = tuple[optuna.trial.Trial, int]
+
+#: The study user attribute that claims the CE baseline (owner and heartbeat).
+BASELINE_CLAIM = "baseline_claim"
 
 
 def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
@@ -128,8 +140,17 @@ class StudySweep:
             s.pruner.get("name"),
             s.n_trials,
         )
+        self.confirm_study: optuna.Study | None = None
+        try:
+            return self._sweep(study, space, parent)
+        except KeyboardInterrupt as exc:
+            self._interrupted(study, parent, exc)
+            raise
+
+    def _sweep(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> optuna.Study:
+        s = self.settings
         self._fail_stale(study)
-        self._enqueue_once(study, space)
+        self._enqueue_reference(study, space)
         if s.baselines:
             self._run_baseline_once(study, space.fixed, parent)
 
@@ -204,6 +225,7 @@ class StudySweep:
         arms = plan_arms(
             study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
         )
+        self.confirm_study = stage.study
         queued = stage.plan(arms, OmegaConf.select(self.config, "teacher.seed"))
         log.info(
             "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
@@ -243,26 +265,74 @@ class StudySweep:
                     "interrupted: the sweep process died during this trial",
                 )
 
-    def _enqueue_once(self, study: optuna.Study, space: SearchSpace) -> None:
+    def _interrupted(self, study: optuna.Study, parent: ParentRun, exc: BaseException) -> None:
+        """SIGINT/SIGTERM: this process's trials in flight become FAIL (a rerun runs them
+        again), their MLflow runs and the baseline's end KILLED, the baseline claim is
+        freed, and the parent run ends KILLED unless other workers still run trials."""
+        reason = f"interrupted by {interrupt_name(exc)}"
+        me = owner_tag()
+        with contextlib.suppress(Exception), self._lock():
+            for current in (study, self.confirm_study):
+                if current is None:
+                    continue
+                current_id = self.storage.get_study_id_from_name(current.study_name)
+                for trial in current.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    if trial.system_attrs.get(OWNER_ATTR) != me:
+                        continue
+                    tid = trial_id(self.storage, current_id, trial.number)
+                    self.storage.set_trial_user_attr(tid, "error", reason)
+                    self.storage.set_trial_state_values(tid, TrialState.FAIL)
+                    close_trial_run(
+                        self.config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason, "KILLED"
+                    )
+            claim = study.user_attrs.get(BASELINE_CLAIM)
+            if isinstance(claim, dict) and claim.get("owner") == me:
+                release_study_task(self.storage, self.study_id, BASELINE_CLAIM)
+                close_role_runs(self.config, parent.run_id, "baseline", reason, "KILLED")
+            if not count_states(study)[TrialState.RUNNING]:
+                parent.end("KILLED")
+
+    def _enqueue_reference(self, study: optuna.Study, space: SearchSpace) -> None:
+        """Enqueue each of ``enqueue_trials`` (the reference setting) unless a trial with
+        its values is complete, pruned, running or waiting: a reference trial that was
+        killed or failed is asked again by the next invocation, until it completes."""
         if not self.settings.enqueue_trials:
             return
         with self._lock():
-            if study.user_attrs.get("enqueued"):
-                return
-            for params in self.settings.enqueue_trials:
-                study.enqueue_trial({k: v for k, v in params.items() if k in space.distributions})
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            reference_number = None
+            for index, given in enumerate(self.settings.enqueue_trials):
+                params = {k: v for k, v in given.items() if k in space.distributions}
+                number = _trial_with_params(study, params)
+                if number is None:
+                    study.enqueue_trial(params)
+                    number = _trial_with_params(study, params)
+                if index == 0:
+                    reference_number = number
             study.set_user_attr("enqueued", True)
-            if waiting:
-                study.set_user_attr("tutorial_trial_number", min(t.number for t in waiting))
+            if reference_number is not None:
+                study.set_user_attr("tutorial_trial_number", reference_number)
 
     def _run_baseline_once(self, study: optuna.Study, base: list[str], parent: ParentRun) -> None:
         """A CE-only student with the sweep's fixed settings, once per study, for the
-        report's baseline row. The teacher's row comes from the trials' own metrics."""
+        report's baseline row. The teacher's row comes from the trials' own metrics. The
+        claim lives as long as its claimer's heartbeat: a sweep killed during the baseline
+        leaves a claim the next invocation takes over (closing the run it left open); a
+        failed baseline is released, so a rerun tries again."""
+        s = self.settings
         with self._lock():
-            if study.user_attrs.get("baseline_claimed"):
+            if "student_ce" in study.user_attrs.get("baselines", {}):
                 return
-            study.set_user_attr("baseline_claimed", True)
+            if not claim_study_task(self.storage, self.study_id, BASELINE_CLAIM, s.grace_period):
+                log.info("baseline: another worker is training it")
+                return
+            closed = close_role_runs(
+                self.config,
+                parent.run_id,
+                "baseline",
+                "interrupted: the sweep process died during the baseline",
+            )
+            if closed:
+                log.warning("baseline: the previous attempt was interrupted; training it again")
         keep = [o for o in base if not o.lstrip("+~").startswith("loss")]
         overrides = keep + [
             "loss=ce",
@@ -274,20 +344,25 @@ class StudySweep:
         if self.config.hydra.runtime.choices.get("model") == "modified":
             overrides.append("model=light")
         log.info("baseline: training a CE-only student once for this study")
-        (ret,) = self.launcher.launch([overrides], initial_job_idx=self.job_idx)
+        with Heartbeat(
+            self.storage, [], s.heartbeat_interval, tasks=[(self.study_id, BASELINE_CLAIM)]
+        ):
+            (ret,) = self.launcher.launch([overrides], initial_job_idx=self.job_idx)
         self.job_idx += 1
         _, error = job_outcome(ret)
         metrics = read_job_metrics(ret)
-        if error is None and metrics:
-            baselines = dict(study.user_attrs.get("baselines", {}))
-            baselines["student_ce"] = {
-                "val_acc": metrics.get("objective"),
-                "test_acc": metrics.get("test_acc"),
-            }
-            study.set_user_attr("baselines", baselines)
-        else:
-            reason = first_line(error) if error is not None else "no metrics"
-            log.warning("baseline CE student failed: %s", mask_secrets(reason))
+        with self._lock():
+            if error is None and metrics:
+                baselines = dict(study.user_attrs.get("baselines", {}))
+                baselines["student_ce"] = {
+                    "val_acc": metrics.get("objective"),
+                    "test_acc": metrics.get("test_acc"),
+                }
+                study.set_user_attr("baselines", baselines)
+            else:
+                reason = first_line(error) if error is not None else "no metrics"
+                log.warning("baseline CE student failed: %s", mask_secrets(reason))
+            release_study_task(self.storage, self.study_id, BASELINE_CLAIM)
 
     def _ask(self, study: optuna.Study, space: SearchSpace) -> list[Asked]:
         """New trials for this worker, sampled, never more than the study still needs."""
@@ -351,3 +426,26 @@ class StudySweep:
         # A job that died before closing its run (or never started one) must not stay RUNNING.
         close_trial_run(self.config, user_attrs.get("mlflow_run_id"), "FAIL", message)
         return TrialState.FAIL
+
+
+def _trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None:
+    """The number of a complete, pruned, running or waiting trial (the first) whose values
+    are ``params`` (a waiting trial's are its fixed_params), or None."""
+    import math
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    for trial in study.get_trials(deepcopy=False, states=live):
+        values = trial.system_attrs.get("fixed_params", trial.params)
+        if all(
+            name in values
+            and (
+                math.isclose(float(values[name]), float(value), rel_tol=1e-9)
+                if isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and isinstance(values[name], (int, float))
+                else values[name] == value
+            )
+            for name, value in params.items()
+        ):
+            return trial.number
+    return None

@@ -52,6 +52,17 @@ class ParentRun:
             run_id = study.user_attrs.get("mlflow_parent_run_id")
             try:
                 client = client_for(conf.uri)
+                if run_id is not None and not _run_exists(client, run_id):
+                    # The Optuna study is the source of truth: its parent run went with an
+                    # mlflow.db that was deleted, or tracking.uri now names another store.
+                    log.warning(
+                        "the study's MLflow parent run %s is not at tracking.uri=%s (deleted, or"
+                        " another store): a new parent run is created for study %s",
+                        run_id,
+                        mask_secrets(conf.uri),
+                        description["study_name"],
+                    )
+                    run_id = None
                 if run_id is None:
                     tags = {
                         "mlflow.runName": f"sweep-{description['study_name']}",
@@ -79,6 +90,19 @@ class ParentRun:
                     f" ({problem}): start the server or fix tracking.uri"
                 ) from None
         return cls(conf, run_id)
+
+    def end(self, status: str) -> None:
+        """End the run (KILLED when the sweep was interrupted), without a summary."""
+        if self.run_id is None:
+            return
+        try:
+            client_for(self.conf.uri).set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            log.error(
+                "MLflow: could not end the sweep's parent run %s: %s",
+                self.run_id,
+                mask_secrets(first_line(exc)),
+            )
 
     def finish(
         self,
@@ -114,8 +138,24 @@ class ParentRun:
             )
 
 
-def close_trial_run(config: DictConfig, run_id: str | None, state: str, message: str) -> None:
-    """End a trial's MLflow run that its job left RUNNING (a crash, a kill)."""
+def _run_exists(client: Any, run_id: str) -> bool:
+    """False if the tracking store has no such run, or only a deleted one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return run.info.lifecycle_stage != "deleted"
+
+
+def close_trial_run(
+    config: DictConfig, run_id: str | None, state: str, message: str, status: str = "FAILED"
+) -> None:
+    """End a trial's MLflow run that its job left RUNNING (a crash, a kill): ``status``
+    FAILED, or KILLED for an interrupted one."""
     if not run_id:
         return
     try:
@@ -125,9 +165,39 @@ def close_trial_run(config: DictConfig, run_id: str | None, state: str, message:
             return
         client.set_tag(run_id, "kdsweep.state", state)
         client.set_tag(run_id, "error", mask_secrets(message)[:5000])
-        client.set_terminated(run_id, status="FAILED")
+        client.set_terminated(run_id, status=status)
     except Exception as exc:
         log.error("MLflow: could not close trial run %s: %s", run_id, mask_secrets(first_line(exc)))
+
+
+def close_role_runs(
+    config: DictConfig, parent_run_id: str | None, role: str, message: str, status: str = "FAILED"
+) -> int:
+    """End the RUNNING children of the parent run with tag kdsweep.role=``role`` (the CE
+    baseline, whose job records no trial): a sweep killed while it ran left it open.
+    Returns how many were closed."""
+    if not parent_run_id:
+        return 0
+    closed = 0
+    try:
+        conf = _tracking(config)
+        client = client_for(conf.uri)
+        experiment = client.get_experiment_by_name(conf.experiment)
+        if experiment is None:
+            return 0
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent_run_id}'"
+                f" and tags.`kdsweep.role` = '{role}' and attributes.status = 'RUNNING'"
+            ),
+        )
+        for run in runs:
+            close_trial_run(config, run.info.run_id, "FAIL", message, status)
+            closed += 1
+    except Exception as exc:
+        log.error("MLflow: could not close %s runs: %s", role, mask_secrets(first_line(exc)))
+    return closed
 
 
 def read_job_metrics(ret: JobReturn) -> dict[str, float]:

@@ -210,11 +210,47 @@ def _owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-class Heartbeat:
-    """Stamps the in-flight trials every ``interval`` seconds while their jobs run."""
+def _claim_is_live(claim: Any, grace_seconds: float) -> bool:
+    """A study task's claim ({"owner", "beat"}) whose claimer is alive."""
+    if not isinstance(claim, dict):
+        return False
+    beat = claim.get("beat")
+    if _owner_is_dead(claim.get("owner")):
+        return False
+    return isinstance(beat, (int, float)) and time.time() - float(beat) <= grace_seconds
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: list[int], interval: float):
+
+def claim_study_task(
+    storage: optuna.storages.BaseStorage, study_id: int, key: str, grace_seconds: float
+) -> bool:
+    """Claim a once-per-study task (the CE baseline) for this process, under the study
+    lock: True if it was free or its claimer died (its process is gone, or its heartbeat
+    is older than ``grace_seconds``). A Heartbeat given ``tasks=[(study_id, key)]`` keeps
+    the claim alive; release_study_task frees it."""
+    claim = storage.get_study_user_attrs(study_id).get(key)
+    if _claim_is_live(claim, grace_seconds):
+        return False
+    storage.set_study_user_attr(study_id, key, {"owner": owner_tag(), "beat": time.time()})
+    return True
+
+
+def release_study_task(storage: optuna.storages.BaseStorage, study_id: int, key: str) -> None:
+    storage.set_study_user_attr(study_id, key, None)
+
+
+class Heartbeat:
+    """Stamps the in-flight trials (and claimed study tasks) every ``interval`` seconds
+    while their jobs run."""
+
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        trial_ids: list[int],
+        interval: float,
+        tasks: list[tuple[int, str]] | None = None,
+    ):
         self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.tasks = list(tasks or [])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -224,6 +260,10 @@ class Heartbeat:
                 # A trial that just finished, or a storage hiccup: the next beat retries.
                 with contextlib.suppress(Exception):
                     self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            for study_id, key in self.tasks:
+                claim = {"owner": owner_tag(), "beat": time.time()}
+                with contextlib.suppress(Exception):
+                    self.storage.set_study_user_attr(study_id, key, claim)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
