@@ -37,7 +37,15 @@ from kdsweep.validation import Settings, validate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Overrides that make any run finish in seconds on a CPU (digits is the default data).
-FAST = ("trainer.epochs=1", "teacher.epochs=1", "trainer.progress=none", "trainer.device=cpu")
+#: No saved student (torch.export costs a process 2-4 s the first time): tests/test_student.py
+#: sets trainer.save_model=best where the student is what it tests.
+FAST = (
+    "trainer.epochs=1",
+    "teacher.epochs=1",
+    "trainer.progress=none",
+    "trainer.device=cpu",
+    "trainer.save_model=none",
+)
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -194,6 +194,10 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     if plan.teacher is not None:
         metrics.update(plan.teacher.metrics)
     tracker.log_metrics(metrics)
+    # The tested weights, kept (trainer.save_model): MLflow model, state_dict, teacher tags.
+    from kdsweep.student import record_student
+
+    metrics.update(record_student(plan, tracker))
     return RunResult(value, metrics, fitted.history, tracker.run_id)
 
 

@@ -69,6 +69,11 @@ class EpochChoice(Choice):
     last = "last"
 
 
+class SaveModel(Choice):
+    best = "best"  # the student the run tested (its selected epoch): MLflow model + state_dict
+    none = "none"  # keep nothing (pruned and failed trials never save)
+
+
 class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"  # autocast on CUDA; ignored on the CPU
@@ -175,6 +180,8 @@ class TrainerConf:
     # CPU threads for torch; 0 = auto: 1 for small inputs (<= 1,024 values an image, e.g.
     # 8x8 digits), where thread hand-offs cost more than the tiny ops gain, else torch's.
     threads: int = 0
+    # What a completed run keeps of its student (kdsweep.student).
+    save_model: SaveModel = SaveModel.best
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -212,7 +219,6 @@ class SweepContext:
 
 
 # --- registration ---------------------------------------------------------------------------
-
 
 
 # Options whose class is their own schema: the YAML's _target_ names one of these.
