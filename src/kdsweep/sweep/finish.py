@@ -46,6 +46,19 @@ def finish_sweep(
         log.info("report: %s", report_files[-1])
     except Exception as exc:  # a report must never cost the sweep its results
         log.error("could not write the report to %s: %s", report_dir, exc)
+    # The teacher on the parent run; the best student in the Model Registry (after the
+    # confirmation stage, so only by the invocation that completed the study).
+    from kdsweep.registry import publish
+
+    publish(
+        study,
+        settings.study_name,
+        parent.conf.uri,
+        parent.run_id,
+        best,
+        confirm_study,
+        register=not aborted and not still_running,
+    )
     parent.finish(
         best,
         report_files,

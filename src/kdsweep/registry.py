@@ -1,0 +1,251 @@
+"""What a sweep publishes at its end: its teacher on the parent run, its best student in the
+MLflow Model Registry.
+
+- The teacher every trial learned from is logged once, as the parent run's ``teacher/``
+  artifact (the checkpoint and ``teacher.json``: recipe, data fingerprint, accuracies),
+  found through the tags a trial's run carries (kdsweep.student.record_student). A later
+  invocation of the same study logs it again only if the teacher changed.
+- The best student (the search's best trial, ties broken by val loss: finish._best_trial)
+  becomes a version of the registered model ``<study>-student`` with the alias
+  ``champion``; its description holds the confirmed figures when the sweep has a
+  confirmation stage, its tags the teacher, the data fingerprint, the loss and the config.
+  A rerun whose best trial is another run adds a version and moves the alias; a rerun with
+  the same best updates that version's description (new confirmation seeds) and keeps it.
+
+Everything goes through the client API of the sweep's tracking URI (SQLite store or an
+``mlflow server``). A failure is logged, never raised: the sweep's results come first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kdsweep.errors import first_line
+from kdsweep.secrets import mask_secrets
+from kdsweep.student import ARTIFACT, DATA_TAG
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("kdsweep.sweep")
+
+ALIAS = "champion"
+
+
+def registry_client(tracking_uri: str) -> Any:
+    """A client whose Model Registry is the tracking store itself: never a registry URI
+    that an environment variable (MLFLOW_REGISTRY_URI) or another caller left behind."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def registered_name(study_name: str) -> str:
+    return f"{study_name}-student"
+
+
+def publish(
+    study: optuna.Study,
+    study_name: str,
+    tracking_uri: str,
+    parent_run_id: str | None,
+    best: optuna.trial.FrozenTrial | None,
+    confirm_study: optuna.Study | None = None,
+    register: bool = True,
+) -> str | None:
+    """Log the teacher on the parent run and (``register``) the champion. Returns the
+    registered version, or None."""
+    if parent_run_id is None or best is None:
+        return None
+    try:
+        client = registry_client(tracking_uri)
+        runs = _trial_runs(client, study, best)
+        log_teacher(client, parent_run_id, runs)
+        if register:
+            return register_champion(client, study_name, best, confirm_study)
+    except Exception as exc:
+        log.error("MLflow: could not publish the sweep's models: %s", mask_secrets(first_line(exc)))
+    return None
+
+
+def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[Any]:
+    """The MLflow runs of the best trial, then the other completed trials (best first)."""
+    from kdsweep.sweep.confirm import ranked_trials
+
+    order = [best] + [t for t in ranked_trials(study) if t.number != best.number]
+    runs = []
+    for trial in order:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                runs.append(client.get_run(run_id))
+            except Exception:  # a run deleted by hand: skip it
+                continue
+        if runs and "kdsweep.teacher.key" in runs[0].data.tags:
+            break
+    return runs
+
+
+def log_teacher(client: Any, parent_run_id: str, runs: list[Any]) -> bool:
+    """The teacher's checkpoint and recipe as the parent run's ``teacher/`` artifact, once."""
+    import tempfile
+    from pathlib import Path
+
+    source = next((r for r in runs if "kdsweep.teacher.key" in r.data.tags), None)
+    if source is None:
+        return False
+    tags = source.data.tags
+    key = tags["kdsweep.teacher.key"]
+    parent = client.get_run(parent_run_id)
+    if parent.data.tags.get("kdsweep.teacher.key") == key:
+        return False  # logged by an earlier invocation
+    checkpoint = Path(tags.get("kdsweep.teacher.checkpoint", ""))
+    recipe = json.loads(tags.get("kdsweep.teacher.recipe", "{}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "teacher"
+        folder.mkdir()
+        recipe["checkpoint_file"] = checkpoint.name if checkpoint.is_file() else None
+        (folder / "teacher.json").write_text(json.dumps(recipe, indent=2, default=str))
+        if checkpoint.is_file():
+            # Copied, not linked: the cache may be cleaned; the run keeps its teacher.
+            (folder / checkpoint.name).write_bytes(checkpoint.read_bytes())
+        else:
+            log.warning("teacher checkpoint %s is gone: logging its recipe only", checkpoint)
+        client.log_artifacts(parent_run_id, str(folder), "teacher")
+    client.set_tag(parent_run_id, "kdsweep.teacher.key", key)
+    if DATA_TAG in tags:
+        client.set_tag(parent_run_id, DATA_TAG, tags[DATA_TAG])
+    log.info("teacher %s logged on the sweep's run %s", key, parent_run_id)
+    return True
+
+
+def _has_student(client: Any, run_id: str) -> bool:
+    names = {item.path for item in client.list_artifacts(run_id, ARTIFACT)}
+    return f"{ARTIFACT}/MLmodel" in names
+
+
+def describe(
+    study_name: str,
+    best: optuna.trial.FrozenTrial,
+    run: Any,
+    confirm_study: optuna.Study | None,
+) -> str:
+    """The version's description: the search's (selection-biased) figures, then what the
+    confirmation stage measured, if it ran."""
+    metrics = run.data.metrics
+    params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+    lines = [
+        f"Best trial #{best.number} of study {study_name} ({params}):"
+        f" val acc {metrics.get('objective', float('nan')):.2f} %,"
+        f" test acc {metrics.get('test_acc', float('nan')):.2f} %"
+        " (one seed, selected on val: unconfirmed)."
+    ]
+    from kdsweep.report.confirmed import confirmed_headline, confirmed_summary, mean_ci
+
+    confirmed = confirmed_summary(confirm_study)
+    if confirmed is None:
+        lines.append("No confirmation stage: these figures are the search's own.")
+    else:
+        top = confirmed.arm("top1")
+        if top is not None and top.test_stats.n:
+            lines.append(
+                f"Confirmed over {top.test_stats.n} fresh seed(s): test acc"
+                f" {mean_ci(top.test_stats)} % (mean ± 95 % CI half-width)."
+            )
+        lines.append(confirmed_headline(confirmed))
+    return "\n\n".join(lines)
+
+
+def register_champion(
+    client: Any,
+    study_name: str,
+    best: optuna.trial.FrozenTrial,
+    confirm_study: optuna.Study | None = None,
+) -> str | None:
+    """``best``'s student as a version of ``<study>-student`` with the alias ``champion``
+    (moved from an earlier version if there is one). Returns the version."""
+    run_id = best.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        log.info("registry: the best trial has no MLflow run; nothing registered")
+        return None
+    if not _has_student(client, run_id):
+        log.info(
+            "registry: the best trial's run %s logged no student (trainer.save_model=none?);"
+            " nothing registered",
+            run_id,
+        )
+        return None
+    run = client.get_run(run_id)
+    name = registered_name(study_name)
+    try:
+        client.create_registered_model(
+            name,
+            description=f"The best distilled student of kdsweep study {study_name};"
+            f" alias {ALIAS} = the current best.",
+        )
+    except Exception as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
+            raise
+    tags = version_tags(study_name, best, run)
+    description = describe(study_name, best, run, confirm_study)
+    escaped = run_id.replace("'", "")
+    existing = client.search_model_versions(f"name='{_quote(name)}' and run_id='{escaped}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+        client.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    else:
+        created = client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/{ARTIFACT}",
+            run_id=run_id,
+            tags=tags,
+            description=description,
+        )
+        version = str(created.version)
+    previous = _alias_version(client, name)
+    client.set_registered_model_alias(name, ALIAS, version)
+    if previous not in (None, version):
+        log.info("registry: %s@%s moved from version %s to %s", name, ALIAS, previous, version)
+    else:
+        log.info("registry: %s@%s is version %s (run %s)", name, ALIAS, version, run_id)
+    return version
+
+
+def version_tags(study_name: str, best: optuna.trial.FrozenTrial, run: Any) -> dict[str, str]:
+    tags = run.data.tags
+    params = run.data.params
+    teacher = tags.get("kdsweep.teacher.key")
+    if teacher:
+        recipe = json.loads(tags.get("kdsweep.teacher.recipe", "{}"))
+        teacher = f"{recipe.get('architecture', '?')} {teacher}"
+    config = " ".join(f"{k}={v}" for k, v in best.params.items())
+    fixed = [
+        f"{k}={params[k]}"
+        for k in ("model.name", "optimizer.name", "data.name", "trainer.epochs")
+        if k in params
+    ]
+    return {
+        "study": study_name,
+        "trial": str(best.number),
+        "run_id": run.info.run_id,
+        "teacher": teacher or "none",
+        "data_fingerprint": tags.get(DATA_TAG, "unknown"),
+        "loss": tags.get("loss", params.get("loss.name", "unknown")),
+        "config": " ".join([config, *fixed]).strip()[:4000],
+        "config_artifact": f"runs:/{run.info.run_id}/config.yaml",
+    }
+
+
+def _alias_version(client: Any, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, ALIAS).version)
+    except Exception:
+        return None
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
