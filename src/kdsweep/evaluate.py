@@ -1,0 +1,288 @@
+"""``kdsweep-eval MODEL [overrides]``: a saved student on a data group's test split.
+
+MODEL is an MLflow model URI (``runs:/<run_id>/student``, ``models:/<name>@champion``,
+``models:/<name>/<version>``) or a ``state_dict.pt`` file (with the ``kdsweep.json`` a run
+writes beside it, or built as the config's ``model`` group). The overrides compose
+kdsweep's config as the ``kdsweep`` command does (``data=cifar10 data.root=...``,
+``tracking.uri=...`` for the MLflow store, ``trainer.eval_batch_size=...``); the data group
+is loaded and normalized as in training. Prints accuracy, loss, parameter count and
+images/s. ``--export PATH.pt2`` also writes a ``torch.export`` program (batch size free)
+and checks that it loads and gives the same logits.
+
+A model whose input shape or class count does not fit the data, a model name that does
+not exist, a file that is not a state_dict: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kdsweep.errors import CheckpointError, KdsweepError, first_line
+from kdsweep.secrets import mask_secrets
+
+URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
+
+
+class Loaded:
+    """A model ready to score: a callable on image batches, and what it expects."""
+
+    def __init__(
+        self, model: Any, input_shape: list[int] | None, num_classes: int | None, source: str
+    ):
+        self.model, self.input_shape, self.num_classes = model, input_shape, num_classes
+        self.source = source
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kdsweep-eval",
+        description="Evaluate a kdsweep student on a data group's test split.",
+    )
+    parser.add_argument("model", help="runs:/ID/student, models:/NAME@champion, or a state_dict")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. data=cifar10 tracking.uri=..."
+    )
+    parser.add_argument("--export", metavar="PATH.pt2", help="also write a torch.export program")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser.parse_args(argv)
+
+
+def compose(overrides: list[str]) -> Any:
+    """kdsweep's config with these overrides, checked by the one validation pass."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from kdsweep.main import config_dir
+    from kdsweep.validation import validate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), job_name="kdsweep-eval"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__ or exc
+        raise KdsweepError(first_line(cause)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return validate(cfg)
+
+
+def is_uri(text: str) -> bool:
+    return text.startswith(URI_SCHEMES)
+
+
+@contextlib.contextmanager
+def _store(tracking_uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs (and the environment variables MLflow
+    sets for them) pointed at ``tracking_uri``, then put back."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load_uri(uri: str, tracking_uri: str) -> Loaded:
+    """An MLflow model (kdsweep's pt2 student) and its signature's shapes."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    where = f"(tracking.uri={mask_secrets(tracking_uri)})"
+    try:
+        with _store(tracking_uri):
+            info = get_model_info(uri)
+            model = mlflow.pytorch.load_model(uri)
+    except MlflowException as exc:
+        raise KdsweepError(
+            f"cannot load {uri} {where}: {first_line(exc)[:300]}: check the name, version or"
+            " alias (mlflow ui lists them), or the tracking.uri"
+        ) from None
+    except OSError as exc:
+        raise KdsweepError(f"cannot load {uri} {where}: {first_line(exc)[:300]}") from None
+    meta = (info.metadata or {}).get("kdsweep") or {}
+    shape = meta.get("input_shape")
+    classes = meta.get("num_classes")
+    if shape is None and info.signature is not None and info.signature.inputs is not None:
+        shape = list(info.signature.inputs.inputs[0].shape[1:])
+    if classes is None and info.signature is not None and info.signature.outputs is not None:
+        classes = info.signature.outputs.inputs[0].shape[-1]
+    return Loaded(model, shape, classes, uri)
+
+
+def load_file(path: Path, settings: Any) -> Loaded:
+    """A state_dict file: its kdsweep.json names the network; else the config's model."""
+    from kdsweep.student import (
+        Logits,
+        StudentSpec,
+        read_spec,
+        read_state_dict,
+        spec_from_state_dict,
+    )
+
+    state = read_state_dict(path)
+    channels, classes = spec_from_state_dict(state)
+    spec = read_spec(path)
+    if spec is None:  # a bare state_dict: the config's model group, the weights' sizes
+        spec = StudentSpec(
+            architecture=str(settings.model.architecture),
+            input_shape=[channels, -1, -1],
+            num_classes=classes,
+            dropout=settings.model.dropout,
+            returns_hidden=settings.model.returns_hidden,
+        )
+    return Loaded((Logits, spec, state), spec.input_shape, classes, str(path))
+
+
+def check_fit(loaded: Loaded, input_shape: tuple[int, ...], num_classes: int, data: str) -> None:
+    want = list(input_shape)
+    have = loaded.input_shape
+    if have is not None:
+        same = len(have) == len(want) and all(h in (-1, w) for h, w in zip(have, want, strict=True))
+        if not same:
+            shown = "x".join("?" if d == -1 else str(d) for d in have)
+            raise CheckpointError(
+                f"{loaded.source} takes {shown} images, data={data} has"
+                f" {'x'.join(map(str, want))}: evaluate it on the data it was trained on"
+            )
+    if loaded.num_classes is not None and int(loaded.num_classes) != num_classes:
+        raise CheckpointError(
+            f"{loaded.source} predicts {loaded.num_classes} classes, data={data} has"
+            f" {num_classes}: evaluate it on the data it was trained on"
+        )
+
+
+def materialize(loaded: Loaded, input_shape: tuple[int, ...]) -> Any:
+    """The callable model; a state_dict is loaded into its network now (the input's
+    height and width known)."""
+    if not isinstance(loaded.model, tuple):
+        return loaded.model
+    logits_cls, spec, state = loaded.model
+    spec.input_shape = list(input_shape)
+    try:
+        net = spec.build()
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{loaded.source} does not fit a {spec.architecture} student for these images"
+            f" ({first_line(exc)[:160]}): pass model=... as it was trained"
+        ) from None
+    return logits_cls(net).eval()
+
+
+def score(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        model(x[:2])  # warm-up: the timing below is steady-state throughput
+        started = time.perf_counter()
+        for start in range(0, len(x), batch_size):
+            out = model(x[start : start + batch_size])
+            logits = out[0] if isinstance(out, tuple) else out
+            target = y[start : start + batch_size]
+            total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(1) == target).sum())
+        seconds = time.perf_counter() - started
+    n = len(y)
+    return {
+        "test_acc": 100.0 * correct / n,
+        "test_loss": total_loss / n,
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+        "images_per_s": n / seconds if seconds > 0 else float("inf"),
+        "test_size": float(n),
+    }
+
+
+def export(model: Any, example: Any, path: Path) -> float:
+    """Write ``model`` as a torch.export program (batch size free); reload it and return
+    the largest logit difference on ``example``."""
+    import torch
+    from torch.export import Dim
+
+    try:
+        program = torch.export.export(model, (example[:2],), dynamic_shapes=[{0: Dim.AUTO}])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(path))
+    except Exception as exc:
+        raise KdsweepError(f"torch.export cannot export this model: {first_line(exc)}") from None
+    reloaded = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return float((reloaded(example) - model(example)).abs().max())
+
+
+def evaluate_model(source: str, overrides: list[str], export_path: str | None = None) -> dict:
+    settings = compose(overrides)
+    import torch
+
+    from kdsweep.data import load_splits
+
+    if is_uri(source):
+        loaded = load_uri(source, settings.tracking.uri)
+    else:
+        loaded = load_file(Path(source).expanduser(), settings)
+    data = load_splits(settings.data)
+    check_fit(loaded, data.input_shape, data.num_classes, settings.data.name)
+    model = materialize(loaded, data.input_shape)
+    torch.manual_seed(0)
+    figures = score(model, data.test_x, data.test_y, settings.trainer.eval_batch_size)
+    figures["model"] = source
+    figures["data"] = settings.data.name
+    if export_path:
+        figures["export"] = export_path
+        figures["export_max_abs_diff"] = export(
+            model, data.test_x[: settings.trainer.eval_batch_size], Path(export_path)
+        )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        figures = evaluate_model(args.model, args.overrides, args.export)
+    except KdsweepError as exc:
+        message = " ".join(str(exc).split())
+        print(f"kdsweep-eval: error: {mask_secrets(message)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(
+        f"{figures['model']} on {figures['data']} test ({int(figures['test_size'])} images):"
+        f" accuracy {figures['test_acc']:.2f} %, loss {figures['test_loss']:.4f},"
+        f" {int(figures['parameters']):,} parameters, {figures['images_per_s']:,.0f} images/s"
+    )
+    if args.export:
+        print(
+            f"exported to {args.export} (torch.export; reloaded, max |logit difference|"
+            f" {figures['export_max_abs_diff']:.2e})"
+        )
+
+
+if __name__ == "__main__":
+    main()
