@@ -149,3 +149,116 @@ def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(
     assert sorted(c.info.status for c in children) == ["FAILED"] + ["FINISHED"] * 4
     assert {c.info.run_id for c in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a claim it holds is a dead claimer's)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claims_expire_with_their_claimer(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import optuna
+
+    from kdsweep.sweep.studies import claim_study_task, open_storage, owner_tag
+
+    storage = open_storage(_storage(tmp_path))
+    study = optuna.create_study(study_name="claims", storage=storage)
+    sid = study._study_id
+    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # free
+    assert not claim_study_task(storage, sid, "task", grace_seconds=60)  # ours, alive
+    dead = {"owner": f"{socket.gethostname()}:{_dead_pid()}", "beat": time.time()}
+    storage.set_study_user_attr(sid, "task", dead)
+    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # its process is gone
+    silent = {"owner": "another-host:1", "beat": time.time() - 120}
+    storage.set_study_user_attr(sid, "task", silent)
+    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # its heartbeat stopped
+    assert storage.get_study_user_attrs(sid)["task"]["owner"] == owner_tag()
+
+
+@pytest.mark.slow
+def test_a_killed_reference_trial_and_baseline_run_again(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    """A sweep killed during the CE baseline and during the reference trial #0 (as a
+    SIGKILL leaves them): the rerun takes over the dead claim (closing the baseline's open
+    run), fails #0 and asks the reference setting again until it completes."""
+    import socket
+    import time
+
+    import optuna
+
+    from kdsweep.sweep.studies import HEARTBEAT_ATTR, OWNER_ATTR, open_storage
+
+    study_name = unique("reference")
+    reference = {
+        "loss.temperature": 2.0,
+        "loss.soft_target_weight": 0.25,
+        "loss.ce_weight": 0.75,
+        "optimizer.lr": 0.001,
+    }
+    storage = open_storage(_storage(tmp_path))
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    study.enqueue_trial(reference)
+    study.set_user_attr("enqueued", True)
+    study.set_user_attr("tutorial_trial_number", 0)
+    killed = study.ask()  # trial #0, RUNNING, its sweeper dead
+    tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, killed.number)
+    storage.set_trial_system_attr(tid, OWNER_ATTR, dead)
+    storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time())
+    study.set_user_attr("baseline_claim", {"owner": dead, "beat": time.time()})
+
+    args = sweep_args(tmp_path, study_name, 2, "hydra.sweeper.baselines=true")
+    proc = run(tmp_path, [*args, f"cache_dir={teacher_cache}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "trial 0 was interrupted" in output
+
+    study = load_study(_storage(tmp_path), study_name)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[0].state.name == "FAIL"
+    assert states(list(trials.values())) == {"FAIL": 1, "COMPLETE": 2}
+    number = study.user_attrs["tutorial_trial_number"]
+    assert number == 1 and trials[1].state.name == "COMPLETE"
+    assert trials[1].params == reference
+    assert "student_ce" in study.user_attrs["baselines"]
+    assert study.user_attrs.get("baseline_claim") is None  # released
+    runs = mlflow_runs(_tracking(tmp_path))
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert [r.info.status for r in runs if r.data.tags.get("kdsweep.role") == "baseline"] == [
+        "FINISHED"
+    ]
+
+
+def test_a_study_whose_parent_run_is_gone_gets_a_new_one(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    """The Optuna study is the source of truth: its parent run went with a deleted
+    mlflow.db (or another tracking.uri), so the sweep makes a new one and says so."""
+    import optuna
+
+    from kdsweep.sweep.studies import open_storage
+
+    study_name = unique("parent")
+    storage = open_storage(_storage(tmp_path))
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    study.set_user_attr("mlflow_parent_run_id", "0123456789abcdef0123456789abcdef")
+
+    proc = run(tmp_path, sweep_args(tmp_path, study_name, 1, cache_dir=teacher_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    notes = [line for line in output.splitlines() if "a new parent run is created" in line]
+    assert len(notes) == 1, output[-3000:]
+    parent_id = load_study(_storage(tmp_path), study_name).user_attrs["mlflow_parent_run_id"]
+    assert parent_id != "0123456789abcdef0123456789abcdef"
+    runs = mlflow_runs(_tracking(tmp_path))
+    assert mlflow_client(_tracking(tmp_path)).get_run(parent_id).info.status == "FINISHED"
+    assert len(children_of(runs, parent_id)) == 1
