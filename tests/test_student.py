@@ -166,6 +166,7 @@ def test_eval_refuses_bad_inputs_in_one_line(
         assert all(word in lines[0] for word in words), lines[0]
 
 
+@pytest.mark.slow  # a 2-trial sweep in a subprocess: 36 s on 2 shared cores
 def test_sweep_registers_the_champion_and_logs_its_teacher_once(
     tmp_path: Path, teacher_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
