@@ -167,6 +167,11 @@ def main() -> None:
         if exc.__cause__ is not None:
             print(str(exc.__cause__), file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        # Leave the environment as it was: a caller that runs main() in-process (tests, a
+        # notebook) must not inherit HYDRA_FULL_ERROR as if its user had asked for it.
+        if not user_asked_full_errors:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 if __name__ == "__main__":
