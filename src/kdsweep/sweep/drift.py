@@ -1,0 +1,83 @@
+"""What defines a study, so that a rerun with other settings cannot silently continue it.
+
+A study is named from its search config, data and model; everything else that changes the
+objective (the fixed overrides, the search space, the pruner, the epochs, the loss, the
+optimizer, the teacher's recipe, the data set's settings) is recorded in the study when it
+is created. A later invocation whose definition differs is refused, naming the keys and
+the two ways out: a new ``hydra.sweeper.study_name``, or
+``hydra.sweeper.allow_changed_settings=true`` to continue it deliberately.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.secrets import mask_secrets
+
+DEFINITION_ATTR = "definition"
+
+#: Config keys that do not change what a trial measures: where it is logged, cached or run,
+#: how it reports progress, what it keeps.
+NOT_DEFINING = (
+    "hydra",
+    "sweep",
+    "tracking",
+    "cache_dir",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.threads",
+    "trainer.save_model",
+    "trainer.eval_batch_size",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def study_definition(
+    config: DictConfig, search_space: Mapping[str, Any], sweeper: Mapping[str, Any]
+) -> dict[str, str]:
+    """The settings that define the study's objective, flat, as text (JSON-safe)."""
+    ours = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    resolved = OmegaConf.to_container(ours, resolve=True, enum_to_str=True)
+    flat = _flatten(resolved)
+    defining = {
+        key: value
+        for key, value in flat.items()
+        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_DEFINING)
+    }
+    # A searched key's value in the config is a placeholder: the trials sample it.
+    defining = {k: v for k, v in defining.items() if k not in search_space}
+    defining.update({f"search.{name}": dist for name, dist in search_space.items()})
+    defining.update({f"hydra.sweeper.{name}": value for name, value in _flatten(sweeper).items()})
+    return {key: mask_secrets(json.dumps(value, default=str)) for key, value in defining.items()}
+
+
+def differences(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (or exists on one side)."""
+    missing = "(unset)"
+    keys = sorted(set(stored) | set(current))
+    return [
+        f"{key}: {stored.get(key, missing)} -> {current.get(key, missing)}"
+        for key in keys
+        if stored.get(key) != current.get(key)
+    ]
+
+
+def drift_message(study_name: str, changes: list[str]) -> str:
+    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    return (
+        f"study {study_name} was made with other settings ({shown}): name a new study with"
+        " hydra.sweeper.study_name=..., or continue this one deliberately with"
+        " hydra.sweeper.allow_changed_settings=true"
+    )
