@@ -194,11 +194,9 @@ class Confirmation:
         """Launch the queued runs until none is left; returns how many failed."""
         failures = 0
         arms = self.study.user_attrs.get("arms", {})
+        done = 0
         while jobs := self.ask():
-            log.info(
-                "confirmation: %s",
-                ", ".join(f"{job.arm} seed {job.seed}" for job in jobs),
-            )
+            log.debug("confirmation: %s", ", ".join(f"{job.arm} seed {job.seed}" for job in jobs))
             batch = [self._overrides(base, arms[job.arm]["overrides"], job) for job in jobs]
             with Heartbeat(self.storage, [job.tid for job in jobs], self.heartbeat_interval):
                 returns = launch(batch)
@@ -206,12 +204,15 @@ class Confirmation:
                 value, error = outcome(ret)
                 if error is None:
                     self.study.tell(job.trial, float(value))
+                    done += 1
                     continue
                 failures += 1
                 message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split()))
                 log.warning("confirmation %s seed %d failed: %s", job.arm, job.seed, message)
                 job.trial.set_user_attr("error", message[:2000])
                 self.study.tell(job.trial, state=TrialState.FAIL)
+        if done or failures:
+            log.info("confirmation: %d run(s) done, %d failed", done, failures)
         return failures
 
     def _overrides(self, base: list[str], arm: list[str], job: ConfirmJob) -> list[str]:
