@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 # Colour images that random crop + flip make sense for.
 AUGMENTABLE = ("cifar10", "cifar100", "synthetic")
+# Fewer training images than this is a mistake (val_fraction=0.99999), not an experiment.
+MIN_TRAIN = 10
+DIGITS_IMAGES = 1797
+CIFAR_TRAIN_IMAGES = 50000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -44,10 +49,23 @@ class DataSet:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.split_seed <= MAX_SEED:
+            raise ValueError(f"data.split_seed must be in [0, {MAX_SEED}], got {self.split_seed}")
         if self.augment and self.name not in AUGMENTABLE:
             raise ValueError(
                 f"data.augment=true is for 32x32 colour images (cifar10, cifar100, synthetic),"
                 f" not data={self.name}"
+            )
+
+    def check_split(self, n_train: int) -> None:
+        """Refuse a val_fraction that leaves fewer than MIN_TRAIN training images or no
+        val image, for a set of ``n_train`` training images (known before loading)."""
+        held = round(n_train * self.val_fraction)
+        if held < 1 or n_train - held < MIN_TRAIN:
+            raise ValueError(
+                f"data.val_fraction={self.val_fraction} of {n_train} training images leaves"
+                f" {n_train - held} to train on and {held} to validate: it needs at least"
+                f" {MIN_TRAIN} and 1, pick a fraction in between"
             )
 
     def load(self) -> TensorSplits:  # pragma: no cover - interface
@@ -69,6 +87,13 @@ class DigitsData(DataSet):
         super().__post_init__()
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        test = round(DIGITS_IMAGES * self.test_fraction)
+        if test < 1:
+            raise ValueError(
+                f"data.test_fraction={self.test_fraction} of digits' {DIGITS_IMAGES} images"
+                " leaves no test image: pick a larger fraction (default 0.2)"
+            )
+        self.check_split(DIGITS_IMAGES - test)
 
     def load(self) -> TensorSplits:
         return load_digits_splits(self)
@@ -97,6 +122,7 @@ class SyntheticData(DataSet):
             raise ValueError(f"data.image_size must be a multiple of 4, got {self.image_size}")
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"data.noise must be a finite number >= 0, got {self.noise}")
+        self.check_split(self.size)
 
     def load(self) -> TensorSplits:
         return load_synthetic_splits(self)
@@ -122,6 +148,7 @@ class CifarData(DataSet):
             raise ValueError(f"data.name must be one of {sorted(CIFAR_HINT)}, got {self.name!r}")
         if self.train_subset is not None and self.train_subset < 2:
             raise ValueError(f"data.train_subset must be >= 2 or null, got {self.train_subset}")
+        self.check_split(self.train_subset or CIFAR_TRAIN_IMAGES)
 
     def load(self) -> TensorSplits:
         return load_cifar_splits(self)

@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -102,3 +103,24 @@ def file_hash(path: str | Path, length: int = 16) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:length]
+
+
+#: Below this much free space a directory kdsweep writes caches to counts as full.
+MIN_FREE_BYTES = 64 << 20
+
+
+def directory_problem(path: str | Path, min_free: int = MIN_FREE_BYTES) -> str | None:
+    """Why ``path`` cannot be (created and) written as a directory, or None: the nearest
+    existing ancestor is a file, is not writable (read-only file system or permissions), or
+    its disk has less than ``min_free`` bytes free."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    free = shutil.disk_usage(probe).free
+    if free < min_free:
+        return f"its disk is full ({free >> 20} MB free)"
+    return None

@@ -80,6 +80,8 @@ class Precision(Choice):
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# numpy's and torch's seeds: 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 # --- models and optimizers ------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class TeacherConf:
             raise ValueError(f"teacher.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"teacher.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"teacher.seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass
@@ -191,6 +195,11 @@ class TrainerConf:
                 raise ValueError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
         if self.device.split(":")[0] not in DEVICES:
             raise ValueError(f"trainer.device must be one of {DEVICES}, got {self.device!r}")
+        kind, _, index = self.device.partition(":")
+        if index and (kind not in ("cuda", "mps") or not index.isdigit()):
+            raise ValueError(f"trainer.device must be cuda:N with N a number, got {self.device!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"trainer.seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass

@@ -114,6 +114,9 @@ def validate(cfg: DictConfig) -> Settings:
     for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(f"config group '{group}' is missing: pick one, e.g. {group}=...")
+    # The trainer first: teacher.seed follows trainer.seed, and a bad seed must be named
+    # where the user set it.
+    trainer = typed(cfg.trainer, TrainerConf, "trainer")
     teacher = typed(cfg.teacher, TeacherConf, "teacher")
     settings = Settings(
         data=_built(cfg.data, "data"),
@@ -122,12 +125,21 @@ def validate(cfg: DictConfig) -> Settings:
         teacher_optimizer=_optimizer(OmegaConf.create(teacher.optimizer), "teacher.optimizer"),
         loss=_built(cfg.loss, "loss"),
         optimizer=_optimizer(cfg.optimizer, "optimizer"),
-        trainer=typed(cfg.trainer, TrainerConf, "trainer"),
+        trainer=trainer,
         tracking=typed(cfg.tracking, TrackingConf, "tracking"),
         sweep=typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
         cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
     )
     check_combination(settings)
+    if settings.uses_teacher:
+        from kdsweep.files import directory_problem
+
+        problem = directory_problem(settings.cache_dir)
+        if problem:
+            raise ConfigError(
+                f"cache_dir={settings.cache_dir} cannot hold the teacher's cache ({problem}):"
+                " give cache_dir a writable directory with free space"
+            )
     return settings
 
 

@@ -34,7 +34,7 @@ from kdsweep.sweep.parent_run import (
     close_trial_run,
     read_job_metrics,
 )
-from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
+from kdsweep.sweep.settings import SearchSpace, SweepSettings, check_enqueued, search_space
 from kdsweep.sweep.studies import (
     FINISHED_STATES,
     OWNER_ATTR,
@@ -98,7 +98,51 @@ class StudySweep:
                     f"search parameter {name} is not in the config (loss={choices.get('loss')}):"
                     " fix hydra.sweeper.params or pick a matching group"
                 )
-        validate(self.config)
+        settings = validate(self.config)
+        check_enqueued(space, self.settings.enqueue_trials)
+        self._check_bounds(space, choices)
+        self._check_sampler()
+        if settings.trainer.device != "auto":
+            from kdsweep.train import check_device
+
+            check_device(settings.trainer.device)
+        # The tracking store must answer (a server) and be whole (a SQLite file) before
+        # the study exists: an unreachable MLflow must not leave an empty study behind.
+        from kdsweep.tracking import RunTracker
+
+        RunTracker(settings.tracking, "sweep").check()
+
+    def _check_bounds(self, space: SearchSpace, groups: Any) -> None:
+        """Each end of a searched range (and each choice) must be a valid setting:
+        ``optimizer.lr=interval(0, 0.1)`` would fail the trials that draw near 0."""
+        from kdsweep.errors import ConfigError
+
+        ours = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+        base = OmegaConf.to_container(ours, resolve=True)
+        for name, dist in space.distributions.items():
+            if name in groups:  # a config group (optimizer=choice(adam, sgd_nesterov))
+                continue
+            values = getattr(dist, "choices", None) or (dist.low, dist.high)  # type: ignore[attr-defined]
+            for value in values:
+                trial = OmegaConf.create(base)
+                OmegaConf.update(trial, name, value, force_add=True)
+                try:
+                    validate(trial)
+                except ConfigError as exc:
+                    raise KdsweepError(
+                        f"search space {name}={dist}: at {value}, {exc}: narrow the range"
+                    ) from None
+
+    def _check_sampler(self) -> None:
+        """The sampler is built once here, so a _target_ outside the allowed samplers or a
+        bad sampler option is one line at start-up."""
+        try:
+            self.make_sampler(0)
+        except Exception as exc:
+            raise KdsweepError(
+                f"hydra.sweeper.sampler cannot be built ({mask_secrets(first_line(exc))[:300]}):"
+                " use one of optuna.samplers.* (e.g. TPESampler) with its options"
+            ) from None
 
     def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
         s = self.settings

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,11 @@ from kdsweep.errors import KdsweepError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_STUDY_NAME = "kdsweep"
+#: Optuna stores study names in a 512-character column; the report folder and the parent
+#: run's name are derived from it too.
+MAX_STUDY_NAME = 200
+#: numpy's and torch's seeds: 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,11 @@ class SweepSettings:
         values = dict(options)
         direction = values.pop("direction", None)
         values["direction"] = direction if isinstance(direction, str) else _name(direction)
-        values["storage"] = str(values.pop("storage", None) or DEFAULT_STORAGE)
-        values["study_name"] = str(values.pop("study_name", None) or DEFAULT_STUDY_NAME)
+        # null picks the default; an empty text is refused by check() (storage= typed
+        # with nothing after it is a mistake, not a request for the default).
+        storage, study_name = values.pop("storage", None), values.pop("study_name", None)
+        values["storage"] = DEFAULT_STORAGE if storage is None else str(storage)
+        values["study_name"] = DEFAULT_STUDY_NAME if study_name is None else str(study_name)
         values["params"] = {str(k): v for k, v in (values.pop("params", None) or {}).items()}
         values["pruner"] = dict(values.pop("pruner", None) or {})
         values["enqueue_trials"] = [dict(t) for t in values.pop("enqueue_trials", None) or []]
@@ -66,6 +75,42 @@ class SweepSettings:
                 "hydra.sweeper.confirm.seeds must be >= 0 (0: no confirmation)"
                 " and confirm.top_k >= 1"
             )
+        if not self.storage.strip():
+            raise KdsweepError(
+                "hydra.sweeper.storage is empty: give a URL (sqlite:///optuna.db,"
+                " journal:optuna.journal.log, postgresql://user@host/db) or leave it unset"
+            )
+        if not self.study_name.strip() or len(self.study_name) > MAX_STUDY_NAME:
+            raise KdsweepError(
+                f"hydra.sweeper.study_name must be 1 to {MAX_STUDY_NAME} characters, got"
+                f" {len(self.study_name)}: give a shorter name"
+            )
+        if not 0 <= self.confirm.get("first_seed", 0) <= MAX_SEED:
+            raise KdsweepError(f"hydra.sweeper.confirm.first_seed must be in [0, {MAX_SEED}]")
+        self._check_liveness()
+        self._check_pruner()
+
+    def _check_liveness(self) -> None:
+        """A live trial must never look dead: its heartbeat must fit twice in the grace
+        period, or a second worker fails a trial that is still running."""
+        beat, grace = self.heartbeat_interval, self.grace_period
+        if not (math.isfinite(beat) and beat > 0):
+            raise KdsweepError(f"hydra.sweeper.heartbeat_interval must be > 0 seconds, got {beat}")
+        if not (math.isfinite(grace) and grace >= 2 * beat):
+            raise KdsweepError(
+                f"hydra.sweeper.grace_period={grace} must be at least twice"
+                f" heartbeat_interval={beat}, or live trials look dead: raise grace_period"
+            )
+
+    def _check_pruner(self) -> None:
+        minimum = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1}
+        for key, low in minimum.items():
+            value = self.pruner.get(key)
+            if value is not None and value < low:
+                raise KdsweepError(f"hydra.sweeper.pruner.{key} must be >= {low}, got {value}")
+        factor = self.pruner.get("reduction_factor")
+        if factor is not None and factor < 2:
+            raise KdsweepError(f"hydra.sweeper.pruner.reduction_factor must be >= 2, got {factor}")
 
     def confirmation_seeds(self, search_seed: int | None) -> list[int]:
         """The fresh seeds of the confirmation stage ([] when it is off): consecutive
@@ -117,7 +162,17 @@ def search_space(params: Mapping[str, Any], arguments: list[str]) -> SearchSpace
     overrides (interval, choice, range, tag(log, ...)) become distributions, the others
     are passed to every trial as they are."""
     sweeper_params = [f"{name}={value}" for name, value in params.items()]
-    space, fixed, fixed_overrides = _parse_overrides(sweeper_params + arguments)
+    try:
+        space, fixed, fixed_overrides = _parse_overrides(sweeper_params + arguments)
+    except ValueError as exc:  # an empty or reversed range, log of a range through 0...
+        raise KdsweepError(
+            f"search space: {str(exc).splitlines()[0]}: give each interval/range low < high"
+            " (and low > 0 under tag(log, ...)) in hydra.sweeper.params or the command line"
+        ) from None
+    for name, dist in space.items():
+        bounds = [getattr(dist, "low", 0.0), getattr(dist, "high", 0.0)]
+        if not all(math.isfinite(float(b)) for b in bounds):
+            raise KdsweepError(f"search space: {name} has a bound that is not a finite number")
     for name in fixed:
         space.pop(name, None)
     return SearchSpace(space, [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides))
@@ -134,3 +189,23 @@ def _parse_overrides(
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     return create_params_from_overrides(overrides)
+
+
+def check_enqueued(space: SearchSpace, enqueue_trials: list[dict[str, Any]]) -> None:
+    """Each enqueued trial's value of a searched choice() must be one of its choices: one
+    it leaves out fails the reference trial when it is asked. (Optuna takes a number
+    outside an interval, with a warning: the NaN tests enqueue lr=1e8 on purpose.)"""
+    from optuna.distributions import CategoricalDistribution
+
+    for trial in enqueue_trials:
+        for name, value in trial.items():
+            dist = space.distributions.get(name)
+            if not isinstance(dist, CategoricalDistribution):
+                continue
+            try:
+                dist.to_internal_repr(value)  # the index of the choice; ValueError if absent
+            except (ValueError, TypeError):
+                raise KdsweepError(
+                    f"hydra.sweeper.enqueue_trials gives {name}={value}, not one of its choices"
+                    f" {list(dist.choices)}: add it to the choice, or change enqueue_trials"
+                ) from None
