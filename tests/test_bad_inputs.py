@@ -36,9 +36,15 @@ class Bad:
     code: int = 2  # kdsweep's user errors exit 2; Hydra's compose errors and NaN exit 1
     hydra_error: bool = False  # Hydra reports it (a few lines, the first names it)
     mlflow: str | None = None  # the one run's expected status, if a run may exist
+    slow: bool = False  # one row per class runs by default; its siblings with -m slow
+
+
+def _slow(row: Bad) -> Bad:
+    return Bad(row.args, row.message, row.code, row.hydra_error, row.mlflow, slow=True)
 
 
 SWEEP = ("-m", "hparams_search=kd", "hydra.sweeper.baselines=false")
+LONG = "x" * 600  # a study name
 
 ROWS = {
     "unknown group option": Bad(
@@ -103,6 +109,159 @@ ROWS = {
     "loss diverges (NaN) in a run": Bad(
         ("loss=ce", "optimizer.lr=1e8"), "lower optimizer.lr", code=1, mlflow="FAILED"
     ),
+    # --- devices this machine lacks (issue 13: item 10) ---
+    "device cuda absent": Bad(("trainer.device=cuda:7",), "trainer.device=cuda:7 is not available"),
+    "device cuda": _slow(Bad(("trainer.device=cuda:64",), "is not available")),
+    "device mps absent": _slow(Bad(("trainer.device=mps",), "trainer.device=mps is not available")),
+    "device index not a number": Bad(("trainer.device=cuda:x",), "cuda:N with N a number"),
+    # --- NaN, infinite, huge and negative values ---
+    "weight decay NaN": Bad(("optimizer.weight_decay=nan",), "optimizer.weight_decay must be"),
+    "weight decay inf": _slow(Bad(("optimizer.weight_decay=inf",), "weight_decay must be")),
+    "weight decay negative": _slow(Bad(("optimizer.weight_decay=-1",), "weight_decay must be")),
+    "momentum NaN": Bad(
+        ("optimizer=sgd_nesterov", "optimizer.momentum=nan"), "optimizer.momentum must be > 0"
+    ),
+    "lr NaN": _slow(Bad(("optimizer.lr=nan",), "optimizer.lr must be > 0")),
+    "lr inf": _slow(Bad(("optimizer.lr=inf",), "optimizer.lr must be > 0")),
+    "teacher lr NaN": _slow(Bad(("teacher.optimizer.lr=nan",), "teacher.optimizer.lr must be")),
+    "teacher lr zero": _slow(Bad(("teacher.optimizer.lr=0",), "teacher.optimizer.lr must be")),
+    "temperature NaN": Bad(("loss.temperature=nan",), "loss.temperature must be > 0"),
+    "temperature inf": _slow(Bad(("loss.temperature=inf",), "loss.temperature must be > 0")),
+    "loss weight NaN": _slow(Bad(("loss.ce_weight=nan",), "loss.ce_weight must be")),
+    "margin NaN": _slow(Bad(("loss=multimargin", "loss.margin=nan"), "loss.margin must be > 0")),
+    "noise NaN": Bad(("data=synthetic", "data.noise=nan"), "data.noise must be a finite"),
+    "noise negative": _slow(Bad(("data=synthetic", "data.noise=-1"), "data.noise must be")),
+    "dropout NaN": _slow(Bad(("model.dropout=nan",), "model.dropout must be in [0, 1)")),
+    "dropout 1": _slow(Bad(("model.dropout=1",), "model.dropout must be in [0, 1)")),
+    "seed negative": Bad(("trainer.seed=-1",), "trainer.seed must be in [0, 4294967295]"),
+    "seed 2**32": _slow(Bad(("trainer.seed=4294967296",), "trainer.seed must be in [0,")),
+    "seed huge": _slow(Bad(("trainer.seed=10000000000000000000000",), "trainer.seed")),
+    "teacher seed negative": _slow(Bad(("teacher.seed=-3",), "teacher.seed must be in [0,")),
+    "split seed negative": _slow(Bad(("data.split_seed=-5",), "data.split_seed must be in")),
+    "teacher epochs zero": _slow(Bad(("teacher.epochs=0",), "teacher.epochs must be >= 1")),
+    "teacher batch zero": _slow(Bad(("teacher.batch_size=0",), "teacher.batch_size must be")),
+    "eval batch zero": _slow(Bad(("trainer.eval_batch_size=0",), "eval_batch_size must be")),
+    "objective not a choice": _slow(Bad(("trainer.objective=worst",), "trainer.objective")),
+    "empty experiment name": _slow(Bad(("tracking.experiment=",), "must not be empty")),
+    "optimizer target outside torch.optim": Bad(
+        ("optimizer._target_=os.system",), "must name a torch.optim class"
+    ),
+    "loss target outside kdsweep": _slow(
+        Bad(("loss._target_=os.system",), "loss._target_ must be one of")
+    ),
+    # --- the cache folder ---
+    "cache_dir is a file": Bad(("cache_dir={afile}",), "is a file): give cache_dir a writable"),
+    "cache_dir under a file": _slow(Bad(("cache_dir={afile}/sub",), "cannot hold the teacher")),
+    # --- splits that leave nothing to test, validate or train on ---
+    "no test image": Bad(("data.test_fraction=0.0001",), "leaves no test image"),
+    "test fraction NaN": _slow(Bad(("data.test_fraction=nan",), "test_fraction must be in")),
+    "one training image": Bad(("data.val_fraction=0.99999",), "leaves 0 to train on"),
+    "no val image": _slow(Bad(("data.val_fraction=0.0001",), "and 0 to validate")),
+    "val fraction NaN": _slow(Bad(("data.val_fraction=nan",), "val_fraction must be in (0, 1)")),
+    "tiny synthetic set": _slow(Bad(("data=synthetic", "data.size=5"), "of 5 training images")),
+    "tiny CIFAR subset": _slow(
+        Bad(("data=cifar10", "data.train_subset=5"), "of 5 training images")
+    ),
+    "missing CIFAR-100 files": _slow(
+        Bad(("data=cifar100", "data.root={empty}"), "cifar100 not found")
+    ),
+    # --- a half-created MLflow database (issue 13: item 8) ---
+    "half-created mlflow.db": Bad(("tracking.uri=sqlite:///{halfdb}",), "is half-created"),
+    "mlflow.db with a partial schema": _slow(
+        Bad(("tracking.uri=sqlite:///{partialdb}",), "has a partial schema")
+    ),
+    "mlflow.db not a database": _slow(
+        Bad(("tracking.uri=sqlite:///{garbagedb}",), "is not a usable SQLite database")
+    ),
+    # --- the sweep's own settings, before any study, run or file (items 6, 10, 11) ---
+    "reversed interval": Bad((*SWEEP, "loss.temperature=interval(4,1)"), "search space:"),
+    "log interval through 0": Bad((*SWEEP, "optimizer.lr=tag(log, interval(0, 0.01))"), "low > 0"),
+    "reversed range": Bad((*SWEEP, "trainer.batch_size=range(3,1)"), "search space:"),
+    "empty range": _slow(Bad((*SWEEP, "trainer.batch_size=range(1,1)"), "search space:")),
+    "range reaching a bad value": Bad(
+        (*SWEEP, "loss.temperature=interval(0, 4)"), "at 0.0, loss.temperature must be > 0"
+    ),
+    "lr range through 0": _slow(
+        Bad((*SWEEP, "optimizer.lr=interval(-1, 0.1)"), "optimizer.lr must be > 0")
+    ),
+    "epochs range from 0": _slow(
+        Bad((*SWEEP, "trainer.epochs=range(0,3)"), "trainer.epochs must be >= 1")
+    ),
+    "weight decay range below 0": _slow(
+        Bad((*SWEEP, "optimizer.weight_decay=interval(-1,0)"), "weight_decay must be")
+    ),
+    "choice without the enqueued value": Bad(
+        (*SWEEP, "loss.temperature=choice(3.0,4.0)"), "enqueue_trials gives loss.temperature=2.0"
+    ),
+    "group choice without the enqueued option": _slow(
+        Bad(
+            ("-m", "hparams_search=kd_optimizer", "optimizer=choice(sgd_nesterov)"),
+            "enqueue_trials gives optimizer=adam",
+        )
+    ),
+    "pruner startup negative": Bad(
+        (*SWEEP, "hydra.sweeper.pruner.n_startup_trials=-1"), "n_startup_trials must be >= 0"
+    ),
+    "pruner warmup negative": _slow(
+        Bad((*SWEEP, "hydra.sweeper.pruner.n_warmup_steps=-1"), "n_warmup_steps must be >= 0")
+    ),
+    "hyperband reduction 0": Bad(
+        (*SWEEP, "hydra.sweeper.pruner.name=hyperband", "hydra.sweeper.pruner.reduction_factor=0"),
+        "reduction_factor must be >= 2",
+    ),
+    "halving min resource 0": _slow(
+        Bad(
+            (
+                *SWEEP,
+                "hydra.sweeper.pruner.name=successive_halving",
+                "hydra.sweeper.pruner.min_resource=0",
+            ),
+            "min_resource must be >= 1",
+        )
+    ),
+    "sampler outside the whitelist": Bad(
+        (*SWEEP, "hydra.sweeper.sampler._target_=os.system"), "hydra.sweeper.sampler cannot be"
+    ),
+    "empty storage": Bad((*SWEEP, "hydra.sweeper.storage="), "hydra.sweeper.storage is empty"),
+    "empty study name": Bad((*SWEEP, "hydra.sweeper.study_name="), "must be 1 to 200 characters"),
+    "600-character study name": Bad(
+        (*SWEEP, f"hydra.sweeper.study_name={LONG}"), "must be 1 to 200 characters, got 600"
+    ),
+    "grace period 0": Bad(
+        (*SWEEP, "hydra.sweeper.grace_period=0"), "must be at least twice heartbeat_interval"
+    ),
+    "grace period under two beats": _slow(
+        Bad((*SWEEP, "hydra.sweeper.grace_period=15"), "at least twice heartbeat_interval")
+    ),
+    "heartbeat 0": _slow(
+        Bad((*SWEEP, "hydra.sweeper.heartbeat_interval=0"), "heartbeat_interval must be > 0")
+    ),
+    "sweep on an absent device": Bad((*SWEEP, "trainer.device=cuda:7"), "is not available"),
+    "sweep with a negative seed": _slow(Bad((*SWEEP, "trainer.seed=-1"), "trainer.seed must be")),
+    "sweep training on one image": _slow(
+        Bad((*SWEEP, "data.val_fraction=0.99999"), "leaves 0 to train on")
+    ),
+    "sweep with a cache_dir file": _slow(Bad((*SWEEP, "cache_dir={afile}"), "is a file")),
+    "sweep with MLflow unreachable": Bad(
+        (*SWEEP, "tracking.uri=http://127.0.0.1:1"), "MLflow does not answer at tracking.uri="
+    ),
+    "sweep with a half-created mlflow.db": _slow(
+        Bad((*SWEEP, "tracking.uri=sqlite:///{halfdb}"), "is half-created")
+    ),
+    "sweep of zero jobs": _slow(Bad((*SWEEP, "hydra.sweeper.n_jobs=0"), "must be >= 1")),
+    "failure rate above 1": _slow(
+        Bad((*SWEEP, "hydra.sweeper.max_failure_rate=2"), "max_failure_rate must be in")
+    ),
+    "confirm seeds negative": _slow(
+        Bad((*SWEEP, "hydra.sweeper.confirm.seeds=-1"), "confirm.seeds must be >= 0")
+    ),
+    "confirm top_k 0": _slow(Bad((*SWEEP, "hydra.sweeper.confirm.top_k=0"), "top_k >= 1")),
+    "confirm first seed negative": _slow(
+        Bad((*SWEEP, "hydra.sweeper.confirm.first_seed=-1"), "first_seed must be in")
+    ),
+    "custom search space": _slow(
+        Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")
+    ),
 }
 
 
@@ -121,12 +280,43 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
     empty = tmp_path / "empty"
     empty.mkdir()
     return {
+        **_broken_databases(tmp_path),
         "garbage": garbage,
         "afile": afile,
         "empty": empty,
         "missing": tmp_path / "no-such-teacher.pt",
         "other_teacher": other_teacher,
     }
+
+
+def _broken_databases(tmp_path: Path) -> dict[str, Path]:
+    """MLflow SQLite files an interrupted creation leaves (an hour old: no live creator)."""
+    import os
+    import sqlite3
+    import time
+
+    made = {}
+    for name, statements in {
+        "halfdb": [
+            "CREATE TABLE alembic_version (version_num VARCHAR(32))",
+            "INSERT INTO alembic_version VALUES ('1b5f0d9ad7c1')",
+            "CREATE TABLE experiments (experiment_id INTEGER)",
+            "CREATE TABLE _alembic_tmp_experiments (experiment_id INTEGER)",
+        ],
+        "partialdb": ["CREATE TABLE experiments (experiment_id INTEGER)"],
+    }.items():
+        path = tmp_path / f"{name}.db"
+        with sqlite3.connect(path) as db:
+            for statement in statements:
+                db.execute(statement)
+        db.close()
+        made[name] = path
+    made["garbagedb"] = tmp_path / "garbage.db"
+    made["garbagedb"].write_bytes(b"not a database, but not empty either" * 100)
+    old = time.time() - 3600
+    for path in made.values():
+        os.utime(path, (old, old))
+    return made
 
 
 def _error_line(stderr: str, hydra_error: bool) -> str:
@@ -139,7 +329,13 @@ def _error_line(stderr: str, hydra_error: bool) -> str:
     return ours[0]
 
 
-@pytest.mark.parametrize("row", [pytest.param(r, id=name) for name, r in ROWS.items()])
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param(r, id=name, marks=[pytest.mark.slow] if r.slow else [])
+        for name, r in ROWS.items()
+    ],
+)
 def test_bad_input_fails_cleanly(tmp_path: Path, other_teacher: Path, row: Bad) -> None:
     paths = _paths(tmp_path, other_teacher)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
