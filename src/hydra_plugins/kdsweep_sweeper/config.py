@@ -58,6 +58,9 @@ class KdsweepSweeperConf(OptunaSweeperConf):
     heartbeat_interval: float = 10.0
     grace_period: float = 120.0
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # A study records the settings that define it (config, search space, pruner); a rerun
+    # with other settings is refused unless this is true (kdsweep.sweep.drift).
+    allow_changed_settings: bool = False
 
 
 ConfigStore.instance().store(

@@ -23,14 +23,27 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from kdsweep.secrets import mask_secrets
-from kdsweep.sweep.studies import Heartbeat, claim_trial, stale_trials, study_lock, trial_id
+from kdsweep.sweep.studies import (
+    Heartbeat,
+    claim_trial,
+    count_states,
+    stale_trials,
+    study_lock,
+    trial_id,
+)
+
+if TYPE_CHECKING:
+    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.parent_run import ParentRun
+    from kdsweep.sweep.settings import SearchSpace
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -71,7 +84,8 @@ def selected_val_loss(trial: optuna.trial.FrozenTrial) -> float:
     return float("inf")
 
 
-def _describe(params: dict[str, Any]) -> str:
+def describe_params(params: dict[str, Any]) -> str:
+    """``temperature=2.4, lr=0.0054``: a trial's parameters, short, at 3 significant digits."""
     short = {name.split(".")[-1]: value for name, value in params.items()}
     return ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in short.items()
@@ -85,7 +99,7 @@ def plan_arms(
     arms: list[Arm] = []
     ranked = ranked_trials(study)
     for rank, trial in enumerate(ranked[:top_k], start=1):
-        label = f"#{trial.number} ({_describe(trial.params)})"
+        label = f"#{trial.number} ({describe_params(trial.params)})"
         arms.append(Arm(f"top{rank}", label, tuple(_overrides(trial.params)), trial.number))
     if ranked:
         best = ranked[0]
@@ -96,7 +110,11 @@ def plan_arms(
     if enqueued:
         reference = {k: v for k, v in enqueued[0].items() if k in space}
         arms.append(
-            Arm("tutorial", f"reference ({_describe(reference)})", tuple(_overrides(reference)))
+            Arm(
+                "tutorial",
+                f"reference ({describe_params(reference)})",
+                tuple(_overrides(reference)),
+            )
         )
     arms.append(Arm("ce_default", "CE student, default recipe", ("loss=ce",)))
     unique: dict[tuple[str, ...], Arm] = {}
@@ -230,6 +248,7 @@ class Confirmation:
             f"sweep.trial_id={job.tid}",
             f"sweep.study_name={self.name}",
             f"tracking.run_name=confirm-{job.arm}-seed{job.seed}",
+            f"hydra.sweep.subdir=confirm-{job.arm}-seed{job.seed}",
         ]
 
 
@@ -243,3 +262,47 @@ def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, floa
             continue
         out.setdefault(str(arm), {})[int(seed)] = dict(metrics)
     return out
+
+
+def run_confirmation(
+    sweep: StudySweep, study: optuna.Study, space: SearchSpace, parent: ParentRun
+) -> Confirmation | None:
+    """The confirmation stage (kdsweep.sweep.confirm), once the search is complete."""
+    s = sweep.settings
+    search_seed = OmegaConf.select(sweep.config, "trainer.seed")
+    seeds = s.confirmation_seeds(search_seed)
+    if not seeds:
+        return None
+    running = count_states(study)[TrialState.RUNNING]
+    if running:
+        log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
+        return None
+    stage = Confirmation(
+        sweep.storage,
+        s.storage,
+        s.study_name,
+        seeds,
+        s.n_jobs,
+        s.heartbeat_interval,
+        s.grace_period,
+    )
+    arms = plan_arms(
+        study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
+    )
+    sweep.confirm_study = stage.study
+    queued = stage.plan(arms, OmegaConf.select(sweep.config, "teacher.seed"))
+    log.info(
+        "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
+        len(arms),
+        len(seeds),
+        queued,
+    )
+    base = list(space.fixed)
+    if parent.run_id:
+        base.append(f"sweep.parent_run_id={parent.run_id}")
+    from kdsweep.sweep.core import job_outcome
+
+    failures = stage.run(base, sweep.launch, job_outcome)
+    if failures:
+        log.warning("confirmation: %d run(s) failed; rerun the command to retry them", failures)
+    return stage

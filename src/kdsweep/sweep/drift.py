@@ -11,12 +11,22 @@ the two ways out: a new ``hydra.sweeper.study_name``, or
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdsweep.errors import KdsweepError
 from kdsweep.secrets import mask_secrets
+
+if TYPE_CHECKING:
+    import optuna
+
+    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.settings import SearchSpace
+
+log = logging.getLogger("kdsweep.sweep")
 
 DEFINITION_ATTR = "definition"
 
@@ -81,3 +91,23 @@ def drift_message(study_name: str, changes: list[str]) -> str:
         " hydra.sweeper.study_name=..., or continue this one deliberately with"
         " hydra.sweeper.allow_changed_settings=true"
     )
+
+
+def check_definition(sweep: StudySweep, study: optuna.Study, space: SearchSpace) -> None:
+    """A study continues only with the settings that made it (kdsweep.sweep.drift)."""
+    s = sweep.settings
+    searched = {name: str(dist) for name, dist in space.distributions.items()}
+    current = study_definition(
+        sweep.config, searched, {"direction": s.direction, "pruner": s.pruner}
+    )
+    with sweep.lock():
+        stored = study.user_attrs.get(DEFINITION_ATTR)
+        changes = differences(stored, current) if stored is not None else []
+        if changes and not s.allow_changed_settings:
+            raise KdsweepError(drift_message(s.study_name, changes))
+        if changes:
+            log.warning(
+                "study %s continues with changed settings: %s", s.study_name, "; ".join(changes)
+            )
+        if changes or stored is None:
+            study.set_user_attr(DEFINITION_ATTR, current)

@@ -34,7 +34,8 @@ def finish_sweep(
         log.warning("no trial of study %s completed", settings.study_name)
     else:
         log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
-        _save_results(best, settings.study_name, Path(str(config.hydra.sweep.dir)))
+        if Path(str(config.hydra.sweep.dir)).is_dir():  # a rerun that trained nothing made none
+            _save_results(best, settings.study_name, Path(str(config.hydra.sweep.dir)))
     _record_teacher_baseline(study)
     report_dir = report_dir_for(settings.report_dir, settings.study_name)
     report_files: list[Path] = []

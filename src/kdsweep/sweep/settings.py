@@ -41,6 +41,7 @@ class SweepSettings:
     grace_period: float
     custom_search_space: str | None = None
     confirm: dict[str, Any] = field(default_factory=dict)
+    allow_changed_settings: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SweepSettings:
