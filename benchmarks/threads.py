@@ -1,9 +1,9 @@
 """Row g of the benchmark: CPU threads for a tiny model, one against torch's default.
 
-kdsweep trains with one torch thread when an image holds at most 1,024 values (e.g. the
-8x8 digits; ``trainer.threads=0``, see kdsweep.run.cpu_threads): for ops this small, handing
-work between threads costs more than it saves. This row times the same CE training run of
-the LightNN student on digits with 1 thread and with torch's default, interleaved.
+``trainer.threads=1`` against torch's default (``trainer.threads=0``): for ops this small,
+handing work between threads can cost more than it saves, above all when other processes
+hold the cores. This row times the same CE training run of the LightNN student on digits
+with 1 thread and with torch's default, interleaved.
 """
 
 from __future__ import annotations

@@ -179,12 +179,11 @@ def test_missing_group_names_it(compose) -> None:
         validate(OmegaConf.create(cfg))
 
 
-def test_cpu_threads_one_for_small_inputs_else_torchs_default_or_the_request() -> None:
+def test_cpu_threads_are_torchs_unless_asked() -> None:
     from kdsweep.run import cpu_threads
 
-    assert cpu_threads(0, (1, 8, 8)) == 1  # digits: thread hand-offs cost more than they gain
-    assert cpu_threads(0, (3, 32, 32)) is None  # CIFAR-sized: torch's own default
-    assert cpu_threads(4, (1, 8, 8)) == 4  # an explicit trainer.threads wins
+    assert cpu_threads(0) is None  # torch's own default
+    assert cpu_threads(1) == 1 and cpu_threads(4) == 4
 
 
 def test_negative_threads_are_refused(compose) -> None:

@@ -181,15 +181,15 @@ class TrainerConf:
     precision: Precision = Precision.fp32
     channels_last: bool = False
     compile: bool = False
-    # CPU threads for torch; 0 = auto: 1 for small inputs (<= 1,024 values an image, e.g.
-    # 8x8 digits), where thread hand-offs cost more than the tiny ops gain, else torch's.
+    # CPU threads for torch; 0: torch's default. 1 pays on a busy shared machine
+    # (kdsweep.run.cpu_threads has the measurements).
     threads: int = 0
     # What a completed run keeps of its student (kdsweep.student).
     save_model: SaveModel = SaveModel.best
 
     def __post_init__(self) -> None:
         if self.threads < 0:
-            raise ValueError(f"trainer.threads must be >= 0 (0: auto), got {self.threads}")
+            raise ValueError(f"trainer.threads must be >= 0 (0: torch's), got {self.threads}")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")

@@ -52,6 +52,8 @@ class OptunaTrialHooks(TrialHooks):
                 "val_acc": record.val_acc,
             }
         )
+        if not self.prune:
+            return  # a confirmation run: nothing to prune, its curve is stored at the end
         try:
             self.trial.set_user_attr("history", self.curve)
             self.trial.report(record.val_acc, record.epoch)
@@ -70,6 +72,8 @@ class OptunaTrialHooks(TrialHooks):
             )
 
     def on_finish(self, result: RunResult) -> None:
+        if not self.prune:
+            self.trial.set_user_attr("history", self.curve)
         self.trial.set_user_attr("metrics", result.metrics)
 
 
