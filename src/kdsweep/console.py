@@ -21,6 +21,13 @@ class QuietConsole(logging.Filter):
         self.keep = tuple(keep)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.quiet or record.levelno >= logging.WARNING:
-            return True
-        return any(record.name == name or record.name.startswith(name + ".") for name in self.keep)
+        shown = (
+            not self.quiet
+            or record.levelno >= logging.WARNING
+            or any(record.name == name or record.name.startswith(name + ".") for name in self.keep)
+        )
+        if shown:
+            from kdsweep.sweep.live import LIVE
+
+            LIVE.clear()  # the line to be printed starts on a clean line
+        return shown

@@ -33,6 +33,7 @@ from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import describe_params, run_confirmation
 from kdsweep.sweep.drift import check_definition
 from kdsweep.sweep.finish import finish_sweep
+from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.parent_run import (
     ParentRun,
     close_trial_run,
@@ -276,6 +277,7 @@ class StudySweep:
             try:
                 study.tell(trial, float(value))
                 log.info("%s: COMPLETE, val %.2f %%  %s", head, float(value), self.progress(study))
+                LIVE.show(f"sweep {self.settings.study_name} {self.progress(study)}")
                 return TrialState.COMPLETE
             except (TypeError, ValueError) as exc:
                 error = exc
@@ -283,6 +285,7 @@ class StudySweep:
             study.tell(trial, state=TrialState.PRUNED)
             epochs = len(user_attrs.get("history") or [])
             log.info("%s: PRUNED after epoch %d  %s", head, epochs, self.progress(study))
+            LIVE.show(f"sweep {self.settings.study_name} {self.progress(study)}")
             return TrialState.PRUNED
         message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split())[:2000])
         log.warning("%s: FAIL: %s", head, message)
