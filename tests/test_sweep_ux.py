@@ -39,6 +39,11 @@ def test_changed_settings_are_refused_and_nothing_to_do_is_said(
     again = run(tmp_path, args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to train" in again.stdout + again.stderr
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == folders
+    # With Hydra's time-stamped sweep folders, a rerun that trains nothing makes none.
+    stamped = [a for a in args if not a.startswith("hydra.sweep.dir=")]
+    assert run(tmp_path, stamped).returncode == 0
+    assert not list(tmp_path.glob("multirun/20*")) and not (tmp_path / "outputs").exists()
 
     changed = run(tmp_path, [*args, "trainer.epochs=2"])
     assert changed.returncode == 2
