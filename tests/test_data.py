@@ -10,11 +10,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from kdsweep.cifar import load_cifar_splits
 from kdsweep.data import (
     CifarData,
     DigitsData,
     SyntheticData,
-    load_cifar_splits,
     load_digits_splits,
     load_splits,
     load_synthetic_splits,

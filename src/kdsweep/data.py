@@ -13,14 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from kdsweep.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -151,6 +147,8 @@ class CifarData(DataSet):
         self.check_split(self.train_subset or CIFAR_TRAIN_IMAGES)
 
     def load(self) -> TensorSplits:
+        from kdsweep.cifar import load_cifar_splits
+
         return load_cifar_splits(self)
 
 
@@ -200,7 +198,7 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _assemble(
+def assemble(
     train_x: np.ndarray,
     train_y: np.ndarray,
     test_x: np.ndarray,
@@ -249,7 +247,7 @@ def load_digits_splits(conf: DigitsData) -> TensorSplits:
     targets = bunch.target
     # Fixed seed for the test split: changing split_seed reshuffles val, never test.
     train_idx, test_idx = _split(len(images), conf.test_fraction, seed=12345)
-    return _assemble(
+    return assemble(
         images[train_idx], targets[train_idx], images[test_idx], targets[test_idx], conf, 10
     )
 
@@ -271,92 +269,13 @@ def load_synthetic_splits(conf: SyntheticData) -> TensorSplits:
 
     train_x, train_y = draw(conf.size)
     test_x, test_y = draw(conf.test_size)
-    return _assemble(train_x, train_y, test_x, test_y, conf, conf.num_classes)
+    return assemble(train_x, train_y, test_x, test_y, conf, conf.num_classes)
 
 
 CIFAR_HINT = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
-
-
-def load_cifar_splits(conf: CifarData) -> TensorSplits:
-    from torchvision import datasets
-
-    base = datasets.CIFAR10 if conf.name == "cifar10" else datasets.CIFAR100
-    cls = base if conf.verify_checksum else _unverified(base)
-    root = Path(conf.root).expanduser()
-    try:
-        train = cls(root=str(root), train=True, download=conf.download)
-        test = cls(root=str(root), train=False, download=conf.download)
-    except Exception as exc:  # torchvision raises RuntimeError; a failed download, URLError
-        raise _cifar_error(conf, base, root, exc) from None
-    train_x = np.asarray(train.data).transpose(0, 3, 1, 2)
-    train_y = np.asarray(train.targets)
-    if conf.train_subset is not None:
-        train_x, train_y = train_x[: conf.train_subset], train_y[: conf.train_subset]
-    test_x = np.asarray(test.data).transpose(0, 3, 1, 2)
-    num_classes = len(train.classes)
-    return _assemble(train_x, train_y, test_x, np.asarray(test.targets), conf, num_classes)
-
-
-def _unverified(base: type) -> type:
-    """A subclass, not a patch: only this loader skips the md5 of the official archive
-    (data files via _check_integrity, the meta file via meta["md5"]=None)."""
-    unverified = {"_check_integrity": _files_present, "meta": {**base.meta, "md5": None}}
-    return type(base.__name__ + "Unverified", (base,), unverified)
-
-
-def _files_present(self: object) -> bool:
-    base = Path(self.root) / self.base_folder  # type: ignore[attr-defined]
-    names = [name for name, _ in self.train_list + self.test_list]  # type: ignore[attr-defined]
-    return all((base / name).is_file() for name in names)
-
-
-def _cifar_files(base: type, root: Path) -> list[Path]:
-    """Every file torchvision reads for this data set: the batches and the meta file."""
-    folder = root / base.base_folder  # type: ignore[attr-defined]
-    names = [name for name, _ in base.train_list + base.test_list]  # type: ignore[attr-defined]
-    return [folder / name for name in [*names, base.meta["filename"]]]  # type: ignore[attr-defined]
-
-
-# torchvision's advice, which kdsweep words itself (data.download=true, never by default).
-_DOWNLOAD_ADVICE = re.compile(r"[.,;]?\s*You can use download=True to download it\.?", re.I)
-
-
-def _reason(exc: BaseException) -> str:
-    return _DOWNLOAD_ADVICE.sub("", first_line(exc)).strip().rstrip(".") or type(exc).__name__
-
-
-def _cifar_error(conf: CifarData, base: type, root: Path, exc: BaseException) -> DataError:
-    """One line that tells a missing copy from one that is there but fails its checksum
-    (a hand-made subset in CIFAR's format) or does not parse."""
-    where = root.resolve()
-    folder, url = CIFAR_HINT[conf.name]
-    missing = [path.name for path in _cifar_files(base, root) if not path.is_file()]
-    if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        return DataError(
-            f"{conf.name} not found under {where}/{folder} ({_reason(exc)}; missing {shown}):"
-            f" extract {url} into {where}, or set data.download=true where the network allows"
-        )
-    if conf.verify_checksum:
-        try:  # every file is there: do they parse without the checksum?
-            for train in (True, False):
-                _unverified(base)(root=str(root), train=train, download=False)
-        except Exception as unreadable:
-            exc = unreadable
-        else:
-            return DataError(
-                f"{conf.name} files under {where}/{folder} are present and readable but do not"
-                " match the official archive's md5 checksums (a hand-made or modified copy):"
-                " set data.verify_checksum=false to use them as they are, or replace them with"
-                f" the contents of {url}"
-            )
-    return DataError(
-        f"{conf.name} files under {where}/{folder} are present but unreadable"
-        f" ({_reason(exc)}): replace them with the contents of {url}"
-    )
 
 
 _LOADED: dict[str, TensorSplits] = {}
