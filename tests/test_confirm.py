@@ -120,7 +120,13 @@ def test_a_rerun_trains_nothing_and_more_seeds_add_only_those(
 def test_killed_during_confirmation_a_rerun_completes_exactly_the_plan(
     tmp_path: Path, teacher_cache: Path
 ) -> None:
-    args = confirm_args(tmp_path, teacher_cache, 3, "hydra.sweeper.grace_period=5")
+    args = confirm_args(
+        tmp_path,
+        teacher_cache,
+        3,
+        "hydra.sweeper.grace_period=5",
+        "hydra.sweeper.heartbeat_interval=1",
+    )
     proc = start(tmp_path, args)
     wait_for(lambda: len(_done(tmp_path)) >= 2, 240, "two confirmation runs", proc)
     kill_group(proc, signal.SIGKILL)

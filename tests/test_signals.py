@@ -114,10 +114,11 @@ def test_a_signalled_sweep_fails_its_trials_and_kills_its_runs(
     if launcher == "joblib":  # the workers went with the sweeper
         wait_for(lambda: not _children_alive(proc.pid), 30, "the launcher's workers to end")
 
-    # A rerun completes the study.
-    resumed = finish(
-        start(tmp_path, sweep_args(tmp_path, study, 3, cache_dir=teacher_cache)), timeout=300
+    # A rerun completes the study (with 1-epoch trials now: a deliberate change of settings).
+    again = sweep_args(
+        tmp_path, study, 3, "hydra.sweeper.allow_changed_settings=true", cache_dir=teacher_cache
     )
+    resumed = finish(start(tmp_path, again), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert states(load_trials(storage, study))["COMPLETE"] == 3
 
