@@ -199,13 +199,15 @@ def write_report_files(
     *,
     storage_url: str | None = None,
     confirm_study: optuna.Study | None = None,
+    summary: Summary | None = None,
 ) -> list[Path]:
     """Write the report as :func:`write_report` does; return every file written (the
     plots, trials.csv, report.md, and index.html last). Only these may be uploaded: the
-    folder can hold other files (an older build's, or anything a user put there)."""
+    folder can hold other files (an older build's, or anything a user put there).
+    ``summary``: the study's, if the caller already read it (it is not read twice)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(study, confirm_study)
+    summary = summary or summarize(study, confirm_study)
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
     trials = study.get_trials(deepcopy=False)

@@ -140,10 +140,11 @@ def _ordered_params(rows: list[TrialRow]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-def _selected_val_loss(row: TrialRow) -> float:
-    """The val loss at the epoch whose val accuracy is the trial's value (inf if unknown)."""
-    epoch = row.metrics.get("best_epoch")
-    for record in row.history:
+def selected_val_loss(history: list[dict[str, Any]], metrics: dict[str, Any]) -> float:
+    """The val loss at the epoch whose val accuracy is the trial's value (inf if unknown):
+    what breaks a tie in the objective, here and in the confirmation's ranking."""
+    epoch = metrics.get("best_epoch")
+    for record in history:
         if epoch is not None and int(record.get("epoch", -1)) == int(epoch):
             return float(record.get("val_loss", math.inf))
     return math.inf
@@ -164,7 +165,10 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     if scored:
         # Best value first; a tie (common on small val splits) goes to the lower val loss.
         sign = 1.0 if direction == "minimize" else -1.0
-        best = min(scored, key=lambda r: (sign * r.value, _selected_val_loss(r), r.number))  # type: ignore[operator]
+        best = min(
+            scored,
+            key=lambda r: (sign * r.value, selected_val_loss(r.history, r.metrics), r.number),
+        )  # type: ignore[operator]
 
     raw_baselines = attrs.get("baselines") if isinstance(attrs.get("baselines"), dict) else {}
     baselines: dict[str, dict[str, float | None]] = {}

@@ -30,6 +30,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from kdsweep.report.summary import selected_val_loss
 from kdsweep.secrets import mask_secrets
 from kdsweep.sweep.studies import (
     Heartbeat,
@@ -71,17 +72,12 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     common: three trials at 97.92 % differed on test."""
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return sorted(done, key=lambda t: (sign * float(t.value), selected_val_loss(t), t.number))
+    return sorted(done, key=lambda t: (sign * float(t.value), _val_loss(t), t.number))
 
 
-def selected_val_loss(trial: optuna.trial.FrozenTrial) -> float:
-    """The val loss at the epoch whose val accuracy is the trial's value (inf if unknown)."""
-    history = trial.user_attrs.get("history") or []
-    epoch = (trial.user_attrs.get("metrics") or {}).get("best_epoch")
-    for record in history:
-        if epoch is not None and int(record.get("epoch", -1)) == int(epoch):
-            return float(record.get("val_loss", float("inf")))
-    return float("inf")
+def _val_loss(trial: optuna.trial.FrozenTrial) -> float:
+    attrs = trial.user_attrs
+    return selected_val_loss(attrs.get("history") or [], attrs.get("metrics") or {})
 
 
 def describe_params(params: dict[str, Any]) -> str:

@@ -41,8 +41,9 @@ def finish_sweep(
     report_files: list[Path] = []
     description = None
     try:
-        report_files = write_report_files(study, report_dir, confirm_study=confirm_study)
-        description = lead(summarize(study, confirm_study))
+        summary = summarize(study, confirm_study)
+        report_files = write_report_files(study, report_dir, summary=summary)
+        description = lead(summary)
         log.info("%s", description)
         log.info("report: %s", report_files[-1])
     except Exception as exc:  # a report must never cost the sweep its results
