@@ -134,3 +134,68 @@ def _children_alive(pgid: int) -> bool:
         except (ProcessLookupError, PermissionError):
             continue
     return False
+
+
+@pytest.fixture
+def kdsweep_signal_handlers(monkeypatch: pytest.MonkeyPatch):
+    """kdsweep's SIGINT/SIGTERM handlers in this process, fresh, and pytest's back after."""
+    from kdsweep import signals
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(signals, "_state", signals._SignalState())
+    signals.install_signal_handlers()
+    yield signals
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_signal_during_a_store_write_is_raised_when_the_write_is_done(
+    kdsweep_signal_handlers,
+) -> None:
+    from kdsweep.errors import Interrupted
+
+    done: list[str] = []
+    with pytest.raises(Interrupted) as caught, kdsweep_signal_handlers.deferred_signals():
+        with kdsweep_signal_handlers.deferred_signals():  # nested: held to the outer end
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("inner write")
+        done.append("outer write")
+    assert done == ["inner write", "outer write"]
+    assert caught.value.exit_code == 143
+    # Clean-up after the interrupt is not interrupted again.
+    os.kill(os.getpid(), signal.SIGINT)
+    with kdsweep_signal_handlers.deferred_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
+    tmp_path: Path, kdsweep_signal_handlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure this guards against: SIGTERM inside MLflow's SQLite transaction
+    skipped its rollback, and ending the run KILLED then failed with "database is locked"."""
+    from mlflow.tracking import MlflowClient
+
+    from kdsweep.errors import Interrupted
+    from kdsweep.schema import TrackingConf
+    from kdsweep.tracking import RunTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker(TrackingConf(uri=uri), "signalled", local_dir=tmp_path)
+    tracker.start()
+    real_log_batch = MlflowClient.log_batch
+
+    def signalled_mid_write(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_log_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", signalled_mid_write)
+    with pytest.raises(Interrupted):
+        tracker.log_metrics({"val_acc": 50.0}, step=1)
+    monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
+    tracker.set_tags({"kdsweep.state": "FAIL"})
+    tracker.finish("KILLED", error="Interrupted: SIGTERM")
+    assert tracker.broken is None
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["val_acc"] == 50.0  # the interrupted write was completed
+    assert run.data.tags["kdsweep.state"] == "FAIL"

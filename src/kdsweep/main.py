@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from kdsweep.errors import Interrupted, KdsweepError, NonFiniteLossError, interrupt_name
 from kdsweep.schema import TRUSTED_TARGETS
 from kdsweep.secrets import mask_secrets
+from kdsweep.signals import install_signal_handlers
 from kdsweep.validation import validate
 
 log = logging.getLogger("kdsweep")
@@ -106,25 +106,6 @@ def _is_hydra_error(exc: BaseException) -> bool:
     from omegaconf.errors import OmegaConfBaseException
 
     return isinstance(exc, (HydraException, OmegaConfBaseException))
-
-
-def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: the run (or
-    the sweep's trials and parent run) is ended KILLED on the way out and the process exits
-    130 / 143 with one line. A second signal while that clean-up runs is ignored, so it
-    completes (SIGKILL still ends the process; a rerun then finds the trials stale)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    raised: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if raised:
-            return
-        raised.append(signum)
-        raise Interrupted(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
 
 
 def report_interrupt(exc: BaseException, multirun: bool) -> int:

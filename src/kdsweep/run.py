@@ -22,6 +22,7 @@ from kdsweep.data import TensorSplits, load_splits
 from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model, count_parameters, hidden_pool_kernel
 from kdsweep.optim import build_optimizer
+from kdsweep.signals import deferred_signals
 from kdsweep.teacher import Teacher, prepare_teacher
 from kdsweep.teacher_outputs import cached_source, live_source
 from kdsweep.tracking import RunTracker, flatten
@@ -244,8 +245,8 @@ def run(
         settings.optimizer.name,
         plan.device,
     )
-    tracker.start()
     try:
+        tracker.start()
         tracker.log_dataset(settings.data.name, plan.data)
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         tracker.log_params(flatten(resolved))
@@ -263,8 +264,9 @@ def run(
             tracker.set_tags({"kdsweep.state": state})
             tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
         raise
-    tracker.set_tags({"kdsweep.state": "COMPLETE"})
-    tracker.finish("FINISHED")
+    with deferred_signals():  # a signal now must not leave a COMPLETE run RUNNING
+        tracker.set_tags({"kdsweep.state": "COMPLETE"})
+        tracker.finish("FINISHED")
     log.info(
         "objective (val acc, %s epoch) %.2f%%, test acc %.2f%%",
         settings.trainer.objective,

@@ -23,6 +23,7 @@ from kdsweep.errors import KdsweepError, first_line
 from kdsweep.files import atomic_write_text
 from kdsweep.schema import TrackingConf
 from kdsweep.secrets import mask_secrets, mask_value
+from kdsweep.signals import deferred_signals
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +159,18 @@ class RunTracker:
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        try:
-            client = client_for(self.conf.uri)
-            run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
-        except Exception as exc:
-            raise KdsweepError(
-                f"cannot start an MLflow run at tracking.uri={mask_secrets(self.conf.uri)}"
-                f" ({_first_line(exc)}): start the server or fix tracking.uri"
-                " (tracking.enabled=false runs untracked)"
-            ) from None
-        self.run_id = run.info.run_id
+        # A signal waits until the run's id is known, so the run can be ended KILLED.
+        with deferred_signals():
+            try:
+                client = client_for(self.conf.uri)
+                run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
+            except Exception as exc:
+                raise KdsweepError(
+                    f"cannot start an MLflow run at tracking.uri={mask_secrets(self.conf.uri)}"
+                    f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                    " (tracking.enabled=false runs untracked)"
+                ) from None
+            self.run_id = run.info.run_id
         self.record["run_id"] = self.run_id
         self.record["tags"].update(tags)
 
@@ -244,7 +247,8 @@ class RunTracker:
         if self.run_id is None or self.broken:
             return
         try:
-            action(client_for(self.conf.uri))
+            with deferred_signals():
+                action(client_for(self.conf.uri))
         except Exception as exc:
             self.broken = _first_line(exc)
             log.error(

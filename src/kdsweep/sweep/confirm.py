@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from kdsweep.report.summary import selected_val_loss
 from kdsweep.secrets import mask_secrets
+from kdsweep.signals import deferred_signals
 from kdsweep.sweep.studies import (
     Heartbeat,
     claim_trial,
@@ -214,17 +215,18 @@ class Confirmation:
             batch = [self._overrides(base, arms[job.arm]["overrides"], job) for job in jobs]
             with Heartbeat(self.storage, [job.tid for job in jobs], self.heartbeat_interval):
                 returns = launch(batch)
-            for job, ret in zip(jobs, returns, strict=True):
-                value, error = outcome(ret)
-                if error is None:
-                    self.study.tell(job.trial, float(value))
-                    done += 1
-                    continue
-                failures += 1
-                message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split()))
-                log.warning("confirmation %s seed %d failed: %s", job.arm, job.seed, message)
-                job.trial.set_user_attr("error", message[:2000])
-                self.study.tell(job.trial, state=TrialState.FAIL)
+            with deferred_signals():  # a signal mid-tell would leave a finished run RUNNING
+                for job, ret in zip(jobs, returns, strict=True):
+                    value, error = outcome(ret)
+                    if error is None:
+                        self.study.tell(job.trial, float(value))
+                        done += 1
+                        continue
+                    failures += 1
+                    message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split()))
+                    log.warning("confirmation %s seed %d failed: %s", job.arm, job.seed, message)
+                    job.trial.set_user_attr("error", message[:2000])
+                    self.study.tell(job.trial, state=TrialState.FAIL)
         if done or failures:
             log.info("confirmation: %d run(s) done, %d failed", done, failures)
         return failures

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from kdsweep.errors import KdsweepError
 from kdsweep.secrets import mask_secrets
+from kdsweep.signals import deferred_signals
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import describe_params, run_confirmation
@@ -175,10 +176,11 @@ class StudySweep:
             with Heartbeat(self.storage, [tid for _, tid in asked], s.heartbeat_interval):
                 returns = self.launch(overrides)
             launched += len(asked)
-            failures += sum(
-                self._tell(study, t, tid, r) == TrialState.FAIL
-                for (t, tid), r in zip(asked, returns, strict=True)
-            )
+            with deferred_signals():  # a signal mid-tell would leave a finished trial RUNNING
+                failures += sum(
+                    self._tell(study, t, tid, r) == TrialState.FAIL
+                    for (t, tid), r in zip(asked, returns, strict=True)
+                )
             if failures > s.max_failure_rate * s.n_trials:
                 finish_sweep(study, self.config, self.settings, parent, aborted=True)
                 print(

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from kdsweep.errors import KdsweepError, first_line
 from kdsweep.files import file_lock
 from kdsweep.secrets import mask_secrets
+from kdsweep.signals import deferred_signals
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,13 @@ def _creation_lock(url: str) -> Iterator[None]:
 def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
     """Serialize "count the trials, then ask for more" across sweep workers, so that N
     workers together create exactly n_trials. A file lock beside SQLite/journal files; a
-    PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere."""
+    PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere. What runs
+    under it writes to the storage, so SIGINT / SIGTERM wait until it is released."""
+    with deferred_signals():
+        yield from _held_lock(storage, url, study_name)
+
+
+def _held_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
     lock_file = _lock_file_for(url)
     if lock_file is not None:
         with file_lock(lock_file):

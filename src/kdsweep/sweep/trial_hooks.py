@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kdsweep.run import RunResult, TrialHooks
+from kdsweep.signals import deferred_signals
 from kdsweep.train import EpochRecord
 
 
@@ -39,7 +40,8 @@ class OptunaTrialHooks(TrialHooks):
 
     def on_start(self, run_id: str | None) -> None:
         if run_id:
-            self.trial.set_user_attr("mlflow_run_id", run_id)
+            with deferred_signals():
+                self.trial.set_user_attr("mlflow_run_id", run_id)
 
     def on_epoch(self, record: EpochRecord) -> None:
         import optuna
@@ -55,8 +57,9 @@ class OptunaTrialHooks(TrialHooks):
         if not self.prune:
             return  # a confirmation run: nothing to prune, its curve is stored at the end
         try:
-            self.trial.set_user_attr("history", self.curve)
-            self.trial.report(record.val_acc, record.epoch)
+            with deferred_signals():
+                self.trial.set_user_attr("history", self.curve)
+                self.trial.report(record.val_acc, record.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # The sweeper failed this trial (it was interrupted, or found it stale) while a
             # launcher's child (submitit) went on: stop, and end the run KILLED.
@@ -66,15 +69,17 @@ class OptunaTrialHooks(TrialHooks):
         if self.prune and self.trial.should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.
-            self.trial.set_user_attr("pruned", True)
+            with deferred_signals():
+                self.trial.set_user_attr("pruned", True)
             raise optuna.TrialPruned(
                 f"pruned after epoch {record.epoch} (val acc {record.val_acc:.2f}%)"
             )
 
     def on_finish(self, result: RunResult) -> None:
-        if not self.prune:
-            self.trial.set_user_attr("history", self.curve)
-        self.trial.set_user_attr("metrics", result.metrics)
+        with deferred_signals():
+            if not self.prune:
+                self.trial.set_user_attr("history", self.curve)
+            self.trial.set_user_attr("metrics", result.metrics)
 
 
 def trial_hooks(cfg: DictConfig) -> TrialHooks:
