@@ -266,3 +266,134 @@ def test_atomic_write_replaces_on_success(tmp_path: Path) -> None:
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two"
+
+
+# --- damaged bytes inside a valid container -----------------------------------------------
+
+
+def _zeroed(payload: dict) -> None:
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = torch.zeros_like(payload["state_dict"][name])
+
+
+def _nan(payload: dict) -> None:
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+
+
+def _wrong_shape(payload: dict) -> None:
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = torch.ones(3, 3)
+
+
+def _garbled_metrics(payload: dict) -> None:
+    payload["metrics"] = {"teacher_val_acc": "9x.1", "teacher_test_acc": None}
+
+
+DAMAGE = {
+    "zeroed weights": _zeroed,
+    "NaN weights": _nan,
+    "wrong-shape tensor": _wrong_shape,
+    "garbled metrics": _garbled_metrics,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE), ids=list(DAMAGE))
+def test_a_cached_teacher_damaged_inside_a_valid_file_is_retrained_with_one_warning(
+    settings, tmp_path: Path, caplog, damage: str
+) -> None:
+    _, _, first = _prepare(settings, tmp_path)
+    payload = torch.load(first.path, weights_only=True)
+    DAMAGE[damage](payload)
+    torch.save(payload, first.path)  # a well-formed torch file, its content damaged
+    caplog.set_level("WARNING", logger="kdsweep")
+    _, _, again = _prepare(settings, tmp_path)
+    assert again.trained_now
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "does not match its checksum" in warnings[0].getMessage()
+    for a, b in zip(
+        first.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)  # the same seed retrains the same teacher
+    assert all(isinstance(v, float) for v in again.metrics.values())
+
+
+def test_a_cached_teacher_without_a_checksum_is_retrained(settings, tmp_path: Path, caplog) -> None:
+    _, _, first = _prepare(settings, tmp_path)
+    payload = torch.load(first.path, weights_only=True)
+    del payload["sha256"]  # as an older kdsweep wrote it
+    torch.save(payload, first.path)
+    caplog.set_level("WARNING", logger="kdsweep")
+    _, _, again = _prepare(settings, tmp_path)
+    assert again.trained_now and "no checksum" in caplog.text
+
+
+def test_a_damaged_user_checkpoint_is_a_one_line_error(settings, trained, tmp_path: Path) -> None:
+    _, teacher = trained
+    payload = torch.load(teacher.path, weights_only=True)
+    _zeroed(payload)
+    damaged = tmp_path / "teacher.pt"
+    torch.save(payload, damaged)
+    with pytest.raises(CheckpointError, match="is damaged") as caught:
+        _prepare(settings, tmp_path, "data.split_seed=0", f"teacher.checkpoint={damaged}")
+    assert "\n" not in str(caught.value)
+
+
+def test_garbled_metrics_in_an_unsealed_user_checkpoint_are_dropped(
+    settings, trained, tmp_path: Path
+) -> None:
+    _, teacher = trained
+    payload = torch.load(teacher.path, weights_only=True)
+    del payload["sha256"]
+    payload["metrics"] = {"teacher_val_acc": "garbage", "teacher_test_acc": 91.5}
+    user_file = tmp_path / "teacher.pt"
+    torch.save(payload, user_file)
+    _, _, loaded = _prepare(
+        settings, tmp_path, "data.split_seed=0", f"teacher.checkpoint={user_file}"
+    )
+    assert loaded.metrics == {"teacher_test_acc": 91.5}
+
+
+TENSOR_DAMAGE = {
+    "zeroed": lambda t: torch.zeros_like(t),
+    "NaN": lambda t: torch.full_like(t, float("nan")),
+    "wrong shape": lambda t: t[:-1],
+}
+
+
+@pytest.mark.parametrize("damage", list(TENSOR_DAMAGE), ids=list(TENSOR_DAMAGE))
+def test_damaged_cached_teacher_outputs_are_recomputed_with_one_warning(
+    tmp_path: Path, caplog, damage: str
+) -> None:
+    torch.manual_seed(0)
+    teacher = light_nn((1, 8, 8), 10).eval()
+    inputs = torch.randn(20, 1, 8, 8)
+    first = cached_source(teacher, "k3", "val", inputs, tmp_path, True, False)
+    (path,) = (tmp_path / "teacher_outputs").glob("*-logits.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["outputs"] = TENSOR_DAMAGE[damage](payload["outputs"])
+    torch.save(payload, path)
+    caplog.set_level("WARNING", logger="kdsweep")
+    again = cached_source(teacher, "k3", "val", inputs, tmp_path, True, False)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    assert "recomputing" in caplog.text
+    assert torch.equal(again.logits, first.logits)
+
+
+def test_cached_teacher_outputs_of_another_shape_under_a_valid_checksum_are_recomputed(
+    tmp_path: Path, caplog
+) -> None:
+    """A sealed file can still be the wrong one (a key collision, a copied cache): its
+    shape is checked against what this teacher gives."""
+    from kdsweep.integrity import sealed
+
+    torch.manual_seed(0)
+    teacher = light_nn((1, 8, 8), 10).eval()
+    inputs = torch.randn(20, 1, 8, 8)
+    first = cached_source(teacher, "k4", "val", inputs, tmp_path, True, False)
+    (path,) = (tmp_path / "teacher_outputs").glob("*-logits.pt")
+    torch.save(sealed({"outputs": torch.zeros(20, 7)}), path)
+    caplog.set_level("WARNING", logger="kdsweep")
+    again = cached_source(teacher, "k4", "val", inputs, tmp_path, True, False)
+    assert "this teacher gives [20, 10]" in caplog.text
+    assert torch.equal(again.logits, first.logits)

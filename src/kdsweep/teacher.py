@@ -1,7 +1,9 @@
 """The teacher: trained at most once per (teacher config, data, seed), then reused.
 
-Checkpoints are content-keyed files under ``<cache_dir>/teachers``; a lock file makes
-concurrent runs (sweep workers) wait for the one that trains instead of training again.
+Checkpoints are content-keyed files under ``<cache_dir>/teachers``, each sealed with a
+checksum of its content (kdsweep.integrity) that is checked on every load; a lock file
+makes concurrent runs (sweep workers) wait for the one that trains instead of training
+again.
 The frozen teacher's outputs on each split are cached the same way, so a KD trial never
 pays for the teacher's forward pass (about 70x the student's) more than once.
 """
@@ -18,6 +20,7 @@ import torch
 from kdsweep.data import TensorSplits
 from kdsweep.errors import CheckpointError, first_line
 from kdsweep.files import atomic_torch_save, file_hash, file_lock, stable_hash
+from kdsweep.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
 from kdsweep.losses import CrossEntropy
 from kdsweep.models import SeedNet, build_model
 from kdsweep.optim import build_optimizer
@@ -93,6 +96,21 @@ def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSpl
         )
 
 
+def _finite_metrics(payload: dict) -> dict[str, float]:
+    """The checkpoint's recorded teacher metrics that are numbers: an unsealed user file's
+    metrics are only informative, and must not break the run's logging."""
+    import math
+
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
 def _new_model(settings: Settings, data: TensorSplits) -> SeedNet:
     return build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
 
@@ -108,9 +126,17 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
     payload = _read_checkpoint(path)
     model = _new_model(settings, data)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        if CHECKSUM_KEY in payload:
+            try:
+                payload = verified(payload)
+            except IntegrityError as exc:
+                raise CheckpointError(
+                    f"teacher checkpoint {path} is damaged: {exc}; set teacher.checkpoint to"
+                    " a good copy, or null to train a teacher"
+                ) from None
         _check_payload(payload, path, settings, data)
         _load_weights(model, payload["state_dict"], path)
-        metrics = dict(payload.get("metrics", {}))
+        metrics = _finite_metrics(payload)
     elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
         log.warning(
             "teacher checkpoint %s is a bare state_dict: its training data is unknown", path
@@ -173,14 +199,14 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
-                payload = _read_checkpoint(path)
+                payload = verified(_read_checkpoint(path))
                 model = _new_model(settings, data)
                 _check_payload(payload, path, settings, data)
                 _load_weights(model, payload["state_dict"], path)
                 model.to(device).eval()
                 log.info("teacher: reusing %s", path)
                 return Teacher(model, key, path, dict(payload["metrics"]), trained_now=False)
-            except (CheckpointError, KeyError, TypeError, AttributeError) as exc:
+            except (CheckpointError, IntegrityError, KeyError, TypeError, AttributeError) as exc:
                 # Our own cache entry: retrain rather than fail, and say so.
                 log.warning("teacher cache %s unusable (%s); retraining", path, exc)
         log.info(
@@ -200,6 +226,6 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
             "metrics": metrics,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
-        atomic_torch_save(payload, path)
+        atomic_torch_save(sealed(payload), path)
         model.eval()
         return Teacher(model, key, path, metrics, trained_now=True)

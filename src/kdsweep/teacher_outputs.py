@@ -3,7 +3,9 @@
 A frozen teacher (eval mode: dropout off) on un-augmented data is a pure function of the
 image, so its logits and hidden features can be computed once and indexed by batch in
 every epoch, every trial and every process. The key is content-addressed: the teacher's
-key already covers its weights' recipe and data fingerprint.
+key already covers its weights' recipe and data fingerprint. Each file is sealed with a
+checksum of its tensor and checked against it and against the shape this teacher gives on
+these inputs when read; a file that fails is recomputed, with one warning.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kdsweep.files import atomic_torch_save, file_lock, stable_hash
+from kdsweep.integrity import sealed, verified
 from kdsweep.models import SeedNet, pool_hidden
 from kdsweep.train import TeacherSource
 
@@ -52,19 +55,22 @@ def cached_source(
     paths = {kind: base.with_name(f"{base.name}-{kind}.pt") for kind, on in wanted.items() if on}
     loaded: dict[str, torch.Tensor] = {}
     with file_lock(base.with_name(base.name + ".lock")):
+        expected = (
+            _expected_shapes(model, inputs) if any(p.is_file() for p in paths.values()) else {}
+        )
         for kind, path in paths.items():
             if path.is_file():
                 try:
-                    loaded[kind] = torch.load(path, map_location="cpu", weights_only=True)
+                    loaded[kind] = _read_outputs(path, expected[kind])
                 except Exception as exc:  # a cache entry is disposable: recompute it
-                    log.warning("teacher-output cache %s unreadable (%s); recomputing", path, exc)
+                    log.warning("teacher-output cache %s unusable (%s); recomputing", path, exc)
         missing = [kind for kind in paths if kind not in loaded]
         if missing:
             logits, hidden = compute_outputs(model, inputs)
             fresh = {"logits": logits, "hidden": hidden}
             for kind in missing:
                 loaded[kind] = fresh[kind].cpu()
-                atomic_torch_save(loaded[kind], paths[kind])
+                atomic_torch_save(sealed({"outputs": loaded[kind]}), paths[kind])
             log.info("teacher outputs for %s computed once and cached (%s)", split, base.parent)
     device = inputs.device
     logits = loaded.get("logits")
@@ -73,6 +79,23 @@ def cached_source(
         logits=None if logits is None else logits.to(device),
         hidden=None if hidden is None else pool_hidden(hidden, pool_kernel).to(device),
     )
+
+
+@torch.no_grad()
+def _expected_shapes(model: SeedNet, inputs: torch.Tensor) -> dict[str, list[int]]:
+    """The shapes this teacher's outputs on ``inputs`` have: one image tells."""
+    model.eval()
+    logits, hidden = model.forward_with_hidden(inputs[:1])
+    n = len(inputs)
+    return {"logits": [n, *logits.shape[1:]], "hidden": [n, *hidden.shape[1:]]}
+
+
+def _read_outputs(path: Path, shape: list[int]) -> torch.Tensor:
+    outputs = verified(torch.load(path, map_location="cpu", weights_only=True))["outputs"]
+    if not isinstance(outputs, torch.Tensor) or list(outputs.shape) != shape:
+        found = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise ValueError(f"outputs of shape {found}, this teacher gives {shape}")
+    return outputs
 
 
 def live_source(model: SeedNet, pool_kernel: int = 1) -> TeacherSource:
