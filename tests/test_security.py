@@ -13,6 +13,7 @@ import torch
 from _helpers import (
     FAST,
     drop_study,
+    fresh_postgres_db_fixture,  # noqa: F401  (the fresh_postgres_db fixture)
     load_trials,
     mlflow_client,
     mlflow_runs,
@@ -88,45 +89,82 @@ def _files_with(root: Path, needle: bytes, skip_hydra_snapshots: bool) -> list[P
     for path in root.rglob("*"):
         if not path.is_file():
             continue
-        if skip_hydra_snapshots and (".hydra" in path.parts or path.name == "multirun.yaml"):
+        if skip_hydra_snapshots and (
+            ".hydra" in path.parts or path.name == "multirun.yaml" or path.suffix == ".pkl"
+        ):
             continue
         if needle in path.read_bytes():
             found.append(path)
     return found
 
 
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"],
+    "submitit_local": [
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+    ],
+}
+
+
 @pytest.mark.postgres
-def test_storage_password_reaches_no_log_run_or_report(
-    tmp_path: Path, postgres_url: str, teacher_cache: Path
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "basic",
+        pytest.param("joblib", marks=pytest.mark.slow),
+        pytest.param("submitit_local", marks=pytest.mark.slow),
+    ],
+)
+def test_passwords_in_both_urls_reach_no_console_run_or_report(
+    tmp_path: Path, postgres_url: str, fresh_postgres_db: str, teacher_cache: Path, launcher: str
 ) -> None:
-    """A sweep on PostgreSQL with a password in the URL (trust auth ignores it)."""
+    """A sweep with a password in the Optuna storage URL and in the MLflow tracking URL,
+    both on PostgreSQL (trust auth ignores the password), under each launcher kdsweep
+    ships: every launcher prints the jobs' overrides in its own form (Hydra escapes the
+    URL's ``:`` as ``\\:``), and none of them may show the password."""
     assert "@" in postgres_url and ":" not in postgres_url.split("://")[1].split("@")[0]
     storage = postgres_url.replace("@", f":{SECRET}@", 1)
+    tracking = fresh_postgres_db.replace("@", f":{SECRET}@", 1)
     study_name = unique("secret")
+    args = sweep_args(
+        tmp_path,
+        study_name,
+        2,
+        *LAUNCHERS[launcher],
+        storage=storage,
+        tracking_uri=tracking,
+        cache_dir=teacher_cache,
+    )
     try:
-        proc = run(
-            tmp_path, sweep_args(tmp_path, study_name, 2, storage=storage, cache_dir=teacher_cache)
-        )
+        proc = run(tmp_path, args, timeout=900)
         assert proc.returncode == 0, mask_secrets(proc.stderr[-3000:])
         assert states(load_trials(postgres_url, study_name)) == {"COMPLETE": 2}
     finally:
         drop_study(postgres_url, study_name)
 
-    # Not on the console...
+    # Not on the console, where both URLs are named, masked...
     output = proc.stdout + proc.stderr
     assert SECRET not in output
-    assert "postgres:***@" in output  # the storage is named, masked
+    assert "postgres:***@" in output
+    if launcher == "submitit_local":  # each job's own log, written by submitit
+        job_logs = list((tmp_path / "multirun").glob(".submitit/*/*_log.*"))
+        assert job_logs
+        assert not [p for p in job_logs if SECRET.encode() in p.read_bytes()]
     # ...nor in MLflow: params, tags and metrics of the parent and every trial run...
-    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow_runs(fresh_postgres_db)
     assert len(runs) == 3
     parent = next(r for r in runs if r.data.tags.get("kdsweep.role") == "sweep")
     assert parent.data.params["storage"] == storage.replace(SECRET, "***")
     for run_ in runs:
         for key, value in {**run_.data.params, **run_.data.tags}.items():
             assert SECRET not in value, key
-    # ...nor in any file kdsweep wrote: the MLflow database and artifacts, the report,
-    # the job logs (main.log) and results. Hydra's own snapshots of the command line
-    # (.hydra/*.yaml, multirun.yaml) are the user's input, recorded verbatim by Hydra.
+    # ...nor in any file kdsweep wrote: the MLflow artifacts, the report, the job logs
+    # (main.log) and results. Hydra's own snapshots of the command line (.hydra/*.yaml,
+    # multirun.yaml) and submitit's pickled job specs are the user's input, recorded
+    # verbatim by those libraries.
     assert list((tmp_path / "reports").rglob("index.html"))
     assert list((tmp_path / "multirun").rglob("*.log"))
     assert _files_with(tmp_path, SECRET.encode(), skip_hydra_snapshots=True) == []
