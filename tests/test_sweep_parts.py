@@ -80,3 +80,29 @@ def test_job_outcome() -> None:
     failed.return_value = ValueError("temperature must be > 0")
     value, error = job_outcome(failed)
     assert value is None and isinstance(error, ValueError)
+
+
+def test_the_parent_run_uploads_only_finished_report_files(tmp_path: Path, caplog) -> None:
+    """A concurrent worker's temporary file, an emptied file and a removed one are never
+    uploaded: only the report files that are there, with content."""
+    from mlflow.tracking import MlflowClient
+
+    from kdsweep.schema import TrackingConf
+    from kdsweep.sweep.parent_run import ParentRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "index.html").write_text("<html>report</html>")
+    (report / "trials.csv").write_bytes(b"")  # left empty (a full disk)
+    (report / ".report.md.tmp-1234").write_bytes(b"")  # another worker's write in flight
+    files = [report / "trials.csv", report / "gone.png", report / "index.html"]
+    caplog.set_level("WARNING", logger="kdsweep")
+    ParentRun(TrackingConf(uri=uri), run_id).finish(None, files, "FINISHED")
+    uploaded = [f.path for f in client.list_artifacts(run_id, "report")]
+    assert uploaded == ["report/index.html"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert "trials.csv is empty: not uploaded" in caplog.text
+    assert "gone.png is gone: not uploaded" in caplog.text

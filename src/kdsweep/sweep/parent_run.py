@@ -126,7 +126,7 @@ class ParentRun:
             if description:
                 # MLflow's run description: the report's headline, first thing in the UI.
                 client.set_tag(self.run_id, "mlflow.note.content", mask_secrets(description))
-            for path in report_files:
+            for path in finished_files(report_files):
                 client.log_artifact(self.run_id, str(path), "report")
             if status is not None:
                 client.set_terminated(self.run_id, status=status)
@@ -136,6 +136,22 @@ class ParentRun:
                 self.run_id,
                 mask_secrets(first_line(exc)),
             )
+
+
+def finished_files(paths: list[Path]) -> list[Path]:
+    """The files fit to upload: present and not empty. The report writes each file
+    atomically, so this is a second guard: a file another worker removed, or one left
+    empty by a full disk, is skipped with a warning rather than uploaded as 0 bytes."""
+    ready = []
+    for path in paths:
+        size = path.stat().st_size if path.is_file() else 0
+        if size:
+            ready.append(path)
+        else:
+            log.warning(
+                "report file %s is %s: not uploaded", path, "empty" if path.exists() else "gone"
+            )
+    return ready
 
 
 def _run_exists(client: Any, run_id: str) -> bool:
