@@ -308,3 +308,29 @@ def test_kdsweep_errors_are_one_line_exit_2(bad_cli, name: str, words: list[str]
 def test_unknown_option_names_the_group(bad_cli) -> None:
     proc, _ = bad_cli["unknown-model"]
     assert "nonexistent" in proc.stderr and "model" in proc.stderr
+
+
+def test_per_epoch_metrics_are_batched_and_all_written_by_finish(tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from kdsweep import tracking
+    from kdsweep.schema import TrackingConf
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(tracking, "METRICS_FLUSH_S", 3600.0)
+    tracker = tracking.RunTracker(TrackingConf(uri=uri), "batched", local_dir=tmp_path)
+    tracker.start()
+    client = MlflowClient(uri)
+    for epoch in (1, 2, 3):
+        tracker.log_metrics({"val_acc": 90.0 + epoch}, step=epoch)
+    assert client.get_metric_history(tracker.run_id, "val_acc") == []  # waiting
+    tracker.finish("KILLED")  # an interrupted run keeps its curve too
+    history = client.get_metric_history(tracker.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(1, 91.0), (2, 92.0), (3, 93.0)]
+
+    monkeypatch.setattr(tracking, "METRICS_FLUSH_S", 0.0)  # a long run streams its curve
+    live = tracking.RunTracker(TrackingConf(uri=uri), "live", local_dir=tmp_path)
+    live.start()
+    live.log_metrics({"val_acc": 50.0}, step=1)
+    assert [m.value for m in client.get_metric_history(live.run_id, "val_acc")] == [50.0]
+    live.finish()

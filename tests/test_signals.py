@@ -190,7 +190,7 @@ def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
 
     monkeypatch.setattr(MlflowClient, "log_batch", signalled_mid_write)
     with pytest.raises(Interrupted):
-        tracker.log_metrics({"val_acc": 50.0}, step=1)
+        tracker.log_metrics({"val_acc": 50.0})  # written now (per-epoch ones are batched)
     monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
     tracker.set_tags({"kdsweep.state": "FAIL"})
     tracker.finish("KILLED", error="Interrupted: SIGTERM")

@@ -65,6 +65,24 @@ def _read_checkpoint(path: Path) -> Any:
         ) from None
 
 
+# The verified content of the cached checkpoints this process read, by the file's identity
+# (inode, size, mtime): under the basic launcher a sweep's trials and confirmation runs all
+# run in one process and load the same teacher; reading and checksumming it costs ~0.1 s
+# each time. A file replaced or rewritten since has another identity and is read again.
+_VERIFIED: dict[tuple[str, int, int, int], dict] = {}
+
+
+def _verified_cache_entry(path: Path) -> dict:
+    stat = path.stat()
+    identity = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if identity not in _VERIFIED:
+        payload = verified(_read_checkpoint(path))
+        if len(_VERIFIED) >= 4:
+            _VERIFIED.clear()
+        _VERIFIED[identity] = payload
+    return _VERIFIED[identity]
+
+
 def _load_weights(model: SeedNet, state: Any, path: Path) -> None:
     try:
         model.load_state_dict(state)
@@ -199,7 +217,7 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
-                payload = verified(_read_checkpoint(path))
+                payload = _verified_cache_entry(path)
                 model = _new_model(settings, data)
                 _check_payload(payload, path, settings, data)
                 _load_weights(model, payload["state_dict"], path)

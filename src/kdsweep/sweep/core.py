@@ -47,7 +47,7 @@ from kdsweep.sweep.studies import (
     build_pruner,
     claim_trial,
     count_states,
-    open_storage,
+    shared_storage,
     study_lock,
     trial_id,
 )
@@ -93,7 +93,7 @@ class StudySweep:
 
     def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
         s = self.settings
-        self.storage = open_storage(s.storage)
+        self.storage = shared_storage(s.storage)
         self.sampler = self.make_sampler(self._existing_trials())
         study = optuna.create_study(
             study_name=s.study_name,

@@ -23,11 +23,11 @@ class OptunaTrialHooks(TrialHooks):
     ) -> None:
         import optuna
 
-        from kdsweep.sweep.studies import build_pruner, open_storage
+        from kdsweep.sweep.studies import build_pruner, shared_storage
 
         study = optuna.load_study(
             study_name=study_name,
-            storage=open_storage(storage_url),
+            storage=shared_storage(storage_url),
             pruner=build_pruner(pruner_conf),
             # The job never samples: a cheap sampler keeps loading the trial fast.
             sampler=optuna.samplers.RandomSampler(),
