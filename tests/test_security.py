@@ -312,13 +312,33 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     ["/home/me/.ssh", "..", ".", "../../etc", "a/../../b", "~", "", "x" * 600, "C:\\temp", "\x00"],
 )
 def test_report_dir_is_one_component_inside_the_root(tmp_path: Path, name: str) -> None:
-    from kdsweep.report import MAX_DIR_NAME, report_dir_for
+    from kdsweep.files import MAX_SAFE_NAME
+    from kdsweep.report import report_dir_for
 
     folder = report_dir_for(tmp_path / "reports", name)
     assert folder.parent == tmp_path / "reports"
     assert folder.name not in ("", ".", "..") and not folder.name.startswith(".")
-    assert len(folder.name) <= MAX_DIR_NAME + 9
+    assert len(folder.name) <= MAX_SAFE_NAME + 9
     assert "/" not in folder.name and "\\" not in folder.name
+
+
+def test_the_champions_model_name_is_one_mlflow_accepts_for_any_study_name(
+    tmp_path: Path,
+) -> None:
+    """Optuna takes any study name; MLflow refuses model names with / or : or that
+    resolve like paths. The registry's name is cleaned as the report folder's is."""
+    from mlflow.tracking import MlflowClient
+
+    from kdsweep.registry import registered_name
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    names = ["/home/me/.ssh", "..", "a/b", "a_b", "a:b", "y" * 300, "kd-digits-light"]
+    registered = [registered_name(n) for n in names]
+    assert registered[-1] == "kd-digits-light-student"
+    assert len(set(registered)) == len(names)
+    for name in registered:
+        client.create_registered_model(name)  # raises on a name MLflow refuses
 
 
 def test_report_dir_keeps_plain_names_and_separates_cleaned_ones(tmp_path: Path) -> None:

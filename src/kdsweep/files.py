@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -124,3 +125,19 @@ def directory_problem(path: str | Path, min_free: int = MIN_FREE_BYTES) -> str |
     if free < min_free:
         return f"its disk is full ({free >> 20} MB free)"
     return None
+
+
+_UNSAFE_IN_NAME = re.compile(r"[^\w.-]+")
+MAX_SAFE_NAME = 80
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one file-name component that MLflow also accepts as a model name: every
+    character outside ``[A-Za-z0-9_.-]`` becomes ``_``, leading and trailing dots and
+    dashes go, and a changed or long name is cut and suffixed with a hash of the full one,
+    so two names never map to the same result ("a/b" and "a_b" stay apart)."""
+    safe = _UNSAFE_IN_NAME.sub("_", name).strip("._-") or "study"
+    if safe != name or len(safe) > MAX_SAFE_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        safe = f"{safe[:MAX_SAFE_NAME]}-{digest}"
+    return safe

@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.errors import first_line
+from kdsweep.files import safe_name
 from kdsweep.secrets import mask_secrets
 from kdsweep.student import ARTIFACT, DATA_TAG
 
@@ -43,7 +44,10 @@ def registry_client(tracking_uri: str) -> Any:
 
 
 def registered_name(study_name: str) -> str:
-    return f"{study_name}-student"
+    """``<study>-student``, the study name cleaned as for its report folder: MLflow
+    refuses model names with ``/`` or ``:`` or that resolve like paths (``..``), which
+    Optuna study names may hold."""
+    return f"{safe_name(study_name)}-student"
 
 
 def publish(

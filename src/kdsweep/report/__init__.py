@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from kdsweep.report.render import (
     FIXED_PNGS,
-    MAX_DIR_NAME,
     report_dir_for,
     write_report,
     write_report_files,
@@ -43,7 +42,6 @@ from kdsweep.report.summary import (
 __all__ = [
     "DASH",
     "FIXED_PNGS",
-    "MAX_DIR_NAME",
     "PARAM_ORDER",
     "STATES",
     "Summary",

@@ -23,16 +23,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
-import hashlib
 import io
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from kdsweep.files import atomic_write_text
+from kdsweep.files import atomic_write_text, safe_name
 from kdsweep.report.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
 from kdsweep.report.plots import (
     param_file,
@@ -153,25 +151,12 @@ def _csv(summary: Summary) -> str:
 
 
 # A study name is user input: as a folder name it must stay one harmless path component.
-_UNSAFE_IN_DIR_NAME = re.compile(r"[^\w.-]+")
-MAX_DIR_NAME = 80
-
-
 def report_dir_for(root: str | Path, study_name: str) -> Path:
-    """The report folder of ``study_name``: one path component directly inside ``root``.
-
-    ``/home/me/.ssh``, ``..`` or ``a/../../b`` must never name a folder outside ``root``
-    (the sweep uploads its report folder to MLflow), so every character outside
-    ``[A-Za-z0-9_.-]`` becomes ``_``, leading dots go, and a changed or long name is cut
-    and suffixed with a hash of the full one, so two names never share a folder.
-    """
-    safe = _UNSAFE_IN_DIR_NAME.sub("_", study_name).strip("._-") or "study"
-    if safe != study_name or len(safe) > MAX_DIR_NAME:
-        # Changed or cut: the hash keeps "a/b" and "a_b" (or two long names) apart.
-        digest = hashlib.sha256(study_name.encode()).hexdigest()[:8]
-        safe = f"{safe[:MAX_DIR_NAME]}-{digest}"
-    folder = Path(root) / safe
-    # Belt and braces: the name above cannot climb out, and this proves it.
+    """The report folder of ``study_name``: one path component directly inside ``root``
+    (:func:`kdsweep.files.safe_name`). ``/home/me/.ssh``, ``..`` or ``a/../../b`` must
+    never name a folder outside ``root``: the sweep uploads its report folder to MLflow."""
+    folder = Path(root) / safe_name(study_name)
+    # Belt and braces: the name cannot climb out, and this proves it.
     if folder.resolve().parent != Path(root).resolve():
         raise ValueError(f"study name {study_name!r} does not map into {root}")
     return folder
