@@ -4,12 +4,15 @@ Both stack conv blocks with two 2x2 max-pools, so an input of C x H x W leaves
 ``channels_out x H/4 x W/4`` features; only the first linear layer's width depends on the
 input. At 3x32x32 they have the seed's 1,186,986 and 267,738 parameters.
 
-Every model can return its hidden representation (the flattened conv features) through
-``forward_with_hidden``; ``returns_hidden`` decides what ``forward`` gives, like the seed's
-Modified*Cosine classes.
+Every model is a :class:`FeatureNet`: it can return its hidden representation (the
+flattened conv features) through ``forward_with_hidden`` and its stage feature maps through
+``forward_with_features``. RepDistiller's CIFAR pairs (ResNet, WRN) are in
+kdsweep.cifar_nets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +25,32 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU()]
 
 
-class SeedNet(nn.Module):
-    """Conv features -> flatten -> MLP classifier, the shape of both seed networks."""
+class FeatureNet(nn.Module):
+    """What the training loop and the losses ask of every network: logits, a hidden vector
+    (``hidden_width`` wide) and the feature map at the end of each stage (the maps the
+    feature losses, AT and hint, compare). ``returns_hidden`` decides what ``forward``
+    gives, like the seed's Modified*Cosine classes."""
+
+    hidden_width: int
+    returns_hidden: bool
+
+    def forward_with_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden, _ = self.forward_with_features(x)
+        return logits, hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden = self.forward_with_hidden(x)
+        return (logits, hidden) if self.returns_hidden else logits
+
+
+class SeedNet(FeatureNet):
+    """Conv features -> flatten -> MLP classifier, the shape of both seed networks. Its
+    stages end at its two max-pools."""
 
     def __init__(
         self,
@@ -55,9 +82,16 @@ class SeedNet(nn.Module):
         hidden = torch.flatten(self.features(x), 1)
         return self.classifier(hidden), hidden
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        logits, hidden = self.forward_with_hidden(x)
-        return (logits, hidden) if self.returns_hidden else logits
+    def forward_with_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        stages = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(x)
+        hidden = torch.flatten(x, 1)
+        return self.classifier(hidden), hidden, stages
 
 
 POOL = "pool"
@@ -112,14 +146,23 @@ def light_nn(
 BUILDERS = {"deep": deep_nn, "light": light_nn}
 
 
+def all_builders() -> dict[str, Callable[..., FeatureNet]]:
+    """Every architecture by name: the seed's (BUILDERS) and RepDistiller's CIFAR networks
+    (kdsweep.cifar_nets.CIFAR_BUILDERS, imported here: that module imports FeatureNet)."""
+    from kdsweep.cifar_nets import CIFAR_BUILDERS
+
+    return {**BUILDERS, **CIFAR_BUILDERS}
+
+
 def build_model(
     architecture: str,
     input_shape: tuple[int, int, int],
     num_classes: int,
     dropout: float = 0.1,
     returns_hidden: bool = False,
-) -> SeedNet:
-    return BUILDERS[architecture](input_shape, num_classes, dropout, returns_hidden)
+) -> FeatureNet:
+    builder = all_builders()[str(architecture)]
+    return builder(input_shape, num_classes, dropout, returns_hidden)
 
 
 def count_parameters(model: nn.Module) -> int:
