@@ -48,7 +48,7 @@ def test_every_combination_validates_or_names_the_fix(
     assert settings.model.name == model
     assert settings.loss.name == loss
     assert settings.optimizer.name == optimizer
-    assert settings.uses_teacher == (loss in ("kd", "cosine", "dist", "dkd"))
+    assert settings.uses_teacher == (loss not in ("ce", "multimargin"))
 
 
 def test_defaults_are_the_tutorials(settings) -> None:

@@ -42,7 +42,9 @@ def test_each_search_space_names_keys_of_its_config_and_its_reference_validates(
         validate(job)  # raises ConfigError with the fix if the reference is not a valid run
 
 
-@pytest.mark.parametrize("search", ["dist", "dkd"])
+@pytest.mark.parametrize(
+    "search", ["dist", *(pytest.param(s, marks=pytest.mark.slow) for s in ("dkd", "at", "hint"))]
+)
 def test_a_new_methods_search_runs_from_the_command_line(
     tmp_path: Path, teacher_cache: Path, search: str
 ) -> None:

@@ -19,8 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.data import TensorSplits, load_splits
+from kdsweep.errors import ConfigError
 from kdsweep.losses import CrossEntropy
-from kdsweep.models import SeedNet, build_model, count_parameters, hidden_pool_kernel
+from kdsweep.models import FeatureNet, build_model, count_parameters, hidden_pool_kernel
 from kdsweep.optim import build_optimizer
 from kdsweep.signals import deferred_signals
 from kdsweep.teacher import Teacher, prepare_teacher
@@ -61,10 +62,12 @@ class Plan:
     settings: Settings
     device: torch.device
     data: TensorSplits
-    student: SeedNet
+    student: FeatureNet
     teacher: Teacher | None
     train_source: TeacherSource | None
     val_source: TeacherSource | None
+    # Modules the loss trains with the student (hint's regressor); not part of the student.
+    loss_modules: list[torch.nn.Module] = field(default_factory=list)
 
 
 def _augmenter(settings: Settings) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -106,6 +109,17 @@ def plan_run(settings: Settings) -> Plan:
             probe = build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
             kernel = hidden_pool_kernel(probe.hidden_width, student.hidden_width)
         teacher = prepare_teacher(settings, data, device)
+        if objective.needs_teacher_features:
+            # Stage feature maps are large (DeepNN's first on CIFAR's training split: 3.3 GB),
+            # so they are not cached: the teacher runs on every batch.
+            log.info(
+                "teacher: loss=%s compares feature maps, which are not cached: the teacher"
+                " runs live on every batch",
+                objective.name,
+            )
+            source = live_source(teacher.model, kernel)
+            loss_modules = attach_loss(settings, student, teacher.model, data)
+            return Plan(settings, device, data, student, teacher, source, source, loss_modules)
         need = {
             "need_logits": objective.needs_teacher_logits,
             "need_hidden": objective.needs_teacher_hidden,
@@ -126,6 +140,28 @@ def plan_run(settings: Settings) -> Plan:
     return Plan(settings, device, data, student, teacher, train_source, val_source)
 
 
+@torch.no_grad()
+def attach_loss(
+    settings: Settings, student: FeatureNet, teacher: FeatureNet, data: TensorSplits
+) -> list[torch.nn.Module]:
+    """Show a feature-map loss the shapes of both networks' stage maps (one image, eval
+    mode); it refuses pairs it cannot compare (one line, before any MLflow run) and
+    returns the modules it trains with the student, on the student's device."""
+    probe = data.train_x[:1]
+    was_training = student.training
+    student.eval()
+    student_maps = [tuple(m.shape[1:]) for m in student.forward_with_features(probe)[2]]
+    student.train(was_training)
+    teacher_maps = [tuple(m.shape[1:]) for m in teacher.forward_with_features(probe)[2]]
+    try:
+        modules = settings.loss.attach(student_maps, teacher_maps)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{exc} (model={settings.model.name}, teacher={settings.teacher.architecture})"
+        ) from None
+    return [module.to(probe.device) for module in modules]
+
+
 def run_name(settings: Settings) -> str:
     if settings.tracking.run_name:
         return settings.tracking.run_name
@@ -140,7 +176,9 @@ def run_name(settings: Settings) -> str:
 def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     settings, data, student = plan.settings, plan.data, plan.student
     objective = settings.loss
-    optimizer = build_optimizer(settings.optimizer, student.parameters())
+    trained = [*student.parameters()]
+    trained += [p for module in plan.loss_modules for p in module.parameters()]
+    optimizer = build_optimizer(settings.optimizer, trained)
     # Training a teacher (or not, when it is cached) consumed the global RNG: reseed so
     # dropout draws are the same either way and a run repeats exactly.
     torch.manual_seed(settings.trainer.seed)

@@ -48,6 +48,47 @@ class TeacherSource:
             logits, hidden = self.model.forward_with_hidden(inputs)
         return logits.float(), pool_hidden(hidden.float(), self.pool_kernel)
 
+    def with_features(
+        self, index: torch.Tensor, inputs: torch.Tensor, features: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
+        """for_batch, plus the stage feature maps when ``features``: those come from a live
+        teacher only (kdsweep.run says why they are not cached)."""
+        if not features:
+            return (*self.for_batch(index, inputs), None)
+        if self.model is None:
+            raise RuntimeError("the teacher's feature maps need a live teacher, not a cache")
+        with torch.no_grad():
+            logits, hidden, maps = self.model.forward_with_features(inputs)
+        hidden = pool_hidden(hidden.float(), self.pool_kernel)
+        return logits.float(), hidden, [m.float() for m in maps]
+
+
+def student_forward(
+    model: nn.Module, features: bool
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]]:
+    """The student's forward pass for the loop: logits, hidden vector, and (``features``)
+    its stage feature maps."""
+    if features:
+        return model.forward_with_features
+
+    def without_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        logits, hidden = model.forward_with_hidden(x)
+        return logits, hidden, None
+
+    return without_maps
+
+
+def _inputs(
+    y: torch.Tensor,
+    student: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None],
+    teacher: tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None],
+    epoch: int,
+) -> StepInputs:
+    logits, hidden, maps = student
+    t_logits, t_hidden, t_maps = teacher
+    maps = None if maps is None else [m.float() for m in maps]
+    return StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch, maps, t_maps)
+
 
 @dataclass
 class EpochRecord:
@@ -120,15 +161,17 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=inputs.device)
     correct = torch.zeros((), device=inputs.device, dtype=torch.long)
+    forward = student_forward(model, objective.needs_student_features)
+    teacher_maps = objective.needs_teacher_features
     for start in range(0, len(inputs), batch_size):
         index = torch.arange(start, min(start + batch_size, len(inputs)), device=inputs.device)
         x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
         with _autocast(inputs.device, precision):
-            logits, hidden = model.forward_with_hidden(x)
-        t_logits, t_hidden = teacher.for_batch(index, x) if teacher else (None, None)
-        out = objective(StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch))
+            student = forward(x)
+        taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
+        out = objective(_inputs(y, student, taught, epoch))
         loss_sum += out.total * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
+        correct += (student[0].argmax(dim=1) == y).sum()
     model.train(was_training)
     return loss_sum.item() / len(inputs), 100.0 * correct.item() / len(inputs)
 
@@ -152,7 +195,8 @@ def fit(
     objective names (best or last val epoch). Callbacks may raise to stop (pruning)."""
     device = train_x.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
-    step_fn = model.forward_with_hidden
+    step_fn = student_forward(model, objective.needs_student_features)
+    teacher_maps = objective.needs_teacher_features
     if trainer.compile:
         step_fn = torch.compile(step_fn)
     channels_last = trainer.channels_last and device.type == "cuda"
@@ -182,14 +226,14 @@ def fit(
                 x = augment(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            t_logits, t_hidden = (
-                train_teacher.for_batch(index, x) if train_teacher else (None, None)
+            taught = (
+                train_teacher.with_features(index, x, teacher_maps)
+                if train_teacher
+                else (None,) * 3
             )
             with _autocast(device, trainer.precision):
-                logits, hidden = step_fn(x)
-            out = objective(
-                StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch)
-            )
+                student = step_fn(x)
+            out = objective(_inputs(y, student, taught, epoch))
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             optimizer.step()
