@@ -172,3 +172,16 @@ def test_cli_distils_each_pair(tmp_path: Path) -> None:
         params = runs[0].data.params
         student, teacher = (o.split("=")[1] for o in PAIRS[name][:2])
         assert student in params.values() and teacher in params.values(), params
+
+
+@pytest.mark.parametrize("architecture", ["light", "deep", "resnet8x4", "wrn_16_2"])
+def test_a_students_input_channels_and_classes_are_read_off_its_weights(
+    architecture: str,
+) -> None:
+    """kdsweep-eval's check that a state_dict fits a data set, for every architecture."""
+    from kdsweep.models import build_model
+    from kdsweep.student import spec_from_state_dict
+
+    model = build_model(architecture, (3, 32, 32), 100)
+    assert spec_from_state_dict(model.state_dict()) == (3, 100)
+    assert spec_from_state_dict(build_model(architecture, (1, 8, 8), 10).state_dict()) == (1, 10)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from kdsweep.errors import CheckpointError, first_line
-from kdsweep.models import SeedNet, build_model
+from kdsweep.models import FeatureNet, build_model
 
 if TYPE_CHECKING:
     from kdsweep.run import Plan
@@ -56,7 +56,7 @@ class StudentSpec:
     dropout: float = 0.1
     returns_hidden: bool = False
 
-    def build(self) -> SeedNet:
+    def build(self) -> FeatureNet:
         shape = tuple(int(d) for d in self.input_shape)
         return build_model(
             self.architecture,
@@ -81,7 +81,7 @@ class Logits(nn.Module):
     """The student as a classifier: images -> logits, whatever its ``forward`` returns
     (a ``returns_hidden`` student also yields its features; a deployed model does not)."""
 
-    def __init__(self, model: SeedNet) -> None:
+    def __init__(self, model: FeatureNet) -> None:
         super().__init__()
         self.model = model
 
@@ -93,7 +93,7 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def export_logits(model: SeedNet, example: torch.Tensor) -> Any:
+def export_logits(model: FeatureNet, example: torch.Tensor) -> Any:
     """``torch.export`` of the student's logits, on the CPU, in eval mode, batch size free."""
     from torch.export import Dim
 
@@ -112,7 +112,7 @@ def signature_for(spec: StudentSpec) -> Any:
 
 
 def save_student(
-    model: SeedNet,
+    model: FeatureNet,
     spec: StudentSpec,
     example: torch.Tensor,
     folder: Path,
@@ -232,12 +232,18 @@ def teacher_recipe(plan: Plan) -> dict[str, Any]:
 
 
 def spec_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(input channels, classes) read off a SeedNet's weights: the first conv's input
-    channels and the last linear layer's rows."""
-    try:
-        return int(state["features.0.weight"].shape[1]), int(state["classifier.3.weight"].shape[0])
-    except (KeyError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"not a kdsweep student's state_dict (no {exc} weights)") from None
+    """(input channels, classes) read off a kdsweep network's weights: the first
+    convolution's input channels and the last linear layer's rows (seed nets, ResNets and
+    WRNs alike: each starts with a conv and ends with a linear classifier)."""
+    convs = [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    linears = [
+        v for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor)
+        and v.dim() == 2
+    ]  # fmt: skip
+    if not convs or not linears:
+        missing = "convolution" if not convs else "linear"
+        raise CheckpointError(f"not a kdsweep student's state_dict (no {missing} weights)")
+    return int(convs[0].shape[1]), int(linears[-1].shape[0])
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

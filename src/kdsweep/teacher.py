@@ -22,7 +22,7 @@ from kdsweep.errors import CheckpointError, first_line
 from kdsweep.files import atomic_torch_save, file_hash, file_lock, stable_hash
 from kdsweep.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
 from kdsweep.losses import CrossEntropy
-from kdsweep.models import SeedNet, build_model
+from kdsweep.models import FeatureNet, build_model
 from kdsweep.optim import build_optimizer
 from kdsweep.schema import TrainerConf
 from kdsweep.train import evaluate, fit
@@ -35,7 +35,7 @@ CHECKPOINT_FORMAT = "kdsweep-teacher/1"
 
 @dataclass
 class Teacher:
-    model: SeedNet
+    model: FeatureNet
     key: str  # identifies the weights: cache keys of its outputs derive from it
     path: Path
     metrics: dict[str, float]
@@ -83,7 +83,7 @@ def _verified_cache_entry(path: Path) -> dict:
     return _VERIFIED[identity]
 
 
-def _load_weights(model: SeedNet, state: Any, path: Path) -> None:
+def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -129,7 +129,7 @@ def _finite_metrics(payload: dict) -> dict[str, float]:
     }
 
 
-def _new_model(settings: Settings, data: TensorSplits) -> SeedNet:
+def _new_model(settings: Settings, data: TensorSplits) -> FeatureNet:
     return build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
 
 
@@ -172,7 +172,7 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
 
 def _train_teacher(
     settings: Settings, data: TensorSplits, device: torch.device
-) -> tuple[SeedNet, dict]:
+) -> tuple[FeatureNet, dict]:
     conf = settings.teacher
     torch.manual_seed(conf.seed)
     model = _new_model(settings, data).to(device)

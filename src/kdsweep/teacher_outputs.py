@@ -17,7 +17,7 @@ import torch
 
 from kdsweep.files import atomic_torch_save, file_lock, stable_hash
 from kdsweep.integrity import sealed, verified
-from kdsweep.models import SeedNet, pool_hidden
+from kdsweep.models import FeatureNet, pool_hidden
 from kdsweep.train import TeacherSource
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def compute_outputs(
-    model: SeedNet, inputs: torch.Tensor, batch_size: int = 256
+    model: FeatureNet, inputs: torch.Tensor, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # 256, not more: DeepNN's first activations are 0.5 MB per 32x32 image, so a batch of
     # 1024 alone held ~1.4 GB at its peak, for no speed gained on a CPU.
@@ -39,7 +39,7 @@ def compute_outputs(
 
 
 def cached_source(
-    model: SeedNet,
+    model: FeatureNet,
     teacher_key: str,
     split: str,
     inputs: torch.Tensor,
@@ -82,7 +82,7 @@ def cached_source(
 
 
 @torch.no_grad()
-def _expected_shapes(model: SeedNet, inputs: torch.Tensor) -> dict[str, list[int]]:
+def _expected_shapes(model: FeatureNet, inputs: torch.Tensor) -> dict[str, list[int]]:
     """The shapes this teacher's outputs on ``inputs`` have: one image tells."""
     model.eval()
     logits, hidden = model.forward_with_hidden(inputs[:1])
@@ -98,6 +98,6 @@ def _read_outputs(path: Path, shape: list[int]) -> torch.Tensor:
     return outputs
 
 
-def live_source(model: SeedNet, pool_kernel: int = 1) -> TeacherSource:
+def live_source(model: FeatureNet, pool_kernel: int = 1) -> TeacherSource:
     model.eval()
     return TeacherSource(model=model, pool_kernel=pool_kernel)
