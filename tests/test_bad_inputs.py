@@ -75,6 +75,14 @@ ROWS = {
         ("teacher.checkpoint={other_teacher}", "data.split_seed=1"), "was trained on other data"
     ),
     "cosine with a plain student": Bad(("loss=cosine", "model=light"), "use model=modified"),
+    "attention transfer across unequal stages": Bad(
+        ("loss=at", "model=light", "teacher=resnet32x4"), "the student has 2 stages, the teacher 3"
+    ),
+    "a feature loss's weight below 0": _slow(Bad(("loss=at", "loss.weight=-1"), "weight must")),
+    "hint weights all zero": _slow(
+        Bad(("loss=hint", "loss.feature_map_weight=0", "loss.ce_weight=0"), "are all 0")
+    ),
+    "attention power 0": _slow(Bad(("loss=at", "loss.p=0"), "loss.p must be > 0")),
     "nesterov without momentum": Bad(
         ("optimizer=sgd_nesterov", "optimizer.momentum=0"), "optimizer.momentum must be > 0"
     ),

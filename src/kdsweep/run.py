@@ -104,10 +104,16 @@ def plan_run(settings: Settings) -> Plan:
     teacher = train_source = val_source = None
     if settings.uses_teacher:
         objective = settings.loss
-        kernel = 1
-        if objective.needs_teacher_hidden:
+        kernel, loss_modules = 1, []
+        if objective.needs_teacher_hidden or objective.needs_teacher_features:
+            # Shapes only: an untrained teacher of the same architecture tells them, so a
+            # pair the loss cannot compare is refused before the teacher trains.
             probe = build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
-            kernel = hidden_pool_kernel(probe.hidden_width, student.hidden_width)
+            probe = probe.to(device).eval()
+            if objective.needs_teacher_hidden:
+                kernel = hidden_pool_kernel(probe.hidden_width, student.hidden_width)
+            if objective.needs_teacher_features:
+                loss_modules = attach_loss(settings, student, probe, data)
         teacher = prepare_teacher(settings, data, device)
         if objective.needs_teacher_features:
             # Stage feature maps are large (DeepNN's first on CIFAR's training split: 3.3 GB),
@@ -118,7 +124,6 @@ def plan_run(settings: Settings) -> Plan:
                 objective.name,
             )
             source = live_source(teacher.model, kernel)
-            loss_modules = attach_loss(settings, student, teacher.model, data)
             return Plan(settings, device, data, student, teacher, source, source, loss_modules)
         need = {
             "need_logits": objective.needs_teacher_logits,
