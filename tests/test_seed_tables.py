@@ -230,7 +230,12 @@ def tracked_job(sweep_dir: Path, num: int, run_name: str, seed: int, metrics: di
 def test_tutorial_table_with_tracking_disabled_and_seeds(tmp_path: Path, capsys) -> None:
     teacher = {"teacher_val_acc": 98.0, "teacher_test_acc": 97.5, "teacher_train_seconds": 3.0}
     num = 0
-    students = {"tutorial-student-ce": 93.0, "tutorial-kd": 94.0, "tutorial-cosine": 92.0}
+    students = {
+        "tutorial-student-ce": 93.0,
+        "tutorial-kd": 94.0,
+        "tutorial-cosine": 92.0,
+        "tutorial-hint": 93.5,
+    }
     for seed in (0, 1, 2):
         for name, base in students.items():
             metrics = {
@@ -252,8 +257,8 @@ def test_tutorial_table_with_tracking_disabled_and_seeds(tmp_path: Path, capsys)
     TutorialTable().on_multirun_end(multirun_config(tmp_path))
     table = (tmp_path / "tutorial_comparison.md").read_text()
     assert table in capsys.readouterr().out
-    cells = row(table, "Teacher (DeepNN, CE): teacher of the KD/cosine runs")
-    # one teacher, reported by six runs: n is 1, its own accuracies, the tutorial's 75.10
+    cells = row(table, "Teacher (DeepNN, CE): teacher of the KD/cosine/hint runs")
+    # one teacher, reported by nine runs: n is 1, its own accuracies, the tutorial's 75.10
     assert cells[1:] == ["1", "98.00", "97.50", "FINISHED", "75.10"]
     for label, name in (
         ("Student with CE + KD", "tutorial-kd"),
@@ -263,6 +268,8 @@ def test_tutorial_table_with_tracking_disabled_and_seeds(tmp_path: Path, capsys)
         val = arm_stats([students[name] + s for s in (0, 1, 2)])
         assert cells[1] == "3" and cells[4] == "FINISHED"
         assert cells[2] == f"{val.mean:.2f} ± {val.half_width:.2f}"
+    hint = row(table, "Student with CE + hint (regressor MSE)")
+    assert hint[1] == "3" and hint[4] == "FINISHED" and hint[5] == "–"  # no figure quoted
     cells = row(table, "DeepNN trained as a student, CE")
     assert cells[1:3] == ["3", "97.00 ± 2.48"] and cells[3] == "95.00 ± 0.00"
     assert cells[5] == "–"  # not set beside the tutorial's teacher figure
@@ -318,7 +325,7 @@ def test_cli_tutorial_multirun_with_tracking_off(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (sweep_dir / "tutorial_comparison.md").read_text()
     assert "Tutorial comparison" in proc.stdout
-    teacher = row(table, "Teacher (DeepNN, CE): teacher of the KD/cosine runs")
+    teacher = row(table, "Teacher (DeepNN, CE): teacher of the KD/cosine/hint runs")
     # both seeds learned from the one cached teacher: one teacher, not two
     assert teacher[1] == "1" and "±" not in teacher[2] and teacher[4] == "FINISHED"
     assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 1
