@@ -147,3 +147,81 @@ def test_optimizer_from_composed_config(settings) -> None:
     group = build_optimizer(s.optimizer, model.parameters()).param_groups[0]
     assert group["nesterov"] is True
     assert group["lr"] == 0.07 and group["momentum"] == 0.9 and group["weight_decay"] == 5e-4
+
+
+def test_plain_sgd_is_repdistillers_and_not_nesterov(settings) -> None:
+    s = settings("optimizer=sgd")
+    optimizer = build_optimizer(s.optimizer, nn.Linear(2, 2).parameters())
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.9, 5e-4)
+    assert group["nesterov"] is False
+
+
+def test_the_lr_steps_down_after_each_milestone(settings) -> None:
+    """trainer.lr_milestones: torch's MultiStepLR, one step per epoch."""
+    from kdsweep.losses import CrossEntropy
+    from kdsweep.train import fit
+
+    s = settings("trainer.epochs=4", "trainer.lr_milestones=[1,3]", "trainer.lr_gamma=0.5")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    seen: list[float] = []
+
+    class Net(nn.Module):  # the loop's interface: logits and a hidden vector
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = model
+
+        def forward_with_hidden(self, x):  # noqa: ANN001, ANN202
+            return self.body(x), x.flatten(1)
+
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    fit(
+        net, CrossEntropy(), optimizer, x, y, x, y, s.trainer,
+        callbacks=[lambda record: seen.append(optimizer.param_groups[0]["lr"])],
+    )  # fmt: skip
+    assert seen == pytest.approx([0.05, 0.05, 0.025, 0.025])  # after epochs 1 and 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.lr_milestones=[5,2]", "must be increasing epochs >= 1"),
+        ("trainer.lr_milestones=[0]", "must be increasing epochs >= 1"),
+        ("trainer.lr_gamma=0", "lr_gamma must be in (0, 1]"),
+        ("teacher.lr_gamma=1.5", "lr_gamma must be in (0, 1]"),
+        ("optimizer=sgd optimizer.momentum=1", "momentum must be in [0, 1)"),
+    ],
+)
+def test_bad_lr_steps_and_momentum_are_one_line_errors(settings, override, message) -> None:
+    import re
+
+    from kdsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings(*override.split())
+
+
+def test_the_cifar100_recipe_composes_to_repdistillers_settings(settings) -> None:
+    s = settings("experiment=cifar100_recipe", "trainer.device=cpu")
+    assert (s.model.architecture, s.teacher.architecture) == ("resnet8x4", "resnet32x4")
+    assert (s.trainer.epochs, s.trainer.batch_size, s.trainer.lr_milestones) == (
+        240, 64, [150, 180, 210],
+    )  # fmt: skip
+    for optimizer in (s.optimizer, s.teacher_optimizer):
+        assert optimizer.name == "sgd" and optimizer.lr == 0.05
+        assert (optimizer.momentum, optimizer.weight_decay) == (0.9, 5e-4)
+    assert s.teacher.lr_milestones == [150, 180, 210] and s.data.augment
+
+
+def test_the_teachers_lr_steps_are_part_of_its_cache_key(settings) -> None:
+    from kdsweep.data import load_splits
+    from kdsweep.teacher import teacher_key
+
+    plain = settings()
+    stepped = settings("teacher.lr_milestones=[5]")
+    data = load_splits(plain.data)
+    assert teacher_key(plain, data) != teacher_key(stepped, data)

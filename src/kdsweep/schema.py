@@ -146,6 +146,32 @@ class SGDNesterovConf(OptimizerConf):
             )
 
 
+@dataclass
+class SGDConf(OptimizerConf):
+    """Plain SGD with momentum, RepDistiller's CIFAR-100 optimizer (lr 0.05, momentum 0.9,
+    weight decay 5e-4)."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
+
+
+def check_lr_steps(prefix: str, milestones: list[int], gamma: float) -> None:
+    """Step decay (torch's MultiStepLR): increasing epochs >= 1, a factor in (0, 1]."""
+    if any(int(m) < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise ValueError(
+            f"{prefix}.lr_milestones must be increasing epochs >= 1, got {list(milestones)}"
+        )
+    if not (math.isfinite(gamma) and 0 < gamma <= 1):
+        raise ValueError(f"{prefix}.lr_gamma must be in (0, 1], got {gamma}")
+
+
 # --- teacher, trainer, tracking, sweep context ----------------------------------------------
 
 
@@ -162,8 +188,12 @@ class TeacherConf:
     optimizer: Any = MISSING
     # Precompute the frozen teacher's outputs once per data set (no augmentation only).
     cache_outputs: bool = True
+    # Step decay of the teacher's lr: multiplied by lr_gamma after each of these epochs.
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
 
     def __post_init__(self) -> None:
+        check_lr_steps("teacher", self.lr_milestones, self.lr_gamma)
         if self.epochs < 1:
             raise ValueError(f"teacher.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -191,8 +221,13 @@ class TrainerConf:
     threads: int = 0
     # What a completed run keeps of its student (kdsweep.student).
     save_model: SaveModel = SaveModel.best
+    # Step decay of the lr (torch's MultiStepLR): multiplied by lr_gamma after each of these
+    # epochs; [] keeps it constant (the tutorial's recipe).
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
 
     def __post_init__(self) -> None:
+        check_lr_steps("trainer", self.lr_milestones, self.lr_gamma)
         if self.threads < 0:
             raise ValueError(f"trainer.threads must be >= 0 (0: torch's), got {self.threads}")
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -250,7 +285,7 @@ BUILT_PARTS: dict[str, tuple[type, ...]] = {
 }
 SCHEMAS: dict[str, tuple[type, ...]] = {
     "model": (ModelConf,),
-    "optimizer": (OptimizerConf, SGDNesterovConf),
+    "optimizer": (OptimizerConf, SGDNesterovConf, SGDConf),
     "teacher": (TeacherConf,),
     "trainer": (TrainerConf,),
     "tracking": (TrackingConf,),

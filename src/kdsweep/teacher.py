@@ -52,6 +52,8 @@ def teacher_key(settings: Settings, data: TensorSplits) -> str:
         "data": data.fingerprint,
         "format": CHECKPOINT_FORMAT,
     }
+    if settings.teacher.lr_milestones:  # named only when set: older cache keys stay valid
+        recipe["lr_steps"] = [list(settings.teacher.lr_milestones), settings.teacher.lr_gamma]
     return stable_hash(recipe)
 
 
@@ -185,6 +187,8 @@ def _train_teacher(
         objective="best",
         precision=settings.trainer.precision,
         channels_last=settings.trainer.channels_last,
+        lr_milestones=list(conf.lr_milestones),
+        lr_gamma=conf.lr_gamma,
     )
     objective = CrossEntropy()
     result = fit(

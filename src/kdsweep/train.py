@@ -207,6 +207,11 @@ def fit(
     started = time.perf_counter()
     n, batch = len(train_x), trainer.batch_size
     show_bar = _show_bar(trainer.progress)
+    schedule = None
+    if trainer.lr_milestones:
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(trainer.lr_milestones), trainer.lr_gamma
+        )
 
     for epoch in range(1, trainer.epochs + 1):
         model.train()
@@ -249,6 +254,8 @@ def fit(
                 f"training loss became {train_loss} in epoch {epoch} (lr={lr}): lower optimizer.lr"
             )
         train_seconds = time.perf_counter() - epoch_start
+        if schedule is not None:
+            schedule.step()  # the lr of the next epoch
         val_loss, val_acc = evaluate(
             model, objective, val_x, val_y, val_teacher, trainer.eval_batch_size,
             trainer.precision, epoch,

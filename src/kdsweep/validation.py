@@ -22,6 +22,7 @@ from kdsweep.schema import (
     BUILT_PARTS,
     ModelConf,
     OptimizerConf,
+    SGDConf,
     SGDNesterovConf,
     SweepContext,
     TeacherConf,
@@ -75,11 +76,15 @@ def typed(node: Any, schema: type, where: str) -> Any:
 
 
 def _optimizer(node: Any, where: str) -> OptimizerConf:
+    """The optimizer node typed by its option's schema: by ``name`` (sgd and sgd_nesterov
+    share torch.optim.SGD), else by ``_target_``."""
+    by_name = {"sgd": SGDConf, "sgd_nesterov": SGDNesterovConf}
     by_target = {"torch.optim.SGD": SGDNesterovConf}
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not isinstance(target, str) or not target.startswith("torch.optim."):
         raise ConfigError(f"{where}._target_ must name a torch.optim class, got {target!r}")
-    return typed(node, by_target.get(target, OptimizerConf), where)
+    schema = by_name.get(str(node.get("name"))) or by_target.get(target, OptimizerConf)
+    return typed(node, schema, where)
 
 
 def _built(node: Any, group: str) -> Any:
