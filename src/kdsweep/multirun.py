@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.values import finite_number
 
 log = logging.getLogger("kdsweep")
 
@@ -83,10 +84,7 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
 
 
 def number(metrics: Mapping[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return finite_number(metrics.get(name))
 
 
 def objective_acc(metrics: Mapping[str, Any]) -> float | None:

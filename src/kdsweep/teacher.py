@@ -27,6 +27,7 @@ from kdsweep.optim import build_optimizer
 from kdsweep.schema import TrainerConf
 from kdsweep.train import evaluate, fit
 from kdsweep.validation import Settings
+from kdsweep.values import finite_number
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +120,11 @@ def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSpl
 def _finite_metrics(payload: dict) -> dict[str, float]:
     """The checkpoint's recorded teacher metrics that are numbers: an unsealed user file's
     metrics are only informative, and must not break the run's logging."""
-    import math
-
     metrics = payload.get("metrics")
     if not isinstance(metrics, dict):
         return {}
-    return {
-        str(k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    numbers = {str(k): finite_number(v) for k, v in metrics.items()}
+    return {k: v for k, v in numbers.items() if v is not None}
 
 
 def _new_model(settings: Settings, data: TensorSplits) -> FeatureNet:

@@ -10,11 +10,11 @@ only what the interval supports.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.report.stats import ArmStats, PairedDiff, arm_stats, paired_diff
+from kdsweep.values import finite_number
 
 if TYPE_CHECKING:
     import optuna
@@ -100,7 +100,7 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return finite_number(value) is not None
 
 
 def ci(diff: PairedDiff) -> str:

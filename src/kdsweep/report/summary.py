@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdsweep.report.confirmed import Confirmed, confirmed_headline, confirmed_summary
 from kdsweep.secrets import mask_secrets
+from kdsweep.values import finite_number
 
 if TYPE_CHECKING:
     import optuna
@@ -78,12 +79,7 @@ class Summary:
 # --------------------------------------------------------------------------- data
 
 
-def finite(value: Any) -> float | None:
-    """A finite float, or None for anything else (missing, NaN, a string...)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+finite = finite_number  # the report's name for it
 
 
 def _objective(trial: optuna.trial.FrozenTrial) -> float | None:
