@@ -155,3 +155,35 @@ def test_each_feature_loss_trains_one_epoch_from_the_cli(
     proc = run_cli(tmp_path, f"loss={loss}", f"data={data}", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the teacher runs live on every batch" in proc.stdout + proc.stderr
+
+
+METHODS = ("ce", "kd", "hint", "at", "dkd", "dist")
+PAIRS = {
+    "tutorial": ("model=light", "teacher=deep"),
+    "resnet": ("model=resnet8x4", "teacher=resnet32x4"),
+}
+DATA = {
+    "digits": ("data=digits", "data.test_fraction=0.75"),
+    "synthetic": ("data=synthetic", "data.size=120", "data.test_size=20"),
+}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One teacher per (data, pair) for the whole matrix below."""
+    return tmp_path_factory.mktemp("methods-cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_one_epoch_on_each_data_set_and_pair(
+    tmp_path: Path, shared_cache: Path, method: str, data: str, pair: str
+) -> None:
+    proc = run_cli(
+        tmp_path, f"loss={method}", *DATA[data], *PAIRS[pair], f"cache_dir={shared_cache}",
+        "trainer.threads=1", "trainer.save_model=none",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "objective (val acc" in proc.stdout + proc.stderr
