@@ -9,6 +9,7 @@ not a teacher's training.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -87,12 +88,24 @@ def _optimizer(node: Any, where: str) -> OptimizerConf:
     return typed(node, schema, where)
 
 
+def _target_paths(cls: type) -> list[str]:
+    """The ``_target_`` strings that name ``cls``: its module's path and, if its package
+    exports it (kdsweep.losses.KnowledgeDistillation), the package's."""
+    paths = [f"{cls.__module__}.{cls.__qualname__}"]
+    package = cls.__module__.rpartition(".")[0]
+    if getattr(sys.modules.get(package), cls.__qualname__, None) is cls:
+        paths.append(f"{package}.{cls.__qualname__}")
+    return paths
+
+
 def _built(node: Any, group: str) -> Any:
     """Instantiate a loss or data set once: its class checks its own ranges."""
-    classes = {f"{c.__module__}.{c.__qualname__}": c for c in BUILT_PARTS[group]}
+    classes = {path: c for c in BUILT_PARTS[group] for path in _target_paths(c)}
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if target not in classes:
-        raise ConfigError(f"{group}._target_ must be one of {sorted(classes)}, got {target!r}")
+        # The shortest name of each class (the package's export, where there is one).
+        names = sorted(min(_target_paths(c), key=len) for c in BUILT_PARTS[group])
+        raise ConfigError(f"{group}._target_ must be one of {names}, got {target!r}")
     known = {f.name for f in fields(classes[target])} | {"_target_"}
     for key in node:
         if key not in known:

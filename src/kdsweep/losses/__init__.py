@@ -1,0 +1,45 @@
+"""The training objectives, behind one interface so the loop never branches on them.
+
+Each loss is a dataclass whose fields are its config keys: ``conf/loss/<name>.yaml`` names
+the class by ``_target_``, Hydra checks the keys' types at composition against a schema
+made from these fields (kdsweep.schema), ``__post_init__`` checks their ranges, and
+``hydra.utils.instantiate`` builds it once. Adding a loss is one class in one of the
+modules below and one YAML (its ``_target_`` may be the class's module path or, once it is
+exported here, ``kdsweep.losses.<Class>``).
+
+- base: the interface (Objective, StepInputs, LossOutput);
+- tutorial: the seed tutorial's CE, KD, cosine and MultiMargin;
+- logits: DIST and DKD;
+- features: attention transfer and the hint, on stage feature maps.
+
+The package imports torch only inside the formulas, so that a config is checked (and a
+typo refused) before torch's ~2 s import. Each loss returns its total and its unweighted
+component terms (for logging). Formulas follow the seed notes (DESIGN.md section 5).
+"""
+
+from kdsweep.losses.base import LossOutput, Objective, StepInputs, check_weights
+from kdsweep.losses.features import AttentionTransfer, Hint
+from kdsweep.losses.logits import DIST, DKD
+from kdsweep.losses.tutorial import (
+    CosineHidden,
+    CrossEntropy,
+    KnowledgeDistillation,
+    MultiMargin,
+    soft_target_loss,
+)
+
+__all__ = [
+    "DIST",
+    "DKD",
+    "AttentionTransfer",
+    "CosineHidden",
+    "CrossEntropy",
+    "Hint",
+    "KnowledgeDistillation",
+    "LossOutput",
+    "MultiMargin",
+    "Objective",
+    "StepInputs",
+    "check_weights",
+    "soft_target_loss",
+]

@@ -1,0 +1,74 @@
+"""The interface every loss implements (Objective), what the loop hands it (StepInputs),
+what it returns (LossOutput), and the weight check they share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+
+def torch_functional():  # noqa: ANN202 - torch.nn.functional, imported on first use
+    import torch.nn.functional as functional
+
+    return functional
+
+
+@dataclass
+class StepInputs:
+    labels: torch.Tensor
+    student_logits: torch.Tensor
+    student_hidden: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    teacher_hidden: torch.Tensor | None = None
+    epoch: int = 1  # the training epoch, from 1 (losses with a warm-up read it)
+    # The feature map at the end of each stage (kdsweep.models.FeatureNet), for the losses
+    # that declare needs_student_features / needs_teacher_features.
+    student_features: list[torch.Tensor] | None = None
+    teacher_features: list[torch.Tensor] | None = None
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def check_weights(**weights: float) -> None:
+    """Loss weights are finite, >= 0, and not all 0 (nothing would be learned)."""
+    for key, value in weights.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"loss.{key} must be a finite number >= 0, got {value}")
+    if all(value == 0 for value in weights.values()):
+        raise ValueError(f"loss weights {', '.join(weights)} are all 0: nothing would be learned")
+
+
+@dataclass
+class Objective:
+    """A loss. ``name`` is the config option that selects it (tags, run names); the class
+    flags say which teacher / student outputs the loop must provide."""
+
+    name: str = "objective"
+    uses_teacher: ClassVar[bool] = False
+    needs_teacher_logits: ClassVar[bool] = False
+    needs_teacher_hidden: ClassVar[bool] = False
+    needs_student_hidden: ClassVar[bool] = False
+    needs_teacher_features: ClassVar[bool] = False
+    needs_student_features: ClassVar[bool] = False
+
+    def __call__(self, batch: StepInputs) -> LossOutput:
+        return self.forward(batch)
+
+    def attach(self, student_maps: list[tuple[int, ...]], teacher_maps: list[tuple[int, ...]]):  # noqa: ANN201
+        """Called once before training with the (C, H, W) shape of each stage's feature map
+        of the student and the teacher; checks that this loss can compare them (raises
+        ValueError naming the fix) and returns the modules it trains with the student
+        (nn.Module list: their parameters join the optimizer, and they are not part of the
+        saved student). Losses without feature maps need nothing."""
+        return []
+
+    def forward(self, batch: StepInputs) -> LossOutput:  # pragma: no cover - interface
+        raise NotImplementedError
