@@ -106,3 +106,20 @@ def test_the_parent_run_uploads_only_finished_report_files(tmp_path: Path, caplo
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "trials.csv is empty: not uploaded" in caplog.text
     assert "gone.png is gone: not uploaded" in caplog.text
+
+
+def test_one_storage_per_url_and_file(tmp_path: Path) -> None:
+    """Jobs in the sweeper's process share its storage; a storage file deleted and made
+    again is not served by the old file's pooled connections."""
+    import optuna
+
+    from kdsweep.sweep.studies import shared_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = shared_storage(url)
+    assert shared_storage(url) is first
+    optuna.create_study(study_name="s", storage=first)
+    (tmp_path / "optuna.db").unlink()
+    again = shared_storage(url)
+    assert again is not first
+    assert [s.study_name for s in again.get_all_studies()] == []  # the new, empty file

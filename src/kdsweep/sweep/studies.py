@@ -9,7 +9,6 @@ Storage URLs: any SQLAlchemy URL Optuna's RDB storage takes (``sqlite:///optuna.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -64,12 +63,32 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
-@functools.lru_cache(maxsize=4)
 def shared_storage(url: str) -> optuna.storages.BaseStorage:
     """One storage object per URL in a process: the sweeper's, and every job's that runs
     in the sweeper's process (the basic launcher). Opening one costs ~60 ms (an engine and
-    Optuna's schema check), once per trial and confirmation run otherwise."""
-    return open_storage(url)
+    Optuna's schema check), once per trial and confirmation run otherwise. A storage file
+    deleted and made again is another file (inode): it gets a storage of its own, never
+    the pooled connections of the old one."""
+    identity = _file_identity(url)
+    missing_file = identity is None and storage_file(url) is not None
+    if missing_file or (url, identity) not in _SHARED:
+        storage = open_storage(url)  # creates a missing file: key it by that file
+        if len(_SHARED) >= 8:
+            _SHARED.clear()
+        _SHARED[(url, _file_identity(url))] = storage
+        return storage
+    return _SHARED[(url, identity)]
+
+
+_SHARED: dict[tuple[str, int | None], optuna.storages.BaseStorage] = {}
+
+
+def _file_identity(url: str) -> int | None:
+    path = storage_file(url)
+    try:
+        return path.stat().st_ino if path is not None else None
+    except OSError:
+        return None
 
 
 def build_pruner(conf: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
