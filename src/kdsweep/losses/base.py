@@ -37,6 +37,13 @@ class LossOutput:
     terms: dict[str, torch.Tensor]
 
 
+def check_positive(**values: float) -> None:
+    """Temperatures, powers and margins: finite and > 0."""
+    for key, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"loss.{key} must be > 0, got {value}")
+
+
 def check_weights(**weights: float) -> None:
     """Loss weights are finite, >= 0, and not all 0 (nothing would be learned)."""
     for key, value in weights.items():

@@ -3,14 +3,20 @@ tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
-from kdsweep.losses.base import LossOutput, Objective, StepInputs, check_weights, torch_functional
+from kdsweep.losses.base import (
+    LossOutput,
+    Objective,
+    StepInputs,
+    check_positive,
+    check_weights,
+    torch_functional,
+)
 
 
 @dataclass
@@ -32,8 +38,7 @@ class AttentionTransfer(Objective):
     needs_student_features: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.p) and self.p > 0):
-            raise ValueError(f"loss.p must be > 0, got {self.p}")
+        check_positive(p=self.p)
         check_weights(weight=self.weight, ce_weight=self.ce_weight)
 
     def attach(self, student_maps: list[tuple[int, ...]], teacher_maps: list[tuple[int, ...]]):  # noqa: ANN201

@@ -3,14 +3,20 @@ target and non-target KD)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
-from kdsweep.losses.base import LossOutput, Objective, StepInputs, check_weights, torch_functional
+from kdsweep.losses.base import (
+    LossOutput,
+    Objective,
+    StepInputs,
+    check_positive,
+    check_weights,
+    torch_functional,
+)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -38,8 +44,7 @@ class DIST(Objective):
     needs_teacher_logits: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"loss.tau must be > 0, got {self.tau}")
+        check_positive(tau=self.tau)
         check_weights(beta=self.beta, gamma=self.gamma, ce_weight=self.ce_weight)
 
     def forward(self, batch: StepInputs) -> LossOutput:
@@ -75,8 +80,7 @@ class DKD(Objective):
     needs_teacher_logits: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
+        check_positive(temperature=self.temperature)
         if self.warmup < 1:
             raise ValueError(f"loss.warmup must be >= 1 epoch, got {self.warmup}")
         check_weights(alpha=self.alpha, beta=self.beta, ce_weight=self.ce_weight)

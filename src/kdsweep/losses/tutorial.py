@@ -3,14 +3,20 @@ representations, and MultiMargin."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
-from kdsweep.losses.base import LossOutput, Objective, StepInputs, check_weights, torch_functional
+from kdsweep.losses.base import (
+    LossOutput,
+    Objective,
+    StepInputs,
+    check_positive,
+    check_weights,
+    torch_functional,
+)
 
 
 @dataclass
@@ -51,8 +57,7 @@ class KnowledgeDistillation(Objective):
     needs_teacher_logits: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
+        check_positive(temperature=self.temperature)
         check_weights(soft_target_weight=self.soft_target_weight, ce_weight=self.ce_weight)
 
     def forward(self, batch: StepInputs) -> LossOutput:
@@ -106,8 +111,7 @@ class MultiMargin(Objective):
     def __post_init__(self) -> None:
         if self.p not in (1, 2):
             raise ValueError(f"loss.p must be 1 or 2 (torch.nn.MultiMarginLoss), got {self.p}")
-        if not (math.isfinite(self.margin) and self.margin > 0):
-            raise ValueError(f"loss.margin must be > 0, got {self.margin}")
+        check_positive(margin=self.margin)
 
     def forward(self, batch: StepInputs) -> LossOutput:
         hinge = torch_functional().multi_margin_loss(
