@@ -1,5 +1,5 @@
-"""Chaos: a sweep signalled at random points (SIGKILL, SIGTERM, SIGINT) ten times, then
-rerun to the end, must end exactly as an uninterrupted one: n_trials finished trials, the
+"""Chaos: a sweep signalled at random points (SIGKILL, SIGTERM, SIGINT) while it runs, ten
+times (an attempt that finished before its signal does not count), then rerun to the end, must end exactly as an uninterrupted one: n_trials finished trials, the
 reference trial, the CE baseline and every confirmation run present, nothing RUNNING in
 Optuna or MLflow, and a complete report."""
 
@@ -25,8 +25,9 @@ from _helpers import (
 )
 from kdsweep.report import report_dir_for
 
-N_TRIALS = 4
+N_TRIALS = 6
 INTERRUPTIONS = 10
+MAX_ATTEMPTS = 30
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 # What the console says the sweep was doing, newest first: for the failure message and
 # the check that the interruptions fell in several phases.
@@ -56,19 +57,22 @@ def test_a_sweep_signalled_ten_times_at_random_points_ends_complete(tmp_path: Pa
         "hydra.sweeper.confirm.enabled=true",
         "hydra.sweeper.confirm.seeds=2",
         "hydra.sweeper.confirm.top_k=1",
-        "trainer.epochs=3",
+        "trainer.epochs=4",
         "teacher.epochs=2",
         "trainer.progress=log",
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     rng = random.Random(20261129)
-    hits = []
-    for _ in range(INTERRUPTIONS):
+    hits = []  # the signals that reached a running sweep
+    for _ in range(MAX_ATTEMPTS):
+        if len(hits) == INTERRUPTIONS:
+            break
         sig = rng.choice(SIGNALS)
-        delay = rng.uniform(4.0, 16.0)
+        delay = rng.uniform(3.0, 12.0)
         proc = start(tmp_path, args)
         time.sleep(delay)
-        if proc.poll() is None:
+        running = proc.poll() is None
+        if running:
             if sig == signal.SIGTERM:
                 proc.send_signal(sig)  # as a scheduler does: the sweeper only
             else:
@@ -77,16 +81,19 @@ def test_a_sweep_signalled_ten_times_at_random_points_ends_complete(tmp_path: Pa
             out, err = proc.communicate(timeout=180)
         finally:
             kill_group(proc)
-        hits.append((sig.name, round(delay, 1), proc.returncode, _phase(out + err)))
-        if proc.returncode is not None and proc.returncode not in (0, -9, 130, 143):
+        if proc.returncode not in (0, -9, 130, 143):
             pytest.fail(f"an interrupted sweep exited {proc.returncode}: {err[-3000:]}")
         if sig != signal.SIGKILL and proc.returncode in (130, 143):
             assert "Traceback" not in err, err[-3000:]
+        if running:  # a sweep that had already finished was not interrupted
+            hits.append((sig.name, round(delay, 1), proc.returncode, _phase(out + err)))
+    assert len(hits) == INTERRUPTIONS, hits
     print("interruptions (signal, delay s, exit code, phase):", *hits, sep="\n  ")
     final = run(tmp_path, args, timeout=900)
     assert final.returncode == 0, f"{hits}\n{final.stderr[-3000:]}"
-    # The interruptions fell in more than one phase of the sweep.
-    assert len({phase for *_, phase in hits}) >= 3, hits
+    # The interruptions fell in more than one phase of the sweep (as the console shows
+    # them: how many depends on the machine's speed, so two is the floor).
+    assert len({phase for *_, phase in hits}) >= 2, hits
 
     trials = load_trials(storage, study_name)
     counts = states(trials)

@@ -199,3 +199,58 @@ def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
     assert run.info.status == "KILLED"
     assert run.data.metrics["val_acc"] == 50.0  # the interrupted write was completed
     assert run.data.tags["kdsweep.state"] == "FAIL"
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler (Linux: SigCgt in
+    /proc/PID/status). Python catches SIGINT from its start, SIGTERM only once kdsweep's
+    handlers are in: the moment after which a signal must be one line."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("kdsweep", ["-m", "kdsweep", "trainer.epochs=1", "tracking.enabled=false"]),
+        ("kdsweep-report", ["-c", "from kdsweep.cli import kdsweep_report; kdsweep_report()"]),
+    ],
+    ids=["kdsweep", "kdsweep-report"],
+)
+def test_a_signal_while_a_command_starts_is_one_line(
+    tmp_path: Path, sig: signal.Signals, command: str, args: list[str]
+) -> None:
+    """Ctrl-C or SIGTERM while the command is still importing Hydra, torch and MLflow."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sigterm(proc.pid) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the command never installed its handlers"
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == EXIT[sig], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith(f"{command}: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: interrupted by {sig.name}"), err

@@ -1,5 +1,5 @@
 """``python -m kdsweep``: the same command line as ``kdsweep``."""
 
-from kdsweep.main import main
+from kdsweep.cli import kdsweep
 
-main()
+kdsweep()

@@ -1,0 +1,39 @@
+"""The console commands' entry points. SIGINT and SIGTERM are handled from a command's
+first moment (kdsweep.signals), so a Ctrl-C while Hydra, torch or MLflow are still being
+imported is one line and exit 130 (143 for SIGTERM), never a traceback."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from kdsweep.errors import interrupt_name
+from kdsweep.signals import install_signal_handlers
+
+
+def _run(command: str, module: str, after: str) -> Any:
+    """Install the handlers, then import ``module`` and call its ``main``; an interrupt
+    that the command did not handle itself (during its imports, say) is reported here."""
+    install_signal_handlers()
+    try:
+        return importlib.import_module(module).main()
+    except KeyboardInterrupt as exc:
+        print(f"{command}: interrupted by {interrupt_name(exc)}: {after}", file=sys.stderr)
+        raise SystemExit(getattr(exc, "exit_code", 130)) from None
+
+
+def kdsweep() -> Any:
+    return _run("kdsweep", "kdsweep.main", "nothing had started; rerun the same command")
+
+
+def kdsweep_report() -> Any:
+    return _run(
+        "kdsweep-report",
+        "kdsweep.report.cli",
+        "each report file is whole (written atomically); rerun to write them all",
+    )
+
+
+def kdsweep_eval() -> Any:
+    return _run("kdsweep-eval", "kdsweep.evaluate", "nothing was written")
