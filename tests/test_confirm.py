@@ -139,6 +139,9 @@ def test_killed_during_confirmation_a_rerun_completes_exactly_the_plan(
     assert set(done.values()) == {1}
     search = load_trials(f"sqlite:///{tmp_path / 'optuna.db'}", STUDY)
     assert sum(t.state.name == "COMPLETE" for t in search) == 3
+    # The run the SIGKILL cut short was closed by the rerun, not left RUNNING.
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "RUNNING" not in {r.info.status for r in runs}
 
 
 def test_paired_seeds_give_identical_initial_weights_across_arms(teacher_cache: Path) -> None:
@@ -190,3 +193,39 @@ def test_ties_in_the_objective_go_to_the_lower_val_loss() -> None:
         )
     assert [t.number for t in ranked_trials(study)] == [1, 2, 0]
     assert summarize(study).best.number == 1
+
+
+def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
+    tmp_path: Path,
+) -> None:
+    """What a SIGKILL during the confirmation stage leaves: a RUNNING confirmation trial of
+    a dead sweeper, whose MLflow run is RUNNING. The next plan fails it, hands its run to
+    be closed, and queues the (arm, seed) again."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from kdsweep.sweep.confirm import Arm, Confirmation
+    from kdsweep.sweep.studies import HEARTBEAT_ATTR, OWNER_ATTR, open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    stage = Confirmation(storage, url, "s", [1000], 1, 1.0, 2.0)
+    arms = [Arm("top1", "#0", ("loss.temperature=3",), 0)]
+    assert stage.plan(arms, 0) == 1
+    (job,) = stage.ask()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    storage.set_trial_system_attr(job.tid, OWNER_ATTR, f"{socket.gethostname()}:{dead}")
+    storage.set_trial_system_attr(job.tid, HEARTBEAT_ATTR, time.time())
+    storage.set_trial_user_attr(job.tid, "mlflow_run_id", "run-of-the-dead-job")
+
+    closed: list[str | None] = []
+    assert stage.plan(arms, 0, closed.append) == 1  # queued again
+    assert closed == ["run-of-the-dead-job"]
+    dead_trial = storage.get_trial(job.tid)
+    assert dead_trial.state == TrialState.FAIL
+    assert dead_trial.user_attrs["error"] == "interrupted"

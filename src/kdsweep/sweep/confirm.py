@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from kdsweep.report.summary import selected_val_loss
 from kdsweep.secrets import mask_secrets
 from kdsweep.signals import deferred_signals
+from kdsweep.sweep.parent_run import close_trial_run
 from kdsweep.sweep.studies import (
     Heartbeat,
     claim_trial,
@@ -161,9 +162,15 @@ class Confirmation:
     def lock(self) -> AbstractContextManager[None]:
         return study_lock(self.storage, self.storage_url, self.name)
 
-    def plan(self, arms: Sequence[Arm], teacher_seed: Any) -> int:
-        """Record the arms, fail dead runs, enqueue every (arm, seed) not done, queued or
-        running. Returns how many runs are queued."""
+    def plan(
+        self,
+        arms: Sequence[Arm],
+        teacher_seed: Any,
+        close_run: Callable[[str | None], None] = lambda run_id: None,
+    ) -> int:
+        """Record the arms, fail dead runs (``close_run`` ends the MLflow run each left
+        RUNNING), enqueue every (arm, seed) not done, queued or running. Returns how many
+        runs are queued."""
         with self.lock():
             recorded = dict(self.study.user_attrs.get("arms", {}))
             recorded.update({arm.key: arm.as_attr() for arm in arms})
@@ -174,7 +181,9 @@ class Confirmation:
             for trial in stale_trials(self.study, self.grace_period):
                 log.warning("confirmation run %s was interrupted: it will run again", trial.number)
                 tid = trial_id(self.storage, self.study_id, trial.number)
+                self.storage.set_trial_user_attr(tid, "error", "interrupted")
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
+                close_run(trial.user_attrs.get("mlflow_run_id"))
             have = {
                 (t.user_attrs.get("arm"), t.user_attrs.get("seed"))
                 for t in self.study.get_trials(deepcopy=False)
@@ -288,7 +297,12 @@ def run_confirmation(
         study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
     )
     sweep.confirm_study = stage.study
-    queued = stage.plan(arms, OmegaConf.select(sweep.config, "teacher.seed"))
+
+    def close_run(run_id: str | None) -> None:
+        reason = "interrupted: the sweep process died during this confirmation run"
+        close_trial_run(sweep.config, run_id, "FAIL", reason)
+
+    queued = stage.plan(arms, OmegaConf.select(sweep.config, "teacher.seed"), close_run)
     log.info(
         "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
         len(arms),
