@@ -1,7 +1,8 @@
 """Chaos: a sweep signalled at random points (SIGKILL, SIGTERM, SIGINT) while it runs, ten
-times (an attempt that finished before its signal does not count), then rerun to the end, must end exactly as an uninterrupted one: n_trials finished trials, the
-reference trial, the CE baseline and every confirmation run present, nothing RUNNING in
-Optuna or MLflow, and a complete report."""
+times (an attempt that finished before its signal does not count), then rerun to the end,
+must end exactly as an uninterrupted one: n_trials finished trials, the reference trial,
+the CE baseline and every confirmation run present, nothing RUNNING in Optuna or MLflow,
+and a complete report."""
 
 from __future__ import annotations
 
