@@ -66,7 +66,7 @@ class OptunaTrialHooks(TrialHooks):
             from kdsweep.errors import Abandoned
 
             raise Abandoned("the sweeper stopped this trial (it was interrupted)") from None
-        if self.prune and self.trial.should_prune():
+        if self.trial.should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.
             with deferred_signals():
