@@ -254,3 +254,47 @@ def test_a_signal_while_a_command_starts_is_one_line(
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith(f"{command}: ")]
     assert len(lines) == 1 and lines[0].startswith(f"{command}: interrupted by {sig.name}"), err
+
+
+SWALLOWING_CALLBACK = """
+import os, signal, sys, time, weakref
+from kdsweep.errors import Interrupted
+from kdsweep.signals import install_signal_handlers
+
+install_signal_handlers()
+
+class Node:
+    pass
+
+def callback(_ref):  # Python swallows what a weakref callback raises
+    os.kill(os.getpid(), signal.{sig})  # the handler raises here, inside the callback
+    print("the callback was not interrupted", flush=True)
+
+node = Node()
+ref = weakref.ref(node, callback)
+try:
+    del node  # the callback runs, and the handler inside it
+    time.sleep(5)  # the signal is delivered again, and raised here
+except Interrupted as exc:
+    print("raised", exc.signal_name, flush=True)
+    sys.exit(exc.exit_code)
+print("never raised", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_swallowed_by_a_callback_is_not_lost(sig: signal.Signals) -> None:
+    """The CI failure this guards against: a SIGTERM landed in importlib's weakref callback,
+    Python printed "Exception ignored" and went on, and the command ran as if unsignalled."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    script = SWALLOWING_CALLBACK.format(sig=sig.name)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT[sig], done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"raised {sig.name}"]
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr

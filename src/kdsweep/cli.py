@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from kdsweep.errors import interrupt_name
-from kdsweep.signals import install_signal_handlers
+from kdsweep.signals import deferred_signals, install_signal_handlers
 
 
 def _run(command: str, module: str, after: str) -> Any:
@@ -17,7 +17,11 @@ def _run(command: str, module: str, after: str) -> Any:
     that the command did not handle itself (during its imports, say) is reported here."""
     install_signal_handlers()
     try:
-        return importlib.import_module(module).main()
+        # A signal during the imports is held until they are done: raised inside them, it
+        # can land where Python swallows it (importlib's weakref callbacks) and be lost.
+        with deferred_signals():
+            command_main = importlib.import_module(module).main
+        return command_main()
     except KeyboardInterrupt as exc:
         print(f"{command}: interrupted by {interrupt_name(exc)}: {after}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 130)) from None

@@ -30,7 +30,7 @@ def first_line(exc: BaseException) -> str:
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT (Ctrl-C) or SIGTERM, raised in the main thread by kdsweep's signal handlers
-    (kdsweep.main). A KeyboardInterrupt, so every ``except BaseException`` clean-up (the
+    (kdsweep.signals). A KeyboardInterrupt, so every ``except BaseException`` clean-up (the
     MLflow run ended KILLED, temporary files removed, locks released) runs as for Ctrl-C."""
 
     def __init__(self, signum: int) -> None:
