@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from conftest import db_path, finish_cli, mlflow_runs, start_cli
+from kdsweep.choices import Architecture
 from kdsweep.cifar_nets import CIFAR_BUILDERS
 from kdsweep.errors import ConfigError
 from kdsweep.models import FeatureNet, build_model, count_parameters
-from kdsweep.schema import Architecture
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)

@@ -180,7 +180,7 @@ def test_missing_group_names_it(compose) -> None:
 
 
 def test_cpu_threads_are_torchs_unless_asked() -> None:
-    from kdsweep.run import cpu_threads
+    from kdsweep.plan import cpu_threads
 
     assert cpu_threads(0) is None  # torch's own default
     assert cpu_threads(1) == 1 and cpu_threads(4) == 4

@@ -148,7 +148,7 @@ def test_paired_seeds_give_identical_initial_weights_across_arms(teacher_cache: 
     """Seed s means the same student initialisation in every arm: KD and its teacher-less
     ablation start from the same weights (the teacher is prepared after the student)."""
     from conftest import compose_config
-    from kdsweep.run import plan_run
+    from kdsweep.plan import plan_run
     from kdsweep.validation import validate
 
     def student(*overrides: str) -> dict[str, torch.Tensor]:
@@ -174,7 +174,7 @@ def test_ties_in_the_objective_go_to_the_lower_val_loss() -> None:
     from optuna.distributions import FloatDistribution
 
     from kdsweep.report import summarize
-    from kdsweep.sweep.confirm import ranked_trials
+    from kdsweep.sweep.arms import ranked_trials
 
     study = optuna.create_study(direction="maximize")
     dist = {"loss.temperature": FloatDistribution(1, 10)}
@@ -208,8 +208,10 @@ def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
 
     from optuna.trial import TrialState
 
-    from kdsweep.sweep.confirm import Arm, Confirmation
-    from kdsweep.sweep.studies import HEARTBEAT_ATTR, OWNER_ATTR, open_storage
+    from kdsweep.sweep.arms import Arm
+    from kdsweep.sweep.confirm import Confirmation
+    from kdsweep.sweep.liveness import HEARTBEAT_ATTR, OWNER_ATTR
+    from kdsweep.sweep.studies import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = open_storage(url)

@@ -169,7 +169,8 @@ def test_claims_expire_with_their_claimer(tmp_path: Path) -> None:
 
     import optuna
 
-    from kdsweep.sweep.studies import claim_study_task, open_storage, owner_tag
+    from kdsweep.sweep.liveness import claim_study_task, owner_tag
+    from kdsweep.sweep.studies import open_storage
 
     storage = open_storage(_storage(tmp_path))
     study = optuna.create_study(study_name="claims", storage=storage)
@@ -197,7 +198,8 @@ def test_a_killed_reference_trial_and_baseline_run_again(
 
     import optuna
 
-    from kdsweep.sweep.studies import HEARTBEAT_ATTR, OWNER_ATTR, open_storage
+    from kdsweep.sweep.liveness import HEARTBEAT_ATTR, OWNER_ATTR
+    from kdsweep.sweep.studies import open_storage
 
     study_name = unique("reference")
     reference = {

@@ -171,7 +171,7 @@ def test_sweep_registers_the_champion_and_logs_its_teacher_once(
     tmp_path: Path, teacher_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from kdsweep.registry import register_champion, registry_client
-    from kdsweep.sweep.confirm import ranked_trials
+    from kdsweep.sweep.arms import ranked_trials
 
     study = unique("reg")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -10,9 +10,10 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
 from kdsweep.errors import KdsweepError
+from kdsweep.stores import storage_file
 from kdsweep.sweep.core import job_outcome
 from kdsweep.sweep.settings import SweepSettings
-from kdsweep.sweep.studies import open_storage, storage_file, trial_id
+from kdsweep.sweep.studies import open_storage, trial_id
 
 OPTIONS = {
     "direction": "maximize",

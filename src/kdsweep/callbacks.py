@@ -6,7 +6,7 @@ with any launcher, including ones that run the jobs in other processes.
   tutorial's comparison table, beside the tutorial's published CIFAR-10 figures.
 - SeedsTable ends a multirun over seeds (``kdsweep -m trainer.seed=range(5) loss=kd,ce``)
   with each configuration's mean and 95 % interval over its seeds and, with two or more
-  configurations, the paired difference of each against a baseline (kdsweep.report.stats).
+  configurations, the paired difference of each against a baseline (kdsweep.seeds_table).
 
 Neither acts on kdsweep's own sweeps (they end with their report), and neither may crash a
 multirun: a job whose files cannot be read is logged and left out.
@@ -15,9 +15,7 @@ multirun: a job whose files cannot be read is logged and left out.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +23,20 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kdsweep.files import atomic_write_text
+from kdsweep.formatting import DASH, mean_ci
 from kdsweep.multirun import (
     FINISHED,
-    SEED_KEY,
-    Job,
     as_mapping,
     collect_jobs,
     collect_results,
     is_kdsweep_sweep,
     number,
     objective_acc,
-    override_key,
 )
-from kdsweep.report.stats import arm_stats, paired_diff, verdict
+from kdsweep.report.stats import arm_stats
+from kdsweep.seeds_table import seeds_table
 
 log = logging.getLogger("kdsweep")
-
-# --- formatting ----------------------------------------------------------------------------
-
-DASH = "–"
-
-
-def _mean_ci(values: Sequence[float]) -> str:
-    """'97.41 ± 0.52' (mean ± 95 % Student-t half-width); the mean alone for one value."""
-    if not values:
-        return DASH
-    stats = arm_stats(values)
-    if stats.n < 2:
-        return f"{stats.mean:.2f}"
-    return f"{stats.mean:.2f} ± {stats.half_width:.2f}"
-
-
-def _p(value: float) -> str:
-    return DASH if math.isnan(value) else f"{value:.3g}"
 
 
 def _statuses(records: Iterable[Mapping[str, Any]]) -> str:
@@ -135,7 +114,7 @@ def tutorial_table(results: Mapping[str, Sequence[Mapping[str, Any]]], data_name
 
     def row(label: str, n: int, vals: list, tests: list, status: str, published: Any) -> None:
         paper = f"{published:.2f}" if isinstance(published, float) else DASH
-        cells = (_mean_ci(vals), _mean_ci(tests))
+        cells = (mean_ci(arm_stats(vals)), mean_ci(arm_stats(tests)))
         lines.append(f"| {label} | {n} | {cells[0]} | {cells[1]} | {status} | {paper} |")
 
     students = [results.get(name, []) for name in TEACHER_SOURCES]
@@ -177,120 +156,6 @@ class TutorialTable(Callback):
             print("\n" + table + f"\n(saved to {out})")
         except Exception as exc:  # a table must never fail the multirun that trained
             log.warning("tutorial table not written: %s: %s", type(exc).__name__, exc)
-
-
-# --- the seeds table -----------------------------------------------------------------------
-
-
-@dataclass
-class Arm:
-    """The jobs that differ only by seed: seed -> accuracy in %."""
-
-    overrides: tuple[str, ...]
-    val: dict[int, float] = field(default_factory=dict)
-    test: dict[int, float] = field(default_factory=dict)
-    losses: set[str] = field(default_factory=set)
-
-    @property
-    def n(self) -> int:
-        return len(self.val)
-
-
-def group_arms(jobs: Iterable[Job]) -> list[Arm]:
-    """Arms in order of their first job; each keeps its finished runs by seed."""
-    arms: dict[tuple[str, ...], Arm] = {}
-    for job in jobs:
-        if job.in_kdsweep_sweep:
-            continue
-        where = job.directory.name
-        if job.overrides is None:
-            log.warning("seeds table: skipping job %s (no readable .hydra/overrides.yaml)", where)
-            continue
-        overrides = tuple(o for o in job.overrides if override_key(o) != SEED_KEY)
-        arm = arms.setdefault(tuple(sorted(overrides)), Arm(overrides))
-        seed, val, test = job.seed, job.val_acc(), job.metric("test_acc")
-        if not job.finished or seed is None or val is None or test is None:
-            status = job.record.get("status", "?")
-            log.warning("seeds table: skipping job %s (status %s, no accuracy)", where, status)
-            continue
-        if seed in arm.val:
-            log.warning(
-                "seeds table: job %s repeats seed %d of its arm; it replaces it", where, seed
-            )
-        arm.val[seed], arm.test[seed] = val, test
-        arm.losses.add(str(job.params.get("loss.name", "?")))
-    return [arm for arm in arms.values() if arm.n]
-
-
-def _labels(arms: Sequence[Arm]) -> tuple[list[str], list[str]]:
-    """Each arm's overrides that not all arms share, and those they all share."""
-    common = [o for o in arms[0].overrides if all(o in arm.overrides for arm in arms)]
-    if len(arms) == 1:
-        return [" ".join(arms[0].overrides) or "(defaults)"], []
-    labels = [" ".join(o for o in arm.overrides if o not in common) or "(defaults)" for arm in arms]
-    return labels, common
-
-
-def choose_baseline(arms: Sequence[Arm]) -> tuple[int, str]:
-    """The arm the others are compared with: the one arm whose student trained with
-    loss=ce (the student without teacher) if exactly one did, else the first arm."""
-    ce = [i for i, arm in enumerate(arms) if arm.losses == {"ce"}]
-    if len(ce) == 1:
-        return ce[0], "the only loss=ce arm: the student without teacher"
-    return 0, "the first arm"
-
-
-def seeds_table(jobs: Sequence[Job]) -> str | None:
-    """The markdown table of a multirun over seeds; None when no configuration ran with
-    more than one seed (nothing to add to the multirun's output)."""
-    arms = group_arms(jobs)
-    if not arms or max(arm.n for arm in arms) < 2:
-        return None
-    labels, common = _labels(arms)
-    base, why = choose_baseline(arms) if len(arms) > 1 else (0, "")
-    lines = [
-        f"Seeds table: {len(arms)} configuration(s) over {SEED_KEY}; accuracy in %, mean ±"
-        " 95 % Student-t half-width over the seeds.",
-    ]
-    if common:
-        lines.append(f"Shared by every row: {' '.join(common)}")
-    lines += [
-        "",
-        "| configuration | n seeds | seeds | val acc % | test acc % |",
-        "|---|---:|---|---:|---:|",
-    ]
-    for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
-        mark = " (baseline)" if len(arms) > 1 and i == base else ""
-        seeds = ",".join(str(s) for s in sorted(arm.val))
-        val, test = (_mean_ci(list(arm.val.values())), _mean_ci(list(arm.test.values())))
-        lines.append(f"| {label}{mark} | {arm.n} | {seeds} | {val} | {test} |")
-    if len(arms) > 1:
-        lines += [
-            "",
-            f"Paired differences against the baseline `{labels[base]}` ({why}), in points,"
-            " over the seeds both have; 95 % CI, two-sided paired t-test and Wilcoxon"
-            " signed-rank p:",
-            "",
-            "| configuration | split | pairs | difference | 95 % CI | p (t) | p (Wilcoxon)"
-            " | verdict |",
-            "|---|---|---:|---:|---|---:|---:|---|",
-        ]
-        for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
-            if i == base:
-                continue
-            for split, mine, theirs in (
-                ("val", arm.val, arms[base].val),
-                ("test", arm.test, arms[base].test),
-            ):
-                d = paired_diff(mine, theirs)
-                if d.n == 0:
-                    cells = [DASH] * 4
-                else:
-                    ci = DASH if math.isnan(d.ci_low) else f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
-                    cells = [f"{d.mean:+.2f}", ci, _p(d.p_ttest), _p(d.p_wilcoxon)]
-                row = " | ".join([f"{label} - baseline", split, str(d.n), *cells, verdict(d)])
-                lines.append(f"| {row} |")
-    return "\n".join(lines) + "\n"
 
 
 class SeedsTable(Callback):

@@ -202,7 +202,7 @@ class WideResNet(FeatureNet):
         return self.fc(hidden), hidden, [f1, f2, f3]
 
 
-# --- builders (the names of kdsweep.schema.Architecture) ------------------------------------
+# --- builders (the names of kdsweep.choices.Architecture) -----------------------------------
 
 X4_FILTERS = (32, 64, 128, 256)
 

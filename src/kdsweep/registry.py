@@ -76,7 +76,7 @@ def publish(
 
 def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[Any]:
     """The MLflow runs of the best trial, then the other completed trials (best first)."""
-    from kdsweep.sweep.confirm import ranked_trials
+    from kdsweep.sweep.arms import ranked_trials
 
     order = [best] + [t for t in ranked_trials(study) if t.number != best.number]
     runs = []
@@ -146,7 +146,8 @@ def describe(
         f" test acc {metrics.get('test_acc', float('nan')):.2f} %"
         " (one seed, selected on val: unconfirmed)."
     ]
-    from kdsweep.report.confirmed import confirmed_headline, confirmed_summary, mean_ci
+    from kdsweep.formatting import mean_ci
+    from kdsweep.report.confirmed import confirmed_headline, confirmed_summary
 
     confirmed = confirmed_summary(confirm_study)
     if confirmed is None:

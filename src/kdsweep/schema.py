@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
-from enum import Enum
 from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from kdsweep.choices import (
+    DEVICES,
+    MAX_SEED,
+    Architecture,
+    EpochChoice,
+    Precision,
+    Progress,
+    SaveModel,
+)
 from kdsweep.data import DataSet
 from kdsweep.losses import Objective
 
@@ -34,59 +42,6 @@ def instantiate_trusted(node: Any, *args: Any, **kwargs: Any) -> Any:
 
     return instantiate(node, *args, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)
 
-
-# --- closed choices ------------------------------------------------------------------------
-
-
-class Choice(str, Enum):
-    """A closed choice that reads as its value in messages, paths and MLflow params."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
-
-
-class Architecture(Choice):
-    """The networks kdsweep.models.build_model builds: the seed's (kdsweep.models.BUILDERS)
-    and RepDistiller's CIFAR ones (kdsweep.cifar_nets.CIFAR_BUILDERS). A name, not a
-    ``_target_``: it is part of the teacher's cache key and checkpoint, which must not
-    change when a module is renamed."""
-
-    deep = "deep"
-    light = "light"
-    resnet8x4 = "resnet8x4"
-    resnet32x4 = "resnet32x4"
-    wrn_16_2 = "wrn_16_2"
-    wrn_40_2 = "wrn_40_2"
-
-
-class Progress(Choice):
-    auto = "auto"  # a bar on a terminal, one log line per epoch otherwise
-    bar = "bar"
-    log = "log"
-    none = "none"
-
-
-class EpochChoice(Choice):
-    best = "best"  # the best val epoch's weights are kept and tested
-    last = "last"
-
-
-class SaveModel(Choice):
-    best = "best"  # the student the run tested (its selected epoch): MLflow model + state_dict
-    none = "none"  # keep nothing (pruned and failed trials never save)
-
-
-class Precision(Choice):
-    fp32 = "fp32"
-    bf16 = "bf16"  # autocast on CUDA; ignored on the CPU
-
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-# numpy's and torch's seeds: 0 .. 2**32 - 1.
-MAX_SEED = 2**32 - 1
 
 # --- models and optimizers ------------------------------------------------------------------
 
@@ -217,7 +172,7 @@ class TrainerConf:
     channels_last: bool = False
     compile: bool = False
     # CPU threads for torch; 0: torch's default. 1 pays on a busy shared machine
-    # (kdsweep.run.cpu_threads has the measurements).
+    # (kdsweep.plan.cpu_threads has the measurements).
     threads: int = 0
     # What a completed run keeps of its student (kdsweep.student).
     save_model: SaveModel = SaveModel.best

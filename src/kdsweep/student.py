@@ -32,7 +32,7 @@ from kdsweep.errors import CheckpointError, first_line
 from kdsweep.models import FeatureNet, build_model
 
 if TYPE_CHECKING:
-    from kdsweep.run import Plan
+    from kdsweep.plan import Plan
     from kdsweep.tracking import RunTracker
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ logged is kept in ``results.json`` beside the job's outputs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from kdsweep.files import atomic_write_text
 from kdsweep.schema import TrackingConf
 from kdsweep.secrets import mask_secrets, mask_value
 from kdsweep.signals import deferred_signals
+from kdsweep.stores import half_created_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 MAX_PARAM_LENGTH = 6000
-# A SQLite store modified this recently may be one another worker is creating (its
-# temporary migration tables come and go): only an older one is called half-created.
-CREATION_WINDOW_S = 60.0
 
 
 # The longest a per-epoch metric waits before it is written: the MLflow UI's live curves
@@ -282,42 +279,3 @@ class RunTracker:
 
 def _first_line(exc: BaseException) -> str:
     return mask_secrets(first_line(exc))
-
-
-def half_created_sqlite(uri: str) -> str | None:
-    """The one line for a SQLite MLflow store that an earlier start left half-created (a
-    full disk or a kill while MLflow created its tables: "table _alembic_tmp_experiments
-    already exists" in every later run), or one that is not a database; None if the file
-    is missing (MLflow creates it), empty or whole. Read-only: the file is not changed."""
-    import sqlite3
-
-    from kdsweep.sweep.studies import storage_file
-
-    path = storage_file(uri)
-    if path is None or not path.is_file() or path.stat().st_size == 0:
-        return None
-    if time.time() - path.stat().st_mtime < CREATION_WINDOW_S:
-        return None  # another process may be creating it right now: leave it to MLflow
-    fix = f"move it aside (mv {path} {path}.broken) and rerun: MLflow creates a new one"
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            version = (
-                db.execute("SELECT version_num FROM alembic_version").fetchall()
-                if "alembic_version" in tables
-                else []
-            )
-    except sqlite3.Error as exc:
-        return f"tracking.uri={uri}: {path} is not a usable SQLite database ({exc}): {fix}"
-    leftover = sorted(t for t in tables if t.startswith("_alembic_tmp"))
-    if leftover:
-        return (
-            f"tracking.uri={uri}: the MLflow database {path} is half-created (an interrupted"
-            f" schema migration left {leftover[0]}): {fix}"
-        )
-    if tables and not version:
-        return (
-            f"tracking.uri={uri}: the MLflow database {path} has a partial schema"
-            f" (no alembic version: its creation was interrupted): {fix}"
-        )
-    return None

@@ -52,7 +52,7 @@ class TeacherSource:
         self, index: torch.Tensor, inputs: torch.Tensor, features: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
         """for_batch, plus the stage feature maps when ``features``: those come from a live
-        teacher only (kdsweep.run says why they are not cached)."""
+        teacher only (kdsweep.plan says why they are not cached)."""
         if not features:
             return (*self.for_batch(index, inputs), None)
         if self.model is None:
@@ -293,36 +293,3 @@ def fit(
         model.load_state_dict(best_state)
     result.wall_seconds = time.perf_counter() - started
     return result
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: cuda, then mps, then cpu; else the named device, which must exist here
-    (a ConfigError in one line if it does not)."""
-    if name != "auto":
-        check_device(name)
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def check_device(name: str) -> None:
-    """Refuse ``trainer.device`` naming a device this machine lacks (cuda, cuda:7, mps)."""
-    from kdsweep.errors import ConfigError
-
-    kind, _, index = name.partition(":")
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        wanted = int(index) if index else 0
-        if wanted >= count:
-            raise ConfigError(
-                f"trainer.device={name} is not available: this machine has {count} CUDA"
-                " device(s); use trainer.device=cpu or auto"
-            )
-    elif kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            f"trainer.device={name} is not available on this machine: use trainer.device=cpu"
-            " or auto"
-        )

@@ -1,5 +1,5 @@
 """Losses on the stage feature maps (kdsweep.models.FeatureNet): attention transfer and the
-tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.run)."""
+tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.plan)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ them may be missing.
 
 from __future__ import annotations
 
+from kdsweep.formatting import DASH
 from kdsweep.report.render import (
     FIXED_PNGS,
     report_dir_for,
@@ -27,7 +28,6 @@ from kdsweep.report.render import (
     write_report_files,
 )
 from kdsweep.report.summary import (
-    DASH,
     PARAM_ORDER,
     STATES,
     Summary,

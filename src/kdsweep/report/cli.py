@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open(url: str) -> Any:
     from kdsweep.secrets import mask_secrets
-    from kdsweep.sweep.studies import open_storage, storage_file
+    from kdsweep.stores import storage_file
+    from kdsweep.sweep.studies import open_storage
 
     # Reading must not create: a typo in the path would otherwise yield an empty new study DB.
     path = storage_file(url)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdsweep.formatting import mean_ci
 from kdsweep.report.stats import ArmStats, PairedDiff, arm_stats, paired_diff
 from kdsweep.values import finite_number
 
@@ -110,14 +111,6 @@ def ci(diff: PairedDiff) -> str:
         f"{diff.mean:+.2f} pt [95 % CI {diff.ci_low:+.2f}, {diff.ci_high:+.2f}],"
         f" p={diff.p_ttest:.2g} (paired t), p={diff.p_wilcoxon:.2g} (Wilcoxon)"
     )
-
-
-def mean_ci(stats: ArmStats) -> str:
-    if stats.n == 0:
-        return "–"
-    if stats.n < 2:
-        return f"{stats.mean:.2f}"
-    return f"{stats.mean:.2f} ± {stats.half_width:.2f}"
 
 
 def confirmed_headline(c: Confirmed) -> str:

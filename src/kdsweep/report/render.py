@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from kdsweep.files import atomic_write_text, safe_name
+from kdsweep.formatting import fmt, pct, points
 from kdsweep.report.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
 from kdsweep.report.plots import (
     param_file,
@@ -45,11 +46,8 @@ from kdsweep.report.summary import (
     best_params,
     comparison,
     finite,
-    fmt,
     headline,
     lead,
-    pct,
-    points,
     state_line,
     summarize,
     trial_table,

@@ -2,8 +2,8 @@
 
 ``summarize(study)`` turns the stored Optuna study into a :class:`Summary` (one
 :class:`TrialRow` per trial, the best trial, the tutorial-default trial, the baselines);
-``headline``, ``state_line``, ``comparison``, ``trial_table`` and the ``fmt``-style
-helpers turn it into the text both the HTML and the Markdown report show. See
+``headline``, ``state_line``, ``comparison`` and ``trial_table`` turn it into the text both
+the HTML and the Markdown report show (numbers written by kdsweep.formatting). See
 :mod:`kdsweep.report` for the attributes read from the study; every one of them may be
 missing.
 """
@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdsweep.formatting import accuracy, fmt, pct, points, seconds
 from kdsweep.report.confirmed import Confirmed, confirmed_headline, confirmed_summary
 from kdsweep.secrets import mask_secrets
 from kdsweep.values import finite_number
@@ -34,7 +35,6 @@ PARAM_ORDER = (
     "optimizer",
     "optimizer.lr",
 )
-DASH = "–"
 
 
 @dataclass
@@ -211,30 +211,6 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
 # --------------------------------------------------------------------------- text
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return DASH
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _acc(value: float | None) -> str:
-    return DASH if value is None else f"{value:.2f}"
-
-
-def pct(value: float | None) -> str:
-    return DASH if value is None else f"{value:.2f} %"
-
-
-def points(value: float | None) -> str:
-    return DASH if value is None else f"{value:+.2f} points"
-
-
-def _secs(value: float | None) -> str:
-    return DASH if value is None else f"{value:.1f}"
-
-
 def state_line(summary: Summary) -> str:
     total = len(summary.rows)
     parts = [f"{n} {s.lower()}" for s, n in summary.counts.items() if n]
@@ -316,6 +292,6 @@ def trial_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
     for r in summary.rows:
         cells = [str(r.number), r.state]
         cells += [fmt(r.params[p]) if p in r.params else "" for p in summary.param_names]
-        cells += [_acc(r.value), _acc(r.test_acc), _secs(r.duration_s), r.note[:160]]
+        cells += [accuracy(r.value), accuracy(r.test_acc), seconds(r.duration_s), r.note[:160]]
         body.append(cells)
     return head, body

@@ -13,9 +13,9 @@ from optuna.trial import TrialState
 
 from kdsweep.errors import first_line
 from kdsweep.secrets import mask_secrets
+from kdsweep.sweep.liveness import Heartbeat, claim_study_task, release_study_task
 from kdsweep.sweep.parent_run import ParentRun, close_role_runs, read_job_metrics
 from kdsweep.sweep.settings import SearchSpace
-from kdsweep.sweep.studies import Heartbeat, claim_study_task, release_study_task
 
 if TYPE_CHECKING:
     from kdsweep.sweep.core import StudySweep

@@ -33,7 +33,7 @@ def check_sweep(sweep: StudySweep, space: SearchSpace) -> None:
     _check_bounds(sweep.config, space, choices)
     _check_sampler(sweep.make_sampler)
     if settings.trainer.device != "auto":
-        from kdsweep.train import check_device
+        from kdsweep.devices import check_device
 
         check_device(settings.trainer.device)
     # The tracking store must answer (a server) and be whole (a SQLite file) before

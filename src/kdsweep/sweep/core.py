@@ -29,12 +29,14 @@ from optuna.trial import TrialState
 from kdsweep.errors import KdsweepError
 from kdsweep.secrets import mask_secrets
 from kdsweep.signals import deferred_signals
+from kdsweep.sweep.arms import describe_params
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
-from kdsweep.sweep.confirm import describe_params, run_confirmation
+from kdsweep.sweep.confirm import run_confirmation
 from kdsweep.sweep.drift import check_definition
 from kdsweep.sweep.finish import finish_sweep
 from kdsweep.sweep.live import LIVE
+from kdsweep.sweep.liveness import Heartbeat, claim_trial
 from kdsweep.sweep.parent_run import (
     ParentRun,
     close_trial_run,
@@ -43,9 +45,7 @@ from kdsweep.sweep.recovery import clean_up_interrupted, fail_stale
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
 from kdsweep.sweep.studies import (
     FINISHED_STATES,
-    Heartbeat,
     build_pruner,
-    claim_trial,
     count_states,
     shared_storage,
     study_lock,

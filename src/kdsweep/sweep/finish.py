@@ -71,7 +71,7 @@ def finish_sweep(
 
 def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best completed trial, ties broken by val loss (None if none completed)."""
-    from kdsweep.sweep.confirm import ranked_trials
+    from kdsweep.sweep.arms import ranked_trials
 
     ranked = ranked_trials(study)
     return ranked[0] if ranked else None

@@ -12,15 +12,9 @@ from optuna.trial import TrialState
 
 from kdsweep.errors import interrupt_name
 from kdsweep.sweep.baseline import BASELINE_CLAIM
+from kdsweep.sweep.liveness import OWNER_ATTR, owner_tag, release_study_task, stale_trials
 from kdsweep.sweep.parent_run import ParentRun, close_role_runs, close_trial_run
-from kdsweep.sweep.studies import (
-    OWNER_ATTR,
-    count_states,
-    owner_tag,
-    release_study_task,
-    stale_trials,
-    trial_id,
-)
+from kdsweep.sweep.studies import count_states, trial_id
 
 if TYPE_CHECKING:
     from kdsweep.sweep.core import StudySweep

@@ -1,0 +1,131 @@
+"""The seeds table: a plain multirun over seeds (``kdsweep -m trainer.seed=range(5)
+loss=kd,ce``) summed up as each configuration's mean and 95 % interval over its seeds and,
+with two or more configurations, the paired difference of each against a baseline
+(kdsweep.report.stats). Written by the SeedsTable callback (kdsweep.callbacks)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kdsweep.formatting import DASH, mean_ci, p_value
+from kdsweep.multirun import SEED_KEY, Job, override_key
+from kdsweep.report.stats import arm_stats, paired_diff, verdict
+
+log = logging.getLogger("kdsweep")
+
+
+@dataclass
+class Arm:
+    """The jobs that differ only by seed: seed -> accuracy in %."""
+
+    overrides: tuple[str, ...]
+    val: dict[int, float] = field(default_factory=dict)
+    test: dict[int, float] = field(default_factory=dict)
+    losses: set[str] = field(default_factory=set)
+
+    @property
+    def n(self) -> int:
+        return len(self.val)
+
+
+def group_arms(jobs: Iterable[Job]) -> list[Arm]:
+    """Arms in order of their first job; each keeps its finished runs by seed."""
+    arms: dict[tuple[str, ...], Arm] = {}
+    for job in jobs:
+        if job.in_kdsweep_sweep:
+            continue
+        where = job.directory.name
+        if job.overrides is None:
+            log.warning("seeds table: skipping job %s (no readable .hydra/overrides.yaml)", where)
+            continue
+        overrides = tuple(o for o in job.overrides if override_key(o) != SEED_KEY)
+        arm = arms.setdefault(tuple(sorted(overrides)), Arm(overrides))
+        seed, val, test = job.seed, job.val_acc(), job.metric("test_acc")
+        if not job.finished or seed is None or val is None or test is None:
+            status = job.record.get("status", "?")
+            log.warning("seeds table: skipping job %s (status %s, no accuracy)", where, status)
+            continue
+        if seed in arm.val:
+            log.warning(
+                "seeds table: job %s repeats seed %d of its arm; it replaces it", where, seed
+            )
+        arm.val[seed], arm.test[seed] = val, test
+        arm.losses.add(str(job.params.get("loss.name", "?")))
+    return [arm for arm in arms.values() if arm.n]
+
+
+def _labels(arms: Sequence[Arm]) -> tuple[list[str], list[str]]:
+    """Each arm's overrides that not all arms share, and those they all share."""
+    common = [o for o in arms[0].overrides if all(o in arm.overrides for arm in arms)]
+    if len(arms) == 1:
+        return [" ".join(arms[0].overrides) or "(defaults)"], []
+    labels = [" ".join(o for o in arm.overrides if o not in common) or "(defaults)" for arm in arms]
+    return labels, common
+
+
+def choose_baseline(arms: Sequence[Arm]) -> tuple[int, str]:
+    """The arm the others are compared with: the one arm whose student trained with
+    loss=ce (the student without teacher) if exactly one did, else the first arm."""
+    ce = [i for i, arm in enumerate(arms) if arm.losses == {"ce"}]
+    if len(ce) == 1:
+        return ce[0], "the only loss=ce arm: the student without teacher"
+    return 0, "the first arm"
+
+
+def seeds_table(jobs: Sequence[Job]) -> str | None:
+    """The markdown table of a multirun over seeds; None when no configuration ran with
+    more than one seed (nothing to add to the multirun's output)."""
+    arms = group_arms(jobs)
+    if not arms or max(arm.n for arm in arms) < 2:
+        return None
+    labels, common = _labels(arms)
+    base, why = choose_baseline(arms) if len(arms) > 1 else (0, "")
+    lines = [
+        f"Seeds table: {len(arms)} configuration(s) over {SEED_KEY}; accuracy in %, mean ±"
+        " 95 % Student-t half-width over the seeds.",
+    ]
+    if common:
+        lines.append(f"Shared by every row: {' '.join(common)}")
+    lines += [
+        "",
+        "| configuration | n seeds | seeds | val acc % | test acc % |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
+        mark = " (baseline)" if len(arms) > 1 and i == base else ""
+        seeds = ",".join(str(s) for s in sorted(arm.val))
+        val, test = (
+            mean_ci(arm_stats(list(arm.val.values()))),
+            mean_ci(arm_stats(list(arm.test.values()))),
+        )
+        lines.append(f"| {label}{mark} | {arm.n} | {seeds} | {val} | {test} |")
+    if len(arms) > 1:
+        lines += [
+            "",
+            f"Paired differences against the baseline `{labels[base]}` ({why}), in points,"
+            " over the seeds both have; 95 % CI, two-sided paired t-test and Wilcoxon"
+            " signed-rank p:",
+            "",
+            "| configuration | split | pairs | difference | 95 % CI | p (t) | p (Wilcoxon)"
+            " | verdict |",
+            "|---|---|---:|---:|---|---:|---:|---|",
+        ]
+        for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
+            if i == base:
+                continue
+            for split, mine, theirs in (
+                ("val", arm.val, arms[base].val),
+                ("test", arm.test, arms[base].test),
+            ):
+                d = paired_diff(mine, theirs)
+                if d.n == 0:
+                    cells = [DASH] * 4
+                else:
+                    ci = DASH if math.isnan(d.ci_low) else f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
+                    cells = [f"{d.mean:+.2f}", ci, p_value(d.p_ttest), p_value(d.p_wilcoxon)]
+                row = " | ".join([f"{label} - baseline", split, str(d.n), *cells, verdict(d)])
+                lines.append(f"| {row} |")
+    return "\n".join(lines) + "\n"

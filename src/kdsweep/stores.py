@@ -1,0 +1,73 @@
+"""The files behind store URLs (Optuna's ``sqlite:///PATH`` and ``journal:PATH``, MLflow's
+``sqlite:///PATH``), and whether an MLflow SQLite file is whole. Shared by the single-run
+core (kdsweep.tracking) and the sweep (kdsweep.sweep.studies), so it belongs to neither."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+JOURNAL_PREFIX = "journal:"
+# A SQLite store modified this recently may be one another worker is creating (its
+# temporary migration tables come and go): only an older one is called half-created.
+CREATION_WINDOW_S = 60.0
+
+
+def journal_file(url: str) -> Path | None:
+    return Path(url[len(JOURNAL_PREFIX) :]).expanduser() if url.startswith(JOURNAL_PREFIX) else None
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind a ``sqlite:///PATH`` or ``journal:PATH`` storage URL; None for a
+    server, an in-memory database or a URL that names no file."""
+    journal = journal_file(url)
+    if journal is not None:
+        return journal
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def half_created_sqlite(uri: str) -> str | None:
+    """The one line for a SQLite MLflow store that an earlier start left half-created (a
+    full disk or a kill while MLflow created its tables: "table _alembic_tmp_experiments
+    already exists" in every later run), or one that is not a database; None if the file
+    is missing (MLflow creates it), empty or whole. Read-only: the file is not changed."""
+    import sqlite3
+
+    path = storage_file(uri)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return None
+    if time.time() - path.stat().st_mtime < CREATION_WINDOW_S:
+        return None  # another process may be creating it right now: leave it to MLflow
+    fix = f"move it aside (mv {path} {path}.broken) and rerun: MLflow creates a new one"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            version = (
+                db.execute("SELECT version_num FROM alembic_version").fetchall()
+                if "alembic_version" in tables
+                else []
+            )
+    except sqlite3.Error as exc:
+        return f"tracking.uri={uri}: {path} is not a usable SQLite database ({exc}): {fix}"
+    leftover = sorted(t for t in tables if t.startswith("_alembic_tmp"))
+    if leftover:
+        return (
+            f"tracking.uri={uri}: the MLflow database {path} is half-created (an interrupted"
+            f" schema migration left {leftover[0]}): {fix}"
+        )
+    if tables and not version:
+        return (
+            f"tracking.uri={uri}: the MLflow database {path} has a partial schema"
+            f" (no alembic version: its creation was interrupted): {fix}"
+        )
+    return None
