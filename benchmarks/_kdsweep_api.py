@@ -19,6 +19,9 @@ from __future__ import annotations
 # num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
 from kdsweep.data import DigitsData, SyntheticData, TensorSplits, load_splits
 
+# Devices: resolve_device("auto" | "cpu" | "cuda" | ...) -> torch.device (bench).
+from kdsweep.devices import resolve_device
+
 # Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
 
@@ -48,4 +51,5 @@ __all__ = [
     "fit",
     "light_nn",
     "load_splits",
+    "resolve_device",
 ]

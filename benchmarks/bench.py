@@ -91,14 +91,6 @@ def command_line(argv: list[str] | None) -> str:
     return " ".join([program, *(shlex.quote(a) for a in argv)])
 
 
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # --- the rows ---------------------------------------------------------------------------
 
 
@@ -278,7 +270,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument(
         "--cifar-scale", action="store_true", help="50,000 synthetic images (meant for a GPU)"
     )
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps"
+    )
     parser.add_argument("--only", default=ROW_KEYS, help="rows to run, e.g. 'ab' (default all)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--pruner", default="median", help="row c's pruner (default median)")
@@ -303,7 +297,7 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
     args = _parse(argv)
     import torch
 
-    from _kdsweep_api import SyntheticData, load_splits
+    from _kdsweep_api import SyntheticData, load_splits, resolve_device
 
     mode = "smoke" if args.smoke else "cifar-scale" if args.cifar_scale else "default"
     sizes = MODES[mode]
