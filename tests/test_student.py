@@ -88,6 +88,39 @@ print(json.dumps({"mlflow": acc, "state_dict": acc2}))
     assert accs["state_dict"] == pytest.approx(logged, abs=1e-6)
 
 
+def test_the_saved_student_says_how_to_normalize_new_images(logged_run: dict[str, Any]) -> None:
+    """kdsweep.json (and the MLflow model's metadata) carry the per-channel mean and std the
+    run normalized with: raw digits (integer pixels 0..16) normalized with them give the
+    run's own test inputs, and the same predictions."""
+    import mlflow.models
+    import torch
+
+    from kdsweep.data import DigitsData, load_splits
+    from kdsweep.student import StudentSpec
+
+    folder = logged_run["workdir"] / "out" / "student"
+    info = json.loads((folder / "kdsweep.json").read_text())
+    norm = info["input_normalization"]
+    data = load_splits(DigitsData())
+    assert norm["mean"] == pytest.approx(list(data.input_mean)) and len(norm["mean"]) == 1
+    assert norm["std"] == pytest.approx(list(data.input_std)) and norm["std"][0] > 1
+    meta = mlflow.models.Model.load(str(folder / "MLmodel")).metadata
+    assert meta["kdsweep"]["input_normalization"]["mean"] == norm["mean"]
+
+    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
+    raw = (data.test_x * std + mean).round()  # what a user holds: the images as loaded
+    assert raw.min() >= 0 and raw.max() <= 16
+    assert torch.allclose((raw - mean) / std, data.test_x, atol=1e-4)
+    net = StudentSpec.from_dict(info).build()
+    net.load_state_dict(torch.load(folder / "state_dict.pt", weights_only=True))
+    net.eval()
+    with torch.no_grad():
+        mine = net.forward_with_hidden((raw - mean) / std)[0].argmax(1)
+        runs = net.forward_with_hidden(data.test_x)[0].argmax(1)
+    assert torch.equal(mine, runs)
+
+
 def test_save_model_none_keeps_nothing(tmp_path: Path) -> None:
     assert run_main_in_process(tmp_path, "trainer.save_model=none", "loss=ce") == 0
     (record,) = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -162,6 +162,11 @@ class TensorSplits:
     test_y: torch.Tensor
     num_classes: int
     fingerprint: str
+    # The per-channel statistics every split was normalized with, x' = (x - mean) / std:
+    # the training split's, on the data set's own pixel scale. A saved student needs them
+    # to classify new images (kdsweep.student writes them into kdsweep.json).
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -172,7 +177,13 @@ class TensorSplits:
             name: getattr(self, name).to(device)
             for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
         }
-        return TensorSplits(**moved, num_classes=self.num_classes, fingerprint=self.fingerprint)
+        return TensorSplits(
+            **moved,
+            num_classes=self.num_classes,
+            fingerprint=self.fingerprint,
+            input_mean=self.input_mean,
+            input_std=self.input_std,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -236,6 +247,8 @@ def assemble(
         test_y=labels(test_y),
         num_classes=num_classes,
         fingerprint=fingerprint,
+        input_mean=tuple(float(m) for m in mean.ravel()),
+        input_std=tuple(float(s) for s in std.ravel()),
     )
 
 

@@ -8,7 +8,9 @@ a batch of normalized images (N x C x H x W, float32, N free) to logits (N x cla
 with a signature and an input example (two test images). Beside the MLflow files the same
 folder holds ``state_dict.pt`` (``torch.save`` of the weights: load it with
 ``weights_only=True``) and ``kdsweep.json``, the build arguments that make the matching
-``kdsweep.models`` network (architecture, input shape, classes, dropout, returns_hidden).
+``kdsweep.models`` network (architecture, input shape, classes, dropout, returns_hidden),
+and the per-channel mean and std that new images must be normalized with
+(``input_normalization``: the training split's, as the run's data were normalized).
 
 The same folder is written to the job's output directory, tracked or not. With
 ``trainer.save_model=none`` nothing is kept; pruned and failed runs never get here.
@@ -182,6 +184,12 @@ def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = No
         "loss": settings.loss.name,
         "data": settings.data.name,
         "data_fingerprint": data.fingerprint,
+        "input_normalization": {
+            "mean": list(data.input_mean),
+            "std": list(data.input_std),
+            "formula": "x' = (x - mean[c]) / std[c] per channel c, x on the data set's pixel"
+            " scale as kdsweep loads it",
+        },
         "teacher_key": teacher.key if teacher is not None else None,
         "run_id": tracker.run_id,
     }
