@@ -117,6 +117,12 @@ ROWS = {
     "loss diverges (NaN) in a run": Bad(
         ("loss=ce", "optimizer.lr=1e8"), "lower optimizer.lr", code=1, mlflow="FAILED"
     ),
+    # Adam's update itself overflows before any loss is non-finite (it was a traceback).
+    "optimizer step overflows": Bad(
+        ("loss=ce", "optimizer.lr=1e38"), "lower optimizer.lr", code=1, mlflow="FAILED"
+    ),
+    # The teacher trains before the run exists: no run; the fix names the teacher's lr.
+    "teacher diverges": Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1),
     # --- devices this machine lacks (issue 13: item 10) ---
     "device cuda absent": Bad(("trainer.device=cuda:7",), "trainer.device=cuda:7 is not available"),
     "device cuda": _slow(Bad(("trainer.device=cuda:64",), "is not available")),

@@ -197,6 +197,7 @@ def _train_teacher(
         data.val_y,
         recipe,
         description="teacher",
+        lr_key="teacher.optimizer.lr",
     )
     _, test_acc = evaluate(model, objective, data.test_x, data.test_y, None, recipe.eval_batch_size)
     metrics = {

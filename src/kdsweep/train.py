@@ -176,6 +176,11 @@ def evaluate(
     return loss_sum.item() / len(inputs), 100.0 * correct.item() / len(inputs)
 
 
+def _diverged(what: str, optimizer: torch.optim.Optimizer, lr_key: str) -> NonFiniteLossError:
+    lr = optimizer.param_groups[0]["lr"]
+    return NonFiniteLossError(f"{what} (lr={lr}): lower {lr_key}")
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -190,9 +195,11 @@ def fit(
     augment: Augment | None = None,
     callbacks: Sequence[EpochCallback] = (),
     description: str = "train",
+    lr_key: str = "optimizer.lr",
 ) -> FitResult:
     """Train ``model`` for ``trainer.epochs`` epochs; leave it holding the weights the
-    objective names (best or last val epoch). Callbacks may raise to stop (pruning)."""
+    objective names (best or last val epoch). Callbacks may raise to stop (pruning).
+    Divergence raises NonFiniteLossError naming ``lr_key``, the setting to lower."""
     device = train_x.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
     step_fn = student_forward(model, objective.needs_student_features)
@@ -241,7 +248,15 @@ def fit(
             out = objective(_inputs(y, student, taught, epoch))
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                # An lr so large that the update itself overflows (Adam at lr=1e38): torch
+                # raises before any loss is non-finite. The same fault, so the same fix.
+                if "overflow" not in str(exc):
+                    raise
+                what = f"the optimizer step overflowed in epoch {epoch}"
+                raise _diverged(what, optimizer, lr_key) from None
             weight = len(index)
             loss_sum += out.total.detach() * weight
             for name, value in out.terms.items():
@@ -249,10 +264,8 @@ def fit(
 
         train_loss = loss_sum.item() / n  # the epoch's single host sync
         if not math.isfinite(train_loss):
-            lr = optimizer.param_groups[0]["lr"]
-            raise NonFiniteLossError(
-                f"training loss became {train_loss} in epoch {epoch} (lr={lr}): lower optimizer.lr"
-            )
+            what = f"training loss became {train_loss} in epoch {epoch}"
+            raise _diverged(what, optimizer, lr_key)
         train_seconds = time.perf_counter() - epoch_start
         if schedule is not None:
             schedule.step()  # the lr of the next epoch
