@@ -197,6 +197,10 @@ def test_bad_jobs_are_skipped_never_fatal(tmp_path: Path, capsys, caplog) -> Non
     assert table in capsys.readouterr().out
     assert row(table, "loss=kd")[1:3] == ["3", "0,1,2"]  # the failed seed 3 is left out
     assert "skipping" in caplog.text
+    # ... and said to be: the arm whose one run failed, and the run with a NaN accuracy.
+    left_out = table.split("Runs without a result, left out of every figure above:")[1]
+    assert "- loss=kd trainer.epochs=3: seed 3: FAILED" in left_out
+    assert "- loss=ce: seed 5: no accuracy recorded" in left_out
 
 
 def test_nothing_in_kdsweeps_own_sweeps(tmp_path: Path, capsys) -> None:
@@ -307,6 +311,29 @@ def test_cli_seeds_multirun_prints_and_saves_the_table(tmp_path: Path) -> None:
     assert cells[1:3] == ["2", "0,1"] and "±" in cells[3] and "±" in cells[4]
     assert "baseline" not in table  # one configuration: nothing to compare
     assert not (tmp_path / "mlflow.db").exists()  # tracking was off
+
+
+def test_cli_multirun_with_a_failed_job_ends_in_one_line_and_says_which(tmp_path: Path) -> None:
+    """Hydra's basic sweeper runs every job, then raises the failed one's error: the table
+    is written, names the run it left out, and the error is one line (it was a traceback)."""
+    sweep_dir = tmp_path / "multirun"
+    proc = run_cli(
+        tmp_path,
+        "-m",
+        "trainer.seed=0,1",
+        "optimizer.lr=1e38,0.001",  # the first overflows Adam's update
+        "loss=ce",
+        "tracking.enabled=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kdsweep: ")]
+    assert len(errors) == 1 and "lower optimizer.lr" in errors[0], proc.stderr[-3000:]
+    table = (sweep_dir / "seeds_table.md").read_text()
+    assert first_row(table)[0] == "optimizer.lr=0.001"
+    assert "- optimizer.lr=1e+38: seed 0: FAILED, seed 1: FAILED" in table
 
 
 def test_cli_tutorial_multirun_with_tracking_off(tmp_path: Path) -> None:

@@ -136,6 +136,13 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
         raise SystemExit(report_interrupt(exc, multirun)) from None
+    except (KdsweepError, NonFiniteLossError) as exc:
+        # A job of a plain multirun failed: Hydra's basic sweeper runs every job, names the
+        # failed one's overrides, then raises its error here. One line, as for a run.
+        if user_asked_full_errors:
+            raise
+        report_error(exc)
+        raise SystemExit(2 if isinstance(exc, KdsweepError) else 1) from None
     except Exception as exc:
         if user_asked_full_errors or not _is_hydra_error(exc):
             raise

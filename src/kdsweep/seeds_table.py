@@ -25,6 +25,8 @@ class Arm:
     val: dict[int, float] = field(default_factory=dict)
     test: dict[int, float] = field(default_factory=dict)
     losses: set[str] = field(default_factory=set)
+    # Its jobs without a result, left out of its figures: "seed 3: FAILED".
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -32,7 +34,8 @@ class Arm:
 
 
 def group_arms(jobs: Iterable[Job]) -> list[Arm]:
-    """Arms in order of their first job; each keeps its finished runs by seed."""
+    """Arms in order of their first job; each keeps its finished runs by seed, and says
+    which of its jobs have no result (an arm whose every job failed has n == 0)."""
     arms: dict[tuple[str, ...], Arm] = {}
     for job in jobs:
         if job.in_kdsweep_sweep:
@@ -47,6 +50,8 @@ def group_arms(jobs: Iterable[Job]) -> list[Arm]:
         if not job.finished or seed is None or val is None or test is None:
             status = job.record.get("status", "?")
             log.warning("seeds table: skipping job %s (status %s, no accuracy)", where, status)
+            why = "no accuracy recorded" if job.finished else status
+            arm.left_out.append(f"seed {seed if seed is not None else '?'}: {why}")
             continue
         if seed in arm.val:
             log.warning(
@@ -54,7 +59,7 @@ def group_arms(jobs: Iterable[Job]) -> list[Arm]:
             )
         arm.val[seed], arm.test[seed] = val, test
         arm.losses.add(str(job.params.get("loss.name", "?")))
-    return [arm for arm in arms.values() if arm.n]
+    return list(arms.values())
 
 
 def _labels(arms: Sequence[Arm]) -> tuple[list[str], list[str]]:
@@ -78,10 +83,14 @@ def choose_baseline(arms: Sequence[Arm]) -> tuple[int, str]:
 def seeds_table(jobs: Sequence[Job]) -> str | None:
     """The markdown table of a multirun over seeds; None when no configuration ran with
     more than one seed (nothing to add to the multirun's output)."""
-    arms = group_arms(jobs)
+    every_arm = group_arms(jobs)
+    arms = [arm for arm in every_arm if arm.n]
     if not arms or max(arm.n for arm in arms) < 2:
         return None
-    labels, common = _labels(arms)
+    # Labelled among every arm, so an arm whose runs all failed is named apart from the rest.
+    all_labels, common = _labels(every_arm)
+    label_of = {id(arm): label for arm, label in zip(every_arm, all_labels, strict=True)}
+    labels = [label_of[id(arm)] for arm in arms]
     base, why = choose_baseline(arms) if len(arms) > 1 else (0, "")
     lines = [
         f"Seeds table: {len(arms)} configuration(s) over {SEED_KEY}; accuracy in %, mean ±"
@@ -128,4 +137,8 @@ def seeds_table(jobs: Sequence[Job]) -> str | None:
                     cells = [f"{d.mean:+.2f}", ci, p_value(d.p_ttest), p_value(d.p_wilcoxon)]
                 row = " | ".join([f"{label} - baseline", split, str(d.n), *cells, verdict(d)])
                 lines.append(f"| {row} |")
+    incomplete = [arm for arm in every_arm if arm.left_out]
+    if incomplete:
+        lines += ["", "Runs without a result, left out of every figure above:", ""]
+        lines += [f"- {label_of[id(arm)]}: {', '.join(arm.left_out)}" for arm in incomplete]
     return "\n".join(lines) + "\n"
