@@ -11,6 +11,9 @@ sweeps.py) and its config groups by name (``data=digits``, ``loss=ce``,
 
 from __future__ import annotations
 
+# A teacher's outputs per batch: TeacherSource(logits=) (loops, gpu, memory).
+from kdsweep.batches import TeacherSource
+
 # Configs: SyntheticData(size=, test_size=) (bench, memory); KnowledgeDistillation(
 # temperature=, soft_target_weight=, ce_weight=) (loops); TrainerConf(epochs=, batch_size=, device=,
 # progress=, objective=), also read: seed, eval_batch_size; replaced: precision,
@@ -34,8 +37,8 @@ from kdsweep.schema import TrainerConf
 from kdsweep.teacher_outputs import cached_source
 
 # Training: fit(model, objective, optimizer, train_x, train_y, val_x, val_y, trainer,
-# train_source, val_source); TeacherSource(logits=) (loops, gpu, memory).
-from kdsweep.train import TeacherSource, fit
+# train_source, val_source) (loops, gpu, memory).
+from kdsweep.train import fit
 
 __all__ = [
     "CrossEntropy",

@@ -8,7 +8,7 @@ on, within hydra.sweeper.max_failure_rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -37,10 +37,11 @@ class Bad:
     hydra_error: bool = False  # Hydra reports it (a few lines, the first names it)
     mlflow: str | None = None  # the one run's expected status, if a run may exist
     slow: bool = False  # one row per class runs by default; its siblings with -m slow
+    teacher_cached: bool = False  # the student fails after its teacher trained: kept, valid
 
 
 def _slow(row: Bad) -> Bad:
-    return Bad(row.args, row.message, row.code, row.hydra_error, row.mlflow, slow=True)
+    return replace(row, slow=True)
 
 
 SWEEP = ("-m", "hparams_search=kd", "hydra.sweeper.baselines=false")
@@ -120,6 +121,24 @@ ROWS = {
     # Adam's update itself overflows before any loss is non-finite (it was a traceback).
     "optimizer step overflows": Bad(
         ("loss=ce", "optimizer.lr=1e38"), "lower optimizer.lr", code=1, mlflow="FAILED"
+    ),
+    # Non-finite before any update: the lr cannot be the cause, the loss's settings are.
+    "loss non-finite on the first batch": Bad(
+        ("loss.temperature=1e38",),
+        "on the first batch, before any update: check the loss's settings (loss=kd:"
+        " temperature=1e+38",
+        code=1,
+        mlflow="FAILED",
+        teacher_cached=True,
+    ),
+    "loss weight overflows on the first batch": _slow(
+        Bad(
+            ("loss.soft_target_weight=1e38",),
+            "soft_target_weight=1e+38",
+            code=1,
+            mlflow="FAILED",
+            teacher_cached=True,
+        )
     ),
     # The teacher trains before the run exists: no run; the fix names the teacher's lr.
     "teacher diverges": Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1),
@@ -398,6 +417,8 @@ def test_bad_input_fails_cleanly(tmp_path: Path, other_teacher: Path, row: Bad) 
         assert optuna.get_all_study_names(storage) == []
     if cache.exists():
         leftovers = [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+        if row.teacher_cached:  # what the teacher left is whole and sealed: only temp files
+            leftovers = [p for p in leftovers if p.name.endswith(".tmp")]
         assert leftovers == [], leftovers  # no checkpoint, no output cache, no temp file
     assert paths["afile"].read_text() == "a file, not a directory\n"
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdsweep.batches import TeacherSource
 from kdsweep.data import TensorSplits, load_splits
 from kdsweep.devices import resolve_device
 from kdsweep.errors import ConfigError
 from kdsweep.models import FeatureNet, build_model, hidden_pool_kernel
 from kdsweep.teacher import Teacher, prepare_teacher
 from kdsweep.teacher_outputs import cached_source, live_source
-from kdsweep.train import TeacherSource
 from kdsweep.validation import Settings
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from kdsweep.batches import TeacherSource
 from kdsweep.files import atomic_torch_save, file_lock, stable_hash
 from kdsweep.integrity import sealed, verified
 from kdsweep.models import FeatureNet, pool_hidden
-from kdsweep.train import TeacherSource
 
 log = logging.getLogger(__name__)
 

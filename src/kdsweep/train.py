@@ -19,75 +19,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kdsweep.batches import TeacherSource, step_inputs, student_forward
 from kdsweep.errors import NonFiniteLossError
-from kdsweep.losses import Objective, StepInputs
-from kdsweep.models import pool_hidden
+from kdsweep.losses import Objective
 from kdsweep.schema import TrainerConf
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TeacherSource:
-    """The teacher's outputs for a batch: indexed from precomputed tensors when the
-    teacher is frozen and the inputs are not augmented, else a live forward pass."""
-
-    logits: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-    model: nn.Module | None = None
-    pool_kernel: int = 1
-
-    def for_batch(
-        self, index: torch.Tensor, inputs: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.model is None:
-            logits = None if self.logits is None else self.logits.index_select(0, index)
-            hidden = None if self.hidden is None else self.hidden.index_select(0, index)
-            return logits, hidden
-        with torch.no_grad():
-            logits, hidden = self.model.forward_with_hidden(inputs)
-        return logits.float(), pool_hidden(hidden.float(), self.pool_kernel)
-
-    def with_features(
-        self, index: torch.Tensor, inputs: torch.Tensor, features: bool
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
-        """for_batch, plus the stage feature maps when ``features``: those come from a live
-        teacher only (kdsweep.plan says why they are not cached)."""
-        if not features:
-            return (*self.for_batch(index, inputs), None)
-        if self.model is None:
-            raise RuntimeError("the teacher's feature maps need a live teacher, not a cache")
-        with torch.no_grad():
-            logits, hidden, maps = self.model.forward_with_features(inputs)
-        hidden = pool_hidden(hidden.float(), self.pool_kernel)
-        return logits.float(), hidden, [m.float() for m in maps]
-
-
-def student_forward(
-    model: nn.Module, features: bool
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]]:
-    """The student's forward pass for the loop: logits, hidden vector, and (``features``)
-    its stage feature maps."""
-    if features:
-        return model.forward_with_features
-
-    def without_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        logits, hidden = model.forward_with_hidden(x)
-        return logits, hidden, None
-
-    return without_maps
-
-
-def _inputs(
-    y: torch.Tensor,
-    student: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None],
-    teacher: tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None],
-    epoch: int,
-) -> StepInputs:
-    logits, hidden, maps = student
-    t_logits, t_hidden, t_maps = teacher
-    maps = None if maps is None else [m.float() for m in maps]
-    return StepInputs(y, logits.float(), hidden.float(), t_logits, t_hidden, epoch, maps, t_maps)
 
 
 @dataclass
@@ -169,16 +106,21 @@ def evaluate(
         with _autocast(inputs.device, precision):
             student = forward(x)
         taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
-        out = objective(_inputs(y, student, taught, epoch))
+        out = objective(step_inputs(y, student, taught, epoch))
         loss_sum += out.total * len(y)
         correct += (student[0].argmax(dim=1) == y).sum()
     model.train(was_training)
     return loss_sum.item() / len(inputs), 100.0 * correct.item() / len(inputs)
 
 
-def _diverged(what: str, optimizer: torch.optim.Optimizer, lr_key: str) -> NonFiniteLossError:
+def _diverged(
+    what: str, optimizer: torch.optim.Optimizer, lr_key: str, objective: Objective
+) -> NonFiniteLossError:
+    """Divergence after updates: the lr is the usual cause, the loss's scale the other."""
     lr = optimizer.param_groups[0]["lr"]
-    return NonFiniteLossError(f"{what} (lr={lr}): lower {lr_key}")
+    settings = objective.settings()
+    also = f", or check the loss's settings ({settings})" if settings else ""
+    return NonFiniteLossError(f"{what} (lr={lr}): lower {lr_key}{also}")
 
 
 def fit(
@@ -202,6 +144,7 @@ def fit(
     Divergence raises NonFiniteLossError naming ``lr_key``, the setting to lower."""
     device = train_x.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
+    check_first_batch = True
     step_fn = student_forward(model, objective.needs_student_features)
     teacher_maps = objective.needs_teacher_features
     if trainer.compile:
@@ -245,7 +188,15 @@ def fit(
             )
             with _autocast(device, trainer.precision):
                 student = step_fn(x)
-            out = objective(_inputs(y, student, taught, epoch))
+            out = objective(step_inputs(y, student, taught, epoch))
+            if check_first_batch:  # one host sync per fit: no lr can be blamed yet
+                check_first_batch = False
+                first = out.total.detach().item()
+                if not math.isfinite(first) and objective.settings():
+                    raise NonFiniteLossError(
+                        f"the loss is {first} on the first batch, before any update: check"
+                        f" the loss's settings ({objective.settings()})"
+                    )
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             try:
@@ -256,7 +207,7 @@ def fit(
                 if "overflow" not in str(exc):
                     raise
                 what = f"the optimizer step overflowed in epoch {epoch}"
-                raise _diverged(what, optimizer, lr_key) from None
+                raise _diverged(what, optimizer, lr_key, objective) from None
             weight = len(index)
             loss_sum += out.total.detach() * weight
             for name, value in out.terms.items():
@@ -265,7 +216,7 @@ def fit(
         train_loss = loss_sum.item() / n  # the epoch's single host sync
         if not math.isfinite(train_loss):
             what = f"training loss became {train_loss} in epoch {epoch}"
-            raise _diverged(what, optimizer, lr_key)
+            raise _diverged(what, optimizer, lr_key, objective)
         train_seconds = time.perf_counter() - epoch_start
         if schedule is not None:
             schedule.step()  # the lr of the next epoch

@@ -4,7 +4,7 @@ what it returns (LossOutput), and the weight check they share."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -68,6 +68,16 @@ class Objective:
 
     def __call__(self, batch: StepInputs) -> LossOutput:
         return self.forward(batch)
+
+    def settings(self) -> str:
+        """``loss=kd: temperature=4, soft_target_weight=0.25, ce_weight=0.75``, for error
+        messages ("" for a loss without settings, such as CE)."""
+        values = [
+            f"{f.name}={getattr(self, f.name):g}"
+            for f in fields(self)
+            if f.name != "name" and isinstance(getattr(self, f.name), (int, float))
+        ]
+        return f"loss={self.name}: {', '.join(values)}" if values else ""
 
     def attach(self, student_maps: list[tuple[int, ...]], teacher_maps: list[tuple[int, ...]]):  # noqa: ANN201
         """Called once before training with the (C, H, W) shape of each stage's feature map
