@@ -141,7 +141,9 @@ ROWS = {
         )
     ),
     # The teacher trains before the run exists: no run; the fix names the teacher's lr.
-    "teacher diverges": Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1),
+    "teacher diverges": _slow(
+        Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1)
+    ),
     # --- devices this machine lacks (issue 13: item 10) ---
     "device cuda absent": Bad(("trainer.device=cuda:7",), "trainer.device=cuda:7 is not available"),
     "device cuda": _slow(Bad(("trainer.device=cuda:64",), "is not available")),
