@@ -203,6 +203,26 @@ def test_bad_jobs_are_skipped_never_fatal(tmp_path: Path, capsys, caplog) -> Non
     assert "- loss=ce: seed 5: no accuracy recorded" in left_out
 
 
+def test_job_folders_of_an_earlier_multirun_do_not_count(tmp_path: Path, caplog) -> None:
+    """A reused hydra.sweep.dir keeps the folders of an earlier, larger multirun (Hydra
+    overwrites only the job numbers it runs again): they are not this multirun's."""
+    import os
+    import time
+
+    old = write_job(tmp_path, 6, ["trainer.seed=3", "loss=ce", "trainer.epochs=3"], 3, 0, 0, "ce")
+    hour_ago = time.time() - 3600
+    os.utime(old / "results.json", (hour_ago, hour_ago))
+    tables = SeedsTable(), TutorialTable()
+    for callback in tables:
+        callback.on_multirun_start(multirun_config(tmp_path))
+    two_arms(tmp_path)  # this multirun's six jobs
+    for callback in tables:
+        callback.on_multirun_end(multirun_config(tmp_path))
+    table = (tmp_path / "seeds_table.md").read_text()
+    assert row(table, "loss=ce")[1:3] == ["3", "0,1,2"]  # seed 3 was the earlier multirun's
+    assert "left out 1 job folder(s) of an earlier multirun" in caplog.text
+
+
 def test_nothing_in_kdsweeps_own_sweeps(tmp_path: Path, capsys) -> None:
     two_arms(tmp_path)
     SeedsTable().on_multirun_end(multirun_config(tmp_path, KDSWEEP_SWEEPER))

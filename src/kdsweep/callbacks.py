@@ -15,6 +15,7 @@ multirun: a job whose files cannot be read is logged and left out.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,13 +142,23 @@ def tutorial_table(results: Mapping[str, Sequence[Mapping[str, Any]]], data_name
     return header + "\n\n" + "\n".join(lines) + "\n\n" + notes + "\n"
 
 
-class TutorialTable(Callback):
+class MultirunTable(Callback):
+    """Remembers when the multirun started: a reused ``hydra.sweep.dir`` still holds the
+    job folders of earlier multiruns, which must not count (kdsweep.multirun)."""
+
+    started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+
+class TutorialTable(MultirunTable):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             if is_kdsweep_sweep(config):
                 return
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            results = collect_results(sweep_dir)
+            results = collect_results(sweep_dir, self.started)
             if not any(name in TUTORIAL_ROWS for name in results):
                 return  # not a tutorial multirun
             table = tutorial_table(results, str(config.data.name))
@@ -158,7 +169,7 @@ class TutorialTable(Callback):
             log.warning("tutorial table not written: %s: %s", type(exc).__name__, exc)
 
 
-class SeedsTable(Callback):
+class SeedsTable(MultirunTable):
     """Ends a plain multirun that repeats configurations over trainer.seed with
     ``seeds_table.md`` in the multirun directory (and on stdout)."""
 
@@ -167,7 +178,7 @@ class SeedsTable(Callback):
             if is_kdsweep_sweep(config):
                 return  # kdsweep's sweeps end with their own report
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            table = seeds_table(collect_jobs(sweep_dir))
+            table = seeds_table(collect_jobs(sweep_dir, self.started))
             if table is None:
                 return
             out = sweep_dir / "seeds_table.md"

@@ -21,6 +21,8 @@ log = logging.getLogger("kdsweep")
 
 SEED_KEY = "trainer.seed"
 FINISHED = "FINISHED"
+# File systems store mtimes coarsely (FAT: 2 s); a job of this multirun is never that old.
+MTIME_SLACK_S = 2.0
 
 
 @dataclass
@@ -107,14 +109,20 @@ def _job_order(directory: Path) -> tuple[int, float, str]:
     return (1, (directory / "results.json").stat().st_mtime, name)
 
 
-def collect_jobs(sweep_dir: Path) -> list[Job]:
+def collect_jobs(sweep_dir: Path, since: float | None = None) -> list[Job]:
     """Every job under ``sweep_dir`` with a readable results.json, in job order. An
-    unreadable record is logged and left out; it never stops the multirun."""
+    unreadable record is logged and left out; it never stops the multirun. With ``since``
+    (the multirun's start, epoch seconds), records written before it are left out too:
+    jobs of an earlier multirun in the same ``hydra.sweep.dir``."""
     import yaml
 
     jobs: list[Job] = []
+    earlier = 0
     for path in sweep_dir.glob("*/results.json"):
         try:
+            if since is not None and path.stat().st_mtime < since - MTIME_SLACK_S:
+                earlier += 1
+                continue
             record = json.loads(path.read_text())
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
@@ -130,6 +138,12 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
         except (OSError, yaml.YAMLError):
             pass
         jobs.append(Job(path.parent, record, overrides))
+    if earlier:
+        log.warning(
+            "multirun table: left out %d job folder(s) of an earlier multirun in %s",
+            earlier,
+            sweep_dir,
+        )
     try:
         jobs.sort(key=lambda job: _job_order(job.directory))
     except OSError:  # a record removed while we read: keep the directory order
@@ -137,11 +151,12 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
     return jobs
 
 
-def collect_results(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
+def collect_results(sweep_dir: Path, since: float | None = None) -> dict[str, list[dict[str, Any]]]:
     """run name -> every results.json record under the sweep directory with that name, in
-    job order (one per seed when the multirun repeats a run over seeds)."""
+    job order (one per seed when the multirun repeats a run over seeds); ``since`` as for
+    collect_jobs."""
     found: dict[str, list[dict[str, Any]]] = {}
-    for job in collect_jobs(sweep_dir):
+    for job in collect_jobs(sweep_dir, since):
         if job.run_name and not job.in_kdsweep_sweep:
             found.setdefault(job.run_name, []).append(job.record)
     return found
