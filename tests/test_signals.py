@@ -138,11 +138,15 @@ def _children_alive(pgid: int) -> bool:
 
 @pytest.fixture
 def kdsweep_signal_handlers(monkeypatch: pytest.MonkeyPatch):
-    """kdsweep's SIGINT/SIGTERM handlers in this process, fresh, and pytest's back after."""
+    """kdsweep's SIGINT/SIGTERM handlers (and unraisable hook) in this process, fresh, and
+    pytest's back after."""
+    import sys
+
     from kdsweep import signals
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(signals, "_state", signals._SignalState())
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # ours replaces it
     signals.install_signal_handlers()
     yield signals
     for signum, handler in saved.items():
