@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -173,17 +173,8 @@ class TensorSplits:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> TensorSplits:
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
-        }
-        return TensorSplits(
-            **moved,
-            num_classes=self.num_classes,
-            fingerprint=self.fingerprint,
-            input_mean=self.input_mean,
-            input_std=self.input_std,
-        )
+        names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        return replace(self, **{name: getattr(self, name).to(device) for name in names})
 
     @property
     def nbytes(self) -> int:
