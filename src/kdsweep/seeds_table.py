@@ -84,13 +84,13 @@ def seeds_table(jobs: Sequence[Job]) -> str | None:
     """The markdown table of a multirun over seeds; None when no configuration ran with
     more than one seed (nothing to add to the multirun's output)."""
     every_arm = group_arms(jobs)
-    arms = [arm for arm in every_arm if arm.n]
-    if not arms or max(arm.n for arm in arms) < 2:
+    if max((arm.n for arm in every_arm), default=0) < 2:
         return None
     # Labelled among every arm, so an arm whose runs all failed is named apart from the rest.
     all_labels, common = _labels(every_arm)
-    label_of = {id(arm): label for arm, label in zip(every_arm, all_labels, strict=True)}
-    labels = [label_of[id(arm)] for arm in arms]
+    labelled = list(zip(every_arm, all_labels, strict=True))
+    arms = [arm for arm, _ in labelled if arm.n]
+    labels = [label for arm, label in labelled if arm.n]
     base, why = choose_baseline(arms) if len(arms) > 1 else (0, "")
     lines = [
         f"Seeds table: {len(arms)} configuration(s) over {SEED_KEY}; accuracy in %, mean ±"
@@ -137,8 +137,9 @@ def seeds_table(jobs: Sequence[Job]) -> str | None:
                     cells = [f"{d.mean:+.2f}", ci, p_value(d.p_ttest), p_value(d.p_wilcoxon)]
                 row = " | ".join([f"{label} - baseline", split, str(d.n), *cells, verdict(d)])
                 lines.append(f"| {row} |")
-    incomplete = [arm for arm in every_arm if arm.left_out]
+    incomplete = [
+        f"- {label}: {', '.join(arm.left_out)}" for arm, label in labelled if arm.left_out
+    ]
     if incomplete:
-        lines += ["", "Runs without a result, left out of every figure above:", ""]
-        lines += [f"- {label_of[id(arm)]}: {', '.join(arm.left_out)}" for arm in incomplete]
+        lines += ["", "Runs without a result, left out of every figure above:", "", *incomplete]
     return "\n".join(lines) + "\n"
