@@ -11,8 +11,7 @@ sweeps.py) and its config groups by name (``data=digits``, ``loss=ce``,
 
 from __future__ import annotations
 
-# A teacher's outputs per batch: TeacherSource(logits=) (loops, gpu, memory).
-from kdsweep.batches import TeacherSource
+from kdsweep.config.schema import TrainerConf
 
 # Configs: SyntheticData(size=, test_size=) (bench, memory); KnowledgeDistillation(
 # temperature=, soft_target_weight=, ce_weight=) (loops); TrainerConf(epochs=, batch_size=, device=,
@@ -22,23 +21,25 @@ from kdsweep.batches import TeacherSource
 # num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
 from kdsweep.data import DigitsData, SyntheticData, TensorSplits, load_splits
 
-# Devices: resolve_device("auto" | "cpu" | "cuda" | ...) -> torch.device (bench).
-from kdsweep.devices import resolve_device
-
 # Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
 
 # Models: deep_nn / light_nn(input_shape, num_classes) -> SeedNet (loops, gpu, memory).
-from kdsweep.models import SeedNet, deep_nn, light_nn
-from kdsweep.schema import TrainerConf
+from kdsweep.nets import SeedNet, deep_nn, light_nn
 
-# Teacher outputs: cached_source(teacher, teacher_key, split, inputs, cache_dir,
-# need_logits=True, need_hidden=False), passed positionally (loops, gpu, memory).
-from kdsweep.teacher_outputs import cached_source
+# A teacher's outputs per batch: TeacherSource(logits=) (loops, gpu, memory).
+from kdsweep.training.batches import TeacherSource
+
+# Devices: resolve_device("auto" | "cpu" | "cuda" | ...) -> torch.device (bench).
+from kdsweep.training.devices import resolve_device
 
 # Training: fit(model, objective, optimizer, train_x, train_y, val_x, val_y, trainer,
 # train_source, val_source) (loops, gpu, memory).
-from kdsweep.train import fit
+from kdsweep.training.loop import fit
+
+# Teacher outputs: cached_source(teacher, teacher_key, split, inputs, cache_dir,
+# need_logits=True, need_hidden=False), passed positionally (loops, gpu, memory).
+from kdsweep.training.teacher_outputs import cached_source
 
 __all__ = [
     "CrossEntropy",

@@ -232,9 +232,9 @@ def teacher_cache_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     per test session (in this process) so sweeps in several tests do not each train it."""
     import torch
 
+    from kdsweep.config.validation import validate
     from kdsweep.data import load_splits
-    from kdsweep.teacher import prepare_teacher
-    from kdsweep.validation import validate
+    from kdsweep.training.teacher import prepare_teacher
 
     cache = tmp_path_factory.mktemp("teacher_cache")
     settings = validate(compose("teacher.epochs=1", f"cache_dir={cache}"))
@@ -248,7 +248,7 @@ def compose(*overrides: str) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from kdsweep.main import config_dir
+    from kdsweep.config.folder import config_dir
 
     GlobalHydra.instance().clear()
     try:

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from kdsweep.main import config_dir
-from kdsweep.validation import Settings, validate
+from kdsweep.config.folder import config_dir
+from kdsweep.config.validation import Settings, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

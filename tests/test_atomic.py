@@ -21,8 +21,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from _helpers import compose, wait_for
-from kdsweep import files
-from kdsweep.files import atomic_save_figure, atomic_torch_save, atomic_write, atomic_write_text
+from kdsweep.core import files
+from kdsweep.core.files import (
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -138,7 +143,7 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> Non
     script = textwrap.dedent(
         """
         import sys, time, torch
-        from kdsweep.files import atomic_torch_save
+        from kdsweep.core.files import atomic_torch_save
 
         class Stall:
             def __reduce__(self):
@@ -183,8 +188,8 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> Non
 
 @pytest.fixture
 def digits(tmp_path: Path):  # noqa: ANN201
+    from kdsweep.config.validation import validate
     from kdsweep.data import load_splits
-    from kdsweep.validation import validate
 
     settings = validate(compose("teacher.epochs=1", f"cache_dir={tmp_path / 'cache'}"))
     return settings, load_splits(settings.data)
@@ -193,7 +198,7 @@ def digits(tmp_path: Path):  # noqa: ANN201
 def test_crash_while_caching_the_teacher_leaves_no_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
 ) -> None:
-    from kdsweep import teacher as teacher_module
+    from kdsweep.training import teacher as teacher_module
 
     settings, data = digits
 
@@ -221,8 +226,8 @@ def test_crash_while_caching_the_teacher_leaves_no_checkpoint(
 def test_crash_while_caching_teacher_outputs_keeps_the_good_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
 ) -> None:
-    from kdsweep.models import build_model
-    from kdsweep.teacher_outputs import cached_source, compute_outputs
+    from kdsweep.nets import build_model
+    from kdsweep.training.teacher_outputs import cached_source, compute_outputs
 
     settings, data = digits
     cache = tmp_path / "cache"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdsweep.augment import crop_and_flip
+from kdsweep.data.augment import crop_and_flip
 
 
 def _all_views(image: torch.Tensor, padding: int) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 
 from kdsweep.data import SyntheticData, load_splits
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation, StepInputs
-from kdsweep.train import fit
+from kdsweep.training.loop import fit
 
 # The benchmark is not part of the package: its modules import each other from its folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from conftest import db_path, finish_cli, mlflow_runs, start_cli
-from kdsweep.choices import Architecture
-from kdsweep.cifar_nets import CIFAR_BUILDERS
-from kdsweep.errors import ConfigError
-from kdsweep.models import FeatureNet, build_model, count_parameters
+from kdsweep.config.choices import Architecture
+from kdsweep.core.errors import ConfigError
+from kdsweep.nets import FeatureNet, build_model, count_parameters
+from kdsweep.nets.cifar import CIFAR_BUILDERS
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)
@@ -179,8 +179,8 @@ def test_a_students_input_channels_and_classes_are_read_off_its_weights(
     architecture: str,
 ) -> None:
     """kdsweep-eval's check that a state_dict fits a data set, for every architecture."""
-    from kdsweep.models import build_model
-    from kdsweep.student import spec_from_state_dict
+    from kdsweep.nets import build_model
+    from kdsweep.run.student import spec_from_state_dict
 
     model = build_model(architecture, (3, 32, 32), 100)
     assert spec_from_state_dict(model.state_dict()) == (3, 100)

@@ -9,11 +9,11 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from kdsweep.errors import ConfigError
+from kdsweep.config.schema import SGDNesterovConf
+from kdsweep.config.validation import validate
+from kdsweep.core.errors import ConfigError
 from kdsweep.losses import CosineHidden, KnowledgeDistillation
 from kdsweep.main import composition_error, config_dir
-from kdsweep.schema import SGDNesterovConf
-from kdsweep.validation import validate
 
 
 def _options(group: str) -> list[str]:
@@ -180,7 +180,7 @@ def test_missing_group_names_it(compose) -> None:
 
 
 def test_cpu_threads_are_torchs_unless_asked() -> None:
-    from kdsweep.plan import cpu_threads
+    from kdsweep.run.plan import cpu_threads
 
     assert cpu_threads(0) is None  # torch's own default
     assert cpu_threads(1) == 1 and cpu_threads(4) == 4

@@ -148,8 +148,8 @@ def test_paired_seeds_give_identical_initial_weights_across_arms(teacher_cache: 
     """Seed s means the same student initialisation in every arm: KD and its teacher-less
     ablation start from the same weights (the teacher is prepared after the student)."""
     from conftest import compose_config
-    from kdsweep.plan import plan_run
-    from kdsweep.validation import validate
+    from kdsweep.config.validation import validate
+    from kdsweep.run.plan import plan_run
 
     def student(*overrides: str) -> dict[str, torch.Tensor]:
         cfg = compose_config(

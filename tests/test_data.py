@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from kdsweep.cifar import load_cifar_splits
+from kdsweep.core.errors import DataError
 from kdsweep.data import (
     CifarData,
     DigitsData,
@@ -19,7 +19,7 @@ from kdsweep.data import (
     load_splits,
     load_synthetic_splits,
 )
-from kdsweep.errors import DataError
+from kdsweep.data.cifar import load_cifar_splits
 
 # --- digits -------------------------------------------------------------------------------
 

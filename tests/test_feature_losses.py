@@ -128,9 +128,9 @@ def test_feature_losses_refuse_pairs_they_cannot_compare() -> None:
 
 def test_the_hint_regressor_trains_with_the_student_and_is_not_saved(tmp_path: Path) -> None:
     from kdsweep.data import load_splits
-    from kdsweep.plan import plan_run
-    from kdsweep.run import TrialHooks, execute
-    from kdsweep.tracking import RunTracker
+    from kdsweep.run.experiment import TrialHooks, execute
+    from kdsweep.run.plan import plan_run
+    from kdsweep.run.tracking import RunTracker
 
     settings = settings_for(
         "loss=hint", "teacher.epochs=1", "trainer.epochs=1", "trainer.progress=none",

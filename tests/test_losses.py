@@ -164,7 +164,7 @@ def test_cross_entropy() -> None:
 @pytest.mark.parametrize("loss", ["kd", "cosine", "multimargin", "ce"])
 def test_each_loss_option_composes_into_its_class(compose, loss: str) -> None:
     """conf/loss/<name>.yaml names its class by _target_; validation builds it once."""
-    from kdsweep.validation import validate
+    from kdsweep.config.validation import validate
 
     built = validate(compose(f"loss={loss}", "model=modified")).loss
     assert built.name == loss
@@ -180,7 +180,7 @@ def test_each_loss_option_composes_into_its_class(compose, loss: str) -> None:
 
 
 def test_build_objective_picks_the_class_and_its_needs(compose) -> None:
-    from kdsweep.validation import validate
+    from kdsweep.config.validation import validate
 
     def build_objective(*overrides: str):  # noqa: ANN202 - the composed loss, built once
         return validate(compose(*overrides, "model=modified")).loss

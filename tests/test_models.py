@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdsweep.errors import ConfigError
-from kdsweep.models import (
+from kdsweep.core.errors import ConfigError
+from kdsweep.nets import (
     build_model,
     count_parameters,
     deep_nn,

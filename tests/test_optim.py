@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdsweep.optim import build_optimizer
-from kdsweep.schema import OptimizerConf, SGDNesterovConf
+from kdsweep.config.schema import OptimizerConf, SGDNesterovConf
+from kdsweep.training.optim import build_optimizer
 
 
 def _problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -161,7 +161,7 @@ def test_plain_sgd_is_repdistillers_and_not_nesterov(settings) -> None:
 def test_the_lr_steps_down_after_each_milestone(settings) -> None:
     """trainer.lr_milestones: torch's MultiStepLR, one step per epoch."""
     from kdsweep.losses import CrossEntropy
-    from kdsweep.train import fit
+    from kdsweep.training.loop import fit
 
     s = settings("trainer.epochs=4", "trainer.lr_milestones=[1,3]", "trainer.lr_gamma=0.5")
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def test_the_lr_steps_down_after_each_milestone(settings) -> None:
 def test_bad_lr_steps_and_momentum_are_one_line_errors(settings, override, message) -> None:
     import re
 
-    from kdsweep.errors import ConfigError
+    from kdsweep.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         settings(*override.split())
@@ -219,7 +219,7 @@ def test_the_cifar100_recipe_composes_to_repdistillers_settings(settings) -> Non
 
 def test_the_teachers_lr_steps_are_part_of_its_cache_key(settings) -> None:
     from kdsweep.data import load_splits
-    from kdsweep.teacher import teacher_key
+    from kdsweep.training.teacher import teacher_key
 
     plain = settings()
     stepped = settings("teacher.lr_milestones=[5]")

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from kdsweep.report import cli as report_cli
+from kdsweep import report_cli
 from kdsweep.report import headline, summarize, write_report
 
 STUDY = "kd_search"
@@ -108,7 +108,7 @@ def cli_rebuild(stored, tmp_path_factory) -> Iterator[tuple[subprocess.Popen[str
     its time. Its test, last in the file, collects the result."""
     cwd = tmp_path_factory.mktemp("cwd")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdsweep.report.cli", "--storage", stored[0], "--study", STUDY],
+        [sys.executable, "-m", "kdsweep.report_cli", "--storage", stored[0], "--study", STUDY],
         cwd=cwd,
         env=dict(os.environ, MPLBACKEND="Agg"),
         stdout=subprocess.PIPE,

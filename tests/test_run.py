@@ -235,7 +235,7 @@ def test_divergence_mid_training_ends_failed_with_error_tag(
 
 
 def test_unexpected_exception_ends_failed(done: Done, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdsweep.run as run_module
+    import kdsweep.run.experiment as run_module
     from conftest import compose_config
 
     def broken_fit(*args, **kwargs):
@@ -313,8 +313,8 @@ def test_unknown_option_names_the_group(bad_cli) -> None:
 def test_per_epoch_metrics_are_batched_and_all_written_by_finish(tmp_path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    from kdsweep import tracking
-    from kdsweep.schema import TrackingConf
+    from kdsweep.config.schema import TrackingConf
+    from kdsweep.run import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setattr(tracking, "METRICS_FLUSH_S", 3600.0)

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from _helpers import load_trials, run, states, sweep_args, teacher_cache_fixture  # noqa: F401
-from kdsweep.main import config_dir
-from kdsweep.validation import validate
+from kdsweep.config.folder import config_dir
+from kdsweep.config.validation import validate
 
 SEARCHES = sorted(p.stem for p in (Path(config_dir()) / "hparams_search").glob("*.yaml"))
 

@@ -24,7 +24,7 @@ from _helpers import (
     teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
-from kdsweep.secrets import mask_secrets, mask_value
+from kdsweep.core.secrets import mask_secrets, mask_value
 
 SECRET = "s3cret"
 
@@ -227,10 +227,10 @@ def _malicious_checkpoint(tmp_path: Path, wrap: bool) -> tuple[Path, Path]:
 @pytest.mark.parametrize("wrap", [False, True], ids=["bare", "inside-a-checkpoint"])
 def test_malicious_teacher_checkpoint_is_refused_in_process(tmp_path: Path, wrap: bool) -> None:
     from _helpers import compose
+    from kdsweep.config.validation import validate
+    from kdsweep.core.errors import CheckpointError
     from kdsweep.data import load_splits
-    from kdsweep.errors import CheckpointError
-    from kdsweep.teacher import load_user_checkpoint
-    from kdsweep.validation import validate
+    from kdsweep.training.teacher import load_user_checkpoint
 
     path, marker = _malicious_checkpoint(tmp_path, wrap)
     settings = validate(compose(f"teacher.checkpoint={path}"))
@@ -270,11 +270,11 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     """A planted file where the teacher cache or the teacher-output cache would be is
     unreadable with weights_only: it is replaced by a freshly computed one."""
     from _helpers import compose
-    from kdsweep import teacher as teacher_module
+    from kdsweep.config.validation import validate
     from kdsweep.data import load_splits
-    from kdsweep.teacher import prepare_teacher, teacher_key
-    from kdsweep.teacher_outputs import cached_source
-    from kdsweep.validation import validate
+    from kdsweep.training import teacher as teacher_module
+    from kdsweep.training.teacher import prepare_teacher, teacher_key
+    from kdsweep.training.teacher_outputs import cached_source
 
     def untrained(settings, data, device):  # noqa: ANN001, ANN202  (training is not the point)
         return teacher_module._new_model(settings, data), {"teacher_val_acc": 0.0}
@@ -312,7 +312,7 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     ["/home/me/.ssh", "..", ".", "../../etc", "a/../../b", "~", "", "x" * 600, "C:\\temp", "\x00"],
 )
 def test_report_dir_is_one_component_inside_the_root(tmp_path: Path, name: str) -> None:
-    from kdsweep.files import MAX_SAFE_NAME
+    from kdsweep.core.files import MAX_SAFE_NAME
     from kdsweep.report import report_dir_for
 
     folder = report_dir_for(tmp_path / "reports", name)

@@ -13,7 +13,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import run_cli
-from kdsweep.callbacks import (
+from kdsweep.config.schema import TrackingConf
+from kdsweep.core.stats import arm_stats, paired_diff, verdict
+from kdsweep.multirun.callbacks import (
     SeedsTable,
     TutorialTable,
     collect_jobs,
@@ -21,9 +23,7 @@ from kdsweep.callbacks import (
     seeds_table,
     tutorial_table,
 )
-from kdsweep.report.stats import arm_stats, paired_diff, verdict
-from kdsweep.schema import TrackingConf
-from kdsweep.tracking import RunTracker
+from kdsweep.run.tracking import RunTracker
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 KDSWEEP_SWEEPER = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KdsweepSweeper"

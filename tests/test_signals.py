@@ -142,7 +142,7 @@ def kdsweep_signal_handlers(monkeypatch: pytest.MonkeyPatch):
     pytest's back after."""
     import sys
 
-    from kdsweep import signals
+    from kdsweep.core import signals
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(signals, "_state", signals._SignalState())
@@ -156,7 +156,7 @@ def kdsweep_signal_handlers(monkeypatch: pytest.MonkeyPatch):
 def test_a_signal_during_a_store_write_is_raised_when_the_write_is_done(
     kdsweep_signal_handlers,
 ) -> None:
-    from kdsweep.errors import Interrupted
+    from kdsweep.core.errors import Interrupted
 
     done: list[str] = []
     with pytest.raises(Interrupted) as caught, kdsweep_signal_handlers.deferred_signals():
@@ -179,9 +179,9 @@ def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
     skipped its rollback, and ending the run KILLED then failed with "database is locked"."""
     from mlflow.tracking import MlflowClient
 
-    from kdsweep.errors import Interrupted
-    from kdsweep.schema import TrackingConf
-    from kdsweep.tracking import RunTracker
+    from kdsweep.config.schema import TrackingConf
+    from kdsweep.core.errors import Interrupted
+    from kdsweep.run.tracking import RunTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = RunTracker(TrackingConf(uri=uri), "signalled", local_dir=tmp_path)
@@ -262,8 +262,8 @@ def test_a_signal_while_a_command_starts_is_one_line(
 
 SWALLOWING_CALLBACK = """
 import os, signal, sys, time, weakref
-from kdsweep.errors import Interrupted
-from kdsweep.signals import install_signal_handlers
+from kdsweep.core.errors import Interrupted
+from kdsweep.core.signals import install_signal_handlers
 
 install_signal_handlers()
 

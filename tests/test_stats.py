@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from kdsweep.report.stats import arm_stats, paired_diff, t_interval, verdict
+from kdsweep.core.stats import arm_stats, paired_diff, t_interval, verdict
 
 KD = {1: 97.2, 2: 96.4, 3: 98.1, 4: 97.5, 5: 96.9}
 CE = {1: 98.0, 2: 97.9, 3: 98.6, 4: 97.7, 5: 98.3}

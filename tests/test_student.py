@@ -58,7 +58,7 @@ def test_run_logs_a_student_that_loads_in_a_fresh_process(logged_run: dict[str, 
     script = """
 import json, sys, torch, mlflow.pytorch
 from kdsweep.data import DigitsData, load_splits
-from kdsweep.models import build_model
+from kdsweep.nets import build_model
 data = load_splits(DigitsData())
 model = mlflow.pytorch.load_model(sys.argv[1])
 with torch.no_grad():
@@ -96,7 +96,7 @@ def test_the_saved_student_says_how_to_normalize_new_images(logged_run: dict[str
     import torch
 
     from kdsweep.data import DigitsData, load_splits
-    from kdsweep.student import StudentSpec
+    from kdsweep.run.student import StudentSpec
 
     folder = logged_run["workdir"] / "out" / "student"
     info = json.loads((folder / "kdsweep.json").read_text())
@@ -149,7 +149,7 @@ def test_eval_state_dict_and_export(
     import torch
 
     from kdsweep.data import DigitsData, load_splits
-    from kdsweep.models import build_model
+    from kdsweep.nets import build_model
 
     record = logged_run["run"]
     state_dict = logged_run["workdir"] / "out" / "student" / "state_dict.pt"
@@ -174,7 +174,7 @@ def test_eval_refuses_bad_inputs_in_one_line(
 ) -> None:
     import torch
 
-    from kdsweep.models import build_model
+    from kdsweep.nets import build_model
 
     uri = logged_run["uri"]
     run_id = logged_run["run"].info.run_id

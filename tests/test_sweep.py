@@ -132,7 +132,7 @@ def test_report_command_rebuilds_from_the_stored_study(swept: Path, tmp_path: Pa
     out = tmp_path / "rebuilt"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "kdsweep.report.cli",
+            sys.executable, "-m", "kdsweep.report_cli",
             "--storage", f"sqlite:///{swept / 'optuna.db'}", "--study", "s3", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=120,

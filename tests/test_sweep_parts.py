@@ -9,8 +9,8 @@ import optuna
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from kdsweep.errors import KdsweepError
-from kdsweep.stores import storage_file
+from kdsweep.core.errors import KdsweepError
+from kdsweep.core.stores import storage_file
 from kdsweep.sweep.core import job_outcome
 from kdsweep.sweep.settings import SweepSettings
 from kdsweep.sweep.studies import open_storage, trial_id
@@ -88,7 +88,7 @@ def test_the_parent_run_uploads_only_finished_report_files(tmp_path: Path, caplo
     uploaded: only the report files that are there, with content."""
     from mlflow.tracking import MlflowClient
 
-    from kdsweep.schema import TrackingConf
+    from kdsweep.config.schema import TrackingConf
     from kdsweep.sweep.parent_run import ParentRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

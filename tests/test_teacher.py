@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import compose_config, settings_for
+from kdsweep.core.errors import CheckpointError
+from kdsweep.core.files import atomic_torch_save, atomic_write, atomic_write_text
 from kdsweep.data import load_splits
-from kdsweep.errors import CheckpointError
-from kdsweep.files import atomic_torch_save, atomic_write, atomic_write_text
 from kdsweep.losses import CosineHidden, KnowledgeDistillation, StepInputs
-from kdsweep.models import build_model, deep_nn, light_nn
-from kdsweep.teacher import prepare_teacher
-from kdsweep.teacher_outputs import cached_source, live_source
+from kdsweep.nets import build_model, deep_nn, light_nn
+from kdsweep.training.teacher import prepare_teacher
+from kdsweep.training.teacher_outputs import cached_source, live_source
 
 CPU = torch.device("cpu")
 # A light teacher on digits trains in well under a second.
@@ -82,7 +82,7 @@ def test_corrupt_checkpoint_file_is_a_one_line_error(
 
 
 def test_corrupt_checkpoint_stops_the_run_before_mlflow(tmp_path: Path, monkeypatch) -> None:
-    from kdsweep.run import run
+    from kdsweep.run.experiment import run
 
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(b"\x00" * 64)
@@ -385,7 +385,7 @@ def test_cached_teacher_outputs_of_another_shape_under_a_valid_checksum_are_reco
 ) -> None:
     """A sealed file can still be the wrong one (a key collision, a copied cache): its
     shape is checked against what this teacher gives."""
-    from kdsweep.integrity import sealed
+    from kdsweep.core.integrity import sealed
 
     torch.manual_seed(0)
     teacher = light_nn((1, 8, 8), 10).eval()

@@ -95,7 +95,7 @@ def test_workers_share_a_study_on_a_postgresql_server_in_use(
 
 _OPEN_AT = """
 import sys, time
-from kdsweep.errors import KdsweepError
+from kdsweep.core.errors import KdsweepError
 from kdsweep.sweep.studies import open_storage
 
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))

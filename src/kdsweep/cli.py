@@ -8,8 +8,8 @@ import importlib
 import sys
 from typing import Any
 
-from kdsweep.errors import interrupt_name
-from kdsweep.signals import deferred_signals, install_signal_handlers
+from kdsweep.core.errors import interrupt_name
+from kdsweep.core.signals import deferred_signals, install_signal_handlers
 
 
 def _run(command: str, module: str, after: str) -> Any:
@@ -34,7 +34,7 @@ def kdsweep() -> Any:
 def kdsweep_report() -> Any:
     return _run(
         "kdsweep-report",
-        "kdsweep.report.cli",
+        "kdsweep.report_cli",
         "each report file is whole (written atomically); rerun to write them all",
     )
 

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kdsweep.errors import CheckpointError, KdsweepError, first_line
-from kdsweep.secrets import mask_secrets
+from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
+from kdsweep.core.secrets import mask_secrets
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
 
@@ -63,8 +63,8 @@ def compose(overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from kdsweep.main import config_dir
-    from kdsweep.validation import validate
+    from kdsweep.config.folder import config_dir
+    from kdsweep.config.validation import validate
 
     GlobalHydra.instance().clear()
     try:
@@ -136,7 +136,7 @@ def load_uri(uri: str, tracking_uri: str) -> Loaded:
 
 def load_file(path: Path, settings: Any) -> Loaded:
     """A state_dict file: its kdsweep.json names the network; else the config's model."""
-    from kdsweep.student import (
+    from kdsweep.run.student import (
         Logits,
         StudentSpec,
         read_spec,

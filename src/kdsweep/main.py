@@ -19,26 +19,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdsweep.errors import Interrupted, KdsweepError, NonFiniteLossError, interrupt_name
-from kdsweep.schema import TRUSTED_TARGETS
-from kdsweep.secrets import mask_secrets
-from kdsweep.signals import install_signal_handlers
-from kdsweep.validation import validate
+from kdsweep.config.folder import config_dir
+from kdsweep.config.schema import TRUSTED_TARGETS
+from kdsweep.config.validation import validate
+from kdsweep.core.errors import (
+    Interrupted,
+    KdsweepError,
+    NonFiniteLossError,
+    interrupt_name,
+    report_error,
+)
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.signals import install_signal_handlers
 
 log = logging.getLogger("kdsweep")
-
-
-def config_dir() -> str:
-    """conf/ ships inside the wheel; a source checkout (editable install) uses the repo's."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    if packaged.is_dir():
-        return str(packaged)
-    return str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def report_error(exc: BaseException) -> None:
-    message = " ".join(str(exc).split())
-    print(f"kdsweep: error: {mask_secrets(message)}", file=sys.stderr)
 
 
 # Hydra 1.4 asks the call site which instantiate() targets config may name: kdsweep's own
@@ -49,7 +43,7 @@ def hydra_main(cfg: DictConfig) -> float:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         settings = validate(cfg)  # once, before torch and MLflow: a typo fails in a second
-        from kdsweep.run import run
+        from kdsweep.run.experiment import run
         from kdsweep.sweep.trial_hooks import trial_hooks
 
         result = run(

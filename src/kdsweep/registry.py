@@ -22,10 +22,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from kdsweep.errors import first_line
-from kdsweep.files import safe_name
-from kdsweep.secrets import mask_secrets
-from kdsweep.student import ARTIFACT, DATA_TAG
+from kdsweep.core.errors import first_line
+from kdsweep.core.files import safe_name
+from kdsweep.core.formatting import mean_ci
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.results.confirmed import confirmed_headline, confirmed_summary
+from kdsweep.run.student import ARTIFACT, DATA_TAG
+from kdsweep.sweep.arms import ranked_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -76,8 +79,6 @@ def publish(
 
 def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[Any]:
     """The MLflow runs of the best trial, then the other completed trials (best first)."""
-    from kdsweep.sweep.arms import ranked_trials
-
     order = [best] + [t for t in ranked_trials(study) if t.number != best.number]
     runs = []
     for trial in order:
@@ -146,8 +147,6 @@ def describe(
         f" test acc {metrics.get('test_acc', float('nan')):.2f} %"
         " (one seed, selected on val: unconfirmed)."
     ]
-    from kdsweep.formatting import mean_ci
-    from kdsweep.report.confirmed import confirmed_headline, confirmed_summary
 
     confirmed = confirmed_summary(confirm_study)
     if confirmed is None:

@@ -42,8 +42,12 @@ class KdsweepSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from kdsweep.publish import finish_sweep
         from kdsweep.sweep.core import StudySweep
         from kdsweep.sweep.settings import SweepSettings
 
         settings = SweepSettings.from_options(self.options)
-        return StudySweep(self.config, settings, self.launcher, self.make_sampler).run(arguments)
+        sweep = StudySweep(
+            self.config, settings, self.launcher, self.make_sampler, finish=finish_sweep
+        )
+        return sweep.run(arguments)

@@ -20,14 +20,14 @@ them may be missing.
 
 from __future__ import annotations
 
-from kdsweep.formatting import DASH
+from kdsweep.core.formatting import DASH
 from kdsweep.report.render import (
     FIXED_PNGS,
     report_dir_for,
     write_report,
     write_report_files,
 )
-from kdsweep.report.summary import (
+from kdsweep.results.summary import (
     PARAM_ORDER,
     STATES,
     Summary,

@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdsweep.files import atomic_save_figure
-from kdsweep.report.summary import Summary, TrialRow, finite
-from kdsweep.secrets import mask_secrets
+from kdsweep.core.files import atomic_save_figure
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.results.summary import Summary, TrialRow, finite
 
 if TYPE_CHECKING:
     import optuna

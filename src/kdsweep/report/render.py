@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from kdsweep.files import atomic_write_text, safe_name
-from kdsweep.formatting import fmt, pct, points
-from kdsweep.report.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
+from kdsweep.core.files import atomic_write_text, safe_name
+from kdsweep.core.formatting import fmt, pct, points
+from kdsweep.core.secrets import mask_secrets
 from kdsweep.report.plots import (
     param_file,
     plot_all_curves,
@@ -41,7 +41,8 @@ from kdsweep.report.plots import (
     plot_importance,
     plot_param,
 )
-from kdsweep.report.summary import (
+from kdsweep.results.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
+from kdsweep.results.summary import (
     Summary,
     best_params,
     comparison,
@@ -52,7 +53,6 @@ from kdsweep.report.summary import (
     summarize,
     trial_table,
 )
-from kdsweep.secrets import mask_secrets
 
 if TYPE_CHECKING:
     import optuna

@@ -4,14 +4,13 @@ reference setting and a CE student at the default recipe."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-
-from kdsweep.report.summary import selected_val_loss
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,16 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def _val_loss(trial: optuna.trial.FrozenTrial) -> float:
     attrs = trial.user_attrs
     return selected_val_loss(attrs.get("history") or [], attrs.get("metrics") or {})
+
+
+def selected_val_loss(history: list[dict[str, Any]], metrics: dict[str, Any]) -> float:
+    """The val loss at the epoch whose val accuracy is the trial's value (inf if unknown):
+    what breaks a tie in the objective, here and in the confirmation's ranking."""
+    epoch = metrics.get("best_epoch")
+    for record in history:
+        if epoch is not None and int(record.get("epoch", -1)) == int(epoch):
+            return float(record.get("val_loss", math.inf))
+    return math.inf
 
 
 def describe_params(params: dict[str, Any]) -> str:

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.errors import first_line
-from kdsweep.secrets import mask_secrets
+from kdsweep.core.errors import first_line
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.sweep.jobs import job_outcome
 from kdsweep.sweep.liveness import Heartbeat, claim_study_task, release_study_task
 from kdsweep.sweep.parent_run import ParentRun, close_role_runs, read_job_metrics
 from kdsweep.sweep.settings import SearchSpace
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.jobs import Sweep
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -26,7 +27,7 @@ log = logging.getLogger("kdsweep.sweep")
 BASELINE_CLAIM = "baseline_claim"
 
 
-def enqueue_reference(sweep: StudySweep, study: optuna.Study, space: SearchSpace) -> None:
+def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
     """Enqueue each of ``enqueue_trials`` (the reference setting) unless a trial with
     its values is complete, pruned, running or waiting: a reference trial that was
     killed or failed is asked again by the next invocation, until it completes."""
@@ -48,7 +49,7 @@ def enqueue_reference(sweep: StudySweep, study: optuna.Study, space: SearchSpace
 
 
 def run_baseline_once(
-    sweep: StudySweep, study: optuna.Study, base: list[str], parent: ParentRun
+    sweep: Sweep, study: optuna.Study, base: list[str], parent: ParentRun
 ) -> None:
     """A CE-only student with the sweep's fixed settings, once per study, for the
     report's baseline row. The teacher's row comes from the trials' own metrics. The
@@ -86,7 +87,6 @@ def run_baseline_once(
         sweep.storage, [], s.heartbeat_interval, tasks=[(sweep.study_id, BASELINE_CLAIM)]
     ):
         (ret,) = sweep.launch([overrides])
-    from kdsweep.sweep.core import job_outcome
 
     _, error = job_outcome(ret)
     metrics = read_job_metrics(ret)

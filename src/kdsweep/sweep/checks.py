@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.errors import KdsweepError, first_line
-from kdsweep.secrets import mask_secrets
+from kdsweep.config.validation import validate
+from kdsweep.core.errors import ConfigError, KdsweepError, first_line
+from kdsweep.core.secrets import mask_secrets
 from kdsweep.sweep.settings import SearchSpace, check_enqueued
-from kdsweep.validation import validate
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.jobs import Sweep
 
 
-def check_sweep(sweep: StudySweep, space: SearchSpace) -> None:
+def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
     """Before anything is written: the settings, the search space, the config."""
     sweep.settings.check()
     choices = sweep.config.hydra.runtime.choices
@@ -33,12 +33,12 @@ def check_sweep(sweep: StudySweep, space: SearchSpace) -> None:
     _check_bounds(sweep.config, space, choices)
     _check_sampler(sweep.make_sampler)
     if settings.trainer.device != "auto":
-        from kdsweep.devices import check_device
+        from kdsweep.training.devices import check_device
 
         check_device(settings.trainer.device)
     # The tracking store must answer (a server) and be whole (a SQLite file) before
     # the study exists: an unreachable MLflow must not leave an empty study behind.
-    from kdsweep.tracking import RunTracker
+    from kdsweep.run.tracking import RunTracker
 
     RunTracker(settings.tracking, "sweep").check()
 
@@ -46,7 +46,6 @@ def check_sweep(sweep: StudySweep, space: SearchSpace) -> None:
 def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
     """Each end of a searched range (and each choice) must be a valid setting:
     ``optimizer.lr=interval(0, 0.1)`` would fail the trials that draw near 0."""
-    from kdsweep.errors import ConfigError
 
     ours = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     base = OmegaConf.to_container(ours, resolve=True)

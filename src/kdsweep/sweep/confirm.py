@@ -30,15 +30,16 @@ from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from kdsweep.secrets import mask_secrets
-from kdsweep.signals import deferred_signals
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.signals import deferred_signals
 from kdsweep.sweep.arms import Arm, plan_arms
+from kdsweep.sweep.jobs import job_outcome
 from kdsweep.sweep.liveness import Heartbeat, claim_trial, stale_trials
 from kdsweep.sweep.parent_run import close_trial_run
 from kdsweep.sweep.studies import count_states, study_lock, trial_id
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.jobs import Sweep
     from kdsweep.sweep.parent_run import ParentRun
     from kdsweep.sweep.settings import SearchSpace
 
@@ -198,7 +199,7 @@ def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, floa
 
 
 def run_confirmation(
-    sweep: StudySweep, study: optuna.Study, space: SearchSpace, parent: ParentRun
+    sweep: Sweep, study: optuna.Study, space: SearchSpace, parent: ParentRun
 ) -> Confirmation | None:
     """The confirmation stage (kdsweep.sweep.confirm), once the search is complete."""
     s = sweep.settings
@@ -238,7 +239,6 @@ def run_confirmation(
     base = list(space.fixed)
     if parent.run_id:
         base.append(f"sweep.parent_run_id={parent.run_id}")
-    from kdsweep.sweep.core import job_outcome
 
     failures = stage.run(base, sweep.launch, job_outcome)
     if failures:

@@ -13,28 +13,27 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from kdsweep.errors import KdsweepError
-from kdsweep.secrets import mask_secrets
-from kdsweep.signals import deferred_signals
+from kdsweep.core.errors import KdsweepError, report_error
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.signals import deferred_signals
 from kdsweep.sweep.arms import describe_params
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import run_confirmation
 from kdsweep.sweep.drift import check_definition
-from kdsweep.sweep.finish import finish_sweep
+from kdsweep.sweep.jobs import job_outcome
 from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.liveness import Heartbeat, claim_trial
 from kdsweep.sweep.parent_run import (
@@ -54,6 +53,23 @@ from kdsweep.sweep.studies import (
 
 log = logging.getLogger("kdsweep.sweep")
 
+
+class Finish(Protocol):
+    """What ends an invocation: the best trial, the report and the registry
+    (``kdsweep.publish.finish_sweep``, handed in by the Hydra plugin, since publishing
+    reads the results and so sits above the sweep)."""
+
+    def __call__(
+        self,
+        study: optuna.Study,
+        config: DictConfig,
+        settings: SweepSettings,
+        parent: ParentRun,
+        aborted: bool,
+        confirm_study: optuna.Study | None = None,
+    ) -> None: ...
+
+
 #: A trial asked of the study, with its id in the storage.
 Asked = tuple[optuna.trial.Trial, int]
 
@@ -63,21 +79,6 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
-    """A job's return value, or the exception that ended it, through Hydra's public
-    ``JobReturn.return_value`` (which re-raises a failed job's exception). That property
-    first prints the job's overrides, unmasked, to stderr: the line is kept off the
-    console, where the trial's masked error is logged instead."""
-    if ret.status == JobStatus.COMPLETED:
-        return ret.return_value, None
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            _ = ret.return_value
-    except Exception as exc:
-        return None, exc
-    return None, RuntimeError(f"the job ended {ret.status.name} and returned no error")
-
-
 class StudySweep:
     def __init__(
         self,
@@ -85,8 +86,10 @@ class StudySweep:
         settings: SweepSettings,
         launcher: Any,
         make_sampler: Callable[[int], Any],
+        finish: Finish,
     ) -> None:
         self.config, self.settings = config, settings
+        self.finish = finish  # what ends an invocation: results, report, registry (kdsweep.publish)
         self.launcher, self.make_sampler = launcher, make_sampler
         self.job_idx = 0  # jobs this invocation launched (Hydra numbers them from it)
         self.started = time.monotonic()
@@ -144,8 +147,6 @@ class StudySweep:
             check_sweep(self, space)
             study, parent = self._open(space)
         except KdsweepError as exc:
-            from kdsweep.main import report_error
-
             report_error(exc)
             raise SystemExit(2) from None
         log.info(
@@ -182,7 +183,7 @@ class StudySweep:
                     for (t, tid), r in zip(asked, returns, strict=True)
                 )
             if failures > s.max_failure_rate * s.n_trials:
-                finish_sweep(study, self.config, self.settings, parent, aborted=True)
+                self.finish(study, self.config, self.settings, parent, aborted=True)
                 print(
                     f"kdsweep: error: {failures} of {launched} trials failed, more than"
                     f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
@@ -198,7 +199,7 @@ class StudySweep:
                 s.study_name,
                 s.n_trials,
             )
-        finish_sweep(
+        self.finish(
             study,
             self.config,
             self.settings,

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.errors import KdsweepError
-from kdsweep.secrets import mask_secrets
+from kdsweep.core.errors import KdsweepError
+from kdsweep.core.secrets import mask_secrets
 
 if TYPE_CHECKING:
     import optuna
 
-    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.jobs import Sweep
     from kdsweep.sweep.settings import SearchSpace
 
 log = logging.getLogger("kdsweep.sweep")
@@ -93,7 +93,7 @@ def drift_message(study_name: str, changes: list[str]) -> str:
     )
 
 
-def check_definition(sweep: StudySweep, study: optuna.Study, space: SearchSpace) -> None:
+def check_definition(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
     """A study continues only with the settings that made it (kdsweep.sweep.drift)."""
     s = sweep.settings
     searched = {name: str(dist) for name, dist in space.distributions.items()}

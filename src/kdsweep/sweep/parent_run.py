@@ -15,11 +15,11 @@ import optuna
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
-from kdsweep.errors import KdsweepError, first_line
-from kdsweep.schema import TrackingConf
-from kdsweep.secrets import mask_secrets
-from kdsweep.tracking import client_for, experiment_id, flatten, git_commit
-from kdsweep.validation import typed
+from kdsweep.config.schema import TrackingConf
+from kdsweep.config.validation import typed
+from kdsweep.core.errors import KdsweepError, first_line
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.run.tracking import client_for, experiment_id, flatten, git_commit
 
 log = logging.getLogger("kdsweep.sweep")
 

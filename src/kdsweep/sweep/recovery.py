@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.errors import interrupt_name
+from kdsweep.core.errors import interrupt_name
 from kdsweep.sweep.baseline import BASELINE_CLAIM
 from kdsweep.sweep.liveness import OWNER_ATTR, owner_tag, release_study_task, stale_trials
 from kdsweep.sweep.parent_run import ParentRun, close_role_runs, close_trial_run
 from kdsweep.sweep.studies import count_states, trial_id
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.core import StudySweep
+    from kdsweep.sweep.jobs import Sweep
 
 log = logging.getLogger("kdsweep.sweep")
 
 
-def fail_stale(sweep: StudySweep, study: optuna.Study) -> None:
+def fail_stale(sweep: Sweep, study: optuna.Study) -> None:
     """Trials whose sweeper died (its pid gone, or its heartbeat silent for grace_period)
     become FAIL and their MLflow runs are closed: a rerun runs them again."""
     with sweep.lock():
@@ -43,7 +43,7 @@ def fail_stale(sweep: StudySweep, study: optuna.Study) -> None:
 
 
 def clean_up_interrupted(
-    sweep: StudySweep, study: optuna.Study, parent: ParentRun, exc: BaseException
+    sweep: Sweep, study: optuna.Study, parent: ParentRun, exc: BaseException
 ) -> None:
     """SIGINT/SIGTERM: this process's trials in flight become FAIL (a rerun runs them
     again), their MLflow runs and the baseline's end KILLED, the baseline claim is

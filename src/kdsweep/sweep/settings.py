@@ -10,7 +10,8 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution
 
-from kdsweep.errors import KdsweepError
+from kdsweep.core.errors import KdsweepError
+from kdsweep.core.secrets import mask_secrets
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_STUDY_NAME = "kdsweep"
@@ -132,7 +133,6 @@ class SweepSettings:
     def describe(self, sampler: Any, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
         """What the study records about itself (its user attributes, the parent run's
         params); the storage URL with its password masked."""
-        from kdsweep.secrets import mask_secrets
 
         return {
             "study_name": self.study_name,

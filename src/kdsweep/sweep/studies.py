@@ -18,11 +18,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.errors import KdsweepError, first_line
-from kdsweep.files import file_lock
-from kdsweep.secrets import mask_secrets
-from kdsweep.signals import deferred_signals
-from kdsweep.stores import JOURNAL_PREFIX, journal_file, storage_file
+from kdsweep.core.errors import KdsweepError, first_line
+from kdsweep.core.files import file_lock
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.signals import deferred_signals
+from kdsweep.core.stores import JOURNAL_PREFIX, journal_file, storage_file
 
 log = logging.getLogger(__name__)
 

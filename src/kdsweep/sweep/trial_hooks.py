@@ -12,9 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kdsweep.run import RunResult, TrialHooks
-from kdsweep.signals import deferred_signals
-from kdsweep.train import EpochRecord
+from kdsweep.core.errors import Abandoned
+from kdsweep.core.signals import deferred_signals
+from kdsweep.run.experiment import RunResult, TrialHooks
+from kdsweep.training.loop import EpochRecord
 
 
 class OptunaTrialHooks(TrialHooks):
@@ -63,7 +64,6 @@ class OptunaTrialHooks(TrialHooks):
         except optuna.exceptions.UpdateFinishedTrialError:
             # The sweeper failed this trial (it was interrupted, or found it stale) while a
             # launcher's child (submitit) went on: stop, and end the run KILLED.
-            from kdsweep.errors import Abandoned
 
             raise Abandoned("the sweeper stopped this trial (it was interrupted)") from None
         if self.trial.should_prune():

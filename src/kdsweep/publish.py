@@ -1,0 +1,103 @@
+"""The end of a sweep invocation: the best trial (optimization_results.yaml, as
+hydra-optuna-sweeper writes it), the baselines' teacher row, the report, and the parent
+run's summary (ended unless other workers still have trials running)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from kdsweep.registry import publish
+from kdsweep.report import lead, report_dir_for, summarize, write_report_files
+from kdsweep.sweep.arms import ranked_trials
+from kdsweep.sweep.parent_run import ParentRun
+from kdsweep.sweep.settings import SweepSettings
+from kdsweep.sweep.studies import count_states
+
+log = logging.getLogger("kdsweep.sweep")
+
+
+def finish_sweep(
+    study: optuna.Study,
+    config: DictConfig,
+    settings: SweepSettings,
+    parent: ParentRun,
+    aborted: bool,
+    confirm_study: optuna.Study | None = None,
+) -> None:
+    still_running = count_states(study)[TrialState.RUNNING] > 0
+    best = _best_trial(study)
+    if best is None:
+        log.warning("no trial of study %s completed", settings.study_name)
+    else:
+        log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
+        if Path(str(config.hydra.sweep.dir)).is_dir():  # a rerun that trained nothing made none
+            _save_results(best, settings.study_name, Path(str(config.hydra.sweep.dir)))
+    _record_teacher_baseline(study)
+    report_dir = report_dir_for(settings.report_dir, settings.study_name)
+    report_files: list[Path] = []
+    description = None
+    try:
+        summary = summarize(study, confirm_study)
+        report_files = write_report_files(study, report_dir, summary=summary)
+        description = lead(summary)
+        log.info("%s", description)
+        log.info("report: %s", report_files[-1])
+    except Exception as exc:  # a report must never cost the sweep its results
+        log.error("could not write the report to %s: %s", report_dir, exc)
+    # The teacher on the parent run; the best student in the Model Registry (after the
+    # confirmation stage, so only by the invocation that completed the study).
+    publish(
+        study,
+        settings.study_name,
+        parent.conf.uri,
+        parent.run_id,
+        best,
+        confirm_study,
+        register=not aborted and not still_running,
+    )
+    parent.finish(
+        best,
+        report_files,
+        status=None if still_running and not aborted else ("FAILED" if aborted else "FINISHED"),
+        description=description,
+    )
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial, ties broken by val loss (None if none completed)."""
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None
+
+
+def _save_results(best: optuna.trial.FrozenTrial, study_name: str, sweep_dir: Path) -> None:
+    results = {
+        "name": "kdsweep",
+        "study_name": study_name,
+        "best_trial": best.number,
+        "best_params": best.params,
+        "best_value": best.value,
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def _record_teacher_baseline(study: optuna.Study) -> None:
+    """Every KD trial logs its (shared, cached) teacher's accuracy: that is the report's
+    teacher row."""
+    baselines = dict(study.user_attrs.get("baselines", {}))
+    if "teacher" in baselines:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = trial.user_attrs.get("metrics", {})
+        if "teacher_val_acc" in metrics:
+            baselines["teacher"] = {
+                "val_acc": metrics["teacher_val_acc"],
+                "test_acc": metrics.get("teacher_test_acc"),
+            }
+            study.set_user_attr("baselines", baselines)
+            return

@@ -1,0 +1,163 @@
+"""``kdsweep-report``: the command line that rebuilds a sweep's report from its stored
+Optuna study (no training) or lists the studies in a storage.
+
+    kdsweep-report --storage sqlite:///optuna.db --study kd_search [--out DIR]
+    kdsweep-report --storage journal:optuna.journal.log --list
+    python -m kdsweep.report.cli ...  (the same)
+
+Errors a user can fix print one line ``kdsweep-report: error: ...`` and exit 2.
+Heavy modules (optuna, matplotlib) are imported only once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdsweep.core.errors import KdsweepError
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.stores import storage_file
+
+PROG = "kdsweep-report"
+
+
+class _Fail(Exception):
+    """One line for the user, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rebuild the multirun report of a kdsweep Optuna sweep from its storage.",
+    )
+    parser.add_argument(
+        "--storage",
+        required=True,
+        help="Optuna storage URL: sqlite:///optuna.db, journal:PATH, postgresql://...",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", help="name of the study to report on")
+    what.add_argument("--list", action="store_true", help="list the studies in the storage")
+    parser.add_argument(
+        "--out", help="output folder (default: multirun_reports/<study name> under the cwd)"
+    )
+    return parser
+
+
+def _open(url: str) -> Any:
+    from kdsweep.sweep.studies import open_storage
+
+    # Reading must not create: a typo in the path would otherwise yield an empty new study DB.
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise _Fail(f"storage {mask_secrets(url)}: no such file {str(path)!r}")
+
+    try:
+        return open_storage(url)
+    except KdsweepError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _list(storage: Any, url: str) -> None:
+    from optuna.trial import TrialState
+
+    studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
+    if not studies:
+        print(f"no studies in {mask_secrets(url)}")
+        return
+    header = ("study", "trials", "complete", "pruned", "fail", "running", "best")
+    table = [header]
+    for study in studies:
+        trials = storage.get_all_trials(
+            storage.get_study_id_from_name(study.study_name), deepcopy=False
+        )
+        counts = {state: 0 for state in TrialState}
+        for trial in trials:
+            counts[trial.state] += 1
+        values = [
+            t.values[0]
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.values and t.values[0] == t.values[0]
+        ]
+        minimize = study.directions[0].name == "MINIMIZE"
+        best = (min if minimize else max)(values) if values else None
+        table.append(
+            (
+                study.study_name,
+                str(len(trials)),
+                str(counts[TrialState.COMPLETE]),
+                str(counts[TrialState.PRUNED]),
+                str(counts[TrialState.FAIL]),
+                str(counts[TrialState.RUNNING]),
+                "-" if best is None else f"{best:.2f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
+
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if name not in names:
+        known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        hint = f"studies there: {known}" if names else "it has no studies"
+        raise _Fail(f"no study named {name!r} in {mask_secrets(url)} ({hint})")
+    import optuna
+
+    from kdsweep.report import report_dir_for, write_report
+    from kdsweep.sweep.confirm import confirm_study_name
+
+    def load(study_name: str) -> optuna.Study:
+        # A cheap sampler: the report never samples, and TPE's setup would only cost time.
+        sampler = optuna.samplers.RandomSampler()
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+
+    confirm = confirm_study_name(name)
+    out_dir = Path(out) if out else report_dir_for("multirun_reports", name)
+    return write_report(
+        load(name),
+        out_dir,
+        storage_url=url,
+        confirm_study=load(confirm) if confirm in names else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            storage = _open(args.storage)
+            if args.list:
+                _list(storage, args.storage)
+                return 0
+            index = _report(storage, args.storage, args.study, args.out)
+        except KdsweepError as exc:
+            raise _Fail(str(exc)) from None
+        except OSError as exc:
+            raise _Fail(mask_secrets(str(exc))) from None
+        except Exception as exc:
+            # Storage back ends (SQLAlchemy, the journal) raise their own types for a
+            # locked, corrupt or unreachable database: one line, not a traceback.
+            if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
+                raise
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _Fail(
+                f"{mask_secrets(args.storage)}: {type(exc).__name__}: {mask_secrets(text)[:300]}"
+            ) from None
+    except _Fail as exc:
+        message = " ".join(str(exc).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

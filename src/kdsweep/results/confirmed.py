@@ -1,0 +1,171 @@
+"""The confirmed comparison: what a sweep's confirmation stage measured, and the words the
+report may use for it.
+
+Read from the companion study ``<study>:confirm`` (kdsweep.sweep.confirm): one arm per
+candidate, several paired seeds each. Per arm: mean and 95 % interval of test and val
+accuracy; per distillation arm: the paired test difference against the same recipe
+without a teacher (the ablation) and against the reference setting. The headline states
+only what the interval supports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kdsweep.core.formatting import mean_ci
+from kdsweep.core.stats import ArmStats, PairedDiff, arm_stats, paired_diff
+from kdsweep.core.values import finite_number
+from kdsweep.sweep.confirm import confirmed_results
+
+if TYPE_CHECKING:
+    import optuna
+
+#: The arms a distillation claim is measured against, in the order the table shows them.
+BASELINES = (("ablation", "same recipe without teacher"), ("tutorial", "reference setting"))
+
+
+@dataclass
+class ArmResult:
+    key: str
+    label: str
+    test: dict[int, float]  # seed -> test accuracy (%)
+    val: dict[int, float]  # seed -> val accuracy (%), the objective
+    test_stats: ArmStats
+    val_stats: ArmStats
+    diffs: dict[str, PairedDiff] = field(default_factory=dict)  # baseline key -> test diff
+
+
+@dataclass
+class Confirmed:
+    arms: list[ArmResult]
+    seeds: list[int]
+    teacher_seed: Any
+    planned: int
+    done: int
+    val_size: int | None
+    test_size: int | None
+
+    def arm(self, key: str) -> ArmResult | None:
+        return next((a for a in self.arms if a.key == key), None)
+
+
+def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
+    """The confirmation stage's results, or None if the sweep has none."""
+    if study is None:
+        return None
+    attrs = study.user_attrs
+    recorded = attrs.get("arms") or {}
+    keys = [k for k in attrs.get("current_arms") or [] if k in recorded]
+    seeds = [int(s) for s in attrs.get("seeds") or []]
+    if not keys:
+        return None
+    results = confirmed_results(study)
+    arms = []
+    sizes: dict[str, int] = {}
+    for key in keys:
+        runs = {seed: m for seed, m in results.get(key, {}).items() if seed in seeds}
+        test = {s: float(m["test_acc"]) for s, m in runs.items() if _finite(m.get("test_acc"))}
+        val = {s: float(m["objective"]) for s, m in runs.items() if _finite(m.get("objective"))}
+        for m in runs.values():
+            for name in ("val_size", "test_size"):
+                if _finite(m.get(name)):
+                    sizes[name] = int(m[name])
+        arms.append(
+            ArmResult(
+                key,
+                str(recorded[key].get("label", key)),
+                test,
+                val,
+                arm_stats(list(test.values())),
+                arm_stats(list(val.values())),
+            )
+        )
+    by_key = {a.key: a for a in arms}
+    for arm in arms:
+        if arm.key.startswith("top") or arm.key == "tutorial":
+            for base_key, _ in BASELINES:
+                if base_key != arm.key and base_key in by_key:
+                    arm.diffs[base_key] = paired_diff(arm.test, by_key[base_key].test)
+    done = sum(len(a.test) for a in arms)
+    return Confirmed(
+        arms,
+        seeds,
+        attrs.get("teacher_seed"),
+        len(keys) * len(seeds),
+        done,
+        sizes.get("val_size"),
+        sizes.get("test_size"),
+    )
+
+
+def _finite(value: Any) -> bool:
+    return finite_number(value) is not None
+
+
+def ci(diff: PairedDiff) -> str:
+    if diff.n < 2:
+        return f"{diff.mean:+.2f} pt (n={diff.n})"
+    return (
+        f"{diff.mean:+.2f} pt [95 % CI {diff.ci_low:+.2f}, {diff.ci_high:+.2f}],"
+        f" p={diff.p_ttest:.2g} (paired t), p={diff.p_wilcoxon:.2g} (Wilcoxon)"
+    )
+
+
+def confirmed_headline(c: Confirmed) -> str:
+    """The sentence a paper may quote: the best search config vs the same recipe without
+    the teacher, over the paired fresh seeds, and what that interval supports."""
+    top, ablation = c.arm("top1"), c.arm("ablation")
+    if top is None or ablation is None or "ablation" not in top.diffs:
+        return f"Confirmation incomplete: {c.done} of {c.planned} runs done."
+    diff = top.diffs["ablation"]
+    if diff.n < 2:
+        return (
+            f"Confirmation incomplete: {diff.n} paired seed(s) of KD {top.label} and its"
+            f" teacher-less ablation ({c.done} of {c.planned} runs done)."
+        )
+    if not diff.significant:
+        verdict = "no significant gain from distillation"
+    elif diff.mean > 0:
+        verdict = "distillation helps"
+    else:
+        verdict = "distillation hurts: the same recipe without the teacher is better"
+    text = (
+        f"KD {top.label} vs the same recipe without a teacher: {ci(diff)}, {diff.n} paired"
+        f" seeds (test accuracy): {verdict}."
+    )
+    if "tutorial" in top.diffs and top.diffs["tutorial"].n >= 2:
+        text += f" Against the reference setting: {ci(top.diffs['tutorial'])}."
+    return text
+
+
+def resolution(c: Confirmed) -> str:
+    """What one image is worth on the splits the comparison is measured on."""
+    parts = []
+    for name, size in (("val", c.val_size), ("test", c.test_size)):
+        if size:
+            parts.append(f"{name} {size} images (one image = {100 / size:.2f} pt)")
+    return "; ".join(parts)
+
+
+def confirmed_rows(c: Confirmed) -> list[list[str]]:
+    """The table: arm, seeds, test and val mean ± 95 % CI half-width, paired differences."""
+    rows = []
+    for arm in c.arms:
+        cells = [arm.key, arm.label, str(arm.test_stats.n)]
+        cells += [mean_ci(arm.test_stats), mean_ci(arm.val_stats)]
+        for base_key, _ in BASELINES:
+            diff = arm.diffs.get(base_key)
+            cells.append(ci(diff) if diff is not None else "")
+        rows.append(cells)
+    return rows
+
+
+CONFIRMED_HEAD = [
+    "arm",
+    "setting",
+    "seeds",
+    "test acc % (mean ± 95 % CI)",
+    "val acc %",
+    *(f"Δ test vs {label}" for _, label in BASELINES),
+]

@@ -1,0 +1,287 @@
+"""What the sweep report says: the study read into rows and a summary, and the wording.
+
+``summarize(study)`` turns the stored Optuna study into a :class:`Summary` (one
+:class:`TrialRow` per trial, the best trial, the tutorial-default trial, the baselines);
+``headline``, ``state_line``, ``comparison`` and ``trial_table`` turn it into the text both
+the HTML and the Markdown report show (numbers written by kdsweep.formatting). See
+:mod:`kdsweep.report` for the attributes read from the study; every one of them may be
+missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
+from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.values import finite_number
+from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary
+from kdsweep.sweep.arms import selected_val_loss
+
+if TYPE_CHECKING:
+    import optuna
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+# Parameters the KD sweeps use, in the order a reader expects; others follow sorted.
+PARAM_ORDER = (
+    "loss.temperature",
+    "loss.soft_target_weight",
+    "loss.ce_weight",
+    "loss.hidden_weight",
+    "loss.margin",
+    "loss.p",
+    "optimizer",
+    "optimizer.lr",
+)
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None  # the objective (validation accuracy, %)
+    test_acc: float | None
+    duration_s: float | None
+    last_epoch: int | None
+    note: str  # error of a failed trial, epoch of a pruned one
+    mlflow_run_id: str | None
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    intermediate: dict[int, float]
+    start: dt.datetime | None
+    complete: dt.datetime | None
+
+
+@dataclass
+class Summary:
+    study_name: str
+    sampler: str
+    direction: str  # "maximize" or "minimize"
+    n_planned: int | None
+    counts: dict[str, int]
+    rows: list[TrialRow]
+    param_names: list[str]
+    best: TrialRow | None
+    tutorial_number: int | None
+    tutorial: TrialRow | None
+    baselines: dict[str, dict[str, float | None]]
+    search_space: dict[str, str]
+    mlflow_parent_run_id: str | None
+    gain_val: float | None = None  # best minus tutorial default, in points
+    gain_test: float | None = None
+    notes: list[str] = field(default_factory=list)
+    confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
+
+
+# --------------------------------------------------------------------------- data
+
+
+finite = finite_number  # the report's name for it
+
+
+def _objective(trial: optuna.trial.FrozenTrial) -> float | None:
+    values = trial.values
+    return finite(values[0]) if values else None
+
+
+def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
+    attrs = trial.user_attrs
+    metrics = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
+    history = [h for h in attrs.get("history") or [] if isinstance(h, dict)]
+    intermediate = {
+        int(k): float(v) for k, v in trial.intermediate_values.items() if finite(v) is not None
+    }
+    start, complete = trial.datetime_start, trial.datetime_complete
+    duration = (complete - start).total_seconds() if start and complete else None
+    if duration is None:
+        duration = finite(metrics.get("wall_seconds"))
+    epochs = [int(h["epoch"]) for h in history if finite(h.get("epoch")) is not None]
+    last_epoch = max([*intermediate, *epochs], default=None)
+    state = trial.state.name
+    note = ""
+    if state == "FAIL":
+        note = mask_secrets(str(attrs.get("error") or "failed"))
+    elif state == "PRUNED":
+        note = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
+    elif state == "RUNNING":
+        note = f"running, epoch {last_epoch}" if last_epoch is not None else "running"
+    value = _objective(trial) if state == "COMPLETE" else None
+    if value is None and state == "COMPLETE":
+        value = finite(metrics.get("objective"))
+    run_id = attrs.get("mlflow_run_id")
+    return TrialRow(
+        number=trial.number,
+        state=state,
+        params=dict(trial.params),
+        value=value,
+        test_acc=finite(metrics.get("test_acc")),
+        duration_s=duration,
+        last_epoch=last_epoch,
+        note=note,
+        mlflow_run_id=str(run_id) if run_id else None,
+        metrics=metrics,
+        history=history,
+        intermediate=intermediate,
+        start=start,
+        complete=complete,
+    )
+
+
+def _ordered_params(rows: list[TrialRow]) -> list[str]:
+    names = {name for row in rows for name in row.params}
+    known = [name for name in PARAM_ORDER if name in names]
+    return known + sorted(names - set(known))
+
+
+def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) -> Summary:
+    """Everything the report shows, read from the study (trials sorted by number) and its
+    confirmation study, if any."""
+    attrs = study.user_attrs
+    rows = sorted((_row(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
+    counts = {state: 0 for state in STATES}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    directions = study.directions
+    direction = "minimize" if directions[0].name == "MINIMIZE" else "maximize"
+    scored = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
+    best = None
+    if scored:
+        # Best value first; a tie (common on small val splits) goes to the lower val loss.
+        sign = 1.0 if direction == "minimize" else -1.0
+        best = min(
+            scored,
+            key=lambda r: (sign * r.value, selected_val_loss(r.history, r.metrics), r.number),
+        )  # type: ignore[operator]
+
+    raw_baselines = attrs.get("baselines") if isinstance(attrs.get("baselines"), dict) else {}
+    baselines: dict[str, dict[str, float | None]] = {}
+    for key, entry in raw_baselines.items():
+        if isinstance(entry, dict):
+            baselines[str(key)] = {
+                "val_acc": finite(entry.get("val_acc")),
+                "test_acc": finite(entry.get("test_acc")),
+            }
+
+    tutorial_number = attrs.get("tutorial_trial_number")
+    tutorial_number = tutorial_number if isinstance(tutorial_number, int) else None
+    tutorial = next((r for r in rows if r.number == tutorial_number), None)
+    n_planned = attrs.get("n_trials") if isinstance(attrs.get("n_trials"), int) else None
+    space = attrs.get("search_space") if isinstance(attrs.get("search_space"), dict) else {}
+    parent = attrs.get("mlflow_parent_run_id")
+    summary = Summary(
+        study_name=study.study_name,
+        sampler=mask_secrets(str(attrs.get("sampler") or "unknown sampler")),
+        direction=direction,
+        n_planned=n_planned,
+        counts=counts,
+        rows=rows,
+        param_names=_ordered_params(rows),
+        best=best,
+        tutorial_number=tutorial_number,
+        tutorial=tutorial,
+        baselines=baselines,
+        search_space={str(k): mask_secrets(str(v)) for k, v in space.items()},
+        mlflow_parent_run_id=str(parent) if parent else None,
+        confirmed=confirmed_summary(confirm_study),
+    )
+    if len(directions) > 1:
+        summary.notes.append(
+            f"The study has {len(directions)} objectives; the report uses the first."
+        )
+    if best is not None and tutorial is not None and tutorial.value is not None:
+        summary.gain_val = best.value - tutorial.value  # type: ignore[operator]
+        if best.test_acc is not None and tutorial.test_acc is not None:
+            summary.gain_test = best.test_acc - tutorial.test_acc
+    return summary
+
+
+# --------------------------------------------------------------------------- text
+
+
+def state_line(summary: Summary) -> str:
+    total = len(summary.rows)
+    parts = [f"{n} {s.lower()}" for s, n in summary.counts.items() if n]
+    line = f"{total} trial{'s' if total != 1 else ''}"
+    if parts:
+        line += " (" + ", ".join(parts) + ")"
+    if summary.n_planned is not None:
+        line += f" of {summary.n_planned} planned"
+    return line
+
+
+def lead(summary: Summary) -> str:
+    """The report's first sentence: the confirmed comparison where the sweep has one,
+    else the search's best, labelled as the unconfirmed, selected figure it is."""
+    if summary.confirmed is not None:
+        return confirmed_headline(summary.confirmed)
+    return headline(summary)
+
+
+def headline(summary: Summary) -> str:
+    """One sentence: the search's best trial and how far it is from the tutorial default,
+    labelled as what it is: one seed, selected on val (optimistically biased)."""
+    best = summary.best
+    if best is None:
+        return f"No completed trial yet: {state_line(summary)}."
+    n = sum(1 for r in summary.rows if r.state == "COMPLETE")
+    text = (
+        f"Search only, not confirmed (one seed, best of {n} on val: optimistically"
+        f" biased). Best trial #{best.number}: {pct(best.value)} val"
+    )
+    if best.test_acc is not None:
+        text += f", {pct(best.test_acc)} test"
+    tutorial, number = summary.tutorial, summary.tutorial_number
+    if summary.gain_val is not None and tutorial is not None:
+        text += (
+            f"; {points(summary.gain_val)} (val) over the tutorial-default KD student"
+            f" (trial #{tutorial.number}, {pct(tutorial.value)} val)"
+        )
+        if summary.gain_test is not None:
+            text += f", {points(summary.gain_test)} (test)"
+    elif number is None:
+        text += "; no tutorial-default trial recorded, so no gain over it"
+    elif tutorial is None:
+        text += f"; tutorial-default trial #{number} is not in the study"
+    else:
+        text += f"; tutorial-default trial #{number} is {tutorial.state.lower()}, no gain"
+    return text + "."
+
+
+def comparison(summary: Summary) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(label, val acc, test acc, val difference to the tutorial default) rows."""
+    ref = summary.tutorial.value if summary.tutorial is not None else None
+    out: list[tuple[str, float | None, float | None, float | None]] = []
+
+    def add(label: str, val: float | None, test: float | None) -> None:
+        diff = val - ref if val is not None and ref is not None else None
+        out.append((label, val, test, diff))
+
+    if summary.best is not None:
+        add(f"Best trial #{summary.best.number}", summary.best.value, summary.best.test_acc)
+    if summary.tutorial_number is not None:
+        t = summary.tutorial
+        label = f"Tutorial-default KD student (trial #{summary.tutorial_number})"
+        add(label, t.value if t else None, t.test_acc if t else None)
+    for key, label in (("student_ce", "CE-only student"), ("teacher", "Teacher")):
+        if key in summary.baselines:
+            add(label, summary.baselines[key]["val_acc"], summary.baselines[key]["test_acc"])
+    return out
+
+
+def best_params(summary: Summary) -> list[tuple[str, Any]]:
+    params = summary.best.params if summary.best is not None else {}
+    return [(name, params[name]) for name in summary.param_names if name in params]
+
+
+def trial_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    head = ["#", "state", *summary.param_names, "val acc", "test acc", "duration s", "note"]
+    body = []
+    for r in summary.rows:
+        cells = [str(r.number), r.state]
+        cells += [fmt(r.params[p]) if p in r.params else "" for p in summary.param_names]
+        cells += [accuracy(r.value), accuracy(r.test_acc), seconds(r.duration_s), r.note[:160]]
+        body.append(cells)
+    return head, body

@@ -1,0 +1,222 @@
+"""One run, end to end: validated settings -> data -> teacher -> student -> MLflow.
+
+Each part is built once: the loss and the data set came out of validation as objects
+(kdsweep.schema), the student and the teacher in kdsweep.plan, the optimizer here.
+Everything a user can get wrong is checked before the MLflow run is created, so a bad
+input leaves no run behind.
+Once the run exists, it always ends FINISHED, FAILED or KILLED (pruned), never RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.config.validation import Settings, validate
+from kdsweep.core.signals import deferred_signals
+from kdsweep.losses import CrossEntropy
+from kdsweep.nets import count_parameters
+from kdsweep.run.plan import Plan, plan_run
+from kdsweep.run.tracking import RunTracker, flatten
+from kdsweep.training.loop import EpochRecord, evaluate, fit
+from kdsweep.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    objective: float
+    metrics: dict[str, float]
+    history: list[EpochRecord] = field(default_factory=list)
+    run_id: str | None = None
+
+
+class TrialHooks:
+    """What a sweep trial adds to a run (see kdsweep.sweep.trial_hooks): per-epoch reports that
+    may prune, and attributes for the study. A plain run uses this no-op."""
+
+    def on_start(self, run_id: str | None) -> None:
+        """Called once the MLflow run exists."""
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        """May raise optuna.TrialPruned."""
+
+    def on_finish(self, result: RunResult) -> None:
+        """Called after a successful run."""
+
+
+def _augmenter(settings: Settings) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if not settings.data.augment:
+        return None
+    from kdsweep.data.augment import crop_and_flip
+
+    return crop_and_flip
+
+
+def run_name(settings: Settings) -> str:
+    if settings.tracking.run_name:
+        return settings.tracking.run_name
+    name = (
+        f"{settings.model.name}-{settings.loss.name}-{settings.optimizer.name}-{settings.data.name}"
+    )
+    if settings.sweep.trial_number is not None:
+        name = f"trial-{settings.sweep.trial_number}-{name}"
+    return name
+
+
+def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
+    settings, data, student = plan.settings, plan.data, plan.student
+    objective = settings.loss
+    trained = [*student.parameters()]
+    trained += [p for module in plan.loss_modules for p in module.parameters()]
+    optimizer = build_optimizer(settings.optimizer, trained)
+    # Training a teacher (or not, when it is cached) consumed the global RNG: reseed so
+    # dropout draws are the same either way and a run repeats exactly.
+    torch.manual_seed(settings.trainer.seed)
+
+    def log_epoch(record: EpochRecord) -> None:
+        tracker.log_metrics(record.metrics(), step=record.epoch)
+
+    started = time.perf_counter()
+    fitted = fit(
+        student,
+        objective,
+        optimizer,
+        data.train_x,
+        data.train_y,
+        data.val_x,
+        data.val_y,
+        settings.trainer,
+        plan.train_source,
+        plan.val_source,
+        _augmenter(settings),
+        callbacks=[log_epoch, hooks.on_epoch],
+        description="student",
+    )
+    # Test accuracy needs no teacher: score it with plain CE, not the training objective.
+    _, test_acc = evaluate(
+        student,
+        CrossEntropy(),
+        data.test_x,
+        data.test_y,
+        None,
+        settings.trainer.eval_batch_size,
+        settings.trainer.precision,
+    )
+    value = fitted.best_val_acc if settings.trainer.objective == "best" else fitted.last_val_acc
+    metrics = {
+        "objective": value,
+        "best_val_acc": fitted.best_val_acc,
+        "best_epoch": float(fitted.best_epoch),
+        "final_val_acc": fitted.last_val_acc,
+        "test_acc": test_acc,
+        "train_images_per_s": fitted.images_per_s,
+        # What one image is worth on each split (the report states the resolution).
+        "val_size": float(len(data.val_y)),
+        "test_size": float(len(data.test_y)),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if plan.teacher is not None:
+        metrics.update(plan.teacher.metrics)
+    tracker.log_metrics(metrics)
+    # The tested weights, kept (trainer.save_model): MLflow model, state_dict, teacher tags.
+    from kdsweep.run.student import record_student
+
+    metrics.update(record_student(plan, tracker))
+    return RunResult(value, metrics, fitted.history, tracker.run_id)
+
+
+def tags_for(settings: Settings) -> dict[str, str]:
+    tags = {
+        "model": settings.model.name,
+        "loss": settings.loss.name,
+        "optimizer": settings.optimizer.name,
+        "data": settings.data.name,
+        "kdsweep.role": settings.sweep.role,
+    }
+    if settings.sweep.trial_number is not None:
+        tags["optuna.trial_number"] = str(settings.sweep.trial_number)
+    if settings.sweep.study_name:
+        tags["optuna.study_name"] = settings.sweep.study_name
+    if settings.sweep.role == "confirm":
+        tags["kdsweep.seed"] = str(settings.trainer.seed)
+        tags["kdsweep.arm"] = str(settings.sweep.arm)
+    return tags
+
+
+def run(
+    cfg: DictConfig,
+    hooks: TrialHooks | None = None,
+    output_dir: str | Path = ".",
+    settings: Settings | None = None,
+) -> RunResult:
+    """Prepare, train and track one run of ``cfg`` (validated here unless the caller
+    already did: the CLI validates before importing this module). User errors
+    (KdsweepError) surface before any MLflow run exists."""
+    hooks = hooks or TrialHooks()
+    settings = settings or validate(cfg)
+    tracker = RunTracker(
+        settings.tracking,
+        run_name(settings),
+        tags_for(settings),
+        parent_run_id=settings.sweep.parent_run_id,
+        local_dir=output_dir,
+    )
+    tracker.check()
+    plan = plan_run(settings)
+    log.info(
+        "student %s (%s parameters) on %s %s, loss %s, optimizer %s, device %s",
+        settings.model.name,
+        f"{count_parameters(plan.student):,}",
+        settings.data.name,
+        "x".join(map(str, plan.data.input_shape)),
+        settings.loss.name,
+        settings.optimizer.name,
+        plan.device,
+    )
+    try:
+        tracker.start()
+        tracker.log_dataset(settings.data.name, plan.data)
+        resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        tracker.log_params(flatten(resolved))
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        hooks.on_start(tracker.run_id)
+        result = execute(plan, tracker, hooks)
+        hooks.on_finish(result)
+    except BaseException as exc:
+        status, state = _ending(exc)
+        if state == "PRUNED":
+            # Stopped on purpose, not an error: KILLED, the reason in its own tag.
+            tracker.set_tags({"kdsweep.state": state, "kdsweep.pruned": str(exc)})
+            tracker.finish(status)
+        else:
+            tracker.set_tags({"kdsweep.state": state})
+            tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
+        raise
+    with deferred_signals():  # a signal now must not leave a COMPLETE run RUNNING
+        tracker.set_tags({"kdsweep.state": "COMPLETE"})
+        tracker.finish("FINISHED")
+    log.info(
+        "objective (val acc, %s epoch) %.2f%%, test acc %.2f%%",
+        settings.trainer.objective,
+        result.objective,
+        result.metrics["test_acc"],
+    )
+    return result
+
+
+def _ending(exc: BaseException) -> tuple[str, str]:
+    """MLflow status and kdsweep state for a run that raised."""
+    if type(exc).__name__ == "TrialPruned":
+        return "KILLED", "PRUNED"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", "FAIL"
+    return "FAILED", "FAIL"

@@ -1,0 +1,281 @@
+"""MLflow runs through the client API (no global "active run"), so in-process sweep trials,
+their parent and other processes never trip over each other's state.
+
+A run must never hide a training result: if the tracking server fails mid-run, the tracker
+says so in one line, stops calling MLflow, and the run goes on; everything it would have
+logged is kept in ``results.json`` beside the job's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from kdsweep.config.schema import TrackingConf
+from kdsweep.core.errors import KdsweepError, first_line
+from kdsweep.core.files import atomic_write_text
+from kdsweep.core.secrets import mask_secrets, mask_value
+from kdsweep.core.signals import deferred_signals
+from kdsweep.core.stores import half_created_sqlite
+
+log = logging.getLogger(__name__)
+
+# MLflow's HTTP client retries for minutes by default; a dead server should cost seconds.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+MAX_PARAM_LENGTH = 6000
+
+
+# The longest a per-epoch metric waits before it is written: the MLflow UI's live curves
+# of a long run lag by at most this.
+METRICS_FLUSH_S = 2.0
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; secrets masked, long values clipped for MLflow."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = mask_value(value)
+            flat[name] = text[:MAX_PARAM_LENGTH] if isinstance(text, str) else text
+    return flat
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@lru_cache(maxsize=8)
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def client_for(uri: str) -> Any:
+    return _client(uri)
+
+
+# MLflow 3 opens an experiment on its runs, not on the GenAI overview, when its kind says
+# it holds model training (the tag MLflow's UI reads).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """Get or create (as a model-training experiment); two workers creating the same
+    experiment at once is expected."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        if "mlflow.experimentKind" not in existing.tags:  # a kind the user chose stays
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(existing.experiment_id, key, value)
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    except Exception:
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+class RunTracker:
+    """One MLflow run. ``start`` fails loudly (nothing was trained yet); later calls
+    degrade to local records if MLflow breaks."""
+
+    def __init__(
+        self,
+        conf: TrackingConf,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        local_dir: str | Path = ".",
+    ) -> None:
+        self.conf = conf
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.parent_run_id = parent_run_id
+        self.local_path = Path(local_dir) / "results.json"
+        self.run_id: str | None = None
+        self.broken: str | None = None
+        # Per-epoch metrics wait here up to METRICS_FLUSH_S: one write per epoch (a SQLite
+        # commit, ~10 ms) was a tenth of a short confirmation run. finish() writes the rest.
+        self.pending: list[Any] = []
+        self.last_flush = time.monotonic()
+        # The run name is kept whether or not MLflow tracks the run: the multirun tables
+        # (kdsweep.callbacks) group the jobs' results.json records by it.
+        self.record: dict[str, Any] = {
+            "run_name": run_name,
+            "params": {},
+            "metrics": {},
+            "tags": {},
+            "history": [],
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail now if a tracking server does not answer: before the data, the teacher
+        and the student cost minutes. Read-only: no experiment or run is created. A local
+        store (SQLite file, directory) is left alone: it cannot be down, and asking would
+        create it before the run's inputs are known to be good."""
+        scheme = self.conf.uri.partition("://")[0].lower() if "://" in self.conf.uri else ""
+        if self.conf.enabled and scheme == "sqlite":
+            problem = half_created_sqlite(self.conf.uri)
+            if problem:
+                raise KdsweepError(problem)
+        if not self.conf.enabled or scheme in ("", "file", "sqlite"):
+            return
+        try:
+            client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
+        except Exception as exc:
+            raise KdsweepError(
+                f"MLflow does not answer at tracking.uri={mask_secrets(self.conf.uri)}"
+                f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                " (tracking.enabled=false runs untracked)"
+            ) from None
+
+    def start(self) -> None:
+        if not self.conf.enabled:
+            return
+        tags = dict(self.tags)
+        tags["mlflow.runName"] = self.run_name
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        # A signal waits until the run's id is known, so the run can be ended KILLED.
+        with deferred_signals():
+            try:
+                client = client_for(self.conf.uri)
+                run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
+            except Exception as exc:
+                raise KdsweepError(
+                    f"cannot start an MLflow run at tracking.uri={mask_secrets(self.conf.uri)}"
+                    f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                    " (tracking.enabled=false runs untracked)"
+                ) from None
+            self.run_id = run.info.run_id
+        self.record["run_id"] = self.run_id
+        self.record["tags"].update(tags)
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run in MLflow (never left RUNNING if MLflow answers) and write the
+        local record."""
+        self.record["status"] = status
+        self.flush_metrics()
+        if error:
+            self.set_tags({"error": mask_secrets(error)[:5000]})
+        self._call(lambda c: c.set_terminated(self.run_id, status=status))
+        try:
+            atomic_write_text(self.local_path, json.dumps(self.record, indent=2, default=str))
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.local_path, exc)
+
+    # -- logging -------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = {k: str(mask_value(v))[:MAX_PARAM_LENGTH] for k, v in params.items()}
+        self.record["params"].update(items)
+        entries = [Param(k, v) for k, v in items.items()]
+        for chunk in range(0, len(entries), 100):  # MLflow takes at most 100 params a batch
+            batch = entries[chunk : chunk + 100]
+            self._call(lambda c, b=batch: c.log_batch(self.run_id, params=b))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        values = {k: float(v) for k, v in metrics.items()}
+        if step is None:
+            self.record["metrics"].update(values)
+        else:
+            self.record["history"].append({"step": step, **values})
+        self.pending += [Metric(k, v, now, step or 0) for k, v in values.items()]
+        if step is None or time.monotonic() - self.last_flush >= METRICS_FLUSH_S:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Write the metrics logged since the last write (MLflow takes 1000 a batch)."""
+        pending, self.pending = self.pending, []
+        self.last_flush = time.monotonic()
+        for chunk in range(0, len(pending), 1000):
+            batch = pending[chunk : chunk + 1000]
+            self._call(lambda c, b=batch: c.log_batch(self.run_id, metrics=b))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = {k: str(mask_value(v)) for k, v in tags.items()}
+        self.record["tags"].update(items)
+        self._call(
+            lambda c: c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in items.items()])
+        )
+
+    def log_dataset(self, name: str, data: Any) -> None:
+        """The run's data set as an MLflow dataset input (the UI's Dataset column): its
+        name, its fingerprint as digest, and the split sizes as its profile."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        sizes = {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)}
+        profile = {**sizes, "num_classes": data.num_classes, "input_shape": data.input_shape}
+        dataset = Dataset(
+            name=name,
+            digest=data.fingerprint,
+            source_type="kdsweep",
+            source=json.dumps({"data": name}),
+            profile=json.dumps(profile),
+        )
+        context = InputTag(key="mlflow.data.context", value="training")
+        self.record["dataset"] = {"name": name, "digest": data.fingerprint, **sizes}
+        self._call(lambda c: c.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [context])]))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call(lambda c: c.log_text(self.run_id, mask_secrets(text), artifact_file))
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        self._call(lambda c: c.log_artifacts(self.run_id, str(directory), artifact_path))
+
+    # -- failure policy ------------------------------------------------------------------
+    def _call(self, action: Any) -> None:
+        if self.run_id is None or self.broken:
+            return
+        try:
+            with deferred_signals():
+                action(client_for(self.conf.uri))
+        except Exception as exc:
+            self.broken = _first_line(exc)
+            log.error(
+                "MLflow tracking at %s failed (%s): training goes on untracked; this run's"
+                " params and metrics are kept in %s",
+                mask_secrets(self.conf.uri),
+                self.broken[:200],
+                self.local_path.resolve(),
+            )
+            self.record["tracking_error"] = self.broken
+
+
+def _first_line(exc: BaseException) -> str:
+    return mask_secrets(first_line(exc))

@@ -1,0 +1,259 @@
+"""The one training loop, for every objective, student and teacher alike.
+
+Per batch it indexes the on-device data with a permutation, asks the teacher source for
+its outputs (precomputed or live), runs the student, and steps. Loss sums stay on the
+device: the host syncs once per epoch, not once per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kdsweep.config.schema import TrainerConf
+from kdsweep.core.errors import NonFiniteLossError
+from kdsweep.losses import Objective
+from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_terms: dict[str, float]
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_acc": self.val_acc,
+            "epoch_seconds": self.seconds,
+            # Not "train_images_per_s": that key is the run's final average, and MLflow
+            # shows a key's highest step, so a per-epoch series would hide it.
+            "epoch_images_per_s": self.images_per_s,
+        }
+        out.update({f"train_{name}": value for name, value in self.train_terms.items()})
+        return out
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def last_val_acc(self) -> float:
+        return self.history[-1].val_acc
+
+    @property
+    def images_per_s(self) -> float:
+        return sum(r.images_per_s for r in self.history) / len(self.history)
+
+
+EpochCallback = Callable[[EpochRecord], None]
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - context manager
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _show_bar(progress: str) -> bool:
+    return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    objective: Objective,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: TeacherSource | None,
+    batch_size: int,
+    precision: str = "fp32",
+    epoch: int = 1,
+) -> tuple[float, float]:
+    """(mean objective loss, accuracy in %) over a split, in eval mode; ``epoch`` is the
+    training epoch it follows (losses with a warm-up weigh their terms by it)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=inputs.device)
+    correct = torch.zeros((), device=inputs.device, dtype=torch.long)
+    forward = student_forward(model, objective.needs_student_features)
+    teacher_maps = objective.needs_teacher_features
+    for start in range(0, len(inputs), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(inputs)), device=inputs.device)
+        x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
+        with _autocast(inputs.device, precision):
+            student = forward(x)
+        taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
+        out = objective(step_inputs(y, student, taught, epoch))
+        loss_sum += out.total * len(y)
+        correct += (student[0].argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(inputs), 100.0 * correct.item() / len(inputs)
+
+
+def _diverged(
+    what: str, optimizer: torch.optim.Optimizer, lr_key: str, objective: Objective
+) -> NonFiniteLossError:
+    """Divergence after updates: the lr is the usual cause, the loss's scale the other."""
+    lr = optimizer.param_groups[0]["lr"]
+    settings = objective.settings()
+    also = f", or check the loss's settings ({settings})" if settings else ""
+    return NonFiniteLossError(f"{what} (lr={lr}): lower {lr_key}{also}")
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    trainer: TrainerConf,
+    train_teacher: TeacherSource | None = None,
+    val_teacher: TeacherSource | None = None,
+    augment: Augment | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    description: str = "train",
+    lr_key: str = "optimizer.lr",
+) -> FitResult:
+    """Train ``model`` for ``trainer.epochs`` epochs; leave it holding the weights the
+    objective names (best or last val epoch). Callbacks may raise to stop (pruning).
+    Divergence raises NonFiniteLossError naming ``lr_key``, the setting to lower."""
+    device = train_x.device
+    generator = torch.Generator(device=device).manual_seed(trainer.seed)
+    check_first_batch = True
+    step_fn = student_forward(model, objective.needs_student_features)
+    teacher_maps = objective.needs_teacher_features
+    if trainer.compile:
+        step_fn = torch.compile(step_fn)
+    channels_last = trainer.channels_last and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    result = FitResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    started = time.perf_counter()
+    n, batch = len(train_x), trainer.batch_size
+    show_bar = _show_bar(trainer.progress)
+    schedule = None
+    if trainer.lr_milestones:
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(trainer.lr_milestones), trainer.lr_gamma
+        )
+
+    for epoch in range(1, trainer.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        term_sums: dict[str, torch.Tensor] = {}
+        starts = range(0, n, batch)
+        if show_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"{description} {epoch}/{trainer.epochs}", leave=False)
+        for start in starts:
+            index = order[start : start + batch]
+            x, y = train_x.index_select(0, index), train_y.index_select(0, index)
+            if augment is not None:
+                x = augment(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            taught = (
+                train_teacher.with_features(index, x, teacher_maps)
+                if train_teacher
+                else (None,) * 3
+            )
+            with _autocast(device, trainer.precision):
+                student = step_fn(x)
+            out = objective(step_inputs(y, student, taught, epoch))
+            if check_first_batch:  # one host sync per fit: no lr can be blamed yet
+                check_first_batch = False
+                first = out.total.detach().item()
+                if not math.isfinite(first) and objective.settings():
+                    raise NonFiniteLossError(
+                        f"the loss is {first} on the first batch, before any update: check"
+                        f" the loss's settings ({objective.settings()})"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                # An lr so large that the update itself overflows (Adam at lr=1e38): torch
+                # raises before any loss is non-finite. The same fault, so the same fix.
+                if "overflow" not in str(exc):
+                    raise
+                what = f"the optimizer step overflowed in epoch {epoch}"
+                raise _diverged(what, optimizer, lr_key, objective) from None
+            weight = len(index)
+            loss_sum += out.total.detach() * weight
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach() * weight
+
+        train_loss = loss_sum.item() / n  # the epoch's single host sync
+        if not math.isfinite(train_loss):
+            what = f"training loss became {train_loss} in epoch {epoch}"
+            raise _diverged(what, optimizer, lr_key, objective)
+        train_seconds = time.perf_counter() - epoch_start
+        if schedule is not None:
+            schedule.step()  # the lr of the next epoch
+        val_loss, val_acc = evaluate(
+            model, objective, val_x, val_y, val_teacher, trainer.eval_batch_size,
+            trainer.precision, epoch,
+        )  # fmt: skip
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_terms={name: float(total) / n for name, total in term_sums.items()},
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - epoch_start,
+            images_per_s=n / train_seconds,
+        )
+        result.history.append(record)
+        if val_acc > result.best_val_acc or epoch == 1:
+            result.best_val_acc, result.best_epoch = val_acc, epoch
+            if trainer.objective == "best" and epoch < trainer.epochs:
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                best_state = None  # the current weights are the best ones
+        log.info(
+            "%s epoch %d/%d: train_loss %.4f  val_loss %.4f  val_acc %.2f%%  (%.0f img/s)",
+            description,
+            epoch,
+            trainer.epochs,
+            train_loss,
+            val_loss,
+            val_acc,
+            record.images_per_s,
+        )
+        for callback in callbacks:
+            callback(record)
+
+    if trainer.objective == "best" and best_state is not None:
+        model.load_state_dict(best_state)
+    result.wall_seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,250 @@
+"""The teacher: trained at most once per (teacher config, data, seed), then reused.
+
+Checkpoints are content-keyed files under ``<cache_dir>/teachers``, each sealed with a
+checksum of its content (kdsweep.integrity) that is checked on every load; a lock file
+makes concurrent runs (sweep workers) wait for the one that trains instead of training
+again.
+The frozen teacher's outputs on each split are cached the same way, so a KD trial never
+pays for the teacher's forward pass (about 70x the student's) more than once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdsweep.config.schema import TrainerConf
+from kdsweep.config.validation import Settings
+from kdsweep.core.errors import CheckpointError, first_line
+from kdsweep.core.files import atomic_torch_save, file_hash, file_lock, stable_hash
+from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
+from kdsweep.core.values import finite_number
+from kdsweep.data import TensorSplits
+from kdsweep.losses import CrossEntropy
+from kdsweep.nets import FeatureNet, build_model
+from kdsweep.training.loop import evaluate, fit
+from kdsweep.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "kdsweep-teacher/1"
+
+
+@dataclass
+class Teacher:
+    model: FeatureNet
+    key: str  # identifies the weights: cache keys of its outputs derive from it
+    path: Path
+    metrics: dict[str, float]
+    trained_now: bool
+
+
+def teacher_key(settings: Settings, data: TensorSplits) -> str:
+    recipe = {
+        "architecture": str(settings.teacher.architecture),
+        "epochs": settings.teacher.epochs,
+        "batch_size": settings.teacher.batch_size,
+        "seed": settings.teacher.seed,
+        "optimizer": asdict(settings.teacher_optimizer),
+        "data": data.fingerprint,
+        "format": CHECKPOINT_FORMAT,
+    }
+    if settings.teacher.lr_milestones:  # named only when set: older cache keys stay valid
+        recipe["lr_steps"] = [list(settings.teacher.lr_milestones), settings.teacher.lr_gamma]
+    return stable_hash(recipe)
+
+
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, refused global...
+        raise CheckpointError(
+            f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)[:120]}):"
+            " delete it to retrain, or set teacher.checkpoint to a good file"
+        ) from None
+
+
+# The verified content of the cached checkpoints this process read, by the file's identity
+# (inode, size, mtime): under the basic launcher a sweep's trials and confirmation runs all
+# run in one process and load the same teacher; reading and checksumming it costs ~0.1 s
+# each time. A file replaced or rewritten since has another identity and is read again.
+_VERIFIED: dict[tuple[str, int, int, int], dict] = {}
+
+
+def _verified_cache_entry(path: Path) -> dict:
+    stat = path.stat()
+    identity = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if identity not in _VERIFIED:
+        payload = verified(_read_checkpoint(path))
+        if len(_VERIFIED) >= 4:
+            _VERIFIED.clear()
+        _VERIFIED[identity] = payload
+    return _VERIFIED[identity]
+
+
+def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not fit a {model.__class__.__name__} for this data"
+            f" ({first_line(exc)[:160]}): check teacher.architecture and data,"
+            " or set teacher.checkpoint=null"
+        ) from None
+
+
+def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
+    expected = {
+        "architecture": settings.teacher.architecture,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+    }
+    for key, value in expected.items():
+        if payload.get(key) != value:
+            raise CheckpointError(
+                f"teacher checkpoint {path} has {key}={payload.get(key)}, this run needs {value}:"
+                " set teacher.checkpoint=null to train a matching teacher"
+            )
+    if payload.get("data_fingerprint") != data.fingerprint:
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on other data"
+            f" (fingerprint {payload.get('data_fingerprint')}, this run's data {data.fingerprint}):"
+            " set teacher.checkpoint=null to train one on this data"
+        )
+
+
+def _finite_metrics(payload: dict) -> dict[str, float]:
+    """The checkpoint's recorded teacher metrics that are numbers: an unsealed user file's
+    metrics are only informative, and must not break the run's logging."""
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    numbers = {str(k): finite_number(v) for k, v in metrics.items()}
+    return {k: v for k, v in numbers.items() if v is not None}
+
+
+def _new_model(settings: Settings, data: TensorSplits) -> FeatureNet:
+    return build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
+
+
+def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
+    """``teacher.checkpoint``: a kdsweep checkpoint (checked against this run's data) or a
+    plain state_dict of the same architecture (e.g. saved by the tutorial's code)."""
+    path = Path(settings.teacher.checkpoint).expanduser()  # type: ignore[arg-type]
+    if not path.is_file():
+        raise CheckpointError(
+            f"teacher.checkpoint {path} does not exist: give an existing file, or null to train one"
+        )
+    payload = _read_checkpoint(path)
+    model = _new_model(settings, data)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        if CHECKSUM_KEY in payload:
+            try:
+                payload = verified(payload)
+            except IntegrityError as exc:
+                raise CheckpointError(
+                    f"teacher checkpoint {path} is damaged: {exc}; set teacher.checkpoint to"
+                    " a good copy, or null to train a teacher"
+                ) from None
+        _check_payload(payload, path, settings, data)
+        _load_weights(model, payload["state_dict"], path)
+        metrics = _finite_metrics(payload)
+    elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        log.warning(
+            "teacher checkpoint %s is a bare state_dict: its training data is unknown", path
+        )
+        _load_weights(model, payload, path)
+        metrics = {}
+    else:
+        raise CheckpointError(
+            f"teacher checkpoint {path} is neither a kdsweep checkpoint nor a state_dict:"
+            " set teacher.checkpoint to a file saved by kdsweep or torch.save(model.state_dict())"
+        )
+    model.to(device).eval()
+    return Teacher(model, "file-" + file_hash(path), path, metrics, trained_now=False)
+
+
+def _train_teacher(
+    settings: Settings, data: TensorSplits, device: torch.device
+) -> tuple[FeatureNet, dict]:
+    conf = settings.teacher
+    torch.manual_seed(conf.seed)
+    model = _new_model(settings, data).to(device)
+    recipe = TrainerConf(
+        epochs=conf.epochs,
+        batch_size=conf.batch_size,
+        eval_batch_size=settings.trainer.eval_batch_size,
+        seed=conf.seed,
+        progress=settings.trainer.progress,
+        objective="best",
+        precision=settings.trainer.precision,
+        channels_last=settings.trainer.channels_last,
+        lr_milestones=list(conf.lr_milestones),
+        lr_gamma=conf.lr_gamma,
+    )
+    objective = CrossEntropy()
+    result = fit(
+        model,
+        objective,
+        build_optimizer(settings.teacher_optimizer, model.parameters()),
+        data.train_x,
+        data.train_y,
+        data.val_x,
+        data.val_y,
+        recipe,
+        description="teacher",
+        lr_key="teacher.optimizer.lr",
+    )
+    _, test_acc = evaluate(model, objective, data.test_x, data.test_y, None, recipe.eval_batch_size)
+    metrics = {
+        "teacher_val_acc": result.best_val_acc,
+        "teacher_test_acc": test_acc,
+        "teacher_train_seconds": result.wall_seconds,
+    }
+    return model, metrics
+
+
+def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
+    """The run's teacher, in eval mode on ``device``: from ``teacher.checkpoint``, from the
+    cache, or trained now (once, under a lock) and cached atomically."""
+    if settings.teacher.checkpoint:
+        return load_user_checkpoint(settings, data, device)
+    key = teacher_key(settings, data)
+    path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher.architecture}-{key}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            try:
+                payload = _verified_cache_entry(path)
+                model = _new_model(settings, data)
+                _check_payload(payload, path, settings, data)
+                _load_weights(model, payload["state_dict"], path)
+                model.to(device).eval()
+                log.info("teacher: reusing %s", path)
+                return Teacher(model, key, path, dict(payload["metrics"]), trained_now=False)
+            except (CheckpointError, IntegrityError, KeyError, TypeError, AttributeError) as exc:
+                # Our own cache entry: retrain rather than fail, and say so.
+                log.warning("teacher cache %s unusable (%s); retraining", path, exc)
+        log.info(
+            "teacher: training %s for %d epochs (once for this data and recipe; cached at %s)",
+            settings.teacher.architecture,
+            settings.teacher.epochs,
+            path,
+        )
+        model, metrics = _train_teacher(settings, data, device)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            # A plain str: weights_only loading refuses pickled Enum members.
+            "architecture": str(settings.teacher.architecture),
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "data_fingerprint": data.fingerprint,
+            "metrics": metrics,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+        atomic_torch_save(sealed(payload), path)
+        model.eval()
+        return Teacher(model, key, path, metrics, trained_now=True)
