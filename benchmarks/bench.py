@@ -7,7 +7,7 @@ Run from a clone with kdsweep installed (``pip install -e .``); it is not part o
     python benchmarks/bench.py --cifar-scale   # 50,000 synthetic CIFAR-shaped images (for a GPU)
     python benchmarks/bench.py --only ab --json bench.json
 
-Rows (targets and measured figures: README.md, section "Performance"):
+Rows (targets and measured figures: docs/performance.md):
   a  KD epoch images/s: cached teacher outputs + ``fit`` vs the seed notes' loop  >= 8x
   b  CE training time: ``fit`` vs a bare PyTorch loop on the same tensors          <= 1.10x
   c  KD sweep with the median pruner vs none: epochs trained, best val acc        <= 50%, -1 pt
@@ -262,7 +262,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog=PROGRAM,
         description="Measure kdsweep's performance levers side by side and print ratios"
         " against their targets.",
-        epilog='Rows, targets and measured figures: README.md, section "Performance".'
+        epilog='Rows, targets and measured figures: docs/performance.md.'
         " Run from a clone with kdsweep installed (pip install -e .).",
     )
     size = parser.add_mutually_exclusive_group()
