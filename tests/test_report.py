@@ -328,7 +328,7 @@ def test_parameter_plots_show_pruned_trials_and_plain_log_ticks(stored, tmp_path
     study = stored[1]
     summary = summarize(study)
     path = tmp_path / "lr.png"
-    assert plot_param(study.get_trials(deepcopy=False), summary, "optimizer.lr", path) is None
+    assert plot_param(study, summary, "optimizer.lr", path) is None
     assert path.read_bytes()[:4] == b"\x89PNG"
 
     from kdsweep.report import plots
@@ -344,7 +344,7 @@ def test_parameter_plots_show_pruned_trials_and_plain_log_ticks(stored, tmp_path
 
     plots._save = keep
     try:
-        plot_param(study.get_trials(deepcopy=False), summary, "optimizer.lr", path)
+        plot_param(study, summary, "optimizer.lr", path)
     finally:
         plots._save = real
     assert "pruned (last value)" in captured["legend"]

@@ -1,14 +1,14 @@
 """The multirun report of a sweep, rebuilt from the stored Optuna study alone (no training).
 
-This package only re-exports the public names; the work is split by job:
+This package re-exports the public names of the report and of what it reads:
 
-- :mod:`kdsweep.report.summary` reads the study into a :class:`Summary` and words it;
-- :mod:`kdsweep.report.confirmed` and :mod:`kdsweep.report.stats`: the confirmation
+- :mod:`kdsweep.results.summary` reads the study into a :class:`Summary` and words it;
+- :mod:`kdsweep.results.confirmed` (with :mod:`kdsweep.core.stats`): the confirmation
   stage's paired-seed comparison and its statistics;
 - :mod:`kdsweep.report.plots` draws the figures (matplotlib);
 - :mod:`kdsweep.report.render` writes index.html and report.md (Jinja2 templates in
   ``templates/``), trials.csv and the plots, and names a study's report folder;
-- :mod:`kdsweep.report.cli` is the ``kdsweep-report`` command.
+- :mod:`kdsweep.report_cli` is the ``kdsweep-report`` command.
 
 What the sweeper stores and the report reads: study user attrs ``baselines``,
 ``tutorial_trial_number``, ``search_space``, ``n_trials``, ``sampler``,

@@ -1,16 +1,22 @@
-"""The figures of the sweep report, drawn with matplotlib (imported only when drawing).
-
-Each ``plot_*`` writes one PNG and returns None, or returns why it drew nothing;
-:func:`kdsweep.report.render.write_report_files` collects those reasons as notes in the
-report. ``param_file`` names the PNG of one parameter's plot.
+"""The figures of the sweep report. ``optuna.visualization.matplotlib`` draws the history,
+the importances and the objective against each parameter; the baselines, pruned trials and
+the best and tutorial trials are added to the Axes it returns. The learning curves, which
+Optuna has no plot for, are drawn by hand. Each ``plot_*`` writes one PNG and returns None,
+or returns why it drew nothing: :func:`kdsweep.report.render.write_report_files` shows
+those reasons as notes. matplotlib and Optuna's plots are imported only when drawing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from kdsweep.core.files import atomic_save_figure
 from kdsweep.core.secrets import mask_secrets
@@ -18,45 +24,92 @@ from kdsweep.results.summary import Summary, TrialRow, finite
 
 if TYPE_CHECKING:
     import optuna
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-
-def _figure(width: float = 5.6, height: float = 3.4, fixed: bool = False) -> Figure:
-    """A bare Figure with an Agg canvas: no pyplot, no global backend switch, thread-safe.
-
-    ``fixed`` margins instead of constrained layout halve the drawing time; they suit the
-    simple one-axes plots drawn once per parameter."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout=None if fixed else "constrained")
-    if fixed:
-        fig.subplots_adjust(left=0.16, right=0.96, bottom=0.15, top=0.9)
-    FigureCanvasAgg(fig)
-    return fig
+OBJECTIVE = "val acc (%)"
+#: How the best and the tutorial-default trials stand out on a parameter's plot.
+MARKS = {
+    "best": {"marker": "*", "s": 180, "color": "#3a7d44"},
+    "tutorial": {"marker": "D", "s": 50, "color": "#2e86c1"},
+}
 
 
-def _integer_x(ax: Any) -> None:
+@contextlib.contextmanager
+def _pyplot() -> Iterator[Any]:
+    """pyplot on the Agg backend (the report writes files and never opens a window), in the
+    ggplot style Optuna's plots use. Optuna's global ``plt.style.use`` is undone on exit,
+    and every figure opened inside is closed, even when drawing fails half-way."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:  # a process that chose its backend keeps it
+        matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+
+    opened = set(plt.get_fignums())
+    try:
+        with warnings.catch_warnings(), plt.style.context("ggplot"):
+            # Optuna's matplotlib plots are marked experimental and would warn on every call.
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # Its slice plot of a single trial sets equal x limits, widened again after.
+            warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+            yield plt
+    finally:
+        for number in set(plt.get_fignums()) - opened:
+            plt.close(number)
+
+
+def _first_objective(
+    study: optuna.Study, minimized: bool = False
+) -> Callable[[optuna.trial.FrozenTrial], float] | None:
+    """What Optuna should plot: None for the objective, or the first of several (as the
+    report); ``minimized`` turns a maximized one so that lower is better, as PED-ANOVA
+    takes a target it is given."""
+    if len(study.directions) == 1:
+        return None
+    sign = -1.0 if minimized and study.directions[0].name == "MAXIMIZE" else 1.0
+    return lambda t: sign * t.values[0]
+
+
+def _integer_x(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(fig: Figure, path: Path) -> None:
-    atomic_save_figure(lambda handle: fig.savefig(handle, format="png", dpi=100), path)
+    # A tight box: Optuna's figures have no layout engine, and long names would be cut off.
+    atomic_save_figure(
+        lambda handle: fig.savefig(handle, format="png", dpi=100, bbox_inches="tight"), path
+    )
 
 
-def _finish(fig: Figure, ax: Any, xlabel: str, title: str, path: Path) -> None:
-    """Integer x ticks, the labels (y is always val accuracy), a legend; saved."""
-    _integer_x(ax)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("val acc (%)")
+def _finish(ax: Axes, title: str, path: Path) -> None:
+    """The labels (y is always val accuracy), a legend; saved."""
+    ax.set_ylabel(OBJECTIVE)
     ax.set_title(title)
+    for points in ax.collections:  # Optuna labels its infeasible trials even when none is
+        if not len(points.get_offsets()):
+            points.set_label(None)
     ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    _save(ax.figure, path)
 
 
-def _baseline_lines(ax: Any, summary: Summary) -> None:
+def _completed(summary: Summary) -> list[TrialRow]:
+    return [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
+
+
+def _pruned(summary: Summary) -> list[TrialRow]:
+    """Pruned trials that reported a value: they are drawn at their last one."""
+    return [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
+
+
+def _last_value(row: TrialRow) -> float:
+    return row.intermediate[max(row.intermediate)]
+
+
+def _baseline_lines(ax: Axes, summary: Summary) -> None:
     styles = (("teacher", "Teacher", "--", "#b03a2e"), ("student_ce", "CE student", ":", "#555"))
     for key, label, style, color in styles:
         val = summary.baselines.get(key, {}).get("val_acc")
@@ -67,36 +120,31 @@ def _baseline_lines(ax: Any, summary: Summary) -> None:
         ax.axhline(val, ls="-.", color="#2e86c1", lw=1.2, label=f"tutorial KD {val:.2f}")
 
 
-# Each plot_* writes its PNG and returns None, or returns why it drew nothing.
-
-
-def plot_history(summary: Summary, path: Path) -> str | None:
-    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
-    pruned = [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
+def plot_history(study: optuna.Study, summary: Summary, path: Path) -> str | None:
+    done, pruned = _completed(summary), _pruned(summary)
     if not done and not pruned:
         return "No optimization history: no trial has a value yet."
-    fig = _figure()
-    ax = fig.add_subplot()
-    floor = zoom_band(summary)[0]
-    if pruned:
-        xs = [r.number for r in pruned]
-        ys = [r.intermediate[max(r.intermediate)] for r in pruned]
-        if floor is not None:  # below the band: shown on its edge, still counted
-            ys = [max(y, floor) for y in ys]
-        ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last epoch)")
-    if done:
-        xs = [r.number for r in done]
-        ys = [r.value for r in done]
-        shown = [max(y, floor) for y in ys] if floor is not None else ys
-        ax.scatter(xs, shown, color="#1f77b4", zorder=3, label="completed")
-        pick = min if summary.direction == "minimize" else max
-        running = [pick(ys[: i + 1]) for i in range(len(ys))]
-        ax.step(xs, running, where="post", color="#3a7d44", lw=2, label="best so far")
-    _baseline_lines(ax, summary)
-    low, high = zoom_band(summary)
-    if low is not None and high is not None:
-        ax.set_ylim(low, high)
-    _finish(fig, ax, "trial", "Optimization history", path)
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with _pyplot() as plt:
+        if done:  # Optuna's history of completed trials and the best so far
+            target = _first_objective(study)
+            ax = plot_optimization_history(study, target=target, target_name=OBJECTIVE)
+        else:  # (it would only warn that there is none)
+            ax = plt.subplots()[1]
+            ax.set_xlabel("Trial")
+        if pruned:
+            xs, ys = [r.number for r in pruned], [_last_value(r) for r in pruned]
+            ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last epoch)")
+        _baseline_lines(ax, summary)
+        low, high = zoom_band(summary)
+        if low is not None and high is not None:
+            # Trials below the band are shown on its edge, still counted.
+            for points in ax.collections:
+                points.set_offsets(np.maximum(points.get_offsets(), (-np.inf, low)))
+            ax.set_ylim(low, high)
+        _integer_x(ax)
+        _finish(ax, "Optimization history", path)
     return None
 
 
@@ -104,7 +152,7 @@ def zoom_band(summary: Summary) -> tuple[float | None, float | None]:
     """The val accuracy band where the completed trials' upper half and the baselines lie,
     with a margin: pruned and poor trials far below would squeeze the differences that
     matter into a few pixels (they are drawn at the bottom edge instead)."""
-    values = sorted(r.value for r in summary.rows if r.state == "COMPLETE" and r.value is not None)
+    values = sorted(r.value for r in _completed(summary))
     refs = [b.get("val_acc") for b in summary.baselines.values()]
     if summary.tutorial is not None:
         refs.append(summary.tutorial.value)
@@ -123,7 +171,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 8
 
 
 def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
-    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
+    done = _completed(summary)
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
             f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed"
@@ -138,42 +186,27 @@ def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | 
     ]
     if len(varying) < 2:
         return "Parameter importances need at least 2 parameters that vary across trials."
-    try:
-        import optuna
+    from optuna.visualization.matplotlib import plot_param_importances
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-            importances = optuna.importance.get_param_importances(
-                study, params=varying, target=target
-            )
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"Parameter importances could not be computed: {mask_secrets(first)[:200]}"
-    names = list(importances)[::-1]
-    fig = _figure(height=max(2.2, 0.45 * len(names) + 1))
-    ax = fig.add_subplot()
-    ax.barh(names, [importances[n] for n in names], color="#1f77b4")
-    ax.set_xlabel("importance (PED-ANOVA, normalized)")
-    ax.set_title("Parameter importances")
-    _save(fig, path)
+    with _pyplot():
+        # PED-ANOVA (Optuna's default) ranks what makes a target it is given low, and says so
+        # on every call: a maximized one is turned (minimized=True).
+        warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)
+        try:
+            target = _first_objective(study, minimized=True)
+            ax = plot_param_importances(study, params=varying, target=target, target_name=OBJECTIVE)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"Parameter importances could not be computed: {mask_secrets(first)[:200]}"
+        _save(ax.figure, path)
     return None
 
 
-def _is_log(study_rows: list[optuna.trial.FrozenTrial], name: str, xs: list[float]) -> bool:
-    for trial in study_rows:
-        dist = trial.distributions.get(name)
-        if dist is not None:
-            return bool(getattr(dist, "log", False))
-    return name.endswith("lr") and min(xs) > 0
-
-
-def _readable_log_x(ax: Any) -> None:
-    """A log x axis labelled at 1, 2 and 5 of each decade in plain numbers (0.0005, not
+def _readable_log_x(ax: Axes) -> None:
+    """Label a log x axis at 1, 2 and 5 of each decade in plain numbers (0.0005, not
     5x10^-4), without the minor labels that would overlap."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -183,52 +216,33 @@ def param_file(name: str) -> str:
     return f"param_{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'param'}.png"
 
 
-def plot_param(
-    trials: list[optuna.trial.FrozenTrial], summary: Summary, name: str, path: Path
-) -> str | None:
-    """Objective against one parameter: a scatter (log x for log-sampled ones), or a
-    strip per choice for a categorical one."""
-    done = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
-    points = [(r.params[name], r.value, r) for r in done if name in r.params]
-    if not points:
+def plot_param(study: optuna.Study, summary: Summary, name: str, path: Path) -> str | None:
+    """Objective against one parameter: Optuna's slice plot (log x for a log-sampled one,
+    a strip per choice for a categorical one), pruned trials at their last value, and the
+    best and tutorial-default trials marked."""
+    if not any(name in r.params for r in _completed(summary)):
         return f"No completed trial has {name}."
-    # Pruned trials at their last reported value, marked: they show where the search
-    # gave up, which the completed ones alone hide.
-    pruned = [
-        (r.params[name], r.intermediate[max(r.intermediate)], r)
-        for r in summary.rows
-        if r.state == "PRUNED" and r.intermediate and name in r.params
-    ]
-    numeric = all(finite(x) is not None for x, _, _ in points)
-    fig = _figure(width=4.4, height=3.2, fixed=True)
-    ax = fig.add_subplot()
-    numeric = numeric and all(finite(x) is not None for x, _, _ in pruned)
-    if numeric:
-        xs = [float(x) for x, _, _ in points]
-        pxs = [float(x) for x, _, _ in pruned]
-        if _is_log(trials, name, xs) and min(xs + pxs) > 0:
+    from matplotlib.category import UnitData
+    from optuna.visualization.matplotlib import plot_slice
+
+    with _pyplot():
+        target = _first_objective(study)
+        ax = plot_slice(study, params=[name], target=target, target_name=OBJECTIVE)
+        # Optuna puts a categorical value on its axis by its repr.
+        on_x = repr if isinstance(ax.xaxis.get_units(), UnitData) else (lambda value: value)
+        # Pruned trials show where the search gave up, which the completed ones alone hide.
+        pruned = [r for r in _pruned(summary) if name in r.params]
+        if pruned:
+            xs, ys = [on_x(r.params[name]) for r in pruned], [_last_value(r) for r in pruned]
+            ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last value)")
+        ax.autoscale(axis="x")  # pruned trials may lie outside the completed ones' range
+        for label, row in (("best", summary.best), ("tutorial", summary.tutorial)):
+            if row is not None and row.value is not None and name in row.params:
+                x, y = on_x(row.params[name]), row.value
+                ax.scatter([x], [y], zorder=4, label=label, **MARKS[label])
+        if ax.get_xscale() == "log":
             _readable_log_x(ax)
-    else:
-        cats = sorted({str(x) for x, _, _ in points + pruned})
-        xs = [float(cats.index(str(x))) for x, _, _ in points]
-        pxs = [float(cats.index(str(x))) for x, _, _ in pruned]
-        ax.set_xticks(range(len(cats)), cats)
-        ax.set_xlim(-0.5, len(cats) - 0.5)
-    if pruned:
-        pys = [y for _, y, _ in pruned]
-        ax.scatter(pxs, pys, marker="x", color="#aaa", label="pruned (last value)")
-    ys = [y for _, y, _ in points]
-    ax.scatter(xs, ys, color="#1f77b4", alpha=0.8, label="completed trial")
-    for x, y, (_, _, r) in zip(xs, ys, points, strict=True):
-        if r is summary.best:
-            ax.scatter([x], [y], marker="*", s=180, color="#3a7d44", zorder=4, label="best")
-        if r is summary.tutorial:
-            ax.scatter([x], [y], marker="D", s=50, color="#2e86c1", zorder=4, label="tutorial")
-    ax.set_xlabel(name)
-    ax.set_ylabel("val acc (%)")
-    ax.set_title(f"Objective vs {name}", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+        _finish(ax, f"Objective vs {name}", path)
     return None
 
 
@@ -242,31 +256,31 @@ def plot_curves(summary: Summary, path: Path) -> str | None:
     best = summary.best
     if best is None or not (best.history or best.intermediate):
         return "No learning curves: the best trial has no recorded history."
-    fig = _figure(width=8.0, height=3.2)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
-        xs, ys = _series(best.history, key)
-        if xs:
-            loss_ax.plot(xs, ys, marker="o", ms=3, label=label)
-    _integer_x(loss_ax)
-    _integer_x(acc_ax)
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_title("Loss")
-    if loss_ax.lines:
-        loss_ax.legend(fontsize=7)
-    else:
-        loss_ax.text(0.5, 0.5, "no losses recorded", ha="center", transform=loss_ax.transAxes)
-    xs, ys = _series(best.history, "val_acc")
-    if not xs:
-        xs, ys = list(best.intermediate), list(best.intermediate.values())
-    acc_ax.plot(xs, ys, marker="o", ms=3, color="#3a7d44", label="val acc")
-    _baseline_lines(acc_ax, summary)
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("%")
-    acc_ax.set_title("Validation accuracy")
-    acc_ax.legend(fontsize=7)
-    fig.suptitle(f"Best trial #{best.number}: learning curves", fontsize=11)
-    _save(fig, path)
+    with _pyplot() as plt:
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8.0, 3.2), layout="constrained")
+        for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+            xs, ys = _series(best.history, key)
+            if xs:
+                loss_ax.plot(xs, ys, marker="o", ms=3, label=label)
+        _integer_x(loss_ax)
+        _integer_x(acc_ax)
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_title("Loss")
+        if loss_ax.lines:
+            loss_ax.legend(fontsize=7)
+        else:
+            loss_ax.text(0.5, 0.5, "no losses recorded", ha="center", transform=loss_ax.transAxes)
+        xs, ys = _series(best.history, "val_acc")
+        if not xs:
+            xs, ys = list(best.intermediate), list(best.intermediate.values())
+        acc_ax.plot(xs, ys, marker="o", ms=3, color="#3a7d44", label="val acc")
+        _baseline_lines(acc_ax, summary)
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("%")
+        acc_ax.set_title("Validation accuracy")
+        acc_ax.legend(fontsize=7)
+        fig.suptitle(f"Best trial #{best.number}: learning curves", fontsize=11)
+        _save(fig, path)
     return None
 
 
@@ -283,19 +297,21 @@ def plot_all_curves(summary: Summary, path: Path) -> str | None:
     curves = [c for c in curves if c[1]]
     if not curves:
         return "No per-epoch curves recorded."
-    fig = _figure()
-    ax = fig.add_subplot()
-    labelled: set[str] = set()
-    for row, xs, ys in curves:
-        if row is summary.best:
-            continue
-        style = {"COMPLETE": ("-", "#1f77b4", 0.5), "PRUNED": ("--", "#999", 0.8)}
-        ls, color, alpha = style.get(row.state, (":", "#b03a2e", 0.8))
-        label = row.state.lower() if row.state not in labelled else None
-        labelled.add(row.state)
-        ax.plot(xs, ys, ls=ls, color=color, alpha=alpha, lw=1, label=label)
-    for row, xs, ys in curves:
-        if row is summary.best:
-            ax.plot(xs, ys, color="#3a7d44", lw=2.2, label=f"best #{row.number}")
-    _finish(fig, ax, "epoch", "Validation accuracy per epoch, all trials", path)
+    with _pyplot() as plt:
+        ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")[1]
+        labelled: set[str] = set()
+        for row, xs, ys in curves:
+            if row is summary.best:
+                continue
+            style = {"COMPLETE": ("-", "#1f77b4", 0.5), "PRUNED": ("--", "#999", 0.8)}
+            ls, color, alpha = style.get(row.state, (":", "#b03a2e", 0.8))
+            label = row.state.lower() if row.state not in labelled else None
+            labelled.add(row.state)
+            ax.plot(xs, ys, ls=ls, color=color, alpha=alpha, lw=1, label=label)
+        for row, xs, ys in curves:
+            if row is summary.best:
+                ax.plot(xs, ys, color="#3a7d44", lw=2.2, label=f"best #{row.number}")
+        _integer_x(ax)
+        ax.set_xlabel("epoch")
+        _finish(ax, "Validation accuracy per epoch, all trials", path)
     return None

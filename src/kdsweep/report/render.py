@@ -193,12 +193,11 @@ def write_report_files(
     summary = summary or summarize(study, confirm_study)
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
-    trials = study.get_trials(deepcopy=False)
     drawers: list[tuple[str, str, Callable[[Path], str | None]]] = [
         (
             "history.png",
             "Objective per trial, best so far, and the baselines",
-            lambda p: plot_history(summary, p),
+            lambda p: plot_history(study, summary, p),
         ),
         ("importance.png", "Parameter importances", lambda p: plot_importance(study, summary, p)),
         ("curves.png", "Learning curves of the best trial", lambda p: plot_curves(summary, p)),
@@ -221,7 +220,7 @@ def write_report_files(
             (
                 filename,
                 f"Objective against {name}",
-                lambda p, name=name: plot_param(trials, summary, name, p),
+                lambda p, name=name: plot_param(study, summary, name, p),
             )
         )
     for filename, caption, draw in drawers:
