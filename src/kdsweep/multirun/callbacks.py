@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.formatting import DASH, mean_ci
+from kdsweep.core.stats import arm_stats
 from kdsweep.multirun.jobs import (
     FINISHED,
     as_mapping,
@@ -34,7 +35,6 @@ from kdsweep.multirun.jobs import (
     number,
     objective_acc,
 )
-from kdsweep.core.stats import arm_stats
 from kdsweep.multirun.seeds_table import seeds_table
 
 log = logging.getLogger("kdsweep")

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kdsweep.core.formatting import DASH, mean_ci, p_value
-from kdsweep.multirun.jobs import SEED_KEY, Job, override_key
 from kdsweep.core.stats import arm_stats, paired_diff, verdict
+from kdsweep.multirun.jobs import SEED_KEY, Job, override_key
 
 log = logging.getLogger("kdsweep")
 
