@@ -4,11 +4,14 @@ and its payload never runs."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from _helpers import (
     FAST,
@@ -24,9 +27,10 @@ from _helpers import (
     teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
-from kdsweep.core.secrets import mask_secrets, mask_value
+from kdsweep.core.secrets import MaskSecrets, mask_secrets, mask_value
 
 SECRET = "s3cret"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.mark.parametrize(
@@ -82,6 +86,34 @@ def test_mask_value_leaves_non_strings_alone() -> None:
     assert mask_value(3) == 3
     assert mask_value(None) is None
     assert mask_value("http://u:s3cret@h") == "http://u:***@h"
+
+
+def test_log_lines_and_tracebacks_are_masked_by_the_handler_filter() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(MaskSecrets())
+    logger = logging.getLogger("kdsweep.test_masking")
+    logger.addHandler(handler)
+    try:
+        logger.error("cannot reach %s", f"postgresql://u:{SECRET}@db/x")
+        try:
+            raise RuntimeError(f"connect to http://u:{SECRET}@h failed")
+        except RuntimeError:
+            logger.exception("failed")
+        logger.error("%d trials", 3)  # records without a secret are left as they are
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert SECRET not in text
+    assert "postgresql://u:***@db/x" in text and "http://u:***@h" in text
+    assert "Traceback" in text and "3 trials" in text
+
+
+@pytest.mark.parametrize("name", ["job_logging", "hydra_logging"])
+def test_every_log_handler_masks(name: str) -> None:
+    conf = yaml.safe_load((CONF / "hydra" / name / "kdsweep.yaml").read_text())
+    assert conf["filters"]["masked"]["()"] == "kdsweep.core.secrets.MaskSecrets"
+    assert all("masked" in handler.get("filters", []) for handler in conf["handlers"].values())
 
 
 def _files_with(root: Path, needle: bytes, skip_hydra_snapshots: bool) -> list[Path]:
@@ -286,7 +318,7 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     data = load_splits(settings.data)
     key = teacher_key(settings, data)
     planted, marker = _malicious_checkpoint(tmp_path, wrap=False)
-    target = cache / "teachers" / f"{settings.teacher.architecture}-{key}.pt"
+    target = cache / "teachers" / f"{settings.teacher_model.name}-{key}.pt"
     target.parent.mkdir(parents=True)
     target.write_bytes(planted.read_bytes())
 

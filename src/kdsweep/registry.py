@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from kdsweep.core.errors import first_line
 from kdsweep.core.files import safe_name
 from kdsweep.core.formatting import mean_ci
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.results.confirmed import confirmed_headline, confirmed_summary
 from kdsweep.run.student import ARTIFACT, DATA_TAG
 from kdsweep.sweep.arms import ranked_trials
@@ -73,7 +72,7 @@ def publish(
         if register:
             return register_champion(client, study_name, best, confirm_study)
     except Exception as exc:
-        log.error("MLflow: could not publish the sweep's models: %s", mask_secrets(first_line(exc)))
+        log.error("MLflow: could not publish the sweep's models: %s", first_line(exc))
     return None
 
 

@@ -8,6 +8,7 @@ for each job's overrides (``tracking.uri=postgresql\\://u\\:pw@host/db``).
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -50,3 +51,19 @@ def mask_secrets(text: str) -> str:
 
 def mask_value(value: Any) -> Any:
     return mask_secrets(value) if isinstance(value, str) else value
+
+
+class MaskSecrets(logging.Filter):
+    """Masks every record a handler writes, its traceback included: the one place where
+    log lines lose their passwords (Hydra's logging configs put it on the console and the
+    job's log file, conf/hydra/*_logging/kdsweep.yaml), so log calls pass values as they
+    are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_secrets(logging.Formatter().formatException(record.exc_info))
+        return True
