@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -232,6 +234,47 @@ def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kdsweep-report: error: ") and err.count("\n") == 1
     assert not (tmp_path / "typo.db").exists()  # reading never creates a database
+
+
+def _fake_mlflow_db(path: Path) -> None:
+    """A SQLite file with MLflow's tracking tables (what kind of store it is, not a whole
+    MLflow schema)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for table in ("experiments", "runs", "metrics", "alembic_version"):
+            db.execute(f"CREATE TABLE {table} (id INTEGER)")
+        db.commit()
+
+
+@pytest.mark.parametrize("kind", ["mlflow", "empty"])
+def test_cli_reading_a_database_that_is_no_study_storage_writes_nothing(tmp_path, capsys, kind):
+    """--storage naming MLflow's database (or an empty file) is refused in one line that
+    names hydra.sweeper.storage, and the file is left byte for byte as it was: opening it
+    as a storage would have created Optuna's tables in it."""
+    path = tmp_path / "mlflow.db"
+    if kind == "mlflow":
+        _fake_mlflow_db(path)
+    else:
+        path.touch()
+    before = path.read_bytes()
+    assert report_cli.main(["--storage", f"sqlite:///{path}", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdsweep-report: error: --storage ") and err.count("\n") == 1
+    assert "not an Optuna storage" in err and "hydra.sweeper.storage" in err
+    assert path.read_bytes() == before
+
+
+def test_tracking_uri_naming_an_optuna_storage_is_refused(tmp_path):
+    from kdsweep.config.schema import TrackingConf
+    from kdsweep.core.errors import KdsweepError
+    from kdsweep.run.tracking import RunTracker
+
+    path = tmp_path / "optuna.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{path}")
+    before = path.read_bytes()
+    conf = TrackingConf(uri=f"sqlite:///{path}")
+    with pytest.raises(KdsweepError, match="is an Optuna storage .*point tracking.uri at"):
+        RunTracker(conf, "run").check()
+    assert path.read_bytes() == before
 
 
 def test_cli_journal_storage_and_bare_trial(tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import Any
 
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.stores import storage_file
+from kdsweep.core.stores import database_tables, journal_file, storage_file, store_kind
 
 PROG = "kdsweep-report"
 
@@ -49,11 +49,26 @@ def _parser() -> argparse.ArgumentParser:
 def _open(url: str) -> Any:
     from kdsweep.sweep.studies import open_storage
 
-    # Reading must not create: a typo in the path would otherwise yield an empty new study DB.
+    # Reading must not create: a typo in the path would otherwise yield an empty new study DB,
+    # and opening MLflow's database as a study storage would add Optuna's tables to it.
     path = storage_file(url)
     if path is not None and not path.is_file():
-        raise _Fail(f"storage {mask_secrets(url)}: no such file {str(path)!r}")
-
+        raise _Fail(
+            f"--storage {mask_secrets(url)}: no such file {str(path)!r}: pass the sweep's"
+            " hydra.sweeper.storage (e.g. sqlite:///optuna.db)"
+        )
+    if journal_file(url) is None:
+        kind = store_kind(database_tables(url))
+        if kind != "optuna":
+            whose = {
+                "mlflow": "an MLflow tracking database",
+                "empty": "an empty database",
+                "other": "a database without Optuna's tables",
+            }[kind]
+            raise _Fail(
+                f"--storage {mask_secrets(url)} is {whose}, not an Optuna storage: pass the"
+                " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
+            )
     try:
         return open_storage(url)
     except KdsweepError as exc:

@@ -1,6 +1,7 @@
 """The files behind store URLs (Optuna's ``sqlite:///PATH`` and ``journal:PATH``, MLflow's
-``sqlite:///PATH``), and whether an MLflow SQLite file is whole. Shared by the single-run
-core (kdsweep.tracking) and the sweep (kdsweep.sweep.studies), so it belongs to neither."""
+``sqlite:///PATH``), whether an MLflow SQLite file is whole, and which program's tables a
+database holds. Shared by one run's tracking, the sweep's studies and kdsweep-report, so
+it belongs to none of them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ JOURNAL_PREFIX = "journal:"
 # A SQLite store modified this recently may be one another worker is creating (its
 # temporary migration tables come and go): only an older one is called half-created.
 CREATION_WINDOW_S = 60.0
+# Tables that say whose a database is: Optuna's RDB storage and MLflow's tracking store.
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+MLFLOW_TABLES = frozenset({"experiments", "runs", "metrics"})
 
 
 def journal_file(url: str) -> Path | None:
@@ -34,6 +38,39 @@ def storage_file(url: str) -> Path | None:
     except (ArgumentError, ValueError):
         return None
     return Path(database) if database and database != ":memory:" else None
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of a SQLite file, read without writing (the file is opened read-only)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def database_tables(url: str, timeout_s: int = 10) -> set[str]:
+    """The tables of the database behind a SQLAlchemy URL, read without writing: a SQLite
+    file read-only, a server through SQLAlchemy's inspector (``timeout_s`` to connect)."""
+    path = storage_file(url)
+    if path is not None:
+        return sqlite_tables(path)
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": timeout_s} if url.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def store_kind(tables: set[str]) -> str:
+    """Whose tables these are: "optuna", "mlflow", "empty" or "other"."""
+    if tables >= OPTUNA_TABLES:
+        return "optuna"
+    if tables >= MLFLOW_TABLES:
+        return "mlflow"
+    return "empty" if not tables else "other"
 
 
 def half_created_sqlite(uri: str) -> str | None:

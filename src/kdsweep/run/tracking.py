@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.secrets import mask_secrets, mask_value
 from kdsweep.core.signals import deferred_signals
-from kdsweep.core.stores import half_created_sqlite
+from kdsweep.core.stores import half_created_sqlite, sqlite_tables, storage_file, store_kind
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class RunTracker:
         create it before the run's inputs are known to be good."""
         scheme = self.conf.uri.partition("://")[0].lower() if "://" in self.conf.uri else ""
         if self.conf.enabled and scheme == "sqlite":
-            problem = half_created_sqlite(self.conf.uri)
+            problem = half_created_sqlite(self.conf.uri) or _optuna_storage(self.conf.uri)
             if problem:
                 raise KdsweepError(problem)
         if not self.conf.enabled or scheme in ("", "file", "sqlite"):
@@ -270,11 +271,29 @@ class RunTracker:
             log.error(
                 "MLflow tracking at %s failed (%s): training goes on untracked; this run's"
                 " params and metrics are kept in %s",
-                mask_secrets(self.conf.uri),
+                self.conf.uri,
                 self.broken[:200],
                 self.local_path.resolve(),
             )
             self.record["tracking_error"] = self.broken
+
+
+def _optuna_storage(uri: str) -> str | None:
+    """The one line for a tracking.uri that names an Optuna storage: MLflow would add its
+    tables beside the study's."""
+    path = storage_file(uri)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        kind = store_kind(sqlite_tables(path))
+    except sqlite3.Error:
+        return None  # not a database at all: half_created_sqlite says so
+    if kind != "optuna":
+        return None
+    return (
+        f"tracking.uri={uri} is an Optuna storage (a sweep's hydra.sweeper.storage), not an"
+        " MLflow database: point tracking.uri at another file, e.g. sqlite:///mlflow.db"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
