@@ -1,4 +1,4 @@
-"""RepDistiller's CIFAR networks (kdsweep.cifar_nets): the published parameter counts, output
+"""RepDistiller's CIFAR networks (kdsweep.nets.cifar): the published parameter counts, output
 shapes at digits and CIFAR sizes, frozen BatchNorm in eval, returns_hidden, and one short
 distillation run per teacher/student pair from the command line."""
 
@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from conftest import db_path, finish_cli, mlflow_runs, start_cli
-from kdsweep.config.choices import Architecture
+from kdsweep.config.folder import config_dir
+from kdsweep.config.targets import Target, build_network
 from kdsweep.core.errors import ConfigError
-from kdsweep.nets import FeatureNet, build_model, count_parameters
-from kdsweep.nets.cifar import CIFAR_BUILDERS
+from kdsweep.nets import FeatureNet, count_parameters
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)
@@ -28,7 +28,14 @@ PARAMETERS = {
     "wrn_16_2": (703_284, 0.70),
 }
 HIDDEN_WIDTH = {"resnet32x4": 256, "resnet8x4": 256, "wrn_40_2": 128, "wrn_16_2": 128}
-NAMES = sorted(CIFAR_BUILDERS)
+NAMES = sorted(PARAMETERS)
+SEED_NETS = {"deep": "deep_nn", "light": "light_nn"}
+
+
+def build_model(name: str, shape: tuple[int, int, int], classes: int, **arguments) -> nn.Module:
+    """The network ``name`` as the config builds it: a ``_target_`` node."""
+    node = {"_target_": f"kdsweep.nets.{SEED_NETS.get(name, name)}", **arguments}
+    return build_network(Target("model", node), shape, classes)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -39,12 +46,13 @@ def test_parameter_counts_are_the_published_ones(name: str) -> None:
     assert round(count / 1e6, 2) == published
 
 
-def test_every_builder_is_an_architecture_choice() -> None:
-    assert set(CIFAR_BUILDERS) <= {a.value for a in Architecture}
+def test_every_network_is_an_option_of_the_config() -> None:
+    options = [*Path(config_dir()).glob("model/*.yaml"), *Path(config_dir()).glob("teacher/*.yaml")]
+    targets = {line.split()[-1] for p in options for line in p.read_text().splitlines()
+               if line.strip().startswith("_target_: kdsweep.nets.")}  # fmt: skip
     for name in NAMES:
-        assert Architecture(name).value == name
-        # build_model takes the Enum member as the config gives it
-        assert isinstance(build_model(Architecture(name), DIGITS, 10), FeatureNet)
+        assert f"kdsweep.nets.{name}" in targets
+        assert isinstance(build_model(name, DIGITS, 10), FeatureNet)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -119,8 +127,8 @@ def test_returns_hidden_makes_forward_return_a_tuple(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_dropout_is_ignored_and_init_is_repdistillers(name: str) -> None:
-    model = build_model(name, CIFAR, 10, dropout=0.5)
+def test_no_dropout_and_init_is_repdistillers(name: str) -> None:
+    model = build_model(name, CIFAR, 10)
     assert not any(isinstance(m, nn.Dropout) for m in model.modules())
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -179,7 +187,6 @@ def test_a_students_input_channels_and_classes_are_read_off_its_weights(
     architecture: str,
 ) -> None:
     """kdsweep-eval's check that a state_dict fits a data set, for every architecture."""
-    from kdsweep.nets import build_model
     from kdsweep.run.student import spec_from_state_dict
 
     model = build_model(architecture, (3, 32, 32), 100)

@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from kdsweep.config.schema import SGDNesterovConf
+from kdsweep.config.targets import build_network
 from kdsweep.config.validation import validate
 from kdsweep.core.errors import ConfigError
 from kdsweep.losses import CosineHidden, KnowledgeDistillation
@@ -55,12 +55,13 @@ def test_defaults_are_the_tutorials(settings) -> None:
     s = settings()
     assert isinstance(s.loss, KnowledgeDistillation)
     assert (s.loss.temperature, s.loss.soft_target_weight, s.loss.ce_weight) == (2.0, 0.25, 0.75)
-    assert s.optimizer.name == "adam" and s.optimizer.lr == 1e-3
+    assert s.optimizer.name == "adam" and s.optimizer.arguments["lr"] == 1e-3
     assert s.trainer.batch_size == 128
     cos = settings("loss=cosine", "model=modified").loss
     assert isinstance(cos, CosineHidden) and (cos.hidden_weight, cos.ce_weight) == (0.25, 0.75)
     sgd = settings("optimizer=sgd_nesterov").optimizer
-    assert isinstance(sgd, SGDNesterovConf) and sgd.momentum > 0 and sgd.dampening == 0
+    assert sgd.target == "torch.optim.SGD" and sgd.arguments["nesterov"] is True
+    assert sgd.arguments["momentum"] > 0 and sgd.arguments["dampening"] == 0
 
 
 def test_overrides_reach_the_typed_settings(settings) -> None:
@@ -78,16 +79,21 @@ def test_overrides_reach_the_typed_settings(settings) -> None:
 
 
 def _refusal(compose, *overrides: str) -> str:
-    """The one line a bad value gets, whether composition (types, closed choices) or
-    validation (ranges, cross-field rules) refuses it."""
+    """The one line a bad value gets, whether composition (types, closed choices),
+    validation (ranges, cross-field rules) or building the student refuses it."""
     try:
         cfg = compose(*overrides)
     except HydraException as exc:
         line = composition_error(exc)
         assert line is not None, exc
         return line
+    try:
+        settings = validate(cfg)
+    except ConfigError as exc:
+        return str(exc)
+    # A network's target is located when it is built, once the data's shape is known.
     with pytest.raises(ConfigError) as info:
-        validate(cfg)
+        build_network(settings.model, (1, 8, 8), 10)
     return str(info.value)
 
 
@@ -115,7 +121,7 @@ BAD = [
     (["model.dropout=1.0"], ["model.dropout"]),
     (["trainer.objective=worst"], ["trainer.objective"]),
     (["trainer.progress=loud"], ["trainer.progress"]),
-    (["model.architecture=huge"], ["model.architecture"]),
+    (["model._target_=kdsweep.nets.huge"], ["model._target_"]),
     (["optimizer.weight_decay=nan"], ["optimizer.weight_decay"]),
     (["data=synthetic", "data.noise=nan"], ["data.noise"]),
     (["loss.temperature=nan"], ["loss.temperature"]),
@@ -188,3 +194,17 @@ def test_cpu_threads_are_torchs_unless_asked() -> None:
 
 def test_negative_threads_are_refused(compose) -> None:
     assert "trainer.threads" in _refusal(compose, "trainer.threads=-1")
+
+
+@pytest.mark.parametrize("group", ["loss", "data"])
+def test_every_field_of_a_built_part_is_a_key_of_its_option(compose, group: str) -> None:
+    """A loss's or a data set's YAML lists every field of its class: a field it lacks
+    could not be set from the command line (Hydra refuses keys no option defines)."""
+    from dataclasses import fields
+
+    from hydra.utils import get_class
+
+    for option in _options(group):
+        node = compose(f"{group}={option}", "model=modified")[group]
+        wanted = {f.name for f in fields(get_class(node._target_))}
+        assert wanted <= set(node), f"conf/{group}/{option}.yaml lacks {wanted - set(node)}"

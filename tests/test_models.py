@@ -7,15 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+from kdsweep.config.targets import Target, build_network
 from kdsweep.core.errors import ConfigError
-from kdsweep.nets import (
-    build_model,
-    count_parameters,
-    deep_nn,
-    hidden_pool_kernel,
-    light_nn,
-    pool_hidden,
-)
+from kdsweep.nets import count_parameters, deep_nn, hidden_pool_kernel, light_nn, pool_hidden
+
+
+def build_model(name: str, shape: tuple[int, int, int], classes: int, **arguments) -> nn.Module:
+    """The seed network ``name`` as the config builds it: a ``_target_`` node."""
+    node = {"_target_": f"kdsweep.nets.{name}_nn", **arguments}
+    return build_network(Target("model", node), shape, classes)
+
 
 # --- the seed's classes, as in pytorch-kd-notes.md (the Modified* ones are the same layers) --
 

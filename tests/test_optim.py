@@ -7,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from kdsweep.config.schema import OptimizerConf, SGDNesterovConf
+from conftest import settings_for
+from kdsweep.config.targets import Target
 from kdsweep.training.optim import build_optimizer
+
+
+def _option(name: str, **arguments: float) -> Target:
+    """The optimizer option ``name`` (conf/optimizer) with these arguments overridden."""
+    overrides = (f"optimizer.{key}={value}" for key, value in arguments.items())
+    return settings_for(f"optimizer={name}", *overrides).optimizer
 
 
 def _problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -85,9 +92,7 @@ def test_sgd_nesterov_follows_the_pseudocode(
         dampening=0.0,
         nesterov=True,
     )
-    conf = SGDNesterovConf(
-        _target_="torch.optim.SGD", lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    conf = _option("sgd_nesterov", lr=lr, momentum=momentum, weight_decay=weight_decay)
     optimizer = build_optimizer(conf, model.parameters())
     start = [p.detach().clone() for p in model.parameters()]
     for t in range(1, steps + 1):
@@ -118,7 +123,7 @@ def test_nesterov_differs_from_plain_momentum_and_weight_decay_matters() -> None
 
 def test_sgd_nesterov_param_group() -> None:
     model, _, _ = _problem()
-    conf = SGDNesterovConf(_target_="torch.optim.SGD", lr=0.03, momentum=0.8, weight_decay=0.001)
+    conf = _option("sgd_nesterov", lr=0.03, momentum=0.8, weight_decay=0.001)
     optimizer = build_optimizer(conf, model.parameters())
     assert isinstance(optimizer, torch.optim.SGD)
     group = optimizer.param_groups[0]
@@ -133,9 +138,7 @@ def test_sgd_nesterov_param_group() -> None:
 
 def test_adam_from_config() -> None:
     model, _, _ = _problem()
-    optimizer = build_optimizer(
-        OptimizerConf(_target_="torch.optim.Adam", lr=0.002, weight_decay=0.1), model.parameters()
-    )
+    optimizer = build_optimizer(_option("adam", lr=0.002, weight_decay=0.1), model.parameters())
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["lr"] == 0.002
     assert optimizer.param_groups[0]["weight_decay"] == 0.1
@@ -207,13 +210,16 @@ def test_bad_lr_steps_and_momentum_are_one_line_errors(settings, override, messa
 
 def test_the_cifar100_recipe_composes_to_repdistillers_settings(settings) -> None:
     s = settings("experiment=cifar100_recipe", "trainer.device=cpu")
-    assert (s.model.architecture, s.teacher.architecture) == ("resnet8x4", "resnet32x4")
+    assert (s.model.target, s.teacher_model.target) == (
+        "kdsweep.nets.resnet8x4", "kdsweep.nets.resnet32x4",
+    )  # fmt: skip
     assert (s.trainer.epochs, s.trainer.batch_size, s.trainer.lr_milestones) == (
         240, 64, [150, 180, 210],
     )  # fmt: skip
     for optimizer in (s.optimizer, s.teacher_optimizer):
-        assert optimizer.name == "sgd" and optimizer.lr == 0.05
-        assert (optimizer.momentum, optimizer.weight_decay) == (0.9, 5e-4)
+        arguments = optimizer.arguments
+        assert optimizer.name == "sgd" and arguments["lr"] == 0.05
+        assert (arguments["momentum"], arguments["weight_decay"]) == (0.9, 5e-4)
     assert s.teacher.lr_milestones == [150, 180, 210] and s.data.augment
 
 

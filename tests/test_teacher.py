@@ -13,7 +13,7 @@ from kdsweep.core.errors import CheckpointError
 from kdsweep.core.files import atomic_torch_save, atomic_write, atomic_write_text
 from kdsweep.data import load_splits
 from kdsweep.losses import CosineHidden, KnowledgeDistillation, StepInputs
-from kdsweep.nets import build_model, deep_nn, light_nn
+from kdsweep.nets import deep_nn, light_nn
 from kdsweep.training.teacher import prepare_teacher
 from kdsweep.training.teacher_outputs import cached_source, live_source
 
@@ -189,7 +189,7 @@ def test_checkpoint_that_is_neither(settings, tmp_path: Path) -> None:
 def test_cached_outputs_equal_live_teacher(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher = deep_nn((1, 8, 8), 10).eval()
-    student = build_model("light", (1, 8, 8), 10, returns_hidden=True).eval()
+    student = light_nn((1, 8, 8), 10, returns_hidden=True).eval()
     inputs = torch.randn(90, 1, 8, 8)
     labels = torch.randint(0, 10, (90,))
     kernel = teacher.hidden_width // student.hidden_width

@@ -17,20 +17,6 @@ class Choice(str, Enum):
         return format(str(self.value), spec)
 
 
-class Architecture(Choice):
-    """The networks kdsweep.models.build_model builds: the seed's (kdsweep.models.BUILDERS)
-    and RepDistiller's CIFAR ones (kdsweep.cifar_nets.CIFAR_BUILDERS). A name, not a
-    ``_target_``: it is part of the teacher's cache key and checkpoint, which must not
-    change when a module is renamed."""
-
-    deep = "deep"
-    light = "light"
-    resnet8x4 = "resnet8x4"
-    resnet32x4 = "resnet32x4"
-    wrn_16_2 = "wrn_16_2"
-    wrn_40_2 = "wrn_40_2"
-
-
 class Progress(Choice):
     auto = "auto"  # a bar on a terminal, one log line per epoch otherwise
     bar = "bar"

@@ -1,33 +1,28 @@
 """The one validation pass: a composed config becomes checked :class:`Settings`.
 
-Composition already checked the types (kdsweep.schema); here each group's ranges are
-checked (its dataclass's ``__post_init__``), the loss and the data set are built once
-(they are their own schemas), and the cross-field rules run. It happens once, in the
+Composition already checked the recipes' types (kdsweep.config.schema); here their ranges
+are checked (each dataclass's ``__post_init__``), the loss and the data set are built once
+(kdsweep.config.targets: their fields type their keys), the arguments of the networks and
+optimizers are checked, and the cross-field rules run. It happens once, in the
 process that runs the job, before torch and MLflow are imported: a typo costs a second,
 not a teacher's training.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, fields, is_dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdsweep.config.schema import (
-    BUILT_PARTS,
-    ModelConf,
-    OptimizerConf,
-    SGDConf,
-    SGDNesterovConf,
-    SweepContext,
-    TeacherConf,
-    TrackingConf,
-    TrainerConf,
-    instantiate_trusted,
-)
+from kdsweep import data as data_sets
+from kdsweep import losses
+from kdsweep.config.schema import SweepContext, TeacherConf, TrackingConf, TrainerConf
+from kdsweep.config.targets import Target
 from kdsweep.core.errors import ConfigError
 from kdsweep.core.files import directory_problem
 from kdsweep.data import DataSet
@@ -36,14 +31,16 @@ from kdsweep.losses import Objective
 
 @dataclass
 class Settings:
-    """The validated run: losses and data sets are already their objects (built once)."""
+    """The validated run: the loss and the data set are already their objects (built
+    once); the networks and the optimizers are targets, built when their inputs exist."""
 
     data: DataSet
-    model: ModelConf
+    model: Target
     teacher: TeacherConf
-    teacher_optimizer: OptimizerConf
+    teacher_model: Target
+    teacher_optimizer: Target
     loss: Objective
-    optimizer: OptimizerConf
+    optimizer: Target
     trainer: TrainerConf
     tracking: TrackingConf
     sweep: SweepContext
@@ -59,13 +56,7 @@ def _config_error(exc: Exception, where: str) -> ConfigError:
         key = getattr(exc, "full_key", None)
         prefix = f"{where}.{key}" if key else where
         return ConfigError(f"{prefix}: {str(exc).splitlines()[0]}")
-    message = str(exc)
-    # A schema names its own group ("optimizer.lr"); nested under another
-    # ("teacher.optimizer") the message must name the key the user sets.
-    parent, _, group = where.rpartition(".")
-    if parent and message.startswith(f"{group}."):
-        message = f"{parent}.{message}"
-    return ConfigError(message)
+    return ConfigError(str(exc))
 
 
 def typed(node: Any, schema: type, where: str) -> Any:
@@ -77,48 +68,80 @@ def typed(node: Any, schema: type, where: str) -> Any:
         raise _config_error(exc, where) from None
 
 
-def _optimizer(node: Any, where: str) -> OptimizerConf:
-    """The optimizer node typed by its option's schema: by ``name`` (sgd and sgd_nesterov
-    share torch.optim.SGD), else by ``_target_``."""
-    by_name = {"sgd": SGDConf, "sgd_nesterov": SGDNesterovConf}
-    by_target = {"torch.optim.SGD": SGDNesterovConf}
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not isinstance(target, str) or not target.startswith("torch.optim."):
-        raise ConfigError(f"{where}._target_ must name a torch.optim class, got {target!r}")
-    schema = by_name.get(str(node.get("name"))) or by_target.get(target, OptimizerConf)
-    return typed(node, schema, where)
+def _node(node: Any, key: str) -> Target:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node)
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        raise ConfigError(f"{key}._target_ is missing: {key} must name what builds it")
+    return Target(key, node)
 
 
-def _target_paths(cls: type) -> list[str]:
-    """The ``_target_`` strings that name ``cls``: its module's path and, if its package
-    exports it (kdsweep.losses.KnowledgeDistillation), the package's."""
-    paths = [f"{cls.__module__}.{cls.__qualname__}"]
-    package = cls.__module__.rpartition(".")[0]
-    if getattr(sys.modules.get(package), cls.__qualname__, None) is cls:
-        paths.append(f"{package}.{cls.__qualname__}")
-    return paths
+# Arguments whose meaning is torch's wherever they appear (an optimizer's lr, a network's
+# dropout): torch checks them only when it builds the part, after the data and the
+# teacher, and without naming the key. Each value must be a finite number that passes.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "weight_decay": (lambda v: v >= 0, "must be a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+NESTEROV: dict[str, tuple[Callable[[float], bool], str]] = {
+    "momentum": (lambda v: v > 0, "must be > 0 for Nesterov momentum"),
+    "dampening": (lambda v: v == 0, "must be 0 for Nesterov momentum"),
+}
+
+
+def _target(node: Any, key: str) -> Target:
+    """A network's or an optimizer's node, kept to be built later, its arguments checked."""
+    target = _node(node, key)
+    arguments = target.arguments
+    rules = {**RANGES, **(NESTEROV if arguments.get("nesterov") else {})}
+    for name, (passes, rule) in rules.items():
+        if name not in arguments:
+            continue
+        value = arguments[name]
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is None or not (math.isfinite(number) and passes(number)):
+            raise ConfigError(f"{key}.{name} {rule}, got {value}")
+    return target
+
+
+def _optimizer(node: Any, key: str) -> Target:
+    target = _target(node, key)
+    if not target.target.startswith("torch.optim."):
+        raise ConfigError(f"{key}._target_ must name a torch.optim class, got {target.target!r}")
+    return target
+
+
+# The kind of object each part built at validation must be, and the package that exports
+# kdsweep's own (named when a target is not one).
+BUILT_NOW: dict[str, tuple[ModuleType, type]] = {
+    "data": (data_sets, DataSet),
+    "loss": (losses, Objective),
+}
 
 
 def _built(node: Any, group: str) -> Any:
-    """Instantiate a loss or data set once: its class checks its own ranges."""
-    classes = {path: c for c in BUILT_PARTS[group] for path in _target_paths(c)}
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if target not in classes:
-        # The shortest name of each class (the package's export, where there is one).
-        names = sorted(min(_target_paths(c), key=len) for c in BUILT_PARTS[group])
-        raise ConfigError(f"{group}._target_ must be one of {names}, got {target!r}")
-    known = {f.name for f in fields(classes[target])} | {"_target_"}
-    for key in node:
-        if key not in known:
-            raise ConfigError(f"{group}.{key}: Key '{key}' not in {classes[target].__name__}")
+    """Build a loss or a data set once: its fields type its keys, its class checks
+    their ranges."""
+    package, kind = BUILT_NOW[group]
+    target = _node(node, group)
     try:
-        built = instantiate_trusted(node)
-    except Exception as exc:
-        # instantiate wraps the class's ValueError in its own exception.
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
-        raise _config_error(cause, group) from None
-    assert is_dataclass(built)
-    return built
+        made = target.locate()
+    except ConfigError:
+        made = None
+    if not (isinstance(made, type) and issubclass(made, kind)):
+        exported = (getattr(package, name) for name in package.__all__)
+        names = sorted(
+            f"{package.__name__}.{c.__name__}"
+            for c in exported
+            if isinstance(c, type) and issubclass(c, kind) and c is not kind
+        )
+        raise ConfigError(f"{group}._target_ must be one of {names}, got {target.target!r}")
+    try:
+        return target.build()
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise _config_error(exc, group) from None
 
 
 def validate(cfg: DictConfig) -> Settings:
@@ -139,9 +162,10 @@ def validate(cfg: DictConfig) -> Settings:
     teacher = typed(cfg.teacher, TeacherConf, "teacher")
     settings = Settings(
         data=_built(cfg.data, "data"),
-        model=typed(cfg.model, ModelConf, "model"),
+        model=_target(cfg.model, "model"),
         teacher=teacher,
-        teacher_optimizer=_optimizer(OmegaConf.create(teacher.optimizer), "teacher.optimizer"),
+        teacher_model=_target(teacher.model, "teacher.model"),
+        teacher_optimizer=_optimizer(teacher.optimizer, "teacher.optimizer"),
         loss=_built(cfg.loss, "loss"),
         optimizer=_optimizer(cfg.optimizer, "optimizer"),
         trainer=trainer,
@@ -162,7 +186,7 @@ def validate(cfg: DictConfig) -> Settings:
 
 def check_combination(settings: Settings) -> None:
     """The cross-field rules: refuse model x loss combinations that cannot train."""
-    if settings.loss.needs_student_hidden and not settings.model.returns_hidden:
+    if settings.loss.needs_student_hidden and not settings.model.arguments.get("returns_hidden"):
         raise ConfigError(
             f"loss={settings.loss.name} needs a student that returns its hidden representation;"
             f" model={settings.model.name} does not: use model=modified"

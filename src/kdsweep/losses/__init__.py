@@ -1,11 +1,11 @@
 """The training objectives, behind one interface so the loop never branches on them.
 
 Each loss is a dataclass whose fields are its config keys: ``conf/loss/<name>.yaml`` names
-the class by ``_target_``, Hydra checks the keys' types at composition against a schema
-made from these fields (kdsweep.schema), ``__post_init__`` checks their ranges, and
-``hydra.utils.instantiate`` builds it once. Adding a loss is one class in one of the
-modules below and one YAML (its ``_target_`` may be the class's module path or, once it is
-exported here, ``kdsweep.losses.<Class>``).
+the class by ``_target_`` and lists its keys; ``hydra.utils.instantiate`` builds it once,
+its fields typing the keys and ``__post_init__`` checking their ranges
+(kdsweep.config.targets). Adding a loss is one subclass of Objective and one YAML (its
+``_target_`` the class's module path or, once it is exported here,
+``kdsweep.losses.<Class>``).
 
 - base: the interface (Objective, StepInputs, LossOutput);
 - tutorial: the seed tutorial's CE, KD, cosine and MultiMargin;

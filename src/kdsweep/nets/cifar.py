@@ -15,9 +15,6 @@ names are the reference's too, so a RepDistiller state_dict (e.g. a pretrained t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -202,32 +199,35 @@ class WideResNet(FeatureNet):
         return self.fc(hidden), hidden, [f1, f2, f3]
 
 
-# --- builders (the names of kdsweep.choices.Architecture) -----------------------------------
+# --- the four networks of the CRD tables, named in conf/model and conf/teacher -------------
 
 X4_FILTERS = (32, 64, 128, 256)
 
-
-def _builder(make: Callable[..., FeatureNet], *shape: Any) -> Callable[..., FeatureNet]:
-    """A builder with kdsweep's signature (input_shape, num_classes, dropout,
-    returns_hidden). None of these networks has dropout: RepDistiller trains the WRNs with
-    dropRate=0.0 and the ResNets have none, so ``dropout`` is ignored."""
-
-    def build(
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        dropout: float = 0.1,
-        returns_hidden: bool = False,
-    ) -> FeatureNet:
-        return make(*shape, input_shape, num_classes, returns_hidden)
-
-    return build
+# None of them has dropout: RepDistiller trains the WRNs with dropRate=0.0 and the
+# ResNets have none. Parameters at 3x32x32 with 100 classes (tests/test_cifar_nets.py):
+# ResNet8x4 1.23M (student), ResNet32x4 7.43M (teacher), WRN-16-2 0.70M (student),
+# WRN-40-2 2.26M (teacher).
 
 
-# Parameters at 3x32x32 with 100 classes (tests/test_cifar_nets.py): ResNet8x4 1.23M
-# (student), ResNet32x4 7.43M (teacher), WRN-16-2 0.70M (student), WRN-40-2 2.26M (teacher).
-CIFAR_BUILDERS = {
-    "resnet8x4": _builder(CifarResNet, 8, X4_FILTERS),
-    "resnet32x4": _builder(CifarResNet, 32, X4_FILTERS),
-    "wrn_16_2": _builder(WideResNet, 16, 2),
-    "wrn_40_2": _builder(WideResNet, 40, 2),
-}
+def resnet8x4(
+    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+) -> CifarResNet:
+    return CifarResNet(8, X4_FILTERS, input_shape, num_classes, returns_hidden)
+
+
+def resnet32x4(
+    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+) -> CifarResNet:
+    return CifarResNet(32, X4_FILTERS, input_shape, num_classes, returns_hidden)
+
+
+def wrn_16_2(
+    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+) -> WideResNet:
+    return WideResNet(16, 2, input_shape, num_classes, returns_hidden)
+
+
+def wrn_40_2(
+    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+) -> WideResNet:
+    return WideResNet(40, 2, input_shape, num_classes, returns_hidden)

@@ -7,7 +7,7 @@ input. At 3x32x32 they have the seed's 1,186,986 and 267,738 parameters.
 Every model is a :class:`FeatureNet`: it can return its hidden representation (the
 flattened conv features) through ``forward_with_hidden`` and its stage feature maps through
 ``forward_with_features``. RepDistiller's CIFAR pairs (ResNet, WRN) are in
-kdsweep.cifar_nets.
+kdsweep.nets.cifar.
 """
 
 from __future__ import annotations
@@ -116,6 +116,3 @@ def light_nn(
     """The seed's LightNN student: 16-pool-16-pool convs, a 256-unit classifier."""
     plan = (16, POOL, 16, POOL)
     return _seed_net(plan, 256, input_shape, num_classes, dropout, returns_hidden)
-
-
-BUILDERS = {"deep": deep_nn, "light": light_nn}

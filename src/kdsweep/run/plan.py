@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
 from kdsweep.core.errors import ConfigError
 from kdsweep.data import TensorSplits, load_splits
-from kdsweep.nets import FeatureNet, build_model, hidden_pool_kernel
+from kdsweep.nets import FeatureNet, hidden_pool_kernel
 from kdsweep.training.batches import TeacherSource
 from kdsweep.training.devices import resolve_device
 from kdsweep.training.teacher import Teacher, prepare_teacher
@@ -52,21 +53,15 @@ def plan_run(settings: Settings) -> Plan:
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(settings.trainer.seed)
-    student = build_model(
-        settings.model.architecture,
-        data.input_shape,
-        data.num_classes,
-        settings.model.dropout,
-        settings.model.returns_hidden,
-    ).to(device)
+    student = build_network(settings.model, data.input_shape, data.num_classes).to(device)
     teacher = train_source = val_source = None
     if settings.uses_teacher:
         objective = settings.loss
         kernel, loss_modules = 1, []
         if objective.needs_teacher_hidden or objective.needs_teacher_features:
-            # Shapes only: an untrained teacher of the same architecture tells them, so a
+            # Shapes only: an untrained teacher of the same network tells them, so a
             # pair the loss cannot compare is refused before the teacher trains.
-            probe = build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
+            probe = build_network(settings.teacher_model, data.input_shape, data.num_classes)
             probe = probe.to(device).eval()
             if objective.needs_teacher_hidden:
                 kernel = hidden_pool_kernel(probe.hidden_width, student.hidden_width)
@@ -120,6 +115,6 @@ def attach_loss(
         modules = settings.loss.attach(student_maps, teacher_maps)
     except ValueError as exc:
         raise ConfigError(
-            f"{exc} (model={settings.model.name}, teacher={settings.teacher.architecture})"
+            f"{exc} (model={settings.model.name}, teacher={settings.teacher_model.name})"
         ) from None
     return [module.to(probe.device) for module in modules]

@@ -11,21 +11,23 @@ pays for the teacher's forward pass (about 70x the student's) more than once.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdsweep.config.schema import TrainerConf
+from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
 from kdsweep.core.errors import CheckpointError, first_line
 from kdsweep.core.files import atomic_torch_save, file_hash, file_lock, stable_hash
 from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
 from kdsweep.core.values import finite_number
 from kdsweep.data import TensorSplits
+from kdsweep.data.splits import hide_labels
 from kdsweep.losses import CrossEntropy
-from kdsweep.nets import FeatureNet, build_model
+from kdsweep.nets import FeatureNet
 from kdsweep.training.loop import evaluate, fit
 from kdsweep.training.optim import build_optimizer
 
@@ -45,16 +47,18 @@ class Teacher:
 
 def teacher_key(settings: Settings, data: TensorSplits) -> str:
     recipe = {
-        "architecture": str(settings.teacher.architecture),
+        "model": settings.teacher_model.identity(),
         "epochs": settings.teacher.epochs,
         "batch_size": settings.teacher.batch_size,
         "seed": settings.teacher.seed,
-        "optimizer": asdict(settings.teacher_optimizer),
+        "optimizer": settings.teacher_optimizer.identity(),
         "data": data.fingerprint,
         "format": CHECKPOINT_FORMAT,
     }
     if settings.teacher.lr_milestones:  # named only when set: older cache keys stay valid
         recipe["lr_steps"] = [list(settings.teacher.lr_milestones), settings.teacher.lr_gamma]
+    if settings.teacher.labelled_fraction < 1:  # likewise; split_seed picks the labels
+        recipe["labels"] = [settings.teacher.labelled_fraction, settings.data.split_seed]
     return stable_hash(recipe)
 
 
@@ -92,14 +96,14 @@ def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"teacher checkpoint {path} does not fit a {model.__class__.__name__} for this data"
-            f" ({first_line(exc)[:160]}): check teacher.architecture and data,"
+            f" ({first_line(exc)[:160]}): check teacher.model and data,"
             " or set teacher.checkpoint=null"
         ) from None
 
 
 def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
     expected = {
-        "architecture": settings.teacher.architecture,
+        "architecture": settings.teacher_model.identity(),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
     }
@@ -128,12 +132,12 @@ def _finite_metrics(payload: dict) -> dict[str, float]:
 
 
 def _new_model(settings: Settings, data: TensorSplits) -> FeatureNet:
-    return build_model(settings.teacher.architecture, data.input_shape, data.num_classes)
+    return build_network(settings.teacher_model, data.input_shape, data.num_classes)
 
 
 def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
     """``teacher.checkpoint``: a kdsweep checkpoint (checked against this run's data) or a
-    plain state_dict of the same architecture (e.g. saved by the tutorial's code)."""
+    plain state_dict of the same network (e.g. saved by the tutorial's code)."""
     path = Path(settings.teacher.checkpoint).expanduser()  # type: ignore[arg-type]
     if not path.is_file():
         raise CheckpointError(
@@ -192,7 +196,7 @@ def _train_teacher(
         objective,
         build_optimizer(settings.teacher_optimizer, model.parameters()),
         data.train_x,
-        data.train_y,
+        hide_labels(data.train_y, conf.labelled_fraction, settings.data.split_seed),
         data.val_x,
         data.val_y,
         recipe,
@@ -214,7 +218,7 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
     if settings.teacher.checkpoint:
         return load_user_checkpoint(settings, data, device)
     key = teacher_key(settings, data)
-    path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher.architecture}-{key}.pt"
+    path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher_model.name}-{key}.pt"
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
@@ -230,15 +234,16 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
                 log.warning("teacher cache %s unusable (%s); retraining", path, exc)
         log.info(
             "teacher: training %s for %d epochs (once for this data and recipe; cached at %s)",
-            settings.teacher.architecture,
+            settings.teacher_model.name,
             settings.teacher.epochs,
             path,
         )
         model, metrics = _train_teacher(settings, data, device)
         payload = {
             "format": CHECKPOINT_FORMAT,
-            # A plain str: weights_only loading refuses pickled Enum members.
-            "architecture": str(settings.teacher.architecture),
+            # The network's target and arguments (plain values: weights_only loading
+            # refuses anything else).
+            "architecture": settings.teacher_model.identity(),
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
             "data_fingerprint": data.fingerprint,
