@@ -5,7 +5,10 @@ names it by ``_target_``; Hydra checks the types against it, ``__post_init__`` t
 ranges). The whole set lives as one tensor (the airbench way): a training step indexes a
 permutation instead of running a per-image DataLoader pipeline. The validation split is a
 seeded fraction held out of the training set; the test set is never used to choose
-anything. torch is imported where tensors are made, so a config is checked without it.
+anything. A seeded, class-stratified fraction of the training split may keep its labels
+(``labelled_fraction``, the transfer-set setting): the others are marked UNLABELLED, and
+the losses train on their images through the teacher only. torch is imported where
+tensors are made, so a config is checked without it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ AUGMENTABLE = ("cifar10", "cifar100", "synthetic")
 MIN_TRAIN = 10
 DIGITS_IMAGES = 1797
 MAX_SEED = 2**32 - 1
+# The label of a training image whose label is hidden (the losses treat any label < 0 so).
+UNLABELLED = -1
+# Mixed into split_seed so that which labels are kept is not tied to which images are val.
+LABELS_STREAM = 20
 
 
 @dataclass
@@ -40,10 +47,18 @@ class DataSet:
     split_seed: int = 0
     # On-device random crop (padding 4) and horizontal flip of the training batches.
     augment: bool = False
+    # The share of the training split that keeps its labels (per class, fixed by
+    # split_seed); the rest is images only the teacher's outputs cover. val and test stay
+    # fully labelled.
+    labelled_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.labelled_fraction <= 1.0:  # NaN fails the comparison too
+            raise ValueError(
+                f"data.labelled_fraction must be in (0, 1], got {self.labelled_fraction}"
+            )
         if not 0 <= self.split_seed <= MAX_SEED:
             raise ValueError(f"data.split_seed must be in [0, {MAX_SEED}], got {self.split_seed}")
         if self.augment and self.name not in AUGMENTABLE:
@@ -160,6 +175,27 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     held = min(max(1, round(n * fraction)), n - 1)
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+def hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """``labels`` with all but a seeded, class-stratified ``fraction`` of them UNLABELLED.
+
+    Each class keeps round(fraction x its count) labels, at least one, the first ones of a
+    permutation drawn from ``seed`` (data.split_seed): the same subset in every arm and
+    every trainer.seed, and a larger fraction keeps a superset of a smaller one's.
+    """
+    if fraction >= 1.0:
+        return labels
+    import torch
+
+    classes = labels.cpu().numpy()
+    rng = np.random.default_rng((seed, LABELS_STREAM))
+    kept = np.zeros(len(classes), dtype=bool)
+    for label in np.unique(classes):  # sorted: the draws depend on the classes' sizes only
+        members = rng.permutation(np.flatnonzero(classes == label))
+        kept[members[: max(1, round(len(members) * fraction))]] = True
+    hidden = torch.from_numpy(~kept).to(labels.device)
+    return labels.masked_fill(hidden, UNLABELLED)
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:

@@ -1,5 +1,7 @@
 """The interface every loss implements (Objective), what the loop hands it (StepInputs),
-what it returns (LossOutput), and the weight check they share."""
+what it returns (LossOutput), the weight check they share, and the mean over a batch's
+labelled samples that their label terms take (a label < 0 marks an image whose label is
+hidden: kdsweep.data.splits.hide_labels)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,25 @@ def torch_functional():  # noqa: ANN202 - torch.nn.functional, imported on first
     return functional
 
 
+def labelled_mean(per_sample: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-sample loss over the batch's labelled samples (label >= 0): 0, not
+    NaN, for a batch without any, and still part of the graph so that backward runs."""
+    import torch
+
+    labelled = labels >= 0
+    return torch.where(labelled, per_sample, 0.0).sum() / labelled.sum().clamp_min(1)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE over the batch's labelled samples; an unlabelled sample adds nothing to it or to
+    its gradient (with every sample labelled: plain CE)."""
+    per_sample = torch_functional().cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    return labelled_mean(per_sample, labels)
+
+
 @dataclass
 class StepInputs:
+    # The class of each sample; < 0 where its label is hidden (data.labelled_fraction).
     labels: torch.Tensor
     student_logits: torch.Tensor
     student_hidden: torch.Tensor | None = None

@@ -1,5 +1,6 @@
 """Losses on the stage feature maps (kdsweep.models.FeatureNet): attention transfer and the
-tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.plan)."""
+tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.plan).
+Their feature terms take every sample of a batch; CE its labelled samples only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kdsweep.losses.base import (
     StepInputs,
     check_positive,
     check_weights,
+    labelled_cross_entropy,
     torch_functional,
 )
 
@@ -27,7 +29,8 @@ class AttentionTransfer(Objective):
     (as RepDistiller does).
 
     Zagoruyko, Komodakis: "Paying More Attention to Attention" (ICLR 2017); p = 2 and
-    weight 1000 in RepDistiller's CIFAR-100 scripts."""
+    weight 1000 in RepDistiller's CIFAR-100 scripts. The attention term takes every sample,
+    labelled or not; CE the labelled ones."""
 
     name: str = "at"
     weight: float = 1000.0
@@ -65,7 +68,7 @@ class AttentionTransfer(Objective):
             if tuple(f_t.shape[2:]) != size:
                 f_t = functional.adaptive_avg_pool2d(f_t, size)
             transfer = transfer + (self.attention(f_s) - self.attention(f_t)).pow(2).mean()
-        ce = functional.cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         total = self.ce_weight * ce + self.weight * transfer
         return LossOutput(total, {"attention": transfer, "ce": ce})
 
@@ -78,7 +81,8 @@ class Hint(Objective):
 
     Romero et al.: "FitNets: Hints for Thin Deep Nets" (ICLR 2015), in the form of the
     PyTorch knowledge-distillation tutorial (ModifiedLightNNRegressor: Conv2d(16, 32, 3,
-    padding=1); weights 0.25 and 0.75)."""
+    padding=1); weights 0.25 and 0.75). The hint takes every sample, labelled or not; CE
+    the labelled ones."""
 
     name: str = "hint"
     feature_map_weight: float = 0.25
@@ -113,6 +117,6 @@ class Hint(Objective):
         f_s, f_t = batch.student_features[-1], batch.teacher_features[-1]
         regressor = self.regressor.to(f_s.device)
         hint = functional.mse_loss(regressor(f_s), f_t)
-        ce = functional.cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         total = self.ce_weight * ce + self.feature_map_weight * hint
         return LossOutput(total, {"hint": hint, "ce": ce})

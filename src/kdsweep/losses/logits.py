@@ -15,6 +15,8 @@ from kdsweep.losses.base import (
     StepInputs,
     check_positive,
     check_weights,
+    labelled_cross_entropy,
+    labelled_mean,
     torch_functional,
 )
 
@@ -30,7 +32,8 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
 class DIST(Objective):
     """ce_weight * CE + tau^2 * (beta * inter + gamma * intra), on p = softmax(z / tau):
     inter = 1 - mean over samples of the Pearson correlation of student and teacher
-    across classes; intra = the same per class across the batch.
+    across classes; intra = the same per class across the batch. inter and intra take
+    every sample of the batch, labelled or not; CE its labelled samples only.
 
     Huang, You, Wang, Qian, Xu: "Knowledge Distillation from A Stronger Teacher" (NeurIPS
     2022); beta = gamma = 1 and tau = 1 in its CIFAR-100 recipe."""
@@ -54,7 +57,7 @@ class DIST(Objective):
         p_teacher = functional.softmax(batch.teacher_logits / self.tau, dim=1)
         inter = 1 - _pearson_rows(p_student, p_teacher).mean()
         intra = 1 - _pearson_rows(p_student.T, p_teacher.T).mean()
-        ce = functional.cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         relation = self.tau**2 * (self.beta * inter + self.gamma * intra)
         total = self.ce_weight * ce + relation
         return LossOutput(total, {"inter": inter, "intra": intra, "ce": ce})
@@ -65,7 +68,9 @@ class DKD(Objective):
     """Decoupled KD: ce_weight * CE + min(epoch / warmup, 1) * T^2 * (alpha * TCKD +
     beta * NCKD). TCKD is the KL between teacher and student of the binary distribution
     [p_target, 1 - p_target]; NCKD the KL of their distributions over the non-target
-    classes, renormalised; p = softmax(z / T).
+    classes, renormalised; p = softmax(z / T). Both split on the target class, so both,
+    like CE, average over the batch's labelled samples only: an unlabelled sample adds
+    nothing to DKD (0 for a batch without labels).
 
     Zhao, Cui, Song, Qiu, Liang: "Decoupled Knowledge Distillation" (CVPR 2022); alpha 1,
     beta 8, T 4 and a 20-epoch warm-up in its CIFAR-100 recipe (mdistiller)."""
@@ -91,7 +96,9 @@ class DKD(Objective):
 
         functional = torch_functional()
         t = self.temperature
-        target = functional.one_hot(batch.labels, batch.student_logits.shape[1]).bool()
+        # An unlabelled sample's class 0 is a placeholder: labelled_mean drops its terms.
+        labels = batch.labels
+        target = functional.one_hot(labels.clamp_min(0), batch.student_logits.shape[1]).bool()
         p_student = functional.softmax(batch.student_logits / t, dim=1)
         p_teacher = functional.softmax(batch.teacher_logits / t, dim=1)
 
@@ -100,17 +107,18 @@ class DKD(Objective):
             return torch.cat([p_target, 1 - p_target], dim=1)
 
         tckd = functional.kl_div(
-            binary(p_student).clamp_min(1e-12).log(), binary(p_teacher), reduction="batchmean"
+            binary(p_student).clamp_min(1e-12).log(), binary(p_teacher), reduction="none"
         )
         # Masking the target logit out before the softmax renormalises over the others.
         masked = target.float() * 1000.0
         nckd = functional.kl_div(
             functional.log_softmax(batch.student_logits / t - masked, dim=1),
             functional.log_softmax(batch.teacher_logits / t - masked, dim=1),
-            reduction="batchmean",
+            reduction="none",
             log_target=True,
         )
-        ce = functional.cross_entropy(batch.student_logits, batch.labels)
+        tckd, nckd = labelled_mean(tckd.sum(dim=1), labels), labelled_mean(nckd.sum(dim=1), labels)
+        ce = labelled_cross_entropy(batch.student_logits, labels)
         ramp = min(batch.epoch / self.warmup, 1.0)
         total = self.ce_weight * ce + ramp * t**2 * (self.alpha * tckd + self.beta * nckd)
         return LossOutput(total, {"tckd": tckd, "nckd": nckd, "ce": ce})

@@ -1,5 +1,6 @@
 """The seed tutorial's losses: CE (no teacher), Hinton's KD, the cosine loss on hidden
-representations, and MultiMargin."""
+representations, and MultiMargin. Their label terms average over a batch's labelled
+samples; their teacher terms over all of them (data.labelled_fraction)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ from kdsweep.losses.base import (
     StepInputs,
     check_positive,
     check_weights,
+    labelled_cross_entropy,
+    labelled_mean,
     torch_functional,
 )
 
 
 @dataclass
 class CrossEntropy(Objective):
-    """CE(student, labels): the student without a teacher."""
+    """CE(student, labels): the student without a teacher. Unlabelled samples add nothing
+    (CE is their batch's mean over its labelled samples; 0 when it has none)."""
 
     name: str = "ce"
 
     def forward(self, batch: StepInputs) -> LossOutput:
-        ce = torch_functional().cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         return LossOutput(ce, {"ce": ce})
 
 
@@ -47,6 +51,9 @@ def soft_target_loss(
 class KnowledgeDistillation(Objective):
     """soft_target_weight * T^2 * KL(teacher/T || student/T) + ce_weight * CE.
 
+    The soft term averages over every sample of the batch, labelled or not; CE over its
+    labelled samples only.
+
     Hinton, Vinyals, Dean: "Distilling the Knowledge in a Neural Network" (2015)."""
 
     name: str = "kd"
@@ -63,7 +70,7 @@ class KnowledgeDistillation(Objective):
     def forward(self, batch: StepInputs) -> LossOutput:
         assert batch.teacher_logits is not None
         soft = soft_target_loss(batch.student_logits, batch.teacher_logits, self.temperature)
-        ce = torch_functional().cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         total = self.soft_target_weight * soft + self.ce_weight * ce
         return LossOutput(total, {"soft_target": soft, "ce": ce})
 
@@ -73,7 +80,8 @@ class CosineHidden(Objective):
     """hidden_weight * (1 - cos(student hidden, pooled teacher hidden)) + ce_weight * CE.
 
     The seed's cosine-embedding variant: CosineEmbeddingLoss with target +1 on the
-    flattened conv features. Needs a student that returns them (model=modified)."""
+    flattened conv features. Needs a student that returns them (model=modified). The
+    cosine term averages over every sample, labelled or not; CE over the labelled ones."""
 
     name: str = "cosine"
     hidden_weight: float = 0.25
@@ -95,14 +103,15 @@ class CosineHidden(Objective):
         hidden = functional.cosine_embedding_loss(
             batch.student_hidden, batch.teacher_hidden, target
         )
-        ce = functional.cross_entropy(batch.student_logits, batch.labels)
+        ce = labelled_cross_entropy(batch.student_logits, batch.labels)
         total = self.hidden_weight * hidden + self.ce_weight * ce
         return LossOutput(total, {"hidden_cosine": hidden, "ce": ce})
 
 
 @dataclass
 class MultiMargin(Objective):
-    """torch.nn.MultiMarginLoss: the multi-class hinge loss on the labels (no teacher)."""
+    """torch.nn.MultiMarginLoss: the multi-class hinge loss on the labels (no teacher),
+    averaged over the batch's labelled samples (0 when it has none)."""
 
     name: str = "multimargin"
     p: int = 1
@@ -114,7 +123,12 @@ class MultiMargin(Objective):
         check_positive(margin=self.margin)
 
     def forward(self, batch: StepInputs) -> LossOutput:
-        hinge = torch_functional().multi_margin_loss(
-            batch.student_logits, batch.labels, p=self.p, margin=self.margin
+        per_sample = torch_functional().multi_margin_loss(
+            batch.student_logits,
+            batch.labels.clamp_min(0),
+            p=self.p,
+            margin=self.margin,
+            reduction="none",
         )
+        hinge = labelled_mean(per_sample, batch.labels)
         return LossOutput(hinge, {"multimargin": hinge})

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.config.validation import Settings, validate
 from kdsweep.core.signals import deferred_signals
+from kdsweep.data.splits import hide_labels
 from kdsweep.losses import CrossEntropy
 from kdsweep.nets import count_parameters
 from kdsweep.run.plan import Plan, plan_run
@@ -85,13 +86,16 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     def log_epoch(record: EpochRecord) -> None:
         tracker.log_metrics(record.metrics(), step=record.epoch)
 
+    # Every arm sees the same labels (fixed by data.split_seed), and its epochs run over
+    # all the training images: the teacher's terms reach the unlabelled ones.
+    train_y = hide_labels(data.train_y, settings.data.labelled_fraction, settings.data.split_seed)
     started = time.perf_counter()
     fitted = fit(
         student,
         objective,
         optimizer,
         data.train_x,
-        data.train_y,
+        train_y,
         data.val_x,
         data.val_y,
         settings.trainer,
@@ -121,6 +125,7 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
         "train_images_per_s": fitted.images_per_s,
         # What one image is worth on each split (the report states the resolution).
         "val_size": float(len(data.val_y)),
+        "labelled_size": float((train_y >= 0).sum().item()),
         "test_size": float(len(data.test_y)),
         "wall_seconds": time.perf_counter() - started,
     }
@@ -186,7 +191,11 @@ def run(
         tracker.start()
         tracker.log_dataset(settings.data.name, plan.data)
         resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        tracker.log_params(flatten(resolved))
+        params = flatten(resolved)
+        # Both fractions are named even where a config leaves them to their defaults.
+        params["data.labelled_fraction"] = settings.data.labelled_fraction
+        params["teacher.labelled_fraction"] = settings.teacher.labelled_fraction
+        tracker.log_params(params)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         hooks.on_start(tracker.run_id)
         result = execute(plan, tracker, hooks)
