@@ -1,6 +1,7 @@
-"""The distilled student as the product: saved by every completed run (MLflow pt2 model +
-state_dict), the teacher logged once on a sweep's parent run, the best student registered
-as ``<study>-student@champion``, and ``kdsweep-eval`` (evaluate, refuse, export)."""
+"""The distilled student as the product: saved by every completed run (MLflow model, raw
+pixels in, + state_dict), the teacher logged once on a sweep's parent run, the best student
+registered as ``<study>-student@champion``, and ``kdsweep-eval`` (evaluate, refuse,
+export). MLflow's own serving paths: tests/test_serving.py."""
 
 from __future__ import annotations
 
@@ -52,19 +53,21 @@ def test_run_logs_a_student_that_loads_in_a_fresh_process(logged_run: dict[str, 
     assert (workdir / "out" / "student" / "state_dict.pt").is_file()
     mlmodel = (workdir / "out" / "student" / "MLmodel").read_text()
     assert "signature" in mlmodel and "loader_module: mlflow.pytorch" in mlmodel
-    assert (workdir / "out" / "student" / "data" / "model.pt2").is_file()  # torch.export
+    assert (workdir / "out" / "student" / "data" / "model.pth").is_file()  # torch.fx trace
     assert (workdir / "out" / "student" / "input_example.json").is_file()
 
     script = """
 import json, sys, torch, mlflow.pytorch
 from kdsweep.data import DigitsData, load_splits
-from kdsweep.nets import build_model
+from kdsweep.nets import light_nn
+from kdsweep.run.serving import raw_pixels
 data = load_splits(DigitsData())
-model = mlflow.pytorch.load_model(sys.argv[1])
+raw = raw_pixels(data.test_x, data.input_mean, data.input_std).round()  # digits: 0..16
+model = mlflow.pytorch.load_model(sys.argv[1]).eval()
 with torch.no_grad():
-    acc = int((model(data.test_x).argmax(1) == data.test_y).sum()) * 100.0 / len(data.test_y)
+    acc = int((model(raw).argmax(1) == data.test_y).sum()) * 100.0 / len(data.test_y)
 state = torch.load(sys.argv[2], map_location="cpu", weights_only=True)
-net = build_model("light", data.input_shape, data.num_classes)
+net = light_nn(data.input_shape, data.num_classes)
 net.load_state_dict(state)
 net.eval()
 with torch.no_grad():
@@ -149,7 +152,8 @@ def test_eval_state_dict_and_export(
     import torch
 
     from kdsweep.data import DigitsData, load_splits
-    from kdsweep.nets import build_model
+    from kdsweep.nets import light_nn
+    from kdsweep.run.serving import raw_pixels
 
     record = logged_run["run"]
     state_dict = logged_run["workdir"] / "out" / "student" / "state_dict.pt"
@@ -160,13 +164,15 @@ def test_eval_state_dict_and_export(
     assert figures["test_acc"] == pytest.approx(record.data.metrics["test_acc"], abs=1e-6)
     assert figures["parameters"] == 21690  # LightNN on 1x8x8 digits, 10 classes
     assert figures["images_per_s"] > 0 and figures["test_loss"] > 0
-    # The export loads on its own and gives the same logits as the state_dict's network.
+    # The export loads on its own and gives the same logits as the state_dict's network;
+    # it takes raw pixels, as the logged model does.
     data = load_splits(DigitsData())
-    net = build_model("light", data.input_shape, data.num_classes)
+    net = light_nn(data.input_shape, data.num_classes)
     net.load_state_dict(torch.load(state_dict, weights_only=True))
     program = torch.export.load(str(exported)).module()
+    raw = raw_pixels(data.test_x[:37], data.input_mean, data.input_std)
     with torch.no_grad():
-        assert torch.allclose(program(data.test_x[:37]), net.eval()(data.test_x[:37]), atol=1e-5)
+        assert torch.allclose(program(raw), net.eval()(data.test_x[:37]), atol=1e-5)
 
 
 def test_eval_refuses_bad_inputs_in_one_line(
@@ -174,14 +180,14 @@ def test_eval_refuses_bad_inputs_in_one_line(
 ) -> None:
     import torch
 
-    from kdsweep.nets import build_model
+    from kdsweep.nets import light_nn
 
     uri = logged_run["uri"]
     run_id = logged_run["run"].info.run_id
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a torch file")
     hundred = tmp_path / "hundred.pt"
-    torch.save(build_model("light", (1, 8, 8), 100).state_dict(), hundred)
+    torch.save(light_nn((1, 8, 8), 100).state_dict(), hundred)
     cases = {
         "models:/no-such-student@champion": ("not found",),
         str(corrupt): ("corrupt",),

@@ -5,9 +5,11 @@ MODEL is an MLflow model URI (``runs:/<run_id>/student``, ``models:/<name>@champ
 writes beside it, or built as the config's ``model`` group). The overrides compose
 kdsweep's config as the ``kdsweep`` command does (``data=cifar10 data.root=...``,
 ``tracking.uri=...`` for the MLflow store, ``trainer.eval_batch_size=...``); the data group
-is loaded and normalized as in training. Prints accuracy, loss, parameter count and
-images/s. ``--export PATH.pt2`` also writes a ``torch.export`` program (batch size free)
-and checks that it loads and gives the same logits.
+is loaded as in training. The model is scored as the logged one serves: raw test images
+in (the data set's pixel scale), the run's normalization its first layer (a state_dict's
+network gets the data's). Prints accuracy, loss, parameter count and images/s.
+``--export PATH.pt2`` also writes that model, raw pixels in, as a ``torch.export`` program
+(batch size free) and checks that it loads and gives the same logits.
 
 A model whose input shape or class count does not fit the data, a model name that does
 not exist, a file that is not a state_dict: one line, exit 2.
@@ -32,13 +34,19 @@ URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs
 
 
 class Loaded:
-    """A model ready to score: a callable on image batches, and what it expects."""
+    """A model ready to score: a callable on image batches, and what it expects (raw
+    pixels, as kdsweep's MLflow models take them, or normalized images)."""
 
     def __init__(
-        self, model: Any, input_shape: list[int] | None, num_classes: int | None, source: str
+        self,
+        model: Any,
+        input_shape: list[int] | None,
+        num_classes: int | None,
+        source: str,
+        takes_raw_pixels: bool = False,
     ):
         self.model, self.input_shape, self.num_classes = model, input_shape, num_classes
-        self.source = source
+        self.source, self.takes_raw_pixels = source, takes_raw_pixels
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -106,11 +114,13 @@ def _store(tracking_uri: str) -> Iterator[None]:
 
 
 def load_uri(uri: str, tracking_uri: str) -> Loaded:
-    """An MLflow model (kdsweep's pt2 student) and its signature's shapes."""
+    """An MLflow model (kdsweep's student) and its signature's shapes."""
     import mlflow
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
+
+    from kdsweep.run.student import FORMAT
 
     where = f"(tracking.uri={mask_secrets(tracking_uri)})"
     try:
@@ -131,7 +141,8 @@ def load_uri(uri: str, tracking_uri: str) -> Loaded:
         shape = list(info.signature.inputs.inputs[0].shape[1:])
     if classes is None and info.signature is not None and info.signature.outputs is not None:
         classes = info.signature.outputs.inputs[0].shape[-1]
-    return Loaded(model, shape, classes, uri)
+    # Students saved before kdsweep-student/2 take normalized images.
+    return Loaded(model, shape, classes, uri, meta.get("format") == FORMAT)
 
 
 def load_file(path: Path, settings: Any) -> Loaded:
@@ -148,13 +159,7 @@ def load_file(path: Path, settings: Any) -> Loaded:
     channels, classes = spec_from_state_dict(state)
     spec = read_spec(path)
     if spec is None:  # a bare state_dict: the config's model group, the weights' sizes
-        spec = StudentSpec(
-            architecture=str(settings.model.architecture),
-            input_shape=[channels, -1, -1],
-            num_classes=classes,
-            dropout=settings.model.dropout,
-            returns_hidden=settings.model.returns_hidden,
-        )
+        spec = StudentSpec(settings.model.identity(), [channels, -1, -1], classes)
     return Loaded((Logits, spec, state), spec.input_shape, classes, str(path))
 
 
@@ -188,7 +193,7 @@ def materialize(loaded: Loaded, input_shape: tuple[int, ...]) -> Any:
         net.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(
-            f"{loaded.source} does not fit a {spec.architecture} student for these images"
+            f"{loaded.source} does not fit a {spec.target.name} student for these images"
             f" ({first_line(exc)[:160]}): pass model=... as it was trained"
         ) from None
     return logits_cls(net).eval()
@@ -220,8 +225,8 @@ def score(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float]:
 
 
 def export(model: Any, example: Any, path: Path) -> float:
-    """Write ``model`` as a torch.export program (batch size free); reload it and return
-    the largest logit difference on ``example``."""
+    """Write ``model`` (raw pixels in) as a torch.export program (batch size free); reload
+    it and return the largest logit difference on ``example``."""
     import torch
     from torch.export import Dim
 
@@ -241,6 +246,7 @@ def evaluate_model(source: str, overrides: list[str], export_path: str | None = 
     import torch
 
     from kdsweep.data import load_splits
+    from kdsweep.run.serving import on_raw_pixels, raw_pixels
 
     if is_uri(source):
         loaded = load_uri(source, settings.tracking.uri)
@@ -248,15 +254,19 @@ def evaluate_model(source: str, overrides: list[str], export_path: str | None = 
         loaded = load_file(Path(source).expanduser(), settings)
     data = load_splits(settings.data)
     check_fit(loaded, data.input_shape, data.num_classes, settings.data.name)
+    normalization = (data.input_mean, data.input_std)
     model = materialize(loaded, data.input_shape)
+    if not loaded.takes_raw_pixels:
+        model = on_raw_pixels(model, *normalization)
+    raw_test_x = raw_pixels(data.test_x, *normalization)
     torch.manual_seed(0)
-    figures = score(model, data.test_x, data.test_y, settings.trainer.eval_batch_size)
+    figures = score(model, raw_test_x, data.test_y, settings.trainer.eval_batch_size)
     figures["model"] = source
     figures["data"] = settings.data.name
     if export_path:
         figures["export"] = export_path
         figures["export_max_abs_diff"] = export(
-            model, data.test_x[: settings.trainer.eval_batch_size], Path(export_path)
+            model, raw_test_x[: settings.trainer.eval_batch_size], Path(export_path)
         )
     return figures
 

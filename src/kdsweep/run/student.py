@@ -7,8 +7,8 @@ raw images (N x C x H x W, float32, N free, on the data set's pixel scale) to lo
 input example (two raw test images), and works with pyfunc, ``mlflow models serve`` and
 ``mlflow models predict``. Beside the MLflow files the same
 folder holds ``state_dict.pt`` (``torch.save`` of the weights: load it with
-``weights_only=True``) and ``kdsweep.json``, the build arguments that make the matching
-``kdsweep.models`` network (architecture, input shape, classes, dropout, returns_hidden),
+``weights_only=True``) and ``kdsweep.json``, what builds the matching network (``network``:
+the run's ``model`` node, its ``_target_`` and arguments; input shape and classes),
 and the per-channel mean and std the run normalized with (``input_normalization``: the
 training split's), which the MLflow model applies itself and the bare network needs.
 
@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from kdsweep.config.targets import Target, build_network
 from kdsweep.core.errors import CheckpointError, first_line
-from kdsweep.nets import FeatureNet, build_model
+from kdsweep.nets import FeatureNet
+from kdsweep.run.serving import on_raw_pixels, raw_pixels, save_served_model
 
 if TYPE_CHECKING:
     from kdsweep.run.plan import Plan
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdsweep-student/1"
+FORMAT = "kdsweep-student/2"  # 2: the MLflow model takes raw pixels
 ARTIFACT = "student"  # the run's artifact folder, and the job's output subfolder
 STATE_DICT = "state_dict.pt"
 SPEC = "kdsweep.json"
@@ -50,33 +53,39 @@ DATA_TAG = "kdsweep.data.fingerprint"
 
 @dataclass
 class StudentSpec:
-    """What builds the network the weights belong to (kdsweep.models.build_model)."""
+    """What builds the network the weights belong to: the run's ``model`` node (its
+    ``_target_`` and arguments) for images of ``input_shape`` and ``num_classes``."""
 
-    architecture: str
+    network: dict[str, Any]
     input_shape: list[int]
     num_classes: int
-    dropout: float = 0.1
-    returns_hidden: bool = False
+
+    @property
+    def target(self) -> Target:
+        return Target("model", self.network)
 
     def build(self) -> FeatureNet:
-        shape = tuple(int(d) for d in self.input_shape)
-        return build_model(
-            self.architecture,
-            shape,  # type: ignore[arg-type]
-            int(self.num_classes),
-            float(self.dropout),
-            bool(self.returns_hidden),
-        )
+        return build_network(self.target, self.input_shape, self.num_classes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentSpec:
         return cls(
-            architecture=str(data["architecture"]),
+            network=data.get("network") or _network_of_architecture(data),
             input_shape=[int(d) for d in data["input_shape"]],
             num_classes=int(data["num_classes"]),
-            dropout=float(data.get("dropout", 0.1)),
-            returns_hidden=bool(data.get("returns_hidden", False)),
         )
+
+
+# Students saved before networks were _target_ nodes name an architecture instead.
+SEED_NETS = {"deep": "deep_nn", "light": "light_nn"}
+
+
+def _network_of_architecture(data: dict[str, Any]) -> dict[str, Any]:
+    name = str(data["architecture"])
+    network = {"_target_": f"kdsweep.nets.{SEED_NETS.get(name, name)}"}
+    if name in SEED_NETS:  # RepDistiller's networks have no dropout
+        network["dropout"] = float(data.get("dropout", 0.1))
+    return {**network, "returns_hidden": bool(data.get("returns_hidden", False))}
 
 
 class Logits(nn.Module):
@@ -95,56 +104,35 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def export_logits(model: FeatureNet, example: torch.Tensor) -> Any:
-    """``torch.export`` of the student's logits, on the CPU, in eval mode, batch size free."""
-    from torch.export import Dim
-
-    frozen = Logits(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)).eval()
-    return torch.export.export(frozen, (example.cpu(),), dynamic_shapes=[{0: Dim.AUTO}])
-
-
-def signature_for(spec: StudentSpec) -> Any:
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    image = TensorSpec(np.dtype(np.float32), (-1, *spec.input_shape), "images")
-    logits = TensorSpec(np.dtype(np.float32), (-1, spec.num_classes), "logits")
-    return ModelSignature(inputs=Schema([image]), outputs=Schema([logits]))
-
-
 def save_student(
     model: FeatureNet,
     spec: StudentSpec,
-    example: torch.Tensor,
+    normalization: tuple[Sequence[float], Sequence[float]],
+    raw_example: torch.Tensor,
     folder: Path,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the MLflow model (pt2), ``state_dict.pt`` and ``kdsweep.json`` into
-    ``folder`` (replaced). A model torch.export cannot trace keeps its state_dict and says
-    why in ``kdsweep.json`` (``export_error``)."""
-    import mlflow.pytorch
-
+    """Write the MLflow model (raw pixels in: ``normalization``'s mean and std are its
+    first layer), ``state_dict.pt`` and ``kdsweep.json`` into ``folder`` (replaced). A
+    model torch.fx cannot trace keeps its state_dict and says why in ``kdsweep.json``
+    (``export_error``)."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     info: dict[str, Any] = {"format": FORMAT, **asdict(spec), **(metadata or {})}
-    example = example[:2].detach().cpu().float().contiguous()
     try:
         frozen = Logits(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format))
-        mlflow.pytorch.save_model(
-            frozen.eval(),
-            str(folder),
-            signature=signature_for(spec),
-            input_example=example.numpy(),
-            serialization_format="pt2",
-            # Named, not inferred: inference imports the model in a subprocess (seconds).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        save_served_model(
+            on_raw_pixels(frozen, *normalization).eval(),
+            folder,
+            spec.input_shape,
+            spec.num_classes,
+            raw_example[:2].detach().cpu().float().contiguous(),
             metadata={"kdsweep": info},
         )
-    except Exception as exc:  # the weights are kept whatever the exporter thinks
+    except Exception as exc:  # the weights are kept whatever the tracer thinks
         info["export_error"] = first_line(exc)[:500]
-        log.warning("student: torch.export failed (%s); keeping the state_dict only", exc)
+        log.warning("student: saving the MLflow model failed (%s); keeping the state_dict", exc)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
@@ -172,13 +160,7 @@ def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = No
     if str(settings.trainer.save_model) == "none":
         return {}
     started = time.perf_counter()
-    spec = StudentSpec(
-        architecture=str(settings.model.architecture),
-        input_shape=list(data.input_shape),
-        num_classes=data.num_classes,
-        dropout=settings.model.dropout,
-        returns_hidden=settings.model.returns_hidden,
-    )
+    spec = StudentSpec(settings.model.identity(), list(data.input_shape), data.num_classes)
     metadata = {
         "model": settings.model.name,
         "loss": settings.loss.name,
@@ -188,13 +170,16 @@ def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = No
             "mean": list(data.input_mean),
             "std": list(data.input_std),
             "formula": "x' = (x - mean[c]) / std[c] per channel c, x on the data set's pixel"
-            " scale as kdsweep loads it",
+            " scale as kdsweep loads it: the MLflow model's first layer; the bare network"
+            " (state_dict.pt) takes x'",
         },
         "teacher_key": teacher.key if teacher is not None else None,
         "run_id": tracker.run_id,
     }
     base = Path(output_dir) if output_dir is not None else tracker.local_path.parent
-    folder = save_student(plan.student, spec, data.test_x[:2], base / ARTIFACT, metadata)
+    normalization = (data.input_mean, data.input_std)
+    raw_example = raw_pixels(data.test_x[:2].cpu(), *normalization)
+    folder = save_student(plan.student, spec, normalization, raw_example, base / ARTIFACT, metadata)
     tracker.log_artifacts(folder, ARTIFACT)
     if tracker.run_id and not tracker.broken:
         tracker.set_tags({"kdsweep.student": f"runs:/{tracker.run_id}/{ARTIFACT}"})
@@ -218,7 +203,7 @@ def teacher_recipe(plan: Plan) -> dict[str, Any]:
     settings = plan.settings
     teacher = plan.teacher
     recipe: dict[str, Any] = {
-        "architecture": str(settings.teacher.architecture),
+        "architecture": settings.teacher_model.name,
         "data_fingerprint": plan.data.fingerprint,
         "key": teacher.key if teacher is not None else None,
     }
@@ -229,7 +214,8 @@ def teacher_recipe(plan: Plan) -> dict[str, Any]:
             epochs=settings.teacher.epochs,
             batch_size=settings.teacher.batch_size,
             seed=settings.teacher.seed,
-            optimizer={k: str(v) for k, v in asdict(settings.teacher_optimizer).items()},
+            model=settings.teacher_model.identity(),
+            optimizer=settings.teacher_optimizer.identity(),
         )
     if teacher is not None:
         recipe["metrics"] = dict(teacher.metrics)
