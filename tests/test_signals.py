@@ -302,3 +302,38 @@ def test_a_signal_swallowed_by_a_callback_is_not_lost(sig: signal.Signals) -> No
     assert done.returncode == EXIT[sig], done.stdout + done.stderr
     assert done.stdout.splitlines() == [f"raised {sig.name}"]
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+
+SWALLOWED_THEN_EXIT = """
+import os, signal, sys, types, weakref
+from kdsweep.cli import _run
+
+def main():
+    class Node:
+        pass
+
+    def callback(_ref):  # the handler raises inside it; Python swallows that
+        os.kill(os.getpid(), signal.{sig})
+
+    node = Node()
+    ref = weakref.ref(node, callback)
+    del node
+    sys.exit(2)  # the command ends before the signal's second delivery
+
+sys.modules["fake_command"] = types.SimpleNamespace(main=main)
+_run("fake", "fake_command", "nothing was written")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_swallowed_signal_outruns_a_command_that_exits_at_once(sig: signal.Signals) -> None:
+    """Found under load in the start-up test: the signal landed in a weakref callback of a
+    lazy import inside argparse, and argparse's own exit (2) came before the second
+    delivery. The entry point raises the swallowed signal on the way out instead."""
+    script = SWALLOWED_THEN_EXIT.format(sig=sig.name)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT[sig], done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"fake: interrupted by {sig.name}")
+    assert "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from kdsweep.core.errors import interrupt_name
-from kdsweep.core.signals import deferred_signals, install_signal_handlers
+from kdsweep.core.signals import deferred_signals, install_signal_handlers, raise_swallowed
 
 
 def _run(command: str, module: str, after: str) -> Any:
@@ -21,7 +21,10 @@ def _run(command: str, module: str, after: str) -> Any:
         # can land where Python swallows it (importlib's weakref callbacks) and be lost.
         with deferred_signals():
             command_main = importlib.import_module(module).main
-        return command_main()
+        try:
+            return command_main()
+        finally:
+            raise_swallowed()  # replaces the command's own exit: the user interrupted it
     except KeyboardInterrupt as exc:
         print(f"{command}: interrupted by {interrupt_name(exc)}: {after}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 130)) from None

@@ -36,6 +36,7 @@ class _SignalState:
     depth: int = 0  # nesting of deferred_signals() in the main thread
     pending: int | None = None
     in_unraisable_hook: bool = False
+    swallowed: int | None = None  # a signal Python swallowed, not yet raised again
 
 
 _state = _SignalState()
@@ -53,6 +54,7 @@ def _handler(signum: int, frame: object) -> None:
         _deliver_again(signum)
         return
     _state.raised = True
+    _state.swallowed = None
     raise Interrupted(signum)
 
 
@@ -72,6 +74,7 @@ def _unraisablehook(unraisable: sys.UnraisableHookArgs) -> None:
         return
     _state.in_unraisable_hook = True
     try:
+        _state.swallowed = unraisable.exc_value.signum
         _deliver_again(unraisable.exc_value.signum)
     finally:
         _state.in_unraisable_hook = False
@@ -88,6 +91,7 @@ def install_signal_handlers() -> None:
     _state.installed = True
     _state.raised = False
     _state.pending = None
+    _state.swallowed = None
     if sys.unraisablehook is not _unraisablehook:
         _next_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisablehook
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -110,3 +114,13 @@ def deferred_signals() -> Iterator[None]:
             signum, _state.pending = _state.pending, None
             _state.raised = True
             raise Interrupted(signum)
+
+
+def raise_swallowed() -> None:
+    """Raise now a signal Python swallowed whose second delivery has not come yet: a
+    command that ends within the delivery delay (an argparse error, say) must still exit
+    as interrupted, not with its own status."""
+    if _state.swallowed is not None and not _state.raised:
+        signum, _state.swallowed = _state.swallowed, None
+        _state.raised = True
+        raise Interrupted(signum)
