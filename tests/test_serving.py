@@ -133,6 +133,36 @@ def test_kdsweep_eval_scores_the_logged_model_on_raw_pixels(
     np.testing.assert_allclose(program, pyfunc_logits(student, raw), atol=1e-5)
 
 
+def test_export_never_replaces_a_file_silently_nor_blames_the_model(
+    student: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing file is kept without --overwrite, a folder or a path under a file is
+    one line naming --export (not the model), before any work; --overwrite replaces."""
+    from kdsweep.evaluate import main
+
+    existing = tmp_path / "kept.pt2"
+    existing.write_bytes(b"mine")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    under_a_file = existing / "student.pt2"
+    base = [student["model"], f"tracking.uri={student['uri']}"]
+    for path, says in [
+        (existing, "exists: pass --overwrite"),
+        (folder, "is a folder, not a file"),
+        (under_a_file, "is a file, not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, "--export", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kdsweep-eval: error: --export {path}") and says in err, err
+        assert err.count("\n") == 1 and "cannot export this model" not in err
+    assert existing.read_bytes() == b"mine" and list(folder.iterdir()) == []
+    main([*base, "--export", str(existing), "--overwrite"])
+    assert existing.read_bytes() != b"mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
 @pytest.mark.slow  # `mlflow models predict` starts a Python that imports MLflow and torch
 def test_mlflow_models_predict_on_its_serving_example(student: dict[str, Any]) -> None:
     folder = student["workdir"] / "out" / "student"

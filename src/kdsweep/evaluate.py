@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
+from kdsweep.core.files import atomic_write
 from kdsweep.core.secrets import mask_secrets
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
@@ -59,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "overrides", nargs="*", help="config overrides, e.g. data=cifar10 tracking.uri=..."
     )
     parser.add_argument("--export", metavar="PATH.pt2", help="also write a torch.export program")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="let --export replace an existing file"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
 
@@ -224,24 +228,52 @@ def score(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float]:
     }
 
 
+def export_problem(path: Path, overwrite: bool) -> str | None:
+    """Why ``--export`` cannot write ``path``, checked before any work: an existing file
+    is replaced only with --overwrite, a folder is never one."""
+    fix = "choose another --export path"
+    if path.is_dir():
+        example = path / "student.pt2"
+        return f"--export {path} is a folder, not a file: name the file, e.g. {example}"
+    if path.exists() and not overwrite:
+        return f"--export {path} exists: pass --overwrite to replace it, or {fix}"
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        return f"--export {path}: {folder} is a file, not a folder: {fix}"
+    if folder is not None and not os.access(folder, os.W_OK):
+        return f"--export {path}: the folder {folder} is not writable: {fix}"
+    return None
+
+
 def export(model: Any, example: Any, path: Path) -> float:
-    """Write ``model`` (raw pixels in) as a torch.export program (batch size free); reload
-    it and return the largest logit difference on ``example``."""
+    """Write ``model`` (raw pixels in) as a torch.export program (batch size free),
+    atomically; reload it and return the largest logit difference on ``example``."""
     import torch
     from torch.export import Dim
 
     try:
         program = torch.export.export(model, (example[:2],), dynamic_shapes=[{0: Dim.AUTO}])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, str(path))
     except Exception as exc:
         raise KdsweepError(f"torch.export cannot export this model: {first_line(exc)}") from None
+    try:
+        with atomic_write(path) as handle:
+            torch.export.save(program, handle)
+    except OSError as exc:
+        raise KdsweepError(
+            f"--export {path}: cannot write it ({first_line(exc)}): choose another --export path"
+        ) from None
     reloaded = torch.export.load(str(path)).module()
     with torch.no_grad():
         return float((reloaded(example) - model(example)).abs().max())
 
 
-def evaluate_model(source: str, overrides: list[str], export_path: str | None = None) -> dict:
+def evaluate_model(
+    source: str, overrides: list[str], export_path: str | None = None, overwrite: bool = False
+) -> dict:
+    if export_path:
+        problem = export_problem(Path(export_path).expanduser(), overwrite)
+        if problem:
+            raise KdsweepError(problem)
     settings = compose(overrides)
     import torch
 
@@ -266,7 +298,7 @@ def evaluate_model(source: str, overrides: list[str], export_path: str | None = 
     if export_path:
         figures["export"] = export_path
         figures["export_max_abs_diff"] = export(
-            model, raw_test_x[: settings.trainer.eval_batch_size], Path(export_path)
+            model, raw_test_x[: settings.trainer.eval_batch_size], Path(export_path).expanduser()
         )
     return figures
 
@@ -274,7 +306,7 @@ def evaluate_model(source: str, overrides: list[str], export_path: str | None = 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        figures = evaluate_model(args.model, args.overrides, args.export)
+        figures = evaluate_model(args.model, args.overrides, args.export, args.overwrite)
     except KdsweepError as exc:
         message = " ".join(str(exc).split())
         print(f"kdsweep-eval: error: {mask_secrets(message)}", file=sys.stderr)
