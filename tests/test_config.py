@@ -128,6 +128,9 @@ BAD = [
     (["loss=cosine", "model=light"], ["model=modified"]),
     (["loss=cosine", "model=deep"], ["model=modified"]),
     (["teacher.optimizer.lr=0"], ["teacher.optimizer.lr"]),
+    # The key that is at fault, not the one whose check noticed it.
+    (["data.test_fraction=0.999"], ["data.test_fraction=0.999", "smaller"]),
+    (["tracking.experiment=" + "x" * 501], ["tracking.experiment", "at most 500"]),
 ]
 
 

@@ -115,6 +115,10 @@ class TrainerConf:
             raise ValueError(f"trainer.seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
+# MLflow's limit on an experiment's name (its SQL stores refuse longer ones).
+MAX_EXPERIMENT_NAME = 500
+
+
 @dataclass
 class TrackingConf:
     enabled: bool = True
@@ -125,6 +129,11 @@ class TrackingConf:
     def __post_init__(self) -> None:
         if not self.experiment:
             raise ValueError("tracking.experiment must not be empty")
+        if len(self.experiment) > MAX_EXPERIMENT_NAME:
+            raise ValueError(
+                f"tracking.experiment is {len(self.experiment)} characters long: MLflow takes"
+                f" at most {MAX_EXPERIMENT_NAME}, shorten it"
+            )
 
 
 @dataclass

@@ -103,6 +103,12 @@ class DigitsData(DataSet):
                 f"data.test_fraction={self.test_fraction} of digits' {DIGITS_IMAGES} images"
                 " leaves no test image: pick a larger fraction (default 0.2)"
             )
+        if DIGITS_IMAGES - test <= MIN_TRAIN:  # no val_fraction could split what is left
+            raise ValueError(
+                f"data.test_fraction={self.test_fraction} of digits' {DIGITS_IMAGES} images"
+                f" leaves {DIGITS_IMAGES - test} to train and validate on: pick a smaller"
+                " fraction (default 0.2)"
+            )
         self.check_split(DIGITS_IMAGES - test)
 
     def load(self) -> TensorSplits:
