@@ -158,7 +158,10 @@ def test_bare_state_dict_loads(settings, tmp_path: Path) -> None:
     path = tmp_path / "tutorial_teacher.pt"
     torch.save(model.state_dict(), path)
     _, data, teacher = _prepare(settings, tmp_path, "teacher=deep", f"teacher.checkpoint={path}")
-    assert not teacher.trained_now and teacher.metrics == {}
+    assert not teacher.trained_now and set(teacher.metrics) == {
+        "teacher_val_acc",
+        "teacher_test_acc",
+    }  # measured here: a bare state_dict claims nothing
     assert teacher.key.startswith("file-")
     for name, value in model.state_dict().items():
         assert torch.equal(teacher.model.state_dict()[name], value), name
@@ -339,19 +342,40 @@ def test_a_damaged_user_checkpoint_is_a_one_line_error(settings, trained, tmp_pa
     assert "\n" not in str(caught.value)
 
 
-def test_garbled_metrics_in_an_unsealed_user_checkpoint_are_dropped(
+def test_an_unsealed_user_checkpoint_reports_measured_accuracy_not_its_claim(
     settings, trained, tmp_path: Path
 ) -> None:
+    """What a user's file claims is not reported: its accuracy is measured on this run's
+    splits (garbled or flattering claims alike)."""
     _, teacher = trained
     payload = torch.load(teacher.path, weights_only=True)
     del payload["sha256"]
-    payload["metrics"] = {"teacher_val_acc": "garbage", "teacher_test_acc": 91.5}
+    payload["metrics"] = {"teacher_val_acc": "garbage", "teacher_test_acc": 100.0}
     user_file = tmp_path / "teacher.pt"
     torch.save(payload, user_file)
     _, _, loaded = _prepare(
         settings, tmp_path, "data.split_seed=0", f"teacher.checkpoint={user_file}"
     )
-    assert loaded.metrics == {"teacher_test_acc": 91.5}
+    assert set(loaded.metrics) == {"teacher_val_acc", "teacher_test_acc"}
+    assert loaded.metrics["teacher_test_acc"] < 100.0
+    assert loaded.metrics["teacher_val_acc"] == pytest.approx(teacher.metrics["teacher_val_acc"])
+
+
+@pytest.mark.parametrize(
+    "kdsweep_format", [False, True], ids=["state_dict", "kdsweep, no checksum"]
+)
+def test_a_user_checkpoint_with_weights_that_are_not_finite_is_refused(
+    settings, trained, tmp_path: Path, kdsweep_format: bool
+) -> None:
+    _, teacher = trained
+    payload = torch.load(teacher.path, weights_only=True)
+    del payload["sha256"]
+    _nan(payload)
+    user_file = tmp_path / "teacher.pt"
+    torch.save(payload if kdsweep_format else payload["state_dict"], user_file)
+    with pytest.raises(CheckpointError, match="not finite") as caught:
+        _prepare(settings, tmp_path, "data.split_seed=0", f"teacher.checkpoint={user_file}")
+    assert "\n" not in str(caught.value) and "teacher.checkpoint" in str(caught.value)
 
 
 TENSOR_DAMAGE = {

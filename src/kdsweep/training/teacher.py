@@ -122,13 +122,33 @@ def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSpl
 
 
 def _finite_metrics(payload: dict) -> dict[str, float]:
-    """The checkpoint's recorded teacher metrics that are numbers: an unsealed user file's
-    metrics are only informative, and must not break the run's logging."""
+    """The checkpoint's recorded teacher metrics that are numbers (a sealed file's: kdsweep
+    wrote them), so they never break the run's logging."""
     metrics = payload.get("metrics")
     if not isinstance(metrics, dict):
         return {}
     numbers = {str(k): finite_number(v) for k, v in metrics.items()}
     return {k: v for k, v in numbers.items() if v is not None}
+
+
+def _check_finite(model: FeatureNet, path: Path) -> None:
+    """A user's weights must be numbers: NaN weights would surface later as a diverging
+    student, blamed on the loss's settings."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"teacher checkpoint {path} has weights that are not finite ({name}):"
+                " set teacher.checkpoint to a good file, or null to train a teacher"
+            )
+
+
+def _measured_metrics(model: FeatureNet, settings: Settings, data: TensorSplits) -> dict:
+    """The user's teacher's accuracy on this run's val and test splits, measured: what a
+    file claims is not what is reported."""
+    size = settings.trainer.eval_batch_size
+    _, val_acc = evaluate(model, CrossEntropy(), data.val_x, data.val_y, None, size)
+    _, test_acc = evaluate(model, CrossEntropy(), data.test_x, data.test_y, None, size)
+    return {"teacher_val_acc": val_acc, "teacher_test_acc": test_acc}
 
 
 def _new_model(settings: Settings, data: TensorSplits) -> FeatureNet:
@@ -146,7 +166,8 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
     payload = _read_checkpoint(path)
     model = _new_model(settings, data)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        if CHECKSUM_KEY in payload:
+        is_sealed = CHECKSUM_KEY in payload
+        if is_sealed:
             try:
                 payload = verified(payload)
             except IntegrityError as exc:
@@ -156,7 +177,8 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
                 ) from None
         _check_payload(payload, path, settings, data)
         _load_weights(model, payload["state_dict"], path)
-        metrics = _finite_metrics(payload)
+        # A sealed file's other figures (its training time) are kdsweep's own record.
+        metrics = _finite_metrics(payload) if is_sealed else {}
     elif isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
         log.warning(
             "teacher checkpoint %s is a bare state_dict: its training data is unknown", path
@@ -168,7 +190,9 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
             f"teacher checkpoint {path} is neither a kdsweep checkpoint nor a state_dict:"
             " set teacher.checkpoint to a file saved by kdsweep or torch.save(model.state_dict())"
         )
+    _check_finite(model, path)
     model.to(device).eval()
+    metrics.update(_measured_metrics(model, settings, data))
     return Teacher(model, "file-" + file_hash(path), path, metrics, trained_now=False)
 
 
