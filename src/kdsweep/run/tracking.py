@@ -24,7 +24,13 @@ from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.secrets import mask_secrets, mask_value
 from kdsweep.core.signals import deferred_signals
-from kdsweep.core.stores import half_created_sqlite, sqlite_tables, storage_file, store_kind
+from kdsweep.core.stores import (
+    database_tables,
+    half_created_sqlite,
+    sqlite_tables,
+    storage_file,
+    store_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +153,15 @@ class RunTracker:
                 raise KdsweepError(problem)
         if not self.conf.enabled or scheme in ("", "file", "sqlite"):
             return
+        # One quick probe first: MLflow's own client retries a refused login or an
+        # unanswered server for minutes, with a warning per try.
+        problem = _probe(self.conf.uri, scheme)
+        if problem:
+            raise KdsweepError(
+                f"MLflow does not answer at tracking.uri={mask_secrets(self.conf.uri)}"
+                f" ({problem}): start the server or fix tracking.uri"
+                " (tracking.enabled=false runs untracked)"
+            )
         try:
             client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
         except Exception as exc:
@@ -276,6 +291,33 @@ class RunTracker:
                 self.local_path.resolve(),
             )
             self.record["tracking_error"] = self.broken
+
+
+PROBE_TIMEOUT_S = 5
+
+
+def _probe(uri: str, scheme: str) -> str | None:
+    """Why a tracking server or database cannot be reached, asked once with a short
+    timeout; None if it answers (or for a scheme this does not know how to ask)."""
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+                return None
+        except urllib.error.HTTPError:
+            return None  # it answers: MLflow's own request says whether it is MLflow
+        except (OSError, ValueError) as exc:
+            return _first_line(exc)
+    if scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        try:
+            kind = store_kind(database_tables(uri, timeout_s=PROBE_TIMEOUT_S))
+        except Exception as exc:  # the driver's own error types: auth, unknown database
+            return _first_line(exc)
+        if kind == "optuna":
+            return "it holds an Optuna storage (a sweep's hydra.sweeper.storage), not MLflow's"
+    return None
 
 
 def _optuna_storage(uri: str) -> str | None:
