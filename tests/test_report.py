@@ -236,6 +236,20 @@ def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
     assert not (tmp_path / "typo.db").exists()  # reading never creates a database
 
 
+def test_the_report_names_the_labelled_fractions_when_labels_were_scarce(tmp_path):
+    study = optuna.create_study(study_name="few", direction="maximize")
+    study.add_trial(create_trial(value=70.0, params={}, distributions={}))
+    study.set_user_attr("definition", {"data.labelled_fraction": "0.1", "data.name": '"digits"'})
+    write_report(study, tmp_path / "few")
+    line = "Labels: the student saw 10 % and the teacher all of the training split"
+    assert line in (tmp_path / "few" / "index.html").read_text()
+    assert line + "'s labels" in (tmp_path / "few" / "report.md").read_text()
+
+    study.set_user_attr("definition", {"data.labelled_fraction": "1.0"})
+    write_report(study, tmp_path / "all")
+    assert "Labels:" not in (tmp_path / "all" / "report.md").read_text()
+
+
 def _fake_mlflow_db(path: Path) -> None:
     """A SQLite file with MLflow's tracking tables (what kind of store it is, not a whole
     MLflow schema)."""

@@ -11,6 +11,7 @@ missing.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ class Summary:
     gain_test: float | None = None
     notes: list[str] = field(default_factory=list)
     confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
+    labels: str | None = None  # the labelled fractions, when not every label was used
 
 
 # --------------------------------------------------------------------------- data
@@ -187,6 +189,7 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
         mlflow_parent_run_id=str(parent) if parent else None,
         confirmed=confirmed_summary(confirm_study),
     )
+    summary.labels = labels_line(attrs.get("definition"))
     if len(directions) > 1:
         summary.notes.append(
             f"The study has {len(directions)} objectives; the report uses the first."
@@ -196,6 +199,28 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
         if best.test_acc is not None and tutorial.test_acc is not None:
             summary.gain_test = best.test_acc - tutorial.test_acc
     return summary
+
+
+def labels_line(definition: Any) -> str | None:
+    """What share of the training labels the student and the teacher saw, from the study's
+    recorded definition (its values are JSON text); None when both saw every label."""
+    if not isinstance(definition, dict):
+        return None
+    shares = []
+    for key in ("data.labelled_fraction", "teacher.labelled_fraction"):
+        try:
+            shares.append(finite(json.loads(definition.get(key, "1.0"))))
+        except (TypeError, ValueError):
+            shares.append(None)
+    if shares == [1.0, 1.0]:
+        return None
+    student, teacher = (
+        "an unknown share" if s is None else "all" if s == 1.0 else f"{100 * s:g} %" for s in shares
+    )
+    return (
+        f"Labels: the student saw {student} and the teacher {teacher} of the training split's"
+        " labels (data.labelled_fraction, teacher.labelled_fraction)."
+    )
 
 
 # --------------------------------------------------------------------------- text
