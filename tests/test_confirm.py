@@ -199,35 +199,35 @@ def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
     tmp_path: Path,
 ) -> None:
     """What a SIGKILL during the confirmation stage leaves: a RUNNING confirmation trial of
-    a dead sweeper, whose MLflow run is RUNNING. The next plan fails it, hands its run to
-    be closed, and queues the (arm, seed) again."""
+    a dead sweeper, whose MLflow run is RUNNING. The next start fails it, hands its run to
+    be closed, and the next plan queues the (arm, seed) again."""
     import socket
     import subprocess
     import sys
-    import time
 
     from optuna.trial import TrialState
 
     from kdsweep.sweep.arms import Arm
-    from kdsweep.sweep.confirm import Confirmation
-    from kdsweep.sweep.liveness import HEARTBEAT_ATTR, OWNER_ATTR
-    from kdsweep.sweep.studies import open_storage
+    from kdsweep.sweep.confirm import open_companion, plan
+    from kdsweep.sweep.liveness import WORKER_ATTR, claim_trial, fail_dead_trials
+    from kdsweep.sweep.studies import open_storage, trial_id
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = open_storage(url)
-    stage = Confirmation(storage, url, "s", [1000], 1, 1.0, 2.0)
+    companion = open_companion(storage, "s")
     arms = [Arm("top1", "#0", ("loss.temperature=3",), 0)]
-    assert stage.plan(arms, 0) == 1
-    (job,) = stage.ask()
+    assert plan(companion, arms, [1000], 0) == 1
+    trial = companion.ask()
+    tid = trial_id(storage, storage.get_study_id_from_name(companion.study_name), trial.number)
+    claim_trial(storage, tid, "confirm")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
-    storage.set_trial_system_attr(job.tid, OWNER_ATTR, f"{socket.gethostname()}:{dead}")
-    storage.set_trial_system_attr(job.tid, HEARTBEAT_ATTR, time.time())
-    storage.set_trial_user_attr(job.tid, "mlflow_run_id", "run-of-the-dead-job")
+    storage.set_trial_user_attr(tid, WORKER_ATTR, f"{socket.gethostname()}:{dead}")
+    storage.set_trial_user_attr(tid, "mlflow_run_id", "run-of-the-dead-job")
 
-    closed: list[str | None] = []
-    assert stage.plan(arms, 0, closed.append) == 1  # queued again
+    closed = [t.user_attrs.get("mlflow_run_id") for t in fail_dead_trials(storage, companion)]
+    assert plan(companion, arms, [1000], 0) == 1  # queued again
     assert closed == ["run-of-the-dead-job"]
-    dead_trial = storage.get_trial(job.tid)
+    dead_trial = storage.get_trial(tid)
     assert dead_trial.state == TrialState.FAIL
     assert dead_trial.user_attrs["error"] == "interrupted"

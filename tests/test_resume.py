@@ -163,27 +163,46 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_claims_expire_with_their_claimer(tmp_path: Path) -> None:
+def test_trials_expire_with_their_sweeper(tmp_path: Path) -> None:
     import socket
     import time
 
     import optuna
 
-    from kdsweep.sweep.liveness import claim_study_task, owner_tag
-    from kdsweep.sweep.studies import open_storage
+    from kdsweep.sweep.liveness import (
+        WORKER_ATTR,
+        Heartbeat,
+        ask,
+        claim_trial,
+        fail_dead_trials,
+        heartbeat_options,
+        worker_tag,
+    )
+    from kdsweep.sweep.studies import open_storage, trial_id
 
-    storage = open_storage(_storage(tmp_path))
+    storage = open_storage(_storage(tmp_path), heartbeat_options(1, 3))
     study = optuna.create_study(study_name="claims", storage=storage)
-    sid = study._study_id
-    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # free
-    assert not claim_study_task(storage, sid, "task", grace_seconds=60)  # ours, alive
-    dead = {"owner": f"{socket.gethostname()}:{_dead_pid()}", "beat": time.time()}
-    storage.set_study_user_attr(sid, "task", dead)
-    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # its process is gone
-    silent = {"owner": "another-host:1", "beat": time.time() - 120}
-    storage.set_study_user_attr(sid, "task", silent)
-    assert claim_study_task(storage, sid, "task", grace_seconds=60)  # its heartbeat stopped
-    assert storage.get_study_user_attrs(sid)["task"]["owner"] == owner_tag()
+
+    def claimed(worker: str | None = None) -> int:
+        number = ask(study).number
+        tid = trial_id(storage, study._study_id, number)
+        claim_trial(storage, tid, "trial")
+        if worker is not None:
+            storage.set_trial_user_attr(tid, WORKER_ATTR, worker)
+        return tid
+
+    ours = claimed()
+    assert fail_dead_trials(storage, study) == []  # ours, alive
+    dead = claimed(f"{socket.gethostname()}:{_dead_pid()}")  # its process is gone
+    silent = claimed("another-host:1")  # its heartbeat stops
+    with Heartbeat(storage, [ours]):
+        time.sleep(5)
+    failed = {
+        trial_id(storage, study._study_id, t.number) for t in fail_dead_trials(storage, study)
+    }
+    assert failed == {dead, silent}
+    assert storage.get_trial(ours).state.name == "RUNNING"
+    assert storage.get_trial(ours).user_attrs[WORKER_ATTR] == worker_tag()
 
 
 @pytest.mark.slow
@@ -194,11 +213,10 @@ def test_a_killed_reference_trial_and_baseline_run_again(
     SIGKILL leaves them): the rerun takes over the dead claim (closing the baseline's open
     run), fails #0 and asks the reference setting again until it completes."""
     import socket
-    import time
 
     import optuna
 
-    from kdsweep.sweep.liveness import HEARTBEAT_ATTR, OWNER_ATTR
+    from kdsweep.sweep.liveness import WORKER_ATTR
     from kdsweep.sweep.studies import open_storage
 
     study_name = unique("reference")
@@ -216,9 +234,17 @@ def test_a_killed_reference_trial_and_baseline_run_again(
     study.set_user_attr("tutorial_trial_number", 0)
     killed = study.ask()  # trial #0, RUNNING, its sweeper dead
     tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, killed.number)
-    storage.set_trial_system_attr(tid, OWNER_ATTR, dead)
-    storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time())
-    study.set_user_attr("baseline_claim", {"owner": dead, "beat": time.time()})
+    storage.set_trial_user_attr(tid, WORKER_ATTR, dead)
+    # The baseline, a trial of the companion study, RUNNING, its sweeper dead.
+    companion = optuna.create_study(
+        study_name=f"{study_name}:confirm", storage=storage, direction="maximize"
+    )
+    baseline = companion.ask()
+    baseline_id = storage.get_trial_id_from_study_id_trial_number(
+        companion._study_id, baseline.number
+    )
+    storage.set_trial_user_attr(baseline_id, "role", "baseline")
+    storage.set_trial_user_attr(baseline_id, WORKER_ATTR, dead)
 
     args = sweep_args(tmp_path, study_name, 2, "hydra.sweeper.baselines=true")
     proc = run(tmp_path, [*args, f"cache_dir={teacher_cache}"])
@@ -235,6 +261,7 @@ def test_a_killed_reference_trial_and_baseline_run_again(
     assert trials[1].params == reference
     assert "student_ce" in study.user_attrs["baselines"]
     assert study.user_attrs.get("baseline_claim") is None  # released
+    assert storage.get_trial(baseline_id).state.name == "FAIL"  # the dead claim was taken over
     runs = mlflow_runs(_tracking(tmp_path))
     assert "RUNNING" not in {r.info.status for r in runs}
     assert [r.info.status for r in runs if r.data.tags.get("kdsweep.role") == "baseline"] == [

@@ -112,7 +112,8 @@ def test_rerun_continues_the_same_study(swept: Path) -> None:
     proc = run_cli(swept, *sweep_args(swept, "s3", 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     storage = optuna.storages.RDBStorage(f"sqlite:///{swept / 'optuna.db'}")
-    assert [s.study_name for s in storage.get_all_studies()] == ["s3"]
+    # One search study; its companion holds the CE baseline's trial (kdsweep.sweep.confirm).
+    assert [s.study_name for s in storage.get_all_studies()] == ["s3", "s3:confirm"]
     study = load(swept, "s3")
     assert len(study.trials) == 4
     assert {t.number: t.value for t in study.trials[:3]} == before  # nothing redone

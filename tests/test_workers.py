@@ -50,7 +50,7 @@ def _check_shared_sweep(workdir: Path, storage: str, study_name: str) -> None:
     trials = load_trials(storage, study_name)
     assert states(trials) == {"COMPLETE": N_TRIALS}
     assert sorted(t.number for t in trials) == list(range(N_TRIALS))
-    owners = {t.system_attrs.get("kdsweep:owner") for t in trials}
+    owners = {t.user_attrs.get("worker") for t in trials}
     assert len(owners) == WORKERS  # the trials were shared out, not run by one worker
 
     study = load_study(storage, study_name)

@@ -54,7 +54,8 @@ class KdsweepSweeperConf(OptunaSweeperConf):
     baselines: bool = True
     # Where the report goes: <report_dir>/<study name>/
     report_dir: str = "multirun_reports"
-    # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead.
+    # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead
+    # (Optuna's RDB heartbeat; on this host a dead sweeper is known at once by its pid).
     heartbeat_interval: float = 10.0
     grace_period: float = 120.0
     confirm: ConfirmConf = field(default_factory=ConfirmConf)

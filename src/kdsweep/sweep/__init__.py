@@ -8,16 +8,16 @@ The parts:
 - ``settings``: the sweeper's options as one checked ``SweepSettings``; the search space.
 - ``checks``: the start-up checks, before any study, run or file exists.
 - ``drift``: what defines a study, so a rerun with other settings cannot silently continue.
-- ``core``: ``StudySweep``, ask -> launch -> tell.
+- ``core``: ``StudySweep``, the sweep's state and the one job path: ask -> launch -> tell.
+- ``jobs``: a job for one Optuna trial (search, baseline or confirmation), how one ended.
 - ``baseline``: the references the report compares against (the CE baseline run).
 - ``arms``: what the confirmation compares: the search's trials ranked, the top ones, the
   ablation (no teacher), the reference setting and CE at the default recipe.
-- ``confirm``: the confirmation stage, the candidates retrained with fresh paired seeds.
-- ``recovery``: what a dead sweeper left behind (stale trials, claims), made whole.
-- ``finish``: the end of an invocation: best trial, report, the parent run's summary.
+- ``confirm``: the confirmation stage, the candidates retrained with fresh paired seeds,
+  in the companion study that also holds the CE baseline.
+- ``recovery``: what a dead or interrupted sweeper left behind, made whole.
 - ``studies``: Optuna storages, the pruner, the cross-process study lock, trial ids.
-- ``liveness``: which process owns a trial, its heartbeat, and the stale trials of dead
-  sweepers.
+- ``liveness``: whether a trial's sweeper is alive: Optuna's heartbeat, and its pid.
 - ``parent_run``: the study's MLflow parent run; closing runs a dead job left open.
 - ``live``: the one live progress line on a terminal.
 - ``trial_hooks``: the job's side: per-epoch reports to its trial, so the pruner can act.

@@ -1,6 +1,6 @@
 """The references a sweep's report compares against: the enqueued reference setting (the
 tutorial's), asked again until a trial with its values completes, and a CE-only student
-trained once per study under a claim that expires with its claimer's heartbeat."""
+trained once per study, a trial of the companion study (role ``baseline``)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.core.errors import first_line
-from kdsweep.core.secrets import mask_secrets
-from kdsweep.sweep.jobs import job_outcome
-from kdsweep.sweep.liveness import Heartbeat, claim_study_task, release_study_task
-from kdsweep.sweep.parent_run import ParentRun, close_role_runs, read_job_metrics
+from kdsweep.sweep.jobs import Job
+from kdsweep.sweep.parent_run import ParentRun
 from kdsweep.sweep.settings import SearchSpace
 
 if TYPE_CHECKING:
     from kdsweep.sweep.jobs import Sweep
 
 log = logging.getLogger("kdsweep.sweep")
-
-#: The study user attribute that claims the CE baseline (owner and heartbeat).
-BASELINE_CLAIM = "baseline_claim"
 
 
 def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
@@ -49,32 +43,31 @@ def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> 
 
 
 def run_baseline_once(
-    sweep: Sweep, study: optuna.Study, base: list[str], parent: ParentRun
+    sweep: Sweep, study: optuna.Study, companion: optuna.Study, base: list[str], parent: ParentRun
 ) -> None:
     """A CE-only student with the sweep's fixed settings, once per study, for the
-    report's baseline row. The teacher's row comes from the trials' own metrics. The
-    claim lives as long as its claimer's heartbeat: a sweep killed during the baseline
-    leaves a claim the next invocation takes over (closing the run it left open); a
-    failed baseline is released, so a rerun tries again."""
-    s = sweep.settings
+    report's baseline row (the study's user attribute ``baselines``). The teacher's row
+    comes from the trials' own metrics. It is a trial like any other: a sweep killed
+    during it leaves a trial the next invocation fails (closing its run) and trains again;
+    a failed baseline is trained again by a rerun."""
     with sweep.lock():
         if "student_ce" in study.user_attrs.get("baselines", {}):
             return
-        if not claim_study_task(sweep.storage, sweep.study_id, BASELINE_CLAIM, s.grace_period):
+        running = companion.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if any(t.user_attrs.get("role") == "baseline" for t in running):
             log.info("baseline: another worker is training it")
             return
-        closed = close_role_runs(
-            sweep.config,
-            parent.run_id,
-            "baseline",
-            "interrupted: the sweep process died during the baseline",
-        )
-        if closed:
-            log.warning("baseline: the previous attempt was interrupted; training it again")
+        # Made RUNNING, not enqueued: the companion's queue holds confirmation runs.
+        template = optuna.trial.create_trial(state=TrialState.RUNNING)
+        study_id = sweep.storage.get_study_id_from_name(companion.study_name)
+        trial = optuna.trial.Trial(companion, sweep.storage.create_new_trial(study_id, template))
+        tid = sweep.claim(companion, trial, "baseline")
     keep = [o for o in base if not o.lstrip("+~").startswith("loss")]
     overrides = keep + [
         "loss=ce",
         "sweep.role=baseline",
+        f"sweep.trial_id={tid}",
+        f"sweep.study_name={companion.study_name}",
         "tracking.run_name=baseline-student-ce",
         "hydra.sweep.subdir=baseline",
     ]
@@ -83,25 +76,21 @@ def run_baseline_once(
     if sweep.config.hydra.runtime.choices.get("model") == "modified":
         overrides.append("model=light")
     log.info("baseline: training a CE-only student once for this study")
-    with Heartbeat(
-        sweep.storage, [], s.heartbeat_interval, tasks=[(sweep.study_id, BASELINE_CLAIM)]
-    ):
-        (ret,) = sweep.launch([overrides])
-
-    _, error = job_outcome(ret)
-    metrics = read_job_metrics(ret)
+    job = Job(companion, trial, tid, "baseline", "baseline CE student", overrides)
+    (state,) = sweep.run_jobs([job])
+    if state != TrialState.COMPLETE:
+        return  # said by the job path; a rerun trains it again
+    metrics = sweep.storage.get_trial_user_attrs(tid).get("metrics")
+    if not metrics:
+        log.warning("baseline CE student failed: no metrics")
+        return
     with sweep.lock():
-        if error is None and metrics:
-            baselines = dict(study.user_attrs.get("baselines", {}))
-            baselines["student_ce"] = {
-                "val_acc": metrics.get("objective"),
-                "test_acc": metrics.get("test_acc"),
-            }
-            study.set_user_attr("baselines", baselines)
-        else:
-            reason = first_line(error) if error is not None else "no metrics"
-            log.warning("baseline CE student failed: %s", mask_secrets(reason))
-        release_study_task(sweep.storage, sweep.study_id, BASELINE_CLAIM)
+        baselines = dict(study.user_attrs.get("baselines", {}))
+        baselines["student_ce"] = {
+            "val_acc": metrics.get("objective"),
+            "test_acc": metrics.get("test_acc"),
+        }
+        study.set_user_attr("baselines", baselines)
 
 
 def trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None:

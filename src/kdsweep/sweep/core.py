@@ -3,8 +3,10 @@
 - ``n_trials`` counts the study's finished trials (complete or pruned): a rerun runs only
   the missing ones, a finished sweep trains nothing, and N workers sharing a storage stop
   together at exactly n_trials (asking is serialized by studies.study_lock).
-- Trials whose sweeper died (SIGKILL, lost machine) are found by their owner's pid or a
-  stale heartbeat, failed in Optuna, and their MLflow runs closed.
+- Every job is an Optuna trial, launched, watched and told by ``StudySweep.run_jobs``: the
+  search trials, the CE baseline and the confirmation runs (the last two in the companion
+  study, kdsweep.sweep.confirm). Trials whose sweeper died are failed at the next start,
+  and their MLflow runs closed (kdsweep.sweep.liveness, recovery).
 - Each job learns its trial through ``sweep.*`` overrides and reports every epoch to the
   study, so the pruner can stop it (trial_hooks).
 - One MLflow parent run per study; trials are its children. A report is written at the end.
@@ -31,16 +33,13 @@ from kdsweep.core.signals import deferred_signals
 from kdsweep.sweep.arms import describe_params
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
-from kdsweep.sweep.confirm import run_confirmation
+from kdsweep.sweep.confirm import open_companion, run_confirmation
 from kdsweep.sweep.drift import check_definition
-from kdsweep.sweep.jobs import job_outcome
+from kdsweep.sweep.jobs import Job, job_outcome
 from kdsweep.sweep.live import LIVE
-from kdsweep.sweep.liveness import Heartbeat, claim_trial
-from kdsweep.sweep.parent_run import (
-    ParentRun,
-    close_trial_run,
-)
-from kdsweep.sweep.recovery import clean_up_interrupted, fail_stale
+from kdsweep.sweep.liveness import Heartbeat, ask, claim_trial, heartbeat_options
+from kdsweep.sweep.parent_run import ParentRun, close_trial_run
+from kdsweep.sweep.recovery import clean_up_interrupted, recover
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, search_space
 from kdsweep.sweep.studies import (
     FINISHED_STATES,
@@ -70,16 +69,15 @@ class Finish(Protocol):
     ) -> None: ...
 
 
-#: A trial asked of the study, with its id in the storage.
-Asked = tuple[optuna.trial.Trial, int]
-
-
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
 
 
 class StudySweep:
+    """The sweep's one state: its storage, the trials it has in flight, its launched
+    jobs. Its parts read it and call its methods; they never assign its fields."""
+
     def __init__(
         self,
         config: DictConfig,
@@ -92,11 +90,14 @@ class StudySweep:
         self.finish = finish  # what ends an invocation: results, report, registry (kdsweep.publish)
         self.launcher, self.make_sampler = launcher, make_sampler
         self.job_idx = 0  # jobs this invocation launched (Hydra numbers them from it)
+        self.in_flight: set[int] = set()  # ids of the trials this sweeper claimed, not yet told
         self.started = time.monotonic()
 
     def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
         s = self.settings
-        self.storage = shared_storage(s.storage)
+        self.storage = shared_storage(
+            s.storage, heartbeat_options(s.heartbeat_interval, s.grace_period)
+        )
         self.sampler = self.make_sampler(self._existing_trials())
         study = optuna.create_study(
             study_name=s.study_name,
@@ -106,7 +107,6 @@ class StudySweep:
             direction=s.direction,
             load_if_exists=True,
         )
-        self.study_id = self.storage.get_study_id_from_name(s.study_name)
         check_definition(self, study, space)
         parent = ParentRun.for_study(
             study, self.config, s.describe(self.sampler, space.distributions), lock=self.lock
@@ -157,31 +157,28 @@ class StudySweep:
             s.pruner.get("name"),
             s.n_trials,
         )
-        self.confirm_study: optuna.Study | None = None
         try:
             return self._sweep(study, space, parent)
         except KeyboardInterrupt as exc:
-            clean_up_interrupted(self, study, parent, exc)
+            clean_up_interrupted(self, self.in_flight, study, parent, exc)
             raise
 
     def _sweep(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> optuna.Study:
         s = self.settings
-        fail_stale(self, study)
+        recover(self, study)
+        # The CE baseline and the confirmation runs are trials of a companion study.
+        companion = None
+        if s.baselines or s.confirm.get("enabled"):
+            companion = open_companion(self.storage, s.study_name)
+            recover(self, companion)
         enqueue_reference(self, study, space)
-        if s.baselines:
-            run_baseline_once(self, study, space.fixed, parent)
+        if companion is not None and s.baselines:
+            run_baseline_once(self, study, companion, space.fixed, parent)
 
         failures = launched = 0
-        while asked := self._ask(study, space):
-            overrides = [self._overrides(t, tid, space.fixed, parent) for t, tid in asked]
-            with Heartbeat(self.storage, [tid for _, tid in asked], s.heartbeat_interval):
-                returns = self.launch(overrides)
-            launched += len(asked)
-            with deferred_signals():  # a signal mid-tell would leave a finished trial RUNNING
-                failures += sum(
-                    self._tell(study, t, tid, r) == TrialState.FAIL
-                    for (t, tid), r in zip(asked, returns, strict=True)
-                )
+        while jobs := self._ask(study, space, parent):
+            launched += len(jobs)
+            failures += self.run_jobs(jobs).count(TrialState.FAIL)
             if failures > s.max_failure_rate * s.n_trials:
                 self.finish(study, self.config, self.settings, parent, aborted=True)
                 print(
@@ -191,7 +188,9 @@ class StudySweep:
                     file=sys.stderr,
                 )
                 raise SystemExit(1)
-        confirmation = run_confirmation(self, study, space, parent)
+        confirm_study = None
+        if companion is not None:
+            confirm_study = run_confirmation(self, study, companion, space, parent)
         if self.job_idx == 0:
             log.info(
                 "study %s is complete (%d trials, confirmation done): nothing to train; raise"
@@ -200,12 +199,7 @@ class StudySweep:
                 s.n_trials,
             )
         self.finish(
-            study,
-            self.config,
-            self.settings,
-            parent,
-            aborted=False,
-            confirm_study=confirmation.study if confirmation else None,
+            study, self.config, self.settings, parent, aborted=False, confirm_study=confirm_study
         )
         return study
 
@@ -227,7 +221,24 @@ class StudySweep:
             return 0
         return len(self.storage.get_all_trials(study_id, deepcopy=False))
 
-    def _ask(self, study: optuna.Study, space: SearchSpace) -> list[Asked]:
+    def claim(self, study: optuna.Study, trial: optuna.trial.Trial, role: str) -> int:
+        """Take a trial just asked (under the lock) as this sweeper's: its role, its worker
+        and its first heartbeat (kdsweep.sweep.liveness). Returns its storage id."""
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        tid = trial_id(self.storage, study_id, trial.number)
+        self.in_flight.add(tid)
+        claim_trial(self.storage, tid, role)
+        return tid
+
+    def run_jobs(self, jobs: list[Job]) -> list[TrialState]:
+        """The one path of every job: launch the batch, beat for its trials while it runs,
+        then tell each trial how its job ended."""
+        with Heartbeat(self.storage, [job.tid for job in jobs]):
+            returns = self.launch([job.overrides for job in jobs])
+        with deferred_signals():  # a signal mid-tell would leave a finished trial RUNNING
+            return [self._tell(job, ret) for job, ret in zip(jobs, returns, strict=True)]
+
+    def _ask(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> list[Job]:
         """New trials for this worker, sampled, never more than the study still needs."""
         s = self.settings
         with self.lock():
@@ -238,20 +249,21 @@ class StudySweep:
                 if counts[TrialState.RUNNING]:
                     log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
                 return []
-            asked = []
+            jobs = []
             for _ in range(min(s.n_jobs, remaining)):
-                trial = study.ask(fixed_distributions=space.distributions)
-                tid = trial_id(self.storage, self.study_id, trial.number)
-                claim_trial(self.storage, tid)
-                asked.append((trial, tid))
+                trial = ask(study, fixed_distributions=space.distributions)
+                tid = self.claim(study, trial, "trial")
+                label = f"trial {trial.number} ({describe_params(trial.params)})"
+                overrides = self._overrides(trial, tid, space.fixed, parent)
+                jobs.append(Job(study, trial, tid, "trial", label, overrides))
         log.debug(
             "study %s: %d/%d finished, launching trial(s) %s",
             s.study_name,
             done,
             s.n_trials,
-            ", ".join(str(trial.number) for trial, _ in asked),
+            ", ".join(str(job.trial.number) for job in jobs),
         )
-        return asked
+        return jobs
 
     def _overrides(
         self, trial: optuna.trial.Trial, tid: int, base: list[str], parent: ParentRun
@@ -269,31 +281,38 @@ class StudySweep:
             overrides.append(f"sweep.parent_run_id={parent.run_id}")
         return overrides
 
-    def _tell(
-        self, study: optuna.Study, trial: optuna.trial.Trial, tid: int, ret: JobReturn
-    ) -> TrialState:
+    def _tell(self, job: Job, ret: JobReturn) -> TrialState:
         value, error = job_outcome(ret)
         # Read back from the storage: the job wrote these attributes in its own process.
-        user_attrs = self.storage.get_trial_user_attrs(tid)
-        head = f"trial {trial.number} ({describe_params(trial.params)})"
+        user_attrs = self.storage.get_trial_user_attrs(job.tid)
+        state = None
         if error is None:
             try:
-                study.tell(trial, float(value))
-                log.info("%s: COMPLETE, val %.2f %%  %s", head, float(value), self.progress(study))
-                LIVE.show(f"sweep {self.settings.study_name} {self.progress(study)}")
-                return TrialState.COMPLETE
+                job.study.tell(job.trial, float(value))
+                state = TrialState.COMPLETE
             except (TypeError, ValueError) as exc:
                 error = exc
-        if user_attrs.get("pruned") or isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
-            epochs = len(user_attrs.get("history") or [])
-            log.info("%s: PRUNED after epoch %d  %s", head, epochs, self.progress(study))
-            LIVE.show(f"sweep {self.settings.study_name} {self.progress(study)}")
-            return TrialState.PRUNED
-        message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split())[:2000])
-        log.warning("%s: FAIL: %s", head, message)
-        trial.set_user_attr("error", message)
-        study.tell(trial, state=TrialState.FAIL)
-        # A job that died before closing its run (or never started one) must not stay RUNNING.
-        close_trial_run(self.config, user_attrs.get("mlflow_run_id"), "FAIL", message)
-        return TrialState.FAIL
+        if state is None and (user_attrs.get("pruned") or isinstance(error, optuna.TrialPruned)):
+            job.study.tell(job.trial, state=TrialState.PRUNED)
+            state = TrialState.PRUNED
+        if state is None:
+            message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split())[:2000])
+            job.trial.set_user_attr("error", message)
+            job.study.tell(job.trial, state=TrialState.FAIL)
+            # A job that died before closing its run (or never started one) must not stay RUNNING.
+            close_trial_run(self.config, user_attrs.get("mlflow_run_id"), "FAIL", message)
+            state = TrialState.FAIL
+            if job.role == "trial":
+                log.warning("%s: FAIL: %s", job.label, message)
+            else:
+                log.warning("%s failed: %s", job.label, message)
+        self.in_flight.discard(job.tid)
+        if job.role == "trial" and state != TrialState.FAIL:
+            progress = self.progress(job.study)
+            if state == TrialState.COMPLETE:
+                log.info("%s: COMPLETE, val %.2f %%  %s", job.label, float(value), progress)
+            else:
+                epochs = len(user_attrs.get("history") or [])
+                log.info("%s: PRUNED after epoch %d  %s", job.label, epochs, progress)
+            LIVE.show(f"sweep {self.settings.study_name} {progress}")
+        return state

@@ -1,10 +1,12 @@
 """What the sweep's parts share: the sweep they act for, as a protocol (its one
-implementation is ``kdsweep.sweep.core.StudySweep``), and how a Hydra job ended."""
+implementation is ``kdsweep.sweep.core.StudySweep``), a job for one Optuna trial, and how
+a Hydra job ended."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -13,8 +15,22 @@ if TYPE_CHECKING:
     import optuna
     from omegaconf import DictConfig
     from optuna.storages import BaseStorage
+    from optuna.trial import TrialState
 
     from kdsweep.sweep.settings import SweepSettings
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Hydra job for one Optuna trial: a search trial, the CE baseline or a
+    confirmation run (``role``, also the trial's user attribute ``role``)."""
+
+    study: optuna.Study
+    trial: optuna.trial.Trial
+    tid: int  # the trial's id in the storage, the job's way back to it (sweep.trial_id)
+    role: str  # trial | baseline | confirm
+    label: str  # how the console names it: "trial 3 (lr=0.001)", "baseline CE student"
+    overrides: list[str]
 
 
 class Sweep(Protocol):
@@ -23,13 +39,14 @@ class Sweep(Protocol):
     config: DictConfig
     settings: SweepSettings
     storage: BaseStorage
-    confirm_study: optuna.Study | None
 
     def make_sampler(self, seed_offset: int) -> Any: ...
 
-    def launch(self, batch: list[list[str]]) -> list[JobReturn]: ...
-
     def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def claim(self, study: optuna.Study, trial: optuna.trial.Trial, role: str) -> int: ...
+
+    def run_jobs(self, jobs: list[Job]) -> list[TrialState]: ...
 
 
 def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:

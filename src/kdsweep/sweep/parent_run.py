@@ -1,10 +1,8 @@
 """The sweep's MLflow side: one parent run per study (shared by every invocation and
-worker that runs it), the clean-up of trial runs their job could not close, and the
-metrics a finished job left beside its outputs."""
+worker that runs it), and the clean-up of trial runs their job could not close."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -12,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
 from kdsweep.config.schema import TrackingConf
@@ -184,42 +181,3 @@ def close_trial_run(
         client.set_terminated(run_id, status=status)
     except Exception as exc:
         log.error("MLflow: could not close trial run %s: %s", run_id, mask_secrets(first_line(exc)))
-
-
-def close_role_runs(
-    config: DictConfig, parent_run_id: str | None, role: str, message: str, status: str = "FAILED"
-) -> int:
-    """End the RUNNING children of the parent run with tag kdsweep.role=``role`` (the CE
-    baseline, whose job records no trial): a sweep killed while it ran left it open.
-    Returns how many were closed."""
-    if not parent_run_id:
-        return 0
-    closed = 0
-    try:
-        conf = _tracking(config)
-        client = client_for(conf.uri)
-        experiment = client.get_experiment_by_name(conf.experiment)
-        if experiment is None:
-            return 0
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=(
-                f"tags.mlflow.parentRunId = '{parent_run_id}'"
-                f" and tags.`kdsweep.role` = '{role}' and attributes.status = 'RUNNING'"
-            ),
-        )
-        for run in runs:
-            close_trial_run(config, run.info.run_id, "FAIL", message, status)
-            closed += 1
-    except Exception as exc:
-        log.error("MLflow: could not close %s runs: %s", role, mask_secrets(first_line(exc)))
-    return closed
-
-
-def read_job_metrics(ret: JobReturn) -> dict[str, float]:
-    """The final metrics a job kept in its results.json (kdsweep.tracking.RunTracker)."""
-    try:
-        out_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))  # type: ignore[union-attr]
-        return dict(json.loads((out_dir / "results.json").read_text())["metrics"])
-    except (AttributeError, OSError, KeyError, ValueError):
-        return {}

@@ -1,6 +1,6 @@
 """Optuna studies as kdsweep keeps them, shared by the sweeper and the jobs it launches:
-opening a storage, the pruner, the cross-process study lock and trial ids. Which process
-owns a trial, and whether it is still alive: kdsweep.sweep.liveness.
+opening a storage, the pruner, the cross-process study lock and trial ids. Whether the
+sweeper running a trial is still alive: kdsweep.sweep.liveness.
 
 Storage URLs: any SQLAlchemy URL Optuna's RDB storage takes (``sqlite:///optuna.db``,
 ``postgresql://user@host/db``), or ``journal:PATH`` for Optuna's journal file storage.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; one line naming the fix if it cannot be opened."""
+def open_storage(
+    url: str, heartbeat: Mapping[str, Any] | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; one line naming the fix if it cannot be opened.
+    ``heartbeat``: RDBStorage's heartbeat options, for the sweeper (the journal storage has
+    no heartbeat in Optuna: kdsweep.sweep.liveness)."""
     try:
         journal = journal_file(url)
         if journal is not None:
@@ -46,8 +51,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
         # N workers started together on a new database race to create Optuna's tables, and
         # the losers fail (duplicate key, table already exists): create them one at a time.
-        with _creation_lock(url):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with _creation_lock(url), warnings.catch_warnings():
+            # Optuna marks heartbeat_interval experimental; it is the sweeper's liveness.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
     except Exception as exc:
         raise KdsweepError(
             f"cannot open the Optuna storage {mask_secrets(url)}"
@@ -57,16 +64,19 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
-def shared_storage(url: str) -> optuna.storages.BaseStorage:
+def shared_storage(
+    url: str, heartbeat: Mapping[str, Any] | None = None
+) -> optuna.storages.BaseStorage:
     """One storage object per URL in a process: the sweeper's, and every job's that runs
     in the sweeper's process (the basic launcher). Opening one costs ~60 ms (an engine and
     Optuna's schema check), once per trial and confirmation run otherwise. A storage file
     deleted and made again is another file (inode): it gets a storage of its own, never
-    the pooled connections of the old one."""
+    the pooled connections of the old one. The sweeper opens its own (``heartbeat``), which
+    its jobs then share."""
     identity = _file_identity(url)
     missing_file = identity is None and storage_file(url) is not None
-    if missing_file or (url, identity) not in _SHARED:
-        storage = open_storage(url)  # creates a missing file: key it by that file
+    if heartbeat is not None or missing_file or (url, identity) not in _SHARED:
+        storage = open_storage(url, heartbeat)  # creates a missing file: key it by that file
         if len(_SHARED) >= 8:
             _SHARED.clear()
         _SHARED[(url, _file_identity(url))] = storage

@@ -56,7 +56,7 @@ class OptunaTrialHooks(TrialHooks):
             }
         )
         if not self.prune:
-            return  # a confirmation run: nothing to prune, its curve is stored at the end
+            return  # a measurement: nothing to prune, its curve is stored at the end
         try:
             with deferred_signals():
                 self.trial.set_user_attr("history", self.curve)
@@ -95,6 +95,7 @@ def trial_hooks(cfg: DictConfig) -> TrialHooks:
         study_name=str(sweep.study_name),
         trial_id=int(sweep.trial_id),
         pruner_conf=sweeper.get("pruner"),
-        # A confirmation run is a measurement, not a candidate: it always runs to the end.
-        prune=sweep.get("role") != "confirm",
+        # The baseline and the confirmation runs are measurements, not candidates: they
+        # always run to the end.
+        prune=sweep.get("role") == "trial",
     )
