@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FAST, start_cli
+from conftest import FAST, run_cli_in_process, start_cli
 
 POSTGRES_URL = os.environ.get("KDSWEEP_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -79,6 +79,13 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.Completed
 
 def run(workdir: Path, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return finish(start(workdir, args), timeout)
+
+
+def run_in_process(workdir: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``run`` without the subprocess (conftest.run_cli_in_process): the same exit code,
+    stdout and stderr, without ~2-5 s of interpreter, torch and Hydra start-up. For tests
+    of what a command does, not of the process (signals, process groups, timeouts)."""
+    return run_cli_in_process(workdir, *args, isolate=False)
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -227,19 +234,10 @@ def drop_study(storage: str, study: str) -> None:
 
 
 @pytest.fixture(scope="session", name="teacher_cache")
-def teacher_cache_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache_dir holding the 1-epoch digits teacher every FAST kd run uses, trained once
-    per test session (in this process) so sweeps in several tests do not each train it."""
-    import torch
-
-    from kdsweep.config.validation import validate
-    from kdsweep.data import load_splits
-    from kdsweep.training.teacher import prepare_teacher
-
-    cache = tmp_path_factory.mktemp("teacher_cache")
-    settings = validate(compose("teacher.epochs=1", f"cache_dir={cache}"))
-    prepare_teacher(settings, load_splits(settings.data), torch.device("cpu"))
-    return cache
+def teacher_cache_fixture(teacher_cache: Path) -> Path:
+    """conftest's ``teacher_cache``, for modules that still import this name: a fixture
+    imported into a module is set up once per module, so the teacher is not trained here."""
+    return teacher_cache
 
 
 def compose(*overrides: str) -> Any:

@@ -10,19 +10,28 @@ fixtures that wrap them):
 - ``run_cli(workdir, *overrides)``: ``python -m kdsweep`` as a subprocess (exit codes,
   stderr); ``start_cli`` is the non-blocking variant, to run several at once.
 - ``run_main_in_process(workdir, *overrides)``: the real ``@hydra.main`` entry point,
-  called in this process (no ~5 s interpreter start); returns its exit code.
+  called in this process (no ~2-5 s interpreter, torch and Hydra start-up); returns its
+  exit code. ``run_cli_in_process`` is ``run_cli`` that way: same arguments, same result
+  (exit code, captured stdout/stderr), for tests where the process itself is not under test.
 - ``write_tiny_cifar(root, ...)``: a small data set in the CIFAR-10/100 on-disk format.
 - ``mlflow_runs(db_path)``: every run in a SQLite MLflow database ([] if there is none).
+- fixture ``empty_mlflow_db``: a schema-only MLflow database to copy where a run tracks;
+  ``tracked_workdir``: ``tmp_path`` with that copy where ``isolated_overrides`` track.
+- fixture ``teacher_cache``: a cache_dir with the FAST digits teacher, trained once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,10 +202,29 @@ def _loggers() -> list[tuple[str, logging.Logger]]:
     return [(n, lg) for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)]
 
 
+@contextlib.contextmanager
+def restored_process_state() -> Iterator[None]:
+    """What a command changes for its whole process, put back for the tests that follow:
+    kdsweep's SIGINT/SIGTERM handlers and unraisable hook, and torch's thread count
+    (trainer.threads)."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    unraisablehook = sys.unraisablehook
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = unraisablehook
+        if threads is not None:
+            sys.modules["torch"].set_num_threads(threads)
+
+
 def run_main_in_process(workdir: Path, *overrides: str, isolate: bool = True) -> int:
     """Call the real CLI entry (``kdsweep.main.main``, i.e. ``@hydra.main``) in this
-    process with cwd ``workdir``; returns the exit code (0 on success). Logging is restored
-    afterwards; Hydra's job log is ``<hydra.run.dir>/*.log``."""
+    process with cwd ``workdir``; returns the exit code (0 on success). Logging, signal
+    handlers and torch's thread count are restored afterwards; Hydra's job log is
+    ``<hydra.run.dir>/*.log``. ``overrides`` as for ``run_cli`` (see ``cli_args``)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from kdsweep.main import main
@@ -205,7 +233,7 @@ def run_main_in_process(workdir: Path, *overrides: str, isolate: bool = True) ->
     workdir.mkdir(parents=True, exist_ok=True)
     args = cli_args(workdir if isolate else None, overrides)
     GlobalHydra.instance().clear()
-    with pytest.MonkeyPatch.context() as mp, restored_logging():
+    with pytest.MonkeyPatch.context() as mp, restored_logging(), restored_process_state():
         mp.chdir(workdir)
         mp.setattr(sys, "argv", ["kdsweep", *args])
         mp.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -217,6 +245,24 @@ def run_main_in_process(workdir: Path, *overrides: str, isolate: bool = True) ->
         finally:
             GlobalHydra.instance().clear()
     return 0
+
+
+def run_cli_in_process(
+    workdir: Path, *overrides: str, isolate: bool = True
+) -> subprocess.CompletedProcess:
+    """``run_cli`` without the subprocess: ``run_main_in_process`` with stdout and stderr
+    captured, returned as the same CompletedProcess. An exception that escapes the entry
+    point is written to stderr as its traceback, with exit code 1, as the interpreter
+    would; the (console) logging Hydra sets up writes into the captured streams."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = run_main_in_process(workdir, *overrides, isolate=isolate)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    args = ["kdsweep", *cli_args(Path(workdir) if isolate else None, overrides)]
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def job_log(run_dir: Path) -> str:
@@ -313,6 +359,43 @@ def compose() -> Any:
 def settings() -> Any:
     """``settings(*overrides) -> Settings`` (see ``settings_for``)."""
     return settings_for
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with MLflow's schema and nothing else (its Default
+    experiment), made once per session. A test copies it (``shutil.copyfile``) to where its
+    run will track: MLflow's schema migrations cost a new database 2-4 s each time."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def tracked_workdir(tmp_path: Path, empty_mlflow_db: Path) -> Path:
+    """``tmp_path`` with a copy of ``empty_mlflow_db`` at ``db_path(tmp_path)``, where
+    ``isolated_overrides(tmp_path)`` track: a run there skips MLflow's migrations."""
+    shutil.copyfile(empty_mlflow_db, db_path(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache_dir holding the 1-epoch digits teacher every FAST kd run uses, trained once
+    per test session (in this process) so runs and sweeps in many tests do not each train
+    it. Defined here, not imported into test modules: an imported fixture is set up once
+    per module that imports it."""
+    import torch
+
+    from kdsweep.data import load_splits
+    from kdsweep.training.teacher import prepare_teacher
+
+    cache = tmp_path_factory.mktemp("teacher_cache")
+    settings = settings_for("teacher.epochs=1", f"cache_dir={cache}")
+    prepare_teacher(settings, load_splits(settings.data), torch.device("cpu"))
+    return cache
 
 
 @pytest.fixture

@@ -226,13 +226,13 @@ def test_crash_while_caching_the_teacher_leaves_no_checkpoint(
 def test_crash_while_caching_teacher_outputs_keeps_the_good_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
 ) -> None:
-    from kdsweep.nets import build_model
+    from kdsweep.nets import deep_nn
     from kdsweep.training.teacher_outputs import cached_source, compute_outputs
 
     settings, data = digits
     cache = tmp_path / "cache"
     torch.manual_seed(0)
-    model = build_model("deep", data.input_shape, data.num_classes)
+    model = deep_nn(data.input_shape, data.num_classes)
     cached_source(model, "k", "val", data.val_x, cache, need_logits=True, need_hidden=False)
     (logits_file,) = (cache / "teacher_outputs").glob("val-*-logits.pt")
     before = logits_file.read_bytes()

@@ -4,10 +4,15 @@ state: no MLflow run, no Optuna study, no partial teacher checkpoint or cache fi
 
 The one exception is a loss that diverges (NaN/inf): it can only show in training, so its
 MLflow run exists and must end FAILED; inside a sweep the trial fails and the sweep goes
-on, within hydra.sweeper.max_failure_rate."""
+on, within hydra.sweeper.max_failure_rate.
+
+The rows call the real CLI entry in this process (what they test is the command's
+answer, not the process); the rows marked ``subprocess`` run ``python -m kdsweep``, so the
+one-line errors are also checked end to end."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,9 +25,9 @@ from _helpers import (
     load_trials,
     mlflow_runs,
     run,
+    run_in_process,
     states,
     sweep_args,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
 
@@ -38,6 +43,7 @@ class Bad:
     mlflow: str | None = None  # the one run's expected status, if a run may exist
     slow: bool = False  # one row per class runs by default; its siblings with -m slow
     teacher_cached: bool = False  # the student fails after its teacher trained: kept, valid
+    subprocess: bool = False  # run as `python -m kdsweep` (end to end), not in this process
 
 
 def _slow(row: Bad) -> Bad:
@@ -49,13 +55,15 @@ LONG = "x" * 600  # a study name
 
 ROWS = {
     "unknown group option": Bad(
-        ("model=nope",), "Could not find 'model/nope'", code=1, hydra_error=True
+        ("model=nope",), "Could not find 'model/nope'", code=1, hydra_error=True, subprocess=True
     ),
     "unknown key": Bad(("loss.nope=1",), "Could not override 'loss.nope'", 1, hydra_error=True),
     "unknown key appended": Bad(("+loss.nope=1",), "loss.nope: Key 'nope' not in"),
     "key of another loss": Bad(("+loss.margin=1",), "loss.margin: Key 'margin' not in"),
     "wrong type": Bad(("trainer.epochs=abc",), "trainer.epochs: Value 'abc'"),
-    "zero temperature": Bad(("loss.temperature=0",), "loss.temperature must be > 0"),
+    "zero temperature": Bad(
+        ("loss.temperature=0",), "loss.temperature must be > 0", subprocess=True
+    ),
     "negative temperature": Bad(("loss.temperature=-2",), "loss.temperature must be > 0"),
     "negative loss weight": Bad(("loss.ce_weight=-0.5",), "loss.ce_weight must be"),
     "all loss weights zero": Bad(("loss.ce_weight=0", "loss.soft_target_weight=0"), "are all 0"),
@@ -65,6 +73,21 @@ ROWS = {
     "zero epochs": Bad(("trainer.epochs=0",), "trainer.epochs must be >= 1"),
     "zero val fraction": Bad(("data.val_fraction=0",), "data.val_fraction must be in (0, 1)"),
     "val fraction above 1": Bad(("data.val_fraction=1.5",), "data.val_fraction must be in (0, 1)"),
+    "zero labelled fraction": Bad(
+        ("data.labelled_fraction=0",), "data.labelled_fraction must be in (0, 1]"
+    ),
+    "labelled fraction negative": _slow(
+        Bad(("data.labelled_fraction=-0.1",), "data.labelled_fraction must be in (0, 1]")
+    ),
+    "labelled fraction above 1": _slow(
+        Bad(("data.labelled_fraction=1.5",), "data.labelled_fraction must be in (0, 1]")
+    ),
+    "labelled fraction NaN": _slow(
+        Bad(("data.labelled_fraction=nan",), "data.labelled_fraction must be in (0, 1]")
+    ),
+    "teacher's labelled fraction NaN": _slow(
+        Bad(("teacher.labelled_fraction=nan",), "teacher.labelled_fraction must be in (0, 1]")
+    ),
     "augmenting 8x8 digits": Bad(("data.augment=true",), "data.augment=true is for"),
     "unknown device": Bad(("trainer.device=tpu",), "trainer.device must be one of"),
     "missing CIFAR files": Bad(("data=cifar10", "data.root={empty}"), "cifar10 not found"),
@@ -110,7 +133,7 @@ ROWS = {
         (*SWEEP, "loss.temperature=0"), "loss.temperature must be > 0"
     ),
     "sweep of zero trials": Bad(
-        (*SWEEP, "hydra.sweeper.n_trials=0"), "n_trials and n_jobs must be >= 1"
+        (*SWEEP, "hydra.sweeper.n_trials=0"), "n_trials and n_jobs must be >= 1", subprocess=True
     ),
     "unknown pruner": Bad(
         (*SWEEP, "hydra.sweeper.pruner.name=bogus"), "pruner.name='bogus' is unknown"
@@ -183,6 +206,18 @@ ROWS = {
     ),
     "loss target outside kdsweep": _slow(
         Bad(("loss._target_=os.system",), "loss._target_ must be one of")
+    ),
+    "target that does not import": Bad(
+        ("model._target_=torchvision.models.no_such_net",), "check the name, and that its"
+    ),
+    "target outside allowed_targets": _slow(
+        Bad(("model._target_=mypkg.Net",), "'allowed_targets=[mypkg.*]'")
+    ),
+    "target that builds the wrong type": _slow(
+        Bad(("model._target_=torch.optim.SGD",), "must name a torch nn.Module")
+    ),
+    "layer the model lacks": Bad(
+        ("loss=at", "loss.student_layers=[nope]"), "model=light has no layer 'nope'"
     ),
     # --- the cache folder ---
     "cache_dir is a file": Bad(("cache_dir={afile}",), "is a file): give cache_dir a writable"),
@@ -371,8 +406,12 @@ def _error_line(stderr: str, hydra_error: bool) -> str:
         for name, r in ROWS.items()
     ],
 )
-def test_bad_input_fails_cleanly(tmp_path: Path, other_teacher: Path, row: Bad) -> None:
+def test_bad_input_fails_cleanly(
+    tmp_path: Path, other_teacher: Path, empty_mlflow_db: Path, row: Bad
+) -> None:
     paths = _paths(tmp_path, other_teacher)
+    if row.mlflow is not None:  # a run will exist: skip the new database's migrations
+        shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cache = tmp_path / "cache"
@@ -397,7 +436,8 @@ def test_bad_input_fails_cleanly(tmp_path: Path, other_teacher: Path, row: Bad) 
         and (multirun or not a.startswith(("hydra.sweep.", "hydra.sweeper.")))
     ]
     command = ["-m"] if multirun else []
-    proc = run(tmp_path, [*command, *isolated, *(a for a in args if a != "-m")], timeout=300)
+    argv = [*command, *isolated, *(a for a in args if a != "-m")]
+    proc = run(tmp_path, argv, timeout=300) if row.subprocess else run_in_process(tmp_path, argv)
 
     assert proc.returncode == row.code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -437,12 +477,15 @@ def _nan_sweep_args(tmp_path: Path, study: str, cache: Path, *extra: str) -> lis
     )
 
 
-def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path, teacher_cache: Path) -> None:
+def test_diverging_trial_fails_and_the_sweep_goes_on(
+    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
+) -> None:
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     study_name = unique("nan")
     args = _nan_sweep_args(
         tmp_path, study_name, teacher_cache, "hydra.sweeper.max_failure_rate=0.5"
     )
-    proc = run(tmp_path, args)
+    proc = run_in_process(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -465,11 +508,12 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path, teacher_cac
 
 @pytest.mark.slow
 def test_too_many_failures_stop_the_sweep_with_one_line(
-    tmp_path: Path, teacher_cache: Path
+    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
 ) -> None:
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     study_name = unique("nan-stop")
     args = _nan_sweep_args(tmp_path, study_name, teacher_cache, "hydra.sweeper.max_failure_rate=0")
-    proc = run(tmp_path, args)
+    proc = run_in_process(tmp_path, args)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     line = _error_line(proc.stderr, hydra_error=False)

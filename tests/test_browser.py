@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import free_port, mlflow_runs, run, sweep_args, teacher_cache_fixture  # noqa: F401
+from _helpers import free_port, mlflow_runs, run, sweep_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import teacher_cache_fixture  # noqa: F401  (the teacher_cache fixture)
-from conftest import run_cli, settings_for
+from conftest import run_cli_in_process, settings_for
 from kdsweep.losses import AttentionTransfer, Hint, StepInputs
 
 
@@ -126,7 +125,9 @@ def test_feature_losses_refuse_pairs_they_cannot_compare() -> None:
         Hint().attach([(16, 4, 4)], [(32, 2, 2)])
 
 
-def test_the_hint_regressor_trains_with_the_student_and_is_not_saved(tmp_path: Path) -> None:
+def test_the_hint_regressor_trains_with_the_student_and_is_not_saved(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
     from kdsweep.data import load_splits
     from kdsweep.run.experiment import TrialHooks, execute
     from kdsweep.run.plan import plan_run
@@ -134,7 +135,7 @@ def test_the_hint_regressor_trains_with_the_student_and_is_not_saved(tmp_path: P
 
     settings = settings_for(
         "loss=hint", "teacher.epochs=1", "trainer.epochs=1", "trainer.progress=none",
-        f"cache_dir={tmp_path / 'cache'}", "tracking.enabled=false", "trainer.save_model=none",
+        f"cache_dir={teacher_cache}", "tracking.enabled=false", "trainer.save_model=none",
     )  # fmt: skip
     plan = plan_run(settings)
     (regressor,) = plan.loss_modules
@@ -148,12 +149,12 @@ def test_the_hint_regressor_trains_with_the_student_and_is_not_saved(tmp_path: P
 @pytest.mark.parametrize("loss", ["hint", "at"])
 @pytest.mark.parametrize("data", ["digits", pytest.param("synthetic", marks=pytest.mark.slow)])
 def test_each_feature_loss_trains_one_epoch_from_the_cli(
-    tmp_path: Path, teacher_cache: Path, loss: str, data: str
+    tracked_workdir: Path, teacher_cache: Path, loss: str, data: str
 ) -> None:
     extra = ["data.size=200", "data.test_size=40"] if data == "synthetic" else []
     if data == "digits":  # the digits teacher the other CLI tests share
         extra.append(f"cache_dir={teacher_cache}")
-    proc = run_cli(tmp_path, f"loss={loss}", f"data={data}", *extra)
+    proc = run_cli_in_process(tracked_workdir, f"loss={loss}", f"data={data}", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the teacher runs live on every batch" in proc.stdout + proc.stderr
 
@@ -180,10 +181,10 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_one_epoch_on_each_data_set_and_pair(
-    tmp_path: Path, shared_cache: Path, method: str, data: str, pair: str
+    tracked_workdir: Path, shared_cache: Path, method: str, data: str, pair: str
 ) -> None:
-    proc = run_cli(
-        tmp_path, f"loss={method}", *DATA[data], *PAIRS[pair], f"cache_dir={shared_cache}",
+    proc = run_cli_in_process(
+        tracked_workdir, f"loss={method}", *DATA[data], *PAIRS[pair], f"cache_dir={shared_cache}",
         "trainer.threads=1", "trainer.save_model=none",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,9 +19,8 @@ from _helpers import (
     kill_group,
     mlflow_client,
     mlflow_runs,
-    run,
+    run_in_process,
     start,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     wait_for,
 )
 from conftest import cli_env
@@ -92,7 +91,8 @@ def test_run_is_read_back_from_the_server(
     tmp_path: Path, mlflow_server: tuple[str, subprocess.Popen], teacher_cache: Path
 ) -> None:
     url, _ = mlflow_server
-    proc = run(tmp_path, _run_args(tmp_path, url, teacher_cache, "tracking.run_name=on-server"))
+    args = _run_args(tmp_path, url, teacher_cache, "tracking.run_name=on-server")
+    proc = run_in_process(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert FAILURE_LINE not in proc.stdout + proc.stderr
 

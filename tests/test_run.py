@@ -1,12 +1,13 @@
 """Whole runs through the real entry point, read back from MLflow.
 
-The successful runs go through ``kdsweep.main.main`` (``@hydra.main``) in this process, all
-into one SQLite database, once per module; exit codes and stderr of bad command lines are
-checked with ``python -m kdsweep`` subprocesses.
+The runs go through ``kdsweep.main.main`` (``@hydra.main``) in this process: the successful
+ones all into one SQLite database, once per module; bad command lines with their exit
+codes and stderr captured (tests/test_bad_inputs.py runs some as ``python -m kdsweep``).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import (
-    db_path,
-    finish_cli,
-    job_log,
-    mlflow_runs,
-    run_main_in_process,
-    start_cli,
-)
+from conftest import db_path, job_log, mlflow_runs, run_cli_in_process, run_main_in_process
 
 RUNS: dict[str, tuple[str, ...]] = {
     # name: overrides (each run also gets tracking.run_name=<name>, its own hydra.run.dir)
@@ -62,8 +56,9 @@ class Done:
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory) -> Done:
+def done(tmp_path_factory, empty_mlflow_db: Path) -> Done:
     result = Done(tmp_path_factory.mktemp("runs"))
+    shutil.copyfile(empty_mlflow_db, result.db)  # MLflow's schema, without its migrations
     for name, overrides in RUNS.items():
         result.codes[name] = run_main_in_process(
             result.workdir,
@@ -257,7 +252,7 @@ def test_unexpected_exception_ends_failed(done: Done, monkeypatch: pytest.Monkey
     assert run.data.tags["error"] == "RuntimeError: disk on fire"
 
 
-# --- bad command lines (subprocesses) -----------------------------------------------------
+# --- bad command lines -------------------------------------------------------------------
 
 BAD = {
     "negative-temperature": ("loss=kd", "loss.temperature=-1"),
@@ -269,10 +264,12 @@ BAD = {
 
 @pytest.fixture(scope="module")
 def bad_cli(tmp_path_factory) -> dict[str, tuple[Any, Path]]:
-    """Every BAD command line, run concurrently: name -> (CompletedProcess, workdir)."""
+    """Every BAD command line: name -> (CompletedProcess, workdir)."""
     base = tmp_path_factory.mktemp("bad-cli")
-    procs = {name: start_cli(base / name, *overrides) for name, overrides in BAD.items()}
-    return {name: (finish_cli(proc), base / name) for name, proc in procs.items()}
+    return {
+        name: (run_cli_in_process(base / name, *overrides), base / name)
+        for name, overrides in BAD.items()
+    }
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -310,12 +307,15 @@ def test_unknown_option_names_the_group(bad_cli) -> None:
     assert "nonexistent" in proc.stderr and "model" in proc.stderr
 
 
-def test_per_epoch_metrics_are_batched_and_all_written_by_finish(tmp_path, monkeypatch) -> None:
+def test_per_epoch_metrics_are_batched_and_all_written_by_finish(
+    tmp_path, monkeypatch, empty_mlflow_db: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
     from kdsweep.config.schema import TrackingConf
     from kdsweep.run import tracking
 
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setattr(tracking, "METRICS_FLUSH_S", 3600.0)
     tracker = tracking.RunTracker(TrackingConf(uri=uri), "batched", local_dir=tmp_path)

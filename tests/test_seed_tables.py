@@ -1,6 +1,7 @@
 """The multirun tables of kdsweep.callbacks: the seeds table (mean and 95 % interval per
 configuration, paired differences against a baseline) and the tutorial table, from fixed
-results.json records (no training) and from two real command-line multiruns."""
+results.json records (no training) and from real multiruns through the CLI entry (called in
+this process: the process itself is tested elsewhere)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import run_cli_in_process
 from kdsweep.config.schema import TrackingConf
 from kdsweep.core.stats import arm_stats, paired_diff, verdict
 from kdsweep.multirun.callbacks import (
@@ -314,7 +315,7 @@ def test_tutorial_table_counts_failed_runs_and_missing_ones() -> None:
 
 def test_cli_seeds_multirun_prints_and_saves_the_table(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun"
-    proc = run_cli(
+    proc = run_cli_in_process(
         tmp_path,
         "-m",
         "trainer.seed=0,1",
@@ -337,7 +338,7 @@ def test_cli_multirun_with_a_failed_job_ends_in_one_line_and_says_which(tmp_path
     """Hydra's basic sweeper runs every job, then raises the failed one's error: the table
     is written, names the run it left out, and the error is one line (it was a traceback)."""
     sweep_dir = tmp_path / "multirun"
-    proc = run_cli(
+    proc = run_cli_in_process(
         tmp_path,
         "-m",
         "trainer.seed=0,1",
@@ -358,7 +359,7 @@ def test_cli_multirun_with_a_failed_job_ends_in_one_line_and_says_which(tmp_path
 
 def test_cli_tutorial_multirun_with_tracking_off(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun"
-    proc = run_cli(
+    proc = run_cli_in_process(
         tmp_path,
         "-m",
         "experiment=tutorial_kd",
