@@ -23,8 +23,9 @@ from omegaconf import MISSING
 from kdsweep.config.choices import DEVICES, MAX_SEED, EpochChoice, Precision, Progress, SaveModel
 
 # instantiate() may build these and nothing else: a config (or a command line) cannot make
-# kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call).
-TRUSTED_TARGETS = ("kdsweep.*", "torch.optim.*")
+# kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call); the
+# top-level key ``allowed_targets`` adds the user's own packages (``[mypkg.*]``) to it.
+TRUSTED_TARGETS = ("kdsweep.*", "torch.*", "torchvision.*")
 
 
 # --- the teacher's recipe, trainer, tracking, sweep context -------------------------------

@@ -29,9 +29,31 @@ from kdsweep.core.errors import ConfigError, first_line
 NAME = "name"
 
 
-def instantiate_trusted(node: Any, *args: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` under kdsweep's target allow-list."""
-    return instantiate(node, *args, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)
+def instantiate_trusted(node: Any, *args: Any, allowed: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` under kdsweep's target allow-list, extended by the
+    user's ``allowed_targets``."""
+    trusted = (*TRUSTED_TARGETS, *allowed)
+    return instantiate(node, *args, _execution_whitelist_=trusted, **kwargs)
+
+
+class UnknownTarget(ConfigError):
+    """A target that the allow-list refuses or that does not import: the user can fix it
+    (allowed_targets, the name, PYTHONPATH). ``detail`` is why, and the fix."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _fix(exc: InstantiationException, target: str) -> str:
+    """What to do about a target Hydra refused: allow its package, or make it import
+    (nothing for those Hydra never runs, such as os.system)."""
+    if "not in the Hydra execution whitelist" in str(exc):
+        package = target.partition(".")[0]
+        return f"add its package to allowed_targets, e.g. 'allowed_targets=[{package}.*]'"
+    if "Error locating target" in str(exc):
+        return "check the name, and that its package is installed or on PYTHONPATH"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,7 @@ class Target:
 
     key: str  # where it sits in the config: model, teacher.model, optimizer...
     node: dict[str, Any]
+    allowed: tuple[str, ...] = ()  # the user's allowed_targets
 
     @property
     def target(self) -> str:
@@ -62,19 +85,32 @@ class Target:
     def locate(self) -> Any:
         """The callable, once the allow-list lets it run and it imports; else one line."""
         try:
-            return instantiate_trusted({"_target_": self.target}, _partial_=True).func
+            node = {"_target_": self.target}
+            return instantiate_trusted(node, _partial_=True, allowed=self.allowed).func
         except InstantiationException as exc:
-            raise ConfigError(f"{self.key}._target_={self.target}: {first_line(exc)}") from None
+            reason, fix = first_line(exc).rstrip("."), _fix(exc, self.target)
+            where = f"{self.key}._target_={self.target}"
+            if not fix:
+                raise ConfigError(f"{where}: {reason}") from None
+            raise UnknownTarget(f"{where}: {reason}: {fix}", f"{reason}: {fix}") from None
 
     def build(self, *args: Any, **offered: Any) -> Any:
         """Instantiate the target with ``args``, its arguments, and those of ``offered``
         (and ``name``) that its signature names: not through ``**kwargs``, which
-        torchvision's builders hand on to a class that may refuse them. Raises what the
-        callable raises (a loss's ValueError names its key)."""
+        torchvision's builders hand on to a class that may refuse them, except
+        ``num_classes``, which their classes all take. Raises what the callable raises (a
+        loss's ValueError names its key)."""
         made = self.locate()
-        named = inspect.signature(made).parameters
-        offered = {k: v for k, v in {**offered, NAME: self.name}.items() if k in named}
-        arguments = {**self.arguments, **offered}
+        try:
+            named = inspect.signature(made).parameters
+        except (TypeError, ValueError):  # a builtin without a signature: offer nothing
+            named = {}
+        wanted = {k: v for k, v in {**offered, NAME: self.name}.items() if k in named}
+        if "num_classes" in offered and any(p.kind is p.VAR_KEYWORD for p in named.values()):
+            # torchvision's builders (resnet18(*, weights, progress, **kwargs)) hand their
+            # **kwargs to the model's class, and every classifier takes num_classes.
+            wanted.setdefault("num_classes", offered["num_classes"])
+        arguments = {**self.arguments, **wanted}
         if is_dataclass(made):
             # The fields type the arguments (and refuse unknown keys) before the class
             # checks their ranges in __post_init__.
@@ -83,12 +119,20 @@ class Target:
         try:
             # Plain lists and dicts, not OmegaConf's containers, reach the callable.
             node = {"_target_": self.target, "_convert_": "all", **arguments}
-            return instantiate_trusted(node, *args)
+            return instantiate_trusted(node, *args, allowed=self.allowed)
         except InstantiationException as exc:
             raise (exc.__cause__ or exc) from None
 
 
 def build_network(target: Target, input_shape: tuple[int, ...], num_classes: int) -> Any:
     """A network for images of ``input_shape`` (C, H, W) and ``num_classes`` classes."""
+    from torch import nn
+
     shape = tuple(int(d) for d in input_shape)
-    return target.build(input_shape=shape, in_channels=shape[0], num_classes=int(num_classes))
+    network = target.build(input_shape=shape, in_channels=shape[0], num_classes=int(num_classes))
+    if not isinstance(network, nn.Module):
+        raise ConfigError(
+            f"{target.key}._target_={target.target} built a {type(network).__name__}, not a"
+            f" torch nn.Module: name a class or function that returns one"
+        )
+    return network

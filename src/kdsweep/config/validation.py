@@ -3,9 +3,11 @@
 Composition already checked the recipes' types (kdsweep.config.schema); here their ranges
 are checked (each dataclass's ``__post_init__``), the loss and the data set are built once
 (kdsweep.config.targets: their fields type their keys), the arguments of the networks and
-optimizers are checked, and the cross-field rules run. It happens once, in the
-process that runs the job, before torch and MLflow are imported: a typo costs a second,
-not a teacher's training.
+optimizers are checked, and the cross-field rules run. Every target must pass the
+allow-list (kdsweep's, torch's, torchvision's and the user's ``allowed_targets``), and one
+from outside kdsweep and torch.optim must import and be the right kind of object. It
+happens once, in the process that runs the job, before MLflow is imported (and torch, for
+kdsweep's own parts): a typo costs a second, not a teacher's training.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep import data as data_sets
 from kdsweep import losses
 from kdsweep.config.schema import SweepContext, TeacherConf, TrackingConf, TrainerConf
-from kdsweep.config.targets import Target
+from kdsweep.config.targets import Target, UnknownTarget
 from kdsweep.core.errors import ConfigError
 from kdsweep.core.files import directory_problem
 from kdsweep.data import DataSet
@@ -68,12 +70,35 @@ def typed(node: Any, schema: type, where: str) -> Any:
         raise _config_error(exc, where) from None
 
 
-def _node(node: Any, key: str) -> Target:
+def _node(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node)
     if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
         raise ConfigError(f"{key}._target_ is missing: {key} must name what builds it")
-    return Target(key, node)
+    return Target(key, node, allowed)
+
+
+def _allowed(cfg: DictConfig) -> tuple[str, ...]:
+    """The user's ``allowed_targets``: package patterns such as ``mypkg.*``."""
+    allowed = cfg.get("allowed_targets") or []
+    if not isinstance(allowed, (list, tuple, ListConfig)) or not all(
+        isinstance(p, str) and p for p in allowed
+    ):
+        raise ConfigError(
+            f"allowed_targets must be a list of package patterns, e.g. '[mypkg.*]', got {allowed}"
+        )
+    return tuple(allowed)
+
+
+def _located(target: Target) -> Any:
+    """The target's callable; None when Hydra never runs it (os.system). A target outside
+    the allow-list or that does not import is its own one-line error (it names the fix)."""
+    try:
+        return target.locate()
+    except UnknownTarget:
+        raise
+    except ConfigError:
+        return None
 
 
 # Arguments whose meaning is torch's wherever they appear (an optimizer's lr, a network's
@@ -91,9 +116,9 @@ NESTEROV: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def _target(node: Any, key: str) -> Target:
+def _target(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     """A network's or an optimizer's node, kept to be built later, its arguments checked."""
-    target = _node(node, key)
+    target = _node(node, key, allowed)
     arguments = target.arguments
     rules = {**RANGES, **(NESTEROV if arguments.get("nesterov") else {})}
     for name, (passes, rule) in rules.items():
@@ -106,10 +131,37 @@ def _target(node: Any, key: str) -> Target:
     return target
 
 
-def _optimizer(node: Any, key: str) -> Target:
-    target = _target(node, key)
-    if not target.target.startswith("torch.optim."):
-        raise ConfigError(f"{key}._target_ must name a torch.optim class, got {target.target!r}")
+def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
+    """A network's node. kdsweep's nets are known good (and importing them costs torch's
+    import); any other target must import now, and a class be an nn.Module (what a
+    function returns is checked when it is built: kdsweep.config.targets.build_network)."""
+    target = _target(node, key, allowed)
+    if target.target.startswith("kdsweep."):
+        return target
+    made = _located(target)
+    from torch import nn
+
+    if made is None or (isinstance(made, type) and not issubclass(made, nn.Module)):
+        raise ConfigError(
+            f"{key}._target_ must name a torch nn.Module class or a function that returns"
+            f" one, got {target.target!r}"
+        )
+    return target
+
+
+def _optimizer(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
+    """An optimizer's node: torch.optim's, or a torch Optimizer subclass of the user's."""
+    target = _target(node, key, allowed)
+    if target.target.startswith("torch.optim."):
+        return target
+    made = _located(target)
+    from torch.optim import Optimizer
+
+    if not (isinstance(made, type) and issubclass(made, Optimizer)):
+        raise ConfigError(
+            f"{key}._target_ must name a torch.optim class (a torch Optimizer), got"
+            f" {target.target!r}"
+        )
     return target
 
 
@@ -121,15 +173,17 @@ BUILT_NOW: dict[str, tuple[ModuleType, type]] = {
 }
 
 
-def _built(node: Any, group: str) -> Any:
+def _built(node: Any, group: str, allowed: tuple[str, ...]) -> Any:
     """Build a loss or a data set once: its fields type its keys, its class checks
-    their ranges."""
+    their ranges. The user's own (a subclass of kdsweep's) builds the same way."""
     package, kind = BUILT_NOW[group]
-    target = _node(node, group)
+    target = _node(node, group, allowed)
     try:
-        made = target.locate()
+        made, why = target.locate(), ""
+    except UnknownTarget as exc:
+        made, why = None, f" ({exc.detail})"
     except ConfigError:
-        made = None
+        made, why = None, ""
     if not (isinstance(made, type) and issubclass(made, kind)):
         exported = (getattr(package, name) for name in package.__all__)
         names = sorted(
@@ -137,7 +191,10 @@ def _built(node: Any, group: str) -> Any:
             for c in exported
             if isinstance(c, type) and issubclass(c, kind) and c is not kind
         )
-        raise ConfigError(f"{group}._target_ must be one of {names}, got {target.target!r}")
+        raise ConfigError(
+            f"{group}._target_ must be one of {names} or a subclass of"
+            f" {package.__name__}.{kind.__name__}, got {target.target!r}{why}"
+        )
     try:
         return target.build()
     except (OmegaConfBaseException, ValueError) as exc:
@@ -160,14 +217,15 @@ def validate(cfg: DictConfig) -> Settings:
     # where the user set it.
     trainer = typed(cfg.trainer, TrainerConf, "trainer")
     teacher = typed(cfg.teacher, TeacherConf, "teacher")
+    allowed = _allowed(cfg)
     settings = Settings(
-        data=_built(cfg.data, "data"),
-        model=_target(cfg.model, "model"),
+        data=_built(cfg.data, "data", allowed),
+        model=_network(cfg.model, "model", allowed),
         teacher=teacher,
-        teacher_model=_target(teacher.model, "teacher.model"),
-        teacher_optimizer=_optimizer(teacher.optimizer, "teacher.optimizer"),
-        loss=_built(cfg.loss, "loss"),
-        optimizer=_optimizer(cfg.optimizer, "optimizer"),
+        teacher_model=_network(teacher.model, "teacher.model", allowed),
+        teacher_optimizer=_optimizer(teacher.optimizer, "teacher.optimizer", allowed),
+        loss=_built(cfg.loss, "loss", allowed),
+        optimizer=_optimizer(cfg.optimizer, "optimizer", allowed),
         trainer=trainer,
         tracking=typed(cfg.tracking, TrackingConf, "tracking"),
         sweep=typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
@@ -185,9 +243,17 @@ def validate(cfg: DictConfig) -> Settings:
 
 
 def check_combination(settings: Settings) -> None:
-    """The cross-field rules: refuse model x loss combinations that cannot train."""
-    if settings.loss.needs_student_hidden and not settings.model.arguments.get("returns_hidden"):
+    """The cross-field rules: refuse model x loss combinations that cannot train. (Another
+    network's layers are checked once it is built: kdsweep.run.plan.)"""
+    kdsweep_student = settings.model.target.startswith("kdsweep.")
+    if (
+        settings.loss.needs_student_hidden
+        and kdsweep_student
+        and not settings.loss.taps()[0].hidden
+        and not settings.model.arguments.get("returns_hidden")
+    ):
         raise ConfigError(
             f"loss={settings.loss.name} needs a student that returns its hidden representation;"
-            f" model={settings.model.name} does not: use model=modified"
+            f" model={settings.model.name} does not: use model=modified, or name the layer"
+            " whose output is its hidden vector in loss.student_hidden_layer"
         )

@@ -7,7 +7,7 @@ its fields typing the keys and ``__post_init__`` checking their ranges
 ``_target_`` the class's module path or, once it is exported here,
 ``kdsweep.losses.<Class>``).
 
-- base: the interface (Objective, StepInputs, LossOutput);
+- base: the interface (Objective, StepInputs, LossOutput, Taps: the layers it reads);
 - tutorial: the seed tutorial's CE, KD, cosine and MultiMargin;
 - logits: DIST and DKD;
 - features: attention transfer and the hint, on stage feature maps.
@@ -17,7 +17,7 @@ typo refused) before torch's ~2 s import. Each loss returns its total and its un
 component terms (for logging). Formulas follow the seed notes (DESIGN.md section 5).
 """
 
-from kdsweep.losses.base import LossOutput, Objective, StepInputs, check_weights
+from kdsweep.losses.base import LossOutput, Objective, StepInputs, Taps, check_weights
 from kdsweep.losses.features import AttentionTransfer, Hint
 from kdsweep.losses.logits import DIST, DKD
 from kdsweep.losses.tutorial import (
@@ -40,6 +40,7 @@ __all__ = [
     "MultiMargin",
     "Objective",
     "StepInputs",
+    "Taps",
     "check_weights",
     "soft_target_loss",
 ]

@@ -44,8 +44,8 @@ class StepInputs:
     teacher_logits: torch.Tensor | None = None
     teacher_hidden: torch.Tensor | None = None
     epoch: int = 1  # the training epoch, from 1 (losses with a warm-up read it)
-    # The feature map at the end of each stage (kdsweep.models.FeatureNet), for the losses
-    # that declare needs_student_features / needs_teacher_features.
+    # The feature maps of the loss's layers (Objective.taps; by default each stage's end),
+    # for the losses that declare needs_student_features / needs_teacher_features.
     student_features: list[torch.Tensor] | None = None
     teacher_features: list[torch.Tensor] | None = None
 
@@ -70,6 +70,18 @@ def check_weights(**weights: float) -> None:
             raise ValueError(f"loss.{key} must be a finite number >= 0, got {value}")
     if all(value == 0 for value in weights.values()):
         raise ValueError(f"loss weights {', '.join(weights)} are all 0: nothing would be learned")
+
+
+@dataclass(frozen=True)
+class Taps:
+    """The named layers of a network (paths as ``model.named_modules()`` gives them, e.g.
+    ``layer2`` or ``features.5``) whose outputs a loss reads through forward hooks:
+    ``features`` the maps AT and hint compare, ``hidden`` the layer whose output, flattened,
+    is the vector the cosine loss compares. Empty: the network's own (kdsweep's nets give
+    their stages and hidden vector; another network must name them)."""
+
+    features: tuple[str, ...] = ()
+    hidden: str | None = None
 
 
 @dataclass
@@ -97,6 +109,10 @@ class Objective:
             if f.name != "name" and isinstance(getattr(self, f.name), (int, float))
         ]
         return f"loss={self.name}: {', '.join(values)}" if values else ""
+
+    def taps(self) -> tuple[Taps, Taps]:
+        """The student's and the teacher's layers this loss reads (none by default)."""
+        return Taps(), Taps()
 
     def attach(self, student_maps: list[tuple[int, ...]], teacher_maps: list[tuple[int, ...]]):  # noqa: ANN201
         """Called once before training with the (C, H, W) shape of each stage's feature map

@@ -1,10 +1,12 @@
-"""Losses on the stage feature maps (kdsweep.models.FeatureNet): attention transfer and the
-tutorial's hint. Their teacher runs live: feature maps are not cached (kdsweep.plan).
-Their feature terms take every sample of a batch; CE its labelled samples only."""
+"""Losses on feature maps: attention transfer and the tutorial's hint. The maps are the
+outputs of named layers (``loss.student_layers``, ``loss.teacher_layers``, read by forward
+hooks), by default the ends of the stages of kdsweep's nets. Their teacher runs live:
+feature maps are not cached (kdsweep.run.plan). Their feature terms take every sample of
+a batch; CE its labelled samples only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -14,6 +16,7 @@ from kdsweep.losses.base import (
     LossOutput,
     Objective,
     StepInputs,
+    Taps,
     check_positive,
     check_weights,
     labelled_cross_entropy,
@@ -22,7 +25,23 @@ from kdsweep.losses.base import (
 
 
 @dataclass
-class AttentionTransfer(Objective):
+class FeatureMapObjective(Objective):
+    """A loss on the feature maps of the student's and the teacher's named layers; [] takes
+    the network's stage ends (kdsweep's nets), e.g. ``loss.teacher_layers=[layer2,layer3]``
+    for a torchvision ResNet."""
+
+    student_layers: list[str] = field(default_factory=list)
+    teacher_layers: list[str] = field(default_factory=list)
+    uses_teacher: ClassVar[bool] = True
+    needs_teacher_features: ClassVar[bool] = True
+    needs_student_features: ClassVar[bool] = True
+
+    def taps(self) -> tuple[Taps, Taps]:
+        return Taps(tuple(self.student_layers)), Taps(tuple(self.teacher_layers))
+
+
+@dataclass
+class AttentionTransfer(FeatureMapObjective):
     """ce_weight * CE + weight * sum over stages of mean((Q_s - Q_t)^2), with the attention
     map Q = normalize(mean over channels of |F|^p), flattened per sample, for the feature map F
     at the end of each stage; a stage's larger map is average-pooled to the smaller's size
@@ -36,9 +55,6 @@ class AttentionTransfer(Objective):
     weight: float = 1000.0
     p: float = 2.0
     ce_weight: float = 1.0
-    uses_teacher: ClassVar[bool] = True
-    needs_teacher_features: ClassVar[bool] = True
-    needs_student_features: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive(p=self.p)
@@ -49,7 +65,8 @@ class AttentionTransfer(Objective):
             raise ValueError(
                 f"loss=at pairs the stages of student and teacher: the student has"
                 f" {len(student_maps)} stages, the teacher {len(teacher_maps)}; pick a pair"
-                " with as many (light/deep, resnet8x4/resnet32x4, wrn_16_2/wrn_40_2)"
+                " with as many (light/deep, resnet8x4/resnet32x4, wrn_16_2/wrn_40_2), or"
+                " name as many layers in loss.student_layers and loss.teacher_layers"
             )
         return []
 
@@ -74,7 +91,7 @@ class AttentionTransfer(Objective):
 
 
 @dataclass
-class Hint(Objective):
+class Hint(FeatureMapObjective):
     """ce_weight * CE + feature_map_weight * MSE(regressor(F_s), F_t), for the feature maps
     F at the end of the last stage; the regressor, a 3x3 convolution from the student's
     channels to the teacher's, trains with the student and is not part of it.
@@ -87,9 +104,6 @@ class Hint(Objective):
     name: str = "hint"
     feature_map_weight: float = 0.25
     ce_weight: float = 0.75
-    uses_teacher: ClassVar[bool] = True
-    needs_teacher_features: ClassVar[bool] = True
-    needs_student_features: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_weights(feature_map_weight=self.feature_map_weight, ce_weight=self.ce_weight)

@@ -14,6 +14,7 @@ from kdsweep.losses.base import (
     LossOutput,
     Objective,
     StepInputs,
+    Taps,
     check_positive,
     check_weights,
     labelled_cross_entropy,
@@ -80,18 +81,25 @@ class CosineHidden(Objective):
     """hidden_weight * (1 - cos(student hidden, pooled teacher hidden)) + ce_weight * CE.
 
     The seed's cosine-embedding variant: CosineEmbeddingLoss with target +1 on the
-    flattened conv features. Needs a student that returns them (model=modified). The
-    cosine term averages over every sample, labelled or not; CE over the labelled ones."""
+    flattened conv features. Needs a student that returns them (model=modified), or the
+    layers whose outputs, flattened, are the hidden vectors (``loss.student_hidden_layer``,
+    ``loss.teacher_hidden_layer``: any network). The cosine term averages over every
+    sample, labelled or not; CE over the labelled ones."""
 
     name: str = "cosine"
     hidden_weight: float = 0.25
     ce_weight: float = 0.75
+    student_hidden_layer: str | None = None
+    teacher_hidden_layer: str | None = None
     uses_teacher: ClassVar[bool] = True
     needs_teacher_hidden: ClassVar[bool] = True
     needs_student_hidden: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_weights(hidden_weight=self.hidden_weight, ce_weight=self.ce_weight)
+
+    def taps(self) -> tuple[Taps, Taps]:
+        return Taps(hidden=self.student_hidden_layer), Taps(hidden=self.teacher_hidden_layer)
 
     def forward(self, batch: StepInputs) -> LossOutput:
         assert batch.student_hidden is not None and batch.teacher_hidden is not None

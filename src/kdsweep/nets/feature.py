@@ -1,8 +1,14 @@
-"""What every network kdsweep trains is: a :class:`FeatureNet`, which returns its logits,
-its hidden representation and its stage feature maps; and the helpers that pool a
-teacher's hidden vector to the student's width."""
+"""What the training loop and the losses ask of a network: a :class:`FeatureNet`, which
+returns its logits, its hidden representation and its stage feature maps. kdsweep's own
+nets are FeatureNets; any other ``nn.Module`` (torchvision's, the user's) becomes one
+through :class:`HookedNet`, which reads the outputs of named layers by forward hooks
+(torchdistill's way). Also the helpers that pool a teacher's hidden vector to the
+student's width."""
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,3 +57,86 @@ def hidden_pool_kernel(teacher_width: int, student_width: int) -> int:
 
 def pool_hidden(hidden: torch.Tensor, kernel: int) -> torch.Tensor:
     return hidden if kernel == 1 else F.avg_pool1d(hidden, kernel)
+
+
+class HookedNet(FeatureNet):
+    """``network`` as a FeatureNet: its ``features`` layers' outputs are the feature maps and
+    its ``hidden`` layer's output, flattened, the hidden vector. Without them it gives what
+    a kdsweep net gives itself, or, for another network, no maps and its logits as the
+    hidden vector (no loss reads it then: the cosine loss must name a layer).
+
+    The hooks live for one forward pass only, so the network itself stays hook-free: it is
+    saved, copied and traced as it is."""
+
+    returns_hidden = False
+
+    def __init__(
+        self, network: nn.Module, features: Sequence[str] = (), hidden: str | None = None
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.feature_layers = list(features)
+        self.hidden_layer = hidden
+
+    def forward_with_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        names = [*self.feature_layers, *([self.hidden_layer] if self.hidden_layer else [])]
+        layers = dict(self.network.named_modules())
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):  # noqa: ANN202 - a forward hook
+            def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+                seen[name] = output[0] if isinstance(output, (tuple, list)) else output
+
+            return hook
+
+        handles = [layers[name].register_forward_hook(keep(name)) for name in names]
+        try:
+            if isinstance(self.network, FeatureNet):
+                logits, hidden, maps = self.network.forward_with_features(x)
+            else:
+                out = self.network(x)
+                logits = out[0] if isinstance(out, (tuple, list)) else out
+                hidden, maps = logits, []
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.hidden_layer:
+            hidden = torch.flatten(seen[self.hidden_layer], 1)
+        if self.feature_layers:
+            maps = [seen[name] for name in self.feature_layers]
+        return logits, hidden, maps
+
+
+def network_of(model: nn.Module) -> nn.Module:
+    """The network itself, without the HookedNet around it (what is saved)."""
+    return model.network if isinstance(model, HookedNet) else model
+
+
+def as_feature_net(
+    model: nn.Module, features: Sequence[str] = (), hidden: str | None = None
+) -> FeatureNet:
+    """``model`` itself when no layer is named and it has the loop's interface already (a
+    FeatureNet, or a module with its ``forward_with_hidden``), else a HookedNet."""
+    if not features and not hidden and hasattr(model, "forward_with_hidden"):
+        return model  # type: ignore[return-value]
+    return HookedNet(network_of(model), features, hidden)
+
+
+def top_layers(model: nn.Module) -> str:
+    """The names of a network's top-level layers, for messages that ask for one."""
+    return ", ".join(name for name, _ in network_of(model).named_children())
+
+
+def check_layers(model: nn.Module, names: Sequence[str], key: str, what: str) -> None:
+    """Every name is a layer of ``model``; else one line naming the ones that would fit
+    (the closest names, or its top-level layers)."""
+    layers = [name for name, _ in network_of(model).named_modules() if name]
+    for name in names:
+        if name not in layers:
+            near = ", ".join(difflib.get_close_matches(name, layers, n=6, cutoff=0.6))
+            raise ConfigError(
+                f"{key}: {what} has no layer {name!r}; layers that would fit:"
+                f" {near or top_layers(model)} (print the model for them all)"
+            )

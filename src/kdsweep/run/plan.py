@@ -13,7 +13,8 @@ from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
 from kdsweep.core.errors import ConfigError
 from kdsweep.data import TensorSplits, load_splits
-from kdsweep.nets import FeatureNet, hidden_pool_kernel
+from kdsweep.losses import Objective, Taps
+from kdsweep.nets import FeatureNet, as_feature_net, check_layers, hidden_pool_kernel, top_layers
 from kdsweep.training.batches import TeacherSource
 from kdsweep.training.devices import resolve_device
 from kdsweep.training.teacher import Teacher, prepare_teacher
@@ -53,7 +54,9 @@ def plan_run(settings: Settings) -> Plan:
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(settings.trainer.seed)
+    student_taps, teacher_taps = settings.loss.taps()
     student = build_network(settings.model, data.input_shape, data.num_classes).to(device)
+    student = hooked(student, student_taps, "student", settings)
     teacher = train_source = val_source = None
     if settings.uses_teacher:
         objective = settings.loss
@@ -62,12 +65,16 @@ def plan_run(settings: Settings) -> Plan:
             # Shapes only: an untrained teacher of the same network tells them, so a
             # pair the loss cannot compare is refused before the teacher trains.
             probe = build_network(settings.teacher_model, data.input_shape, data.num_classes)
-            probe = probe.to(device).eval()
+            probe = hooked(probe.to(device).eval(), teacher_taps, "teacher", settings)
             if objective.needs_teacher_hidden:
-                kernel = hidden_pool_kernel(probe.hidden_width, student.hidden_width)
+                widths = [hidden_width(net, data.train_x[:1]) for net in (probe, student)]
+                kernel = hidden_pool_kernel(*widths)
             if objective.needs_teacher_features:
                 loss_modules = attach_loss(settings, student, probe, data)
         teacher = prepare_teacher(settings, data, device)
+        teacher_net = as_feature_net(teacher.model, teacher_taps.features, teacher_taps.hidden)
+        # Outputs of a named hidden layer are other outputs: cached under their own key.
+        outputs_key = teacher.key + (f"-{teacher_taps.hidden}" if teacher_taps.hidden else "")
         if objective.needs_teacher_features:
             # Stage feature maps are large (DeepNN's first on CIFAR's training split: 3.3 GB),
             # so they are not cached: the teacher runs on every batch.
@@ -76,7 +83,7 @@ def plan_run(settings: Settings) -> Plan:
                 " runs live on every batch",
                 objective.name,
             )
-            source = live_source(teacher.model, kernel)
+            source = live_source(teacher_net, kernel)
             return Plan(settings, device, data, student, teacher, source, source, loss_modules)
         need = {
             "need_logits": objective.needs_teacher_logits,
@@ -85,17 +92,52 @@ def plan_run(settings: Settings) -> Plan:
         }
         if settings.teacher.cache_outputs:
             val_source = cached_source(
-                teacher.model, teacher.key, "val", data.val_x, settings.cache_dir, **need
+                teacher_net, outputs_key, "val", data.val_x, settings.cache_dir, **need
             )
         else:
-            val_source = live_source(teacher.model, kernel)
+            val_source = live_source(teacher_net, kernel)
         if settings.teacher.cache_outputs and not settings.data.augment:
             train_source = cached_source(
-                teacher.model, teacher.key, "train", data.train_x, settings.cache_dir, **need
+                teacher_net, outputs_key, "train", data.train_x, settings.cache_dir, **need
             )
         else:  # augmented images differ every epoch: the teacher must see each one
-            train_source = live_source(teacher.model, kernel)
+            train_source = live_source(teacher_net, kernel)
     return Plan(settings, device, data, student, teacher, train_source, val_source)
+
+
+def hooked(model: torch.nn.Module, taps: Taps, side: str, settings: Settings) -> FeatureNet:
+    """``model`` as the loss reads it: its layers named in ``taps`` hooked
+    (kdsweep.nets.HookedNet). A layer it lacks, or a network other than kdsweep's that
+    names none where the loss needs them, is one line, before the teacher trains."""
+    objective: Objective = settings.loss
+    network = settings.model if side == "student" else settings.teacher_model
+    what = f"{network.key}={network.name}"
+    check_layers(model, taps.features, f"loss.{side}_layers", what)
+    check_layers(model, [taps.hidden] if taps.hidden else [], f"loss.{side}_hidden_layer", what)
+    if not isinstance(model, FeatureNet):
+        needs = {
+            f"loss.{side}_layers": getattr(objective, f"needs_{side}_features")
+            and not taps.features,
+            f"loss.{side}_hidden_layer": getattr(objective, f"needs_{side}_hidden")
+            and not taps.hidden,
+        }
+        for key, missing in needs.items():
+            if missing:
+                raise ConfigError(
+                    f"{key}: {what} is not one of kdsweep's nets, so loss={objective.name}"
+                    f" needs its layers named; its layers: {top_layers(model)}"
+                )
+    return as_feature_net(model, taps.features, taps.hidden)
+
+
+@torch.no_grad()
+def hidden_width(net: FeatureNet, probe: torch.Tensor) -> int:
+    """The width of ``net``'s hidden vector, read off one image in eval mode."""
+    was_training = net.training
+    net.eval()
+    width = int(net.forward_with_hidden(probe)[1].shape[1])
+    net.train(was_training)
+    return width
 
 
 @torch.no_grad()

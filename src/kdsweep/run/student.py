@@ -33,7 +33,7 @@ from torch import nn
 
 from kdsweep.config.targets import Target, build_network
 from kdsweep.core.errors import CheckpointError, first_line
-from kdsweep.nets import FeatureNet
+from kdsweep.nets import network_of
 from kdsweep.run.serving import on_raw_pixels, raw_pixels, save_served_model
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class StudentSpec:
     def target(self) -> Target:
         return Target("model", self.network)
 
-    def build(self) -> FeatureNet:
+    def build(self) -> nn.Module:
         return build_network(self.target, self.input_shape, self.num_classes)
 
     @classmethod
@@ -92,12 +92,13 @@ class Logits(nn.Module):
     """The student as a classifier: images -> logits, whatever its ``forward`` returns
     (a ``returns_hidden`` student also yields its features; a deployed model does not)."""
 
-    def __init__(self, model: FeatureNet) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_with_hidden(x)[0]
+        out = self.model(x)
+        return out[0] if isinstance(out, tuple) else out
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -105,7 +106,7 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_student(
-    model: FeatureNet,
+    model: nn.Module,
     spec: StudentSpec,
     normalization: tuple[Sequence[float], Sequence[float]],
     raw_example: torch.Tensor,
@@ -115,7 +116,8 @@ def save_student(
     """Write the MLflow model (raw pixels in: ``normalization``'s mean and std are its
     first layer), ``state_dict.pt`` and ``kdsweep.json`` into ``folder`` (replaced). A
     model torch.fx cannot trace keeps its state_dict and says why in ``kdsweep.json``
-    (``export_error``)."""
+    (``export_error``). A network the loss hooked is saved without its hooks."""
+    model = network_of(model)
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
@@ -132,7 +134,10 @@ def save_student(
         )
     except Exception as exc:  # the weights are kept whatever the tracer thinks
         info["export_error"] = first_line(exc)[:500]
-        log.warning("student: saving the MLflow model failed (%s); keeping the state_dict", exc)
+        log.warning(
+            "student: cannot save it as an MLflow model (%s); keeping its state_dict",
+            info["export_error"],
+        )
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdsweep.losses import StepInputs
-from kdsweep.nets import pool_hidden
+from kdsweep.nets import as_feature_net, pool_hidden
 
 
 @dataclass
@@ -53,12 +53,14 @@ def student_forward(
     model: nn.Module, features: bool
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]]:
     """The student's forward pass for the loop: logits, hidden vector, and (``features``)
-    its stage feature maps."""
+    its feature maps. ``model`` is any network (kdsweep.nets.as_feature_net): a teacher
+    in training too."""
+    net = as_feature_net(model)
     if features:
-        return model.forward_with_features
+        return net.forward_with_features
 
     def without_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        logits, hidden = model.forward_with_hidden(x)
+        logits, hidden = net.forward_with_hidden(x)
         return logits, hidden, None
 
     return without_maps
