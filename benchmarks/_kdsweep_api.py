@@ -19,7 +19,9 @@ from kdsweep.config.schema import TrainerConf
 # channels_last, compile (loops, gpu).
 # Data: load_splits(conf) -> TensorSplits (.to(), train/val/test x and y, input_shape,
 # num_classes, fingerprint, nbytes); TensorSplits(...) is built positionally in loops.
-from kdsweep.data import DigitsData, SyntheticData, TensorSplits, load_splits
+# Streamed: ImageFolderData(root=, workers=, cache_dir=).load() -> TensorSplits whose
+# train/val/test x are ImageSplits (len, slices, .dataset.indices) (streamed).
+from kdsweep.data import DigitsData, ImageFolderData, SyntheticData, TensorSplits, load_splits
 
 # Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
@@ -44,6 +46,7 @@ from kdsweep.training.teacher_outputs import cached_source
 __all__ = [
     "CrossEntropy",
     "DigitsData",
+    "ImageFolderData",
     "KnowledgeDistillation",
     "SeedNet",
     "SyntheticData",

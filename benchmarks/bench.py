@@ -16,9 +16,14 @@ Rows (targets and measured figures: docs/performance.md):
   f  GPU only: bf16 + channels_last (+ compile) vs fp32 img/s for the student (KD,
      batch 128) and the teacher (CE, batch 512); host syncs per KD epoch
   g  CPU: a digits run (8x8, LightNN) with 1 torch thread vs torch's default          (reported)
+  h  a generated ImageFolder of 3x32x32 PNGs (>= 20,000 by default), KD epoch img/s:
+     h1 streamed (teacher outputs cached by index, memory-mapped) vs the seed loop  >= 3x
+     h2 streamed vs the same images decoded into memory                            >= 0.5x
+     h3 the streamed run's peak RSS growth / the decoded training split            < 0.25
 
 Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data group);
-c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses.
+c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses; h writes
+its image folder into the work directory (``data=imagefolder``, streamed.py).
 Progress goes to stderr, the table to stdout. Timings are medians of interleaved repeats
 after a warm-up, but a shared machine is noisy: rerun before believing a FAIL.
 
@@ -50,7 +55,7 @@ if _HERE not in sys.path:
 
 from table import Row, format_table, mb, notes  # noqa: E402
 
-ROW_KEYS = "abcdefg"
+ROW_KEYS = "abcdefgh"
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,15 @@ class Sizes:
     sweep_epochs: int
     overhead_trials: tuple[int, int]
     sweep_timeout_s: float
+    folder_images: int  # row h's generated ImageFolder (train/; test/ is a tenth of it)
+    folder_repeats: int
 
 
 MODES = {
-    "smoke": Sizes(320, 64, 1, 2, 1, 3, 1, (1, 3), 600.0),
+    "smoke": Sizes(320, 64, 1, 2, 1, 3, 1, (1, 3), 600.0, 600, 1),
     # Sweeps train trainer.epochs' default (10, the tutorial's recipe) per trial.
-    "default": Sizes(3000, 500, 5, 7, 2, 30, 10, (2, 12), 1800.0),
-    "cifar-scale": Sizes(50_000, 10_000, 3, 5, 1, 30, 10, (2, 12), 3600.0),
+    "default": Sizes(3000, 500, 5, 7, 2, 30, 10, (2, 12), 1800.0, 20_000, 3),
+    "cifar-scale": Sizes(50_000, 10_000, 3, 5, 1, 30, 10, (2, 12), 3600.0, 50_000, 3),
 }
 
 
@@ -253,6 +260,39 @@ def rows_f(data: Any, device: Any, sizes: Sizes) -> list[Row]:
     return rows
 
 
+def rows_h(workdir: Path, sizes: Sizes, workers: int) -> list[Row]:
+    from streamed import measure_streamed, memory_in_subprocess, write_folder
+
+    n = sizes.folder_images
+    seed_row = Row("h1", f"ImageFolder KD epoch img/s: streamed vs seed loop ({n} PNGs)", ">= 3x")
+    memory_row = Row("h2", "ImageFolder KD epoch img/s: streamed vs in memory", ">= 0.5x")
+    rss_row = Row("h3", "streamed peak RSS growth / decoded train split", "< 0.25")
+    progress(f"h: writing {n} PNG images of 3x32x32 (+ a test/ tenth) under {workdir}")
+    root = write_folder(workdir / "imagefolder", n)
+    cache = workdir / "imagefolder-cache"
+    fig = measure_streamed(root, cache, workers, sizes.folder_repeats, progress)
+    seed_row.kdsweep = memory_row.kdsweep = f"{fig['streamed_images_per_s']:,.0f} img/s"
+    seed_row.baseline = f"{fig['seed_images_per_s']:,.0f} img/s"
+    memory_row.baseline = f"{fig['in_memory_images_per_s']:,.0f} img/s"
+    seed_row.figure, memory_row.figure = fig["vs_seed"], fig["vs_in_memory"]
+    seed_row.figure_text = f"{fig['vs_seed']:.1f}x"
+    memory_row.figure_text = f"{fig['vs_in_memory']:.2f}x"
+    seed_row.passed, memory_row.passed = fig["vs_seed"] >= 3.0, fig["vs_in_memory"] >= 0.5
+    seed_row.details = memory_row.details = fig
+    try:
+        memory = memory_in_subprocess(root, cache, workers, sizes.sweep_timeout_s)
+    except Exception as exc:
+        rss_row.error = _one_line(exc)
+        return [seed_row, memory_row, rss_row]
+    rss_row.kdsweep = mb(memory["growth_bytes"])
+    rss_row.baseline = mb(memory["decoded_bytes"])
+    rss_row.figure = memory["ratio"]
+    rss_row.figure_text = f"{rss_row.figure:.2f}"
+    rss_row.passed = rss_row.figure < 0.25
+    rss_row.details = memory
+    return [seed_row, memory_row, rss_row]
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
@@ -262,7 +302,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog=PROGRAM,
         description="Measure kdsweep's performance levers side by side and print ratios"
         " against their targets.",
-        epilog='Rows, targets and measured figures: docs/performance.md.'
+        epilog="Rows, targets and measured figures: docs/performance.md."
         " Run from a clone with kdsweep installed (pip install -e .).",
     )
     size = parser.add_mutually_exclusive_group()
@@ -279,6 +319,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="row c's sampler seed")
     parser.add_argument(
         "--repeats", type=int, help="timed repeats of rows a and b (default: per mode)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="row h's DataLoader workers (default 2)"
     )
     parser.add_argument(
         "--workdir", help="keep sweep files here (default: a temporary directory, removed)"
@@ -343,6 +386,10 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
             guarded("f", "GPU levers", "report", lambda: rows_f(data, device, sizes))
         if "g" in args.only and device.type == "cpu":
             guarded("g", "CPU threads", "report", lambda: row_g(sizes))
+        if "h" in args.only:
+            guarded(
+                "h", "streamed ImageFolder", ">= 3x", lambda: rows_h(workdir, sizes, args.workers)
+            )
 
     elapsed = time.perf_counter() - started
     threads = torch.get_num_threads()

@@ -17,17 +17,19 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
+    from kdsweep.data.streamed import ImageSplit
+
 log = logging.getLogger(__name__)
 
 # Colour images that random crop + flip make sense for.
-AUGMENTABLE = ("cifar10", "cifar100", "synthetic")
+AUGMENTABLE = ("cifar10", "cifar100", "synthetic", "imagefolder")
 # Fewer training images than this is a mistake (val_fraction=0.99999), not an experiment.
 MIN_TRAIN = 10
 DIGITS_IMAGES = 1797
@@ -42,6 +44,8 @@ LABELS_STREAM = 20
 class DataSet:
     """What every data set has: a seeded val split held out of its training images."""
 
+    # True where the images are streamed from disk (ImageSplit), not held as tensors.
+    streamed: ClassVar[bool] = False
     name: str = "dataset"
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -146,11 +150,14 @@ class SyntheticData(DataSet):
 
 @dataclass
 class TensorSplits:
-    train_x: torch.Tensor
+    """train / val / test: images as in-memory tensors, or streamed (ImageSplit: length,
+    slices, batches) for data that do not fit in memory; labels always as tensors."""
+
+    train_x: torch.Tensor | ImageSplit
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | ImageSplit
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | ImageSplit
     test_y: torch.Tensor
     num_classes: int
     fingerprint: str

@@ -55,7 +55,7 @@ class TrialHooks:
 
 
 def _augmenter(settings: Settings) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    if not settings.data.augment:
+    if not settings.data.augment or settings.data.streamed:  # streamed: in the workers
         return None
     from kdsweep.data.augment import crop_and_flip
 

@@ -1,6 +1,7 @@
 """The one training loop, for every objective, student and teacher alike.
 
-Per batch it indexes the on-device data with a permutation, asks the teacher source for
+Per batch it indexes the on-device data with a permutation (or, for a streamed split,
+takes the DataLoader's batch in that permutation's order), asks the teacher source for
 its outputs (precomputed or live), runs the student, and steps. Loss sums stay on the
 device: the host syncs once per epoch, not once per batch.
 """
@@ -12,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from kdsweep.config.schema import TrainerConf
 from kdsweep.core.errors import NonFiniteLossError
+from kdsweep.data import ImageSplit
 from kdsweep.losses import Objective
 from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
 
@@ -69,6 +71,35 @@ class FitResult:
 
 EpochCallback = Callable[[EpochRecord], None]
 Augment = Callable[[torch.Tensor], torch.Tensor]
+Images = torch.Tensor | ImageSplit
+Taught = tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]
+
+
+def _batches(
+    images: Images, batch_size: int, order: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(sample indices, images) per batch in ``order`` (None: as stored): indexed from an
+    in-memory tensor, or streamed through a split's DataLoader."""
+    if isinstance(images, ImageSplit):
+        yield from images.batches(batch_size, order)
+        return
+    for start in range(0, len(images), batch_size):
+        if order is None:  # a view, no copy
+            stop = min(start + batch_size, len(images))
+            yield torch.arange(start, stop, device=images.device), images[start:stop]
+        else:
+            index = order[start : start + batch_size]
+            yield index, images.index_select(0, index)
+
+
+def _on(device: torch.device, taught: Taught) -> Taught:
+    """The teacher's outputs on ``device``: a memory-mapped cache serves them on the CPU."""
+    logits, hidden, maps = taught
+    return (
+        None if logits is None else logits.to(device, non_blocking=True),
+        None if hidden is None else hidden.to(device, non_blocking=True),
+        maps,
+    )
 
 
 def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - context manager
@@ -85,7 +116,7 @@ def _show_bar(progress: str) -> bool:
 def evaluate(
     model: nn.Module,
     objective: Objective,
-    inputs: torch.Tensor,
+    inputs: Images,
     labels: torch.Tensor,
     teacher: TeacherSource | None,
     batch_size: int,
@@ -96,17 +127,17 @@ def evaluate(
     training epoch it follows (losses with a warm-up weigh their terms by it)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=inputs.device)
-    correct = torch.zeros((), device=inputs.device, dtype=torch.long)
+    device = labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     forward = student_forward(model, objective.needs_student_features)
     teacher_maps = objective.needs_teacher_features
-    for start in range(0, len(inputs), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(inputs)), device=inputs.device)
-        x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
-        with _autocast(inputs.device, precision):
+    for index, x in _batches(inputs, batch_size):
+        y = labels.index_select(0, index.to(device))
+        with _autocast(device, precision):
             student = forward(x)
         taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
-        out = objective(step_inputs(y, student, taught, epoch))
+        out = objective(step_inputs(y, student, _on(device, taught), epoch))
         loss_sum += out.total * len(y)
         correct += (student[0].argmax(dim=1) == y).sum()
     model.train(was_training)
@@ -127,9 +158,9 @@ def fit(
     model: nn.Module,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
-    train_x: torch.Tensor,
+    train_x: Images,
     train_y: torch.Tensor,
-    val_x: torch.Tensor,
+    val_x: Images,
     val_y: torch.Tensor,
     trainer: TrainerConf,
     train_teacher: TeacherSource | None = None,
@@ -142,7 +173,7 @@ def fit(
     """Train ``model`` for ``trainer.epochs`` epochs; leave it holding the weights the
     objective names (best or last val epoch). Callbacks may raise to stop (pruning).
     Divergence raises NonFiniteLossError naming ``lr_key``, the setting to lower."""
-    device = train_x.device
+    device = train_y.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
     check_first_batch = True
     step_fn = student_forward(model, objective.needs_student_features)
@@ -169,14 +200,14 @@ def fit(
         order = torch.randperm(n, device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
         term_sums: dict[str, torch.Tensor] = {}
-        starts = range(0, n, batch)
+        batches = _batches(train_x, batch, order)
         if show_bar:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"{description} {epoch}/{trainer.epochs}", leave=False)
-        for start in starts:
-            index = order[start : start + batch]
-            x, y = train_x.index_select(0, index), train_y.index_select(0, index)
+            label = f"{description} {epoch}/{trainer.epochs}"
+            batches = tqdm(batches, desc=label, total=math.ceil(n / batch), leave=False)
+        for index, x in batches:
+            y = train_y.index_select(0, index.to(device))
             if augment is not None:
                 x = augment(x)
             if channels_last:
@@ -188,7 +219,7 @@ def fit(
             )
             with _autocast(device, trainer.precision):
                 student = step_fn(x)
-            out = objective(step_inputs(y, student, taught, epoch))
+            out = objective(step_inputs(y, student, _on(device, taught), epoch))
             if check_first_batch:  # one host sync per fit: no lr can be blamed yet
                 check_first_batch = False
                 first = out.total.detach().item()

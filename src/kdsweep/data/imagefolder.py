@@ -1,0 +1,206 @@
+"""The user's own images: torchvision's ImageFolder over ``root/train`` and optional
+``root/val`` and ``root/test`` (``<split>/<class>/<image>``), streamed (kdsweep.data.streamed).
+
+A missing val/ or test/ is a seeded share of train/: test with a fixed seed, so that
+``split_seed`` reshuffles val and never test. Images are resized to ``image_size`` and,
+with ``augment``, randomly cropped and flipped by torchvision's transforms v2 in the
+DataLoader workers. The per-channel normalization statistics are the training split's,
+computed once and cached (sealed) under ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from kdsweep.core.errors import DataError, first_line
+from kdsweep.core.files import atomic_torch_save, file_lock, stable_hash
+from kdsweep.core.integrity import sealed, verified
+from kdsweep.data.splits import DataSet, TensorSplits, _split
+from kdsweep.data.streamed import ImageSplit
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# digits' fixed test seed too: the test split never moves with data.split_seed.
+TEST_SEED = 12345
+HOW_TO_PROVIDE = "a folder holding train/<class>/<images> (val/ and test/ alike, optional)"
+
+
+@dataclass
+class ImageFolderData(DataSet):
+    """Images in class subfolders under ``root``, streamed from disk."""
+
+    streamed: ClassVar[bool] = True
+    name: str = "imagefolder"
+    root: str | None = None
+    # Every image is resized to image_size x image_size.
+    image_size: int = 32
+    # The share of train/ held out as the test split when there is no test/ folder.
+    test_fraction: float = 0.1
+    # DataLoader worker processes (0: decode in the training process).
+    workers: int = 2
+    # Where the normalization statistics are cached (the run's cache_dir).
+    cache_dir: str = ".kdsweep_cache"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.root:
+            raise ValueError(f"data.root is not set: give data.root=DIR, {HOW_TO_PROVIDE}")
+        train = Path(self.root).expanduser() / "train"
+        if not train.is_dir():
+            raise ValueError(
+                f"data.root={self.root} has no train/ folder ({train.resolve()}):"
+                f" give data.root=DIR, {HOW_TO_PROVIDE}"
+            )
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0, got {self.workers}")
+
+    def load(self) -> TensorSplits:
+        return load_imagefolder_splits(self)
+
+
+def _folder(path: Path, transform: Any) -> Any:
+    from torchvision import datasets
+
+    try:
+        return datasets.ImageFolder(str(path), transform=transform)
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(
+            f"no images under {path.resolve()} ({first_line(exc).rstrip('.')}):"
+            f" data.root needs {HOW_TO_PROVIDE}"
+        ) from None
+
+
+def _same_classes(train: Any, other: Any, split: str) -> None:
+    if other.classes != train.classes:
+        raise DataError(
+            f"{split}/ has classes {other.classes}, train/ has {train.classes}: every folder"
+            " under data.root needs the same class subfolders"
+        )
+
+
+def _subset(folder: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
+    from torch.utils.data import Subset
+
+    return Subset(folder, indices.tolist()), np.asarray(folder.targets)[indices]
+
+
+def _fingerprint(conf: ImageFolderData, parts: dict[str, tuple[Any, np.ndarray]]) -> str:
+    """What the images are: each file's path, size and modification time, per split."""
+    root = Path(conf.root).expanduser()  # type: ignore[arg-type]
+    listing = {}
+    for split, (subset, _) in parts.items():
+        folder, rows = subset.dataset, subset.indices
+        files = [Path(folder.samples[i][0]) for i in rows]
+        listing[split] = [
+            (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files
+        ]
+    return stable_hash({"files": listing, "image_size": conf.image_size})
+
+
+def _statistics(conf: ImageFolderData, train: Any, key: str) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images (0-255 scale), cached and sealed."""
+    import torch
+
+    path = Path(conf.cache_dir) / "data_stats" / f"imagefolder-{key}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            try:
+                stats = verified(torch.load(path, map_location="cpu", weights_only=True))
+                return list(stats["mean"]), list(stats["std"])
+            except Exception as exc:  # a cache entry is disposable: recompute it
+                log.warning("normalization statistics %s unusable (%s); recomputing", path, exc)
+        split = ImageSplit(train, (0.0,), (1.0,), conf.workers)
+        total = torch.zeros(3, dtype=torch.float64)
+        squares = torch.zeros(3, dtype=torch.float64)
+        for _, images in split.batches(512):  # on the 0-255 scale: mean 0, std 1 above
+            pixels = images.double().transpose(0, 1).flatten(1)
+            total += pixels.sum(dim=1)
+            squares += pixels.square().sum(dim=1)
+        count = len(split) * conf.image_size**2
+        mean = total / count
+        std = (squares / count - mean.square()).clamp_min(0).sqrt() + 1e-6
+        stats = {"mean": mean.tolist(), "std": std.tolist()}
+        atomic_torch_save(sealed(stats), path)
+        log.info("normalization statistics of %s computed once and cached (%s)", conf.root, path)
+        return stats["mean"], stats["std"]
+
+
+def _transforms(conf: ImageFolderData) -> tuple[Any, Any]:
+    """(plain, augmented) per-image transforms: decoded to uint8, resized, and (augmented)
+    randomly cropped with reflected padding and flipped, as the in-memory sets are."""
+    from torchvision.transforms import v2
+
+    plain = [v2.ToImage(), v2.Resize((conf.image_size, conf.image_size), antialias=True)]
+    augment = [
+        v2.RandomCrop(conf.image_size, padding=conf.image_size // 8, padding_mode="reflect"),
+        v2.RandomHorizontalFlip(),
+    ]
+    return v2.Compose(plain), v2.Compose(plain + augment)
+
+
+def load_imagefolder_splits(conf: ImageFolderData) -> TensorSplits:
+    import torch
+
+    root = Path(conf.root).expanduser()  # type: ignore[arg-type]
+    plain, augmented = _transforms(conf)
+    train_folder = _folder(root / "train", plain)
+    every = np.arange(len(train_folder))
+    given = {split: (root / split).is_dir() for split in ("val", "test")}
+    parts: dict[str, tuple[Any, np.ndarray]] = {}
+    if given["test"]:
+        test_folder = _folder(root / "test", plain)
+        _same_classes(train_folder, test_folder, "test")
+        parts["test"] = _subset(test_folder, np.arange(len(test_folder)))
+    else:
+        every, held = _split(len(every), conf.test_fraction, TEST_SEED)
+        parts["test"] = _subset(train_folder, held)
+    if given["val"]:
+        val_folder = _folder(root / "val", plain)
+        _same_classes(train_folder, val_folder, "val")
+        parts["val"] = _subset(val_folder, np.arange(len(val_folder)))
+    else:
+        try:
+            conf.check_split(len(every))
+        except ValueError as exc:
+            raise DataError(f"{exc} (data.root={conf.root})") from None
+        keep, held = _split(len(every), conf.val_fraction, conf.split_seed)
+        every, parts["val"] = every[keep], _subset(train_folder, every[held])
+    parts["train"] = _subset(train_folder, every)
+    fingerprint = _fingerprint(conf, parts)
+    mean, std = _statistics(conf, parts["train"][0], fingerprint)
+    if conf.augment:  # the same files, another transform: only the training split's
+        parts["train"] = _subset(copy.copy(train_folder), every)
+        parts["train"][0].dataset.transform = augmented
+
+    def split(name: str) -> tuple[ImageSplit, torch.Tensor]:
+        subset, labels = parts[name]
+        return ImageSplit(subset, tuple(mean), tuple(std), conf.workers), torch.from_numpy(
+            labels.astype(np.int64)
+        )
+
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = map(split, ("train", "val", "test"))
+    return TensorSplits(
+        train_x=train_x,  # type: ignore[arg-type]
+        train_y=train_y,
+        val_x=val_x,  # type: ignore[arg-type]
+        val_y=val_y,
+        test_x=test_x,  # type: ignore[arg-type]
+        test_y=test_y,
+        num_classes=len(train_folder.classes),
+        fingerprint=fingerprint,
+        input_mean=tuple(mean),
+        input_std=tuple(std),
+    )

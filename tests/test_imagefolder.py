@@ -1,0 +1,202 @@
+"""data=imagefolder: the user's images in class folders, streamed through a DataLoader.
+
+Tiny generated folder trees (3 classes of 32x32 PNGs) in tmp_path; runs go through the
+command line in process. The teacher's outputs on a streamed split are cached in
+memory-mapped files, reused and verified; bad folders are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _helpers import mlflow_runs, run_in_process, sweep_args, unique
+from conftest import db_path, isolated_overrides
+from kdsweep.data import ImageFolderData, ImageSplit, load_splits
+from kdsweep.nets import deep_nn
+from kdsweep.training.teacher_outputs import cached_source
+
+CLASSES = ("cat", "dog", "eel")
+# workers=0: a tiny folder decodes faster than worker processes start.
+FOLDER = ("data=imagefolder", "data.workers=0")
+
+
+def make_tree(root: Path, splits: dict[str, int], classes: tuple[str, ...] = CLASSES) -> Path:
+    """``root/<split>/<class>/<i>.png``: per class, noisy images of its own brightness."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in splits.items():
+        for level, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.normal(40 + 70 * level, 25, size=(32, 32, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("full"), {"train": 20, "val": 4, "test": 4})
+
+
+@pytest.fixture(scope="module")
+def train_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("bare"), {"train": 20})
+
+
+def conf(root: Path, tmp_path: Path, **keys: object) -> ImageFolderData:
+    return ImageFolderData(root=str(root), workers=0, cache_dir=str(tmp_path), **keys)
+
+
+def test_given_folders_are_the_splits(full_tree: Path, tmp_path: Path) -> None:
+    data = load_splits(conf(full_tree, tmp_path))
+    assert isinstance(data.train_x, ImageSplit)
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (60, 12, 12)
+    assert data.num_classes == 3 and data.input_shape == (3, 32, 32)
+    # Normalized with the training split's statistics: about mean 0, std 1 there.
+    batch = data.train_x[:60]
+    assert batch.shape == (60, 3, 32, 32)
+    assert batch.mean().abs() < 0.05 and abs(batch.std().item() - 1) < 0.05
+    stats = list((tmp_path / "data_stats").glob("imagefolder-*.pt"))
+    assert len(stats) == 1
+
+
+def test_statistics_are_cached_and_verified(
+    full_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = conf(full_tree, tmp_path).load()
+    (stats,) = (tmp_path / "data_stats").glob("imagefolder-*.pt")
+    written = stats.stat().st_mtime_ns
+    assert conf(full_tree, tmp_path).load().input_mean == first.input_mean
+    assert stats.stat().st_mtime_ns == written  # read, not recomputed
+    tampered = torch.load(stats, weights_only=True)
+    tampered["mean"] = [0.0, 0.0, 0.0]  # changed after sealing: the checksum no longer fits
+    torch.save(tampered, stats)
+    assert conf(full_tree, tmp_path).load().input_mean == first.input_mean
+    assert "normalization statistics" in caplog.text and "recomputing" in caplog.text
+
+
+def test_missing_folders_are_seeded_shares_of_train(train_only: Path, tmp_path: Path) -> None:
+    data = load_splits(conf(train_only, tmp_path, val_fraction=0.2, test_fraction=0.1))
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (43, 11, 6)
+    # test stays put when split_seed moves val; val moves.
+    other = conf(train_only, tmp_path, val_fraction=0.2, test_fraction=0.1, split_seed=1)
+    moved = other.load()
+    assert moved.test_x.dataset.indices == data.test_x.dataset.indices
+    assert moved.val_x.dataset.indices != data.val_x.dataset.indices
+    assert moved.fingerprint != data.fingerprint
+
+
+def test_streamed_batches_follow_the_order(full_tree: Path, tmp_path: Path) -> None:
+    split = load_splits(conf(full_tree, tmp_path)).train_x
+    order = torch.randperm(len(split))
+    seen = list(split.batches(16, order))
+    assert torch.equal(torch.cat([index for index, _ in seen]), order)
+    assert torch.allclose(seen[0][1][3], split[order[3] : order[3] + 1][0])
+
+
+def test_teacher_outputs_are_memory_mapped_reused_and_verified(
+    full_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = load_splits(conf(full_tree, tmp_path))
+    torch.manual_seed(0)
+    teacher = deep_nn(data.input_shape, data.num_classes).eval()
+    first = cached_source(teacher, "t", "train", data.train_x, tmp_path, True, False)
+    rows = list((tmp_path / "teacher_outputs").glob("train-*-logits.f32"))
+    assert len(rows) == 1 and rows[0].stat().st_size == 60 * 3 * 4
+    assert first.logits is not None and first.logits.shape == (60, 3)
+    with torch.no_grad():
+        expected = teacher(data.train_x[:60])
+    assert torch.allclose(first.logits, expected, atol=1e-4)
+    written, reference = rows[0].stat().st_mtime_ns, first.logits.clone()
+    again = cached_source(teacher, "t", "train", data.train_x, tmp_path, True, False)
+    assert torch.equal(again.logits, first.logits)
+    assert rows[0].stat().st_mtime_ns == written  # reused, not rewritten
+    # One flipped byte (in place: mapped tensors see it): the checksum catches it, and the
+    # rows are recomputed, with a warning.
+    damaged = bytearray(rows[0].read_bytes())
+    damaged[5] ^= 0xFF
+    rows[0].write_bytes(bytes(damaged))
+    healed = cached_source(teacher, "t", "train", data.train_x, tmp_path, True, False)
+    assert "does not match its checksum" in caplog.text
+    assert torch.equal(healed.logits, reference)
+
+
+@pytest.mark.parametrize(
+    ("tree", "extra"),
+    [
+        ("full_tree", []),
+        ("train_only", ["data.augment=true", "data.labelled_fraction=0.5"]),
+    ],
+)
+def test_a_single_run(tree: str, extra: list[str], tmp_path: Path, request) -> None:  # noqa: ANN001
+    root = request.getfixturevalue(tree)
+    args = [*FOLDER, f"data.root={root}", *extra, *isolated_overrides(tmp_path)]
+    result = run_in_process(tmp_path, args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (logged,) = mlflow_runs(f"sqlite:///{db_path(tmp_path)}")
+    assert logged.info.status == "FINISHED" and "test_acc" in logged.data.metrics
+    # train_only: 49 training images (60 - 6 test - 5 val), about half of each class's
+    # labels kept; full_tree: train/ is all training images, every label kept.
+    assert logged.data.metrics["labelled_size"] == (24 if extra else 60)
+    assert list((tmp_path / "cache" / "teacher_outputs").glob("val-*-logits.f32"))
+    # Augmented training images differ every epoch: the teacher runs live on them.
+    cached_train = list((tmp_path / "cache" / "teacher_outputs").glob("train-*-logits.f32"))
+    assert bool(cached_train) == (not extra)
+
+
+def test_a_sweep(full_tree: Path, tmp_path: Path) -> None:
+    args = sweep_args(tmp_path, unique("imagefolder"), 2, *FOLDER, f"data.root={full_tree}")
+    result = run_in_process(tmp_path, args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = [r for r in runs if r.data.tags.get("kdsweep.role") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"train": ["a", "b"], "test": ["a", "c"]}, "test/ has classes ['a', 'c'], train/ has"),
+        ({"train": ["a"]}, "no images under"),
+        ({}, "has no train/ folder"),
+    ],
+)
+def test_bad_folders_are_one_line(layout: dict, message: str, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    for split, classes in layout.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            if split != "train" or len(classes) > 1:  # one class folder left empty
+                make_tree(root / "x", {split: 1}, (name,))
+                (root / "x" / split / name / "0.png").rename(root / split / name / "0.png")
+    result = run_in_process(tmp_path, [*FOLDER, f"data.root={root}", *isolated_overrides(tmp_path)])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert mlflow_runs(f"sqlite:///{db_path(tmp_path)}") == []
+
+
+@pytest.mark.slow
+def test_bench_row_h_produces_every_figure(tmp_path: Path) -> None:
+    """benchmarks/bench.py row h at smoke size: every figure, never how fast."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--only", "h", "--device", "cpu", "--json", str(out)]
+    assert bench.main([*argv, "--workdir", str(tmp_path / "work")]) == 0
+    rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == ["h1", "h2", "h3"]
+    for row in rows.values():
+        assert row["error"] is None and math.isfinite(row["figure"]), row
+    details = rows["h1"]["details"]
+    assert details["streamed_images_per_s"] > 0 and details["seed_images_per_s"] > 0
+    assert rows["h3"]["details"]["decoded_bytes"] == 540 * 3 * 32 * 32 * 4
