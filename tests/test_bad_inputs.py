@@ -332,6 +332,49 @@ ROWS = {
     "custom search space": _slow(
         Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")
     ),
+    # --- issue 21: absurd plans, reserved names, crossed stores, the whole search space ---
+    "confirmation of a million seeds": Bad(
+        (*SWEEP, "hydra.sweeper.confirm.enabled=true", "hydra.sweeper.confirm.seeds=1000000"),
+        "plans up to 6000000 confirmation runs (6 arms x 1000000 seeds), more than 10000",
+    ),
+    "a million trials": _slow(
+        Bad((*SWEEP, "hydra.sweeper.n_trials=1000000"), "plans more than 10000 trials")
+    ),
+    "confirmation seeds past the seed range": Bad(
+        (
+            *SWEEP,
+            "hydra.sweeper.confirm.enabled=true",
+            "hydra.sweeper.confirm.first_seed=4294967295",
+        ),
+        "runs past the largest seed 4294967295",
+    ),
+    "study named as a companion": Bad(
+        (*SWEEP, "hydra.sweeper.study_name=kd-digits-light:confirm"),
+        "hydra.sweeper.study_name=kd-digits-light:confirm ends with :confirm",
+    ),
+    "sweep storage is the tracking store": Bad(
+        (*SWEEP, "hydra.sweeper.storage=sqlite:///{halfdb}", "tracking.uri=sqlite:///{halfdb}"),
+        "is the store tracking.uri names",
+    ),
+    "group choice of a missing model": Bad(
+        (*SWEEP, "model=choice(light,nope)"), "search space model=nope: In 'config': Could not"
+    ),
+    "group choice the student cannot serve": Bad(
+        (*SWEEP, "loss=choice(kd,cosine)"), "search space loss=cosine: loss=cosine needs a student"
+    ),
+    "fixed value that overflows a formula": Bad(
+        ("-m", "hparams_search=dist", "hydra.sweeper.baselines=false", "loss.tau=1e200"),
+        "tau=1e+200, ce_weight=1 overflows (OverflowError) on a test batch",
+    ),
+    "range that overflows a formula": _slow(
+        Bad(
+            (*SWEEP, "loss.temperature=interval(1, 1e200)"),
+            "at 1e+200, loss=kd: temperature=1e+200",
+        )
+    ),
+    "range to a temperature that divides to inf": _slow(
+        Bad((*SWEEP, "loss.temperature=interval(1e-38, 1)"), "gives a loss of nan")
+    ),
 }
 
 

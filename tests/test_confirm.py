@@ -216,7 +216,7 @@ def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
     storage = open_storage(url)
     companion = open_companion(storage, "s")
     arms = [Arm("top1", "#0", ("loss.temperature=3",), 0)]
-    assert plan(companion, arms, [1000], 0) == 1
+    assert plan(storage, companion, arms, [1000], 0) == 1
     trial = companion.ask()
     tid = trial_id(storage, storage.get_study_id_from_name(companion.study_name), trial.number)
     claim_trial(storage, tid, "confirm")
@@ -226,7 +226,7 @@ def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
     storage.set_trial_user_attr(tid, "mlflow_run_id", "run-of-the-dead-job")
 
     closed = [t.user_attrs.get("mlflow_run_id") for t in fail_dead_trials(storage, companion)]
-    assert plan(companion, arms, [1000], 0) == 1  # queued again
+    assert plan(storage, companion, arms, [1000], 0) == 1  # queued again
     assert closed == ["run-of-the-dead-job"]
     dead_trial = storage.get_trial(tid)
     assert dead_trial.state == TrialState.FAIL

@@ -3,6 +3,7 @@ sweeper settings, trial ids and a job's outcome."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -124,3 +125,37 @@ def test_one_storage_per_url_and_file(tmp_path: Path) -> None:
     again = shared_storage(url)
     assert again is not first
     assert [s.study_name for s in again.get_all_studies()] == []  # the new, empty file
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"study_name": "kd-digits-light:confirm"}, "ends with :confirm"),
+        ({"study_name": "a,b"}, "is not a plain name for a Hydra override"),
+        ({"study_name": "${oc.env:HOME}"}, "is not a plain name for a Hydra override"),
+        ({"study_name": "a=b"}, "is not a plain name for a Hydra override"),
+        ({"n_trials": 10_001}, "n_trials=10001 plans more than 10000 trials"),
+        (
+            {"confirm": {"enabled": True, "seeds": 2000, "top_k": 3}},
+            "plans up to 12000 confirmation runs (6 arms x 2000 seeds)",
+        ),
+        (
+            {"confirm": {"enabled": True, "seeds": 2, "top_k": 1, "first_seed": 2**32 - 2}},
+            "runs past the largest seed",
+        ),
+    ],
+)
+def test_settings_refuse_reserved_names_and_absurd_plans(options: dict, message: str) -> None:
+    with pytest.raises(KdsweepError, match=re.escape(message)):
+        SweepSettings.from_options({**OPTIONS, **options}).check()
+
+
+def test_settings_allow_the_largest_plan_and_the_last_seeds() -> None:
+    largest = {"enabled": True, "seeds": 2500, "top_k": 1}  # 4 arms x 2500 = 10,000 runs
+    SweepSettings.from_options({**OPTIONS, "n_trials": 10_000, "confirm": largest}).check()
+    last = {"enabled": True, "seeds": 2, "top_k": 1, "first_seed": 2**32 - 3}
+    SweepSettings.from_options({**OPTIONS, "confirm": last}).check()
+    # Off, the confirmation plans nothing, whatever its seeds.
+    SweepSettings.from_options({**OPTIONS, "confirm": {"seeds": 10**9}}).check()
+    for name in ("kd-digits-light", "/tmp/a b/.ssh", "confirm-kd:v2"):
+        SweepSettings.from_options({**OPTIONS, "study_name": name}).check()

@@ -34,6 +34,8 @@ class ConfirmConf:
     top_k: int = 3
     # Confirmation seeds are first_seed, first_seed + 1, ... (never the search's seed).
     first_seed: int = 1000
+    # Bounds (kdsweep.sweep.settings): seeds x (top_k + 3) arms <= 10,000 runs, like
+    # n_trials; first_seed + seeds <= 2**32 - 1.
 
 
 @dataclass

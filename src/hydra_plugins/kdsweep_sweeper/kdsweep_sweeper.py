@@ -30,6 +30,10 @@ class KdsweepSweeper(Sweeper):
             _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
         )
 
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The config Hydra composes for a job with these overrides, as the launcher does."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
@@ -48,6 +52,11 @@ class KdsweepSweeper(Sweeper):
 
         settings = SweepSettings.from_options(self.options)
         sweep = StudySweep(
-            self.config, settings, self.launcher, self.make_sampler, finish=finish_sweep
+            self.config,
+            settings,
+            self.launcher,
+            self.make_sampler,
+            finish=finish_sweep,
+            compose=self.compose,
         )
         return sweep.run(arguments)

@@ -116,6 +116,16 @@ def deferred_signals() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def raise_pending() -> None:
+    """Raise now a signal held by :func:`deferred_signals`: called between two writes of a
+    long loop (queueing thousands of runs under the study lock), where no write is in
+    flight. A signal is held for one write, never through the whole loop."""
+    if _state.pending is not None and not _state.raised:
+        signum, _state.pending = _state.pending, None
+        _state.raised = True
+        raise Interrupted(signum)
+
+
 def raise_swallowed() -> None:
     """Raise now a signal Python swallowed whose second delivery has not come yet: a
     command that ends within the delivery delay (an argparse error, say) must still exit

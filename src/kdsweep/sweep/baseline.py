@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from kdsweep.sweep.jobs import Job
 from kdsweep.sweep.parent_run import ParentRun
 from kdsweep.sweep.settings import SearchSpace
+from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
 
 if TYPE_CHECKING:
     from kdsweep.sweep.jobs import Sweep
@@ -24,13 +25,31 @@ log = logging.getLogger("kdsweep.sweep")
 def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
     """Enqueue each of ``enqueue_trials`` (the reference setting) unless a trial with
     its values is complete, pruned, running or waiting: a reference trial that was
-    killed or failed is asked again by the next invocation, until it completes."""
-    if not sweep.settings.enqueue_trials:
-        return
+    killed or failed is asked again by the next invocation, until it completes. A queued
+    trial that no current ``enqueue_trials`` holds (an earlier invocation's) is dropped."""
+    given = [
+        {k: v for k, v in values.items() if k in space.distributions}
+        for values in sweep.settings.enqueue_trials
+    ]
     with sweep.lock():
+        study_id = sweep.storage.get_study_id_from_name(study.study_name)
+        dropped = 0
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if not any(_has_values(trial, params) for params in given):
+                drop_queued(
+                    sweep.storage, trial_id(sweep.storage, study_id, trial.number), NOT_PLANNED
+                )
+                dropped += 1
+        if dropped:
+            log.info(
+                "%d queued trial(s) of an earlier hydra.sweeper.enqueue_trials are not in"
+                " the current one: marked FAIL, not run",
+                dropped,
+            )
+        if not given:
+            return
         reference_number = None
-        for index, given in enumerate(sweep.settings.enqueue_trials):
-            params = {k: v for k, v in given.items() if k in space.distributions}
+        for index, params in enumerate(given):
             number = trial_with_params(study, params)
             if number is None:
                 study.enqueue_trial(params)
@@ -98,17 +117,22 @@ def trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None
     are ``params`` (a waiting trial's are its fixed_params), or None."""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     for trial in study.get_trials(deepcopy=False, states=live):
-        values = trial.system_attrs.get("fixed_params", trial.params)
-        if all(
-            name in values
-            and (
-                math.isclose(float(values[name]), float(value), rel_tol=1e-9)
-                if isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and isinstance(values[name], (int, float))
-                else values[name] == value
-            )
-            for name, value in params.items()
-        ):
+        if _has_values(trial, params):
             return trial.number
     return None
+
+
+def _has_values(trial: optuna.trial.FrozenTrial, params: dict[str, Any]) -> bool:
+    """Whether the trial's values (a waiting trial's: its fixed_params) are ``params``."""
+    values = trial.system_attrs.get("fixed_params", trial.params)
+    return all(
+        name in values
+        and (
+            math.isclose(float(values[name]), float(value), rel_tol=1e-9)
+            if isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and isinstance(values[name], (int, float))
+            else values[name] == value
+        )
+        for name, value in params.items()
+    )

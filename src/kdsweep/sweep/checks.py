@@ -1,9 +1,12 @@
 """A sweep's start-up checks, before any study, run or file exists: the sweeper's settings,
-the search space (each end of a range must be a valid setting), the sampler, the config,
-the device and the tracking store. Each refusal is one line (KdsweepError)."""
+the search space (every group choice and each end of a range must be a valid setting, and
+the loss must stay finite there), the sampler, the config, the device, the study's
+storage and the tracking store. Each refusal is one line (KdsweepError)."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +16,7 @@ from kdsweep.config.validation import validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.sweep.settings import SearchSpace, check_enqueued
+from kdsweep.sweep.studies import check_storage_kind
 
 if TYPE_CHECKING:
     from kdsweep.sweep.jobs import Sweep
@@ -29,13 +33,19 @@ def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
                 " fix hydra.sweeper.params or pick a matching group"
             )
     settings = validate(sweep.config)
+    problem = loss_problem(settings.loss)
+    if problem:
+        raise KdsweepError(f"{problem}: change the loss's settings")
     check_enqueued(space, sweep.settings.enqueue_trials)
+    _check_choices(sweep, space, choices)
     _check_bounds(sweep.config, space, choices)
     _check_sampler(sweep.make_sampler)
     if settings.trainer.device != "auto":
         from kdsweep.training.devices import check_device
 
         check_device(settings.trainer.device)
+    tracking = settings.tracking
+    check_storage_kind(sweep.settings.storage, tracking.uri if tracking.enabled else None)
     # The tracking store must answer (a server) and be whole (a SQLite file) before
     # the study exists: an unreachable MLflow must not leave an empty study behind.
     from kdsweep.run.tracking import RunTracker
@@ -57,11 +67,99 @@ def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
             trial = OmegaConf.create(base)
             OmegaConf.update(trial, name, value, force_add=True)
             try:
-                validate(trial)
+                loss = validate(trial).loss
             except ConfigError as exc:
                 raise KdsweepError(
                     f"search space {name}={dist}: at {value}, {exc}: narrow the range"
                 ) from None
+            problem = loss_problem(loss)
+            if problem:
+                raise KdsweepError(
+                    f"search space {name}={dist}: at {value}, {problem}: narrow the range"
+                )
+
+
+#: Group choices are checked together (every model with every loss) up to this many
+#: combinations; beyond it, each choice with the others' first.
+MAX_COMBINATIONS = 64
+
+
+def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
+    """Each choice of a searched config group (model=choice(light, modified)), composed
+    as its trials will be, must be a valid config in which every searched key exists:
+    a missing option or a loss the student cannot serve would fail its trials."""
+    searched = {n: d for n, d in space.distributions.items() if n in groups}
+    if not searched:
+        return
+    names = list(searched)
+    options = [list(searched[n].choices) for n in names]  # type: ignore[attr-defined]
+    combinations: Any = itertools.product(*options)
+    if math.prod(len(o) for o in options) > MAX_COMBINATIONS:
+        combinations = [
+            [value if i == j else opts[0] for j, opts in enumerate(options)]
+            for i, group in enumerate(options)
+            for value in group
+        ]
+    others = [n for n in space.distributions if n not in groups]
+    for combination in combinations:
+        picked = [f"{n}={v}" for n, v in zip(names, combination, strict=True)]
+        where = f"search space {', '.join(picked)}"
+        try:
+            config = sweep.compose([*space.fixed, *picked])
+            settings = validate(config)
+        except Exception as exc:  # Hydra's compose errors (no such option), ConfigError
+            raise KdsweepError(
+                f"{where}: {mask_secrets(first_line(exc))[:300]}: remove the choice"
+            ) from None
+        for name in others:
+            if OmegaConf.select(config, name) is None:
+                raise KdsweepError(
+                    f"{where}: search parameter {name} is not in the config: remove the"
+                    " choice or fix hydra.sweeper.params"
+                )
+        problem = loss_problem(settings.loss)
+        if problem:
+            raise KdsweepError(f"{where}: {problem}: remove the choice")
+
+
+def loss_problem(loss: Any) -> str | None:
+    """Why the loss cannot be computed at its settings, from one evaluation on a tiny
+    made-up batch: a formula that overflows (loss=dist loss.tau=1e200: tau**2) or goes
+    non-finite (a temperature of 1e-38). None if it is finite, or if this batch does not
+    fit the loss (a user's own, other feature maps): its runs will tell."""
+    import torch
+
+    from kdsweep.losses import StepInputs
+
+    problem = None
+    with torch.random.fork_rng(devices=[]):  # a loss module's init draws from it
+        g = torch.Generator().manual_seed(0)
+        n, classes = 4, 3
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g)
+
+        maps = [(2, 4, 4), (2, 2, 2)]
+        try:
+            loss.attach(maps, maps)
+            batch = StepInputs(
+                labels=torch.tensor([0, 1, 2, -1]),
+                student_logits=draw(n, classes),
+                teacher_logits=draw(n, classes),
+                student_hidden=draw(n, 8),
+                teacher_hidden=draw(n, 8),
+                student_features=[draw(n, *m) for m in maps],
+                teacher_features=[draw(n, *m) for m in maps],
+            )
+            total = loss(batch).total
+            if not torch.isfinite(total).all():
+                problem = f"{loss.settings()} gives a loss of {float(total)} on a test batch"
+        except (ArithmeticError, RuntimeError) as exc:  # OverflowError; torch's overflow
+            if isinstance(exc, ArithmeticError) or "overflow" in str(exc):
+                problem = f"{loss.settings()} overflows ({type(exc).__name__}) on a test batch"
+        except Exception:
+            return None
+    return problem
 
 
 def _check_sampler(make_sampler: Callable[[int], Any]) -> None:

@@ -28,10 +28,12 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from kdsweep.core.signals import raise_pending
 from kdsweep.sweep.arms import Arm, plan_arms
 from kdsweep.sweep.jobs import Job
 from kdsweep.sweep.liveness import ask
-from kdsweep.sweep.studies import count_states
+from kdsweep.sweep.settings import CONFIRM_SUFFIX
+from kdsweep.sweep.studies import NOT_PLANNED, count_states, drop_queued, trial_id
 
 if TYPE_CHECKING:
     from kdsweep.sweep.jobs import Sweep
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdsweep.sweep")
 
-CONFIRM_SUFFIX = ":confirm"
+#: A run that is done, in flight or queued: planned again only if it failed.
+_LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 def confirm_study_name(study_name: str) -> str:
@@ -58,24 +61,47 @@ def open_companion(storage: optuna.storages.BaseStorage, study_name: str) -> opt
     )
 
 
-def plan(companion: optuna.Study, arms: Sequence[Arm], seeds: list[int], teacher_seed: Any) -> int:
-    """Record the arms, enqueue every (arm, seed) not done, queued or running (under the
-    study lock). Returns how many runs are queued."""
+def plan(
+    storage: optuna.storages.BaseStorage,
+    companion: optuna.Study,
+    arms: Sequence[Arm],
+    seeds: list[int],
+    teacher_seed: Any,
+) -> int:
+    """Record the arms, enqueue every (arm, seed) not done, queued or running, and drop
+    the queued runs this plan no longer holds (an interrupted invocation's larger
+    confirm.seeds): a rerun runs exactly what its settings plan. Called under the study
+    lock; a signal is honoured between two writes. Returns how many runs are queued."""
     recorded = dict(companion.user_attrs.get("arms", {}))
     recorded.update({arm.key: arm.as_attr() for arm in arms})
     companion.set_user_attr("arms", recorded)
     companion.set_user_attr("current_arms", [arm.key for arm in arms])
     companion.set_user_attr("seeds", seeds)
     companion.set_user_attr("teacher_seed", teacher_seed)
-    have = {
-        (t.user_attrs.get("arm"), t.user_attrs.get("seed"))
-        for t in companion.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    }
+    wanted = {(arm.key, seed) for arm in arms for seed in seeds}
+    have, dropped = set(), 0
+    study_id = storage.get_study_id_from_name(companion.study_name)
+    for t in companion.get_trials(deepcopy=False, states=_LIVE):
+        key = (t.user_attrs.get("arm"), t.user_attrs.get("seed"))
+        if t.state == TrialState.WAITING and key not in wanted:
+            drop_queued(storage, trial_id(storage, study_id, t.number), NOT_PLANNED)
+            dropped += 1
+            raise_pending()
+        else:
+            have.add(key)
+    if dropped:
+        log.info(
+            "confirmation: %d queued run(s) of an earlier plan are not in this one"
+            " (confirm.seeds=%d, %d arm(s)): marked FAIL, not run",
+            dropped,
+            len(seeds),
+            len(arms),
+        )
     for arm in arms:
         for seed in seeds:
             if (arm.key, seed) not in have:
                 companion.enqueue_trial({}, user_attrs={"arm": arm.key, "seed": seed})
+                raise_pending()
     return len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -92,6 +118,7 @@ def _ask(sweep: Sweep, companion: optuna.Study, base: list[str]) -> list[Job]:
             jobs.append(
                 Job(companion, trial, tid, "confirm", f"confirmation {arm} seed {seed}", overrides)
             )
+            raise_pending()
         return jobs
 
 
@@ -150,7 +177,9 @@ def run_confirmation(
         study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
     )
     with sweep.lock():
-        queued = plan(companion, arms, seeds, OmegaConf.select(sweep.config, "teacher.seed"))
+        queued = plan(
+            sweep.storage, companion, arms, seeds, OmegaConf.select(sweep.config, "teacher.seed")
+        )
     log.info(
         "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
         len(arms),

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from kdsweep.core.errors import KdsweepError, report_error
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.signals import deferred_signals
+from kdsweep.core.signals import deferred_signals, raise_pending
 from kdsweep.sweep.arms import describe_params
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
@@ -85,10 +85,12 @@ class StudySweep:
         launcher: Any,
         make_sampler: Callable[[int], Any],
         finish: Finish,
+        compose: Callable[[list[str]], DictConfig],
     ) -> None:
         self.config, self.settings = config, settings
         self.finish = finish  # what ends an invocation: results, report, registry (kdsweep.publish)
         self.launcher, self.make_sampler = launcher, make_sampler
+        self.compose = compose  # a job's config from its overrides (Hydra's config loader)
         self.job_idx = 0  # jobs this invocation launched (Hydra numbers them from it)
         self.in_flight: set[int] = set()  # ids of the trials this sweeper claimed, not yet told
         self.started = time.monotonic()
@@ -235,8 +237,13 @@ class StudySweep:
         then tell each trial how its job ended."""
         with Heartbeat(self.storage, [job.tid for job in jobs]):
             returns = self.launch([job.overrides for job in jobs])
-        with deferred_signals():  # a signal mid-tell would leave a finished trial RUNNING
-            return [self._tell(job, ret) for job, ret in zip(jobs, returns, strict=True)]
+        states = []
+        for job, ret in zip(jobs, returns, strict=True):
+            # A signal mid-tell would leave a finished trial RUNNING: it waits for this
+            # tell, not for the batch's (one tell may wait minutes on MLflow).
+            with deferred_signals():
+                states.append(self._tell(job, ret))
+        return states
 
     def _ask(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> list[Job]:
         """New trials for this worker, sampled, never more than the study still needs."""
@@ -256,6 +263,7 @@ class StudySweep:
                 label = f"trial {trial.number} ({describe_params(trial.params)})"
                 overrides = self._overrides(trial, tid, space.fixed, parent)
                 jobs.append(Job(study, trial, tid, "trial", label, overrides))
+                raise_pending()  # between two asks: the claimed ones are in_flight
         log.debug(
             "study %s: %d/%d finished, launching trial(s) %s",
             s.study_name,

@@ -18,8 +18,17 @@ DEFAULT_STUDY_NAME = "kdsweep"
 #: Optuna stores study names in a 512-character column; the report folder and the parent
 #: run's name are derived from it too.
 MAX_STUDY_NAME = 200
+#: The companion study of ``<study>`` (its CE baseline and confirmation runs) is
+#: ``<study>:confirm`` (kdsweep.sweep.confirm): no sweep may take that name itself.
+CONFIRM_SUFFIX = ":confirm"
 #: numpy's and torch's seeds: 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+#: The most runs one stage of a sweep may plan (the search's n_trials; the confirmation's
+#: arms x seeds). More is a typo (confirm.seeds=1000000), not a study: refused at start-up
+#: with the figure, before minutes of queueing and months of training.
+MAX_PLANNED_RUNS = 10_000
+#: The confirmation's arms besides the top_k: the ablation, the reference, CE default.
+EXTRA_ARMS = 3
 
 
 @dataclass(frozen=True)
@@ -87,10 +96,60 @@ class SweepSettings:
                 f"hydra.sweeper.study_name must be 1 to {MAX_STUDY_NAME} characters, got"
                 f" {len(self.study_name)}: give a shorter name"
             )
+        self._check_study_name()
         if not 0 <= self.confirm.get("first_seed", 0) <= MAX_SEED:
             raise KdsweepError(f"hydra.sweeper.confirm.first_seed must be in [0, {MAX_SEED}]")
+        self._check_planned_work()
         self._check_liveness()
         self._check_pruner()
+
+    def _check_study_name(self) -> None:
+        """A name no other study uses by construction, that each job reads back as it is."""
+        name = self.study_name
+        if name.endswith(CONFIRM_SUFFIX):
+            raise KdsweepError(
+                f"hydra.sweeper.study_name={name} ends with {CONFIRM_SUFFIX}, which names a"
+                " study's confirmation companion: give another name"
+            )
+        # Each job learns its study as the override sweep.study_name=NAME: a name Hydra
+        # reads as something else (a,b is a choice; ${x} an interpolation) is refused.
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_override(f"sweep.study_name={name}")
+            plain = not parsed.is_sweep_override() and parsed.value() == name
+        except Exception:
+            plain = False
+        if not plain or "${" in name:
+            raise KdsweepError(
+                f"hydra.sweeper.study_name={name!r} is not a plain name for a Hydra override:"
+                " use letters, digits and - _ . / : only"
+            )
+
+    def _check_planned_work(self) -> None:
+        """No stage may plan more than MAX_PLANNED_RUNS runs, nor seeds past MAX_SEED."""
+        if self.n_trials > MAX_PLANNED_RUNS:
+            raise KdsweepError(
+                f"hydra.sweeper.n_trials={self.n_trials} plans more than {MAX_PLANNED_RUNS}"
+                " trials: lower it (a rerun continues the study)"
+            )
+        if not self.confirm.get("enabled"):
+            return
+        seeds, top_k = int(self.confirm.get("seeds", 0)), int(self.confirm.get("top_k", 1))
+        arms = min(top_k, self.n_trials) + EXTRA_ARMS
+        if arms * seeds > MAX_PLANNED_RUNS:
+            raise KdsweepError(
+                f"hydra.sweeper.confirm.seeds={seeds} plans up to {arms * seeds} confirmation"
+                f" runs ({arms} arms x {seeds} seeds), more than {MAX_PLANNED_RUNS}: lower"
+                " confirm.seeds or confirm.top_k"
+            )
+        # One seed more than asked: the search's own seed is skipped if it is in the range.
+        first_seed = int(self.confirm.get("first_seed", 1000))
+        if seeds and first_seed + seeds > MAX_SEED:
+            raise KdsweepError(
+                f"hydra.sweeper.confirm.first_seed={first_seed} with confirm.seeds={seeds}"
+                f" runs past the largest seed {MAX_SEED}: lower confirm.first_seed"
+            )
 
     def _check_liveness(self) -> None:
         """A live trial must never look dead: its heartbeat must fit twice in the grace

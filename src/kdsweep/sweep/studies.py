@@ -23,11 +23,22 @@ from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import file_lock
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import deferred_signals
-from kdsweep.core.stores import JOURNAL_PREFIX, journal_file, storage_file
+from kdsweep.core.stores import (
+    JOURNAL_PREFIX,
+    database_tables,
+    journal_file,
+    storage_file,
+    store_kind,
+)
 
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+#: PostgreSQL's advisory lock while Optuna creates its tables: above every crc32, the
+#: keys of the study locks, so that no study name (create-tables) shares it.
+CREATION_LOCK_KEY = 2**32
+#: The error of a queued trial that the current settings no longer plan.
+NOT_PLANNED = "not in the current plan: not run"
 
 
 def open_storage(
@@ -56,12 +67,44 @@ def open_storage(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
     except Exception as exc:
+        raise _cannot_open(url, exc) from None
+
+
+def _cannot_open(url: str, exc: Exception) -> KdsweepError:
+    return KdsweepError(
+        f"cannot open the Optuna storage {mask_secrets(url)}"
+        f" ({mask_secrets(first_line(exc))[:200]}):"
+        " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
+        " postgresql://user@host/db)"
+    )
+
+
+def check_storage_kind(url: str, tracking_uri: str | None) -> None:
+    """Before anything is written, read-only: ``url`` must hold an Optuna storage or be
+    new, never MLflow's database (Optuna would add its tables there) nor the store
+    ``tracking_uri`` names (crossed stores: each program's tables in the other's)."""
+    path, tracked = storage_file(url), storage_file(tracking_uri) if tracking_uri else None
+    same_file = path is not None and tracked is not None and path.resolve() == tracked.resolve()
+    if same_file or url == tracking_uri:
         raise KdsweepError(
-            f"cannot open the Optuna storage {mask_secrets(url)}"
-            f" ({mask_secrets(first_line(exc))[:200]}):"
-            " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
-            " postgresql://user@host/db)"
-        ) from None
+            f"hydra.sweeper.storage={mask_secrets(url)} is the store tracking.uri names:"
+            " give the study its own database (e.g. sqlite:///optuna.db)"
+        )
+    if journal_file(url) is not None or (
+        path is not None and (not path.is_file() or path.stat().st_size == 0)
+    ):
+        return  # a journal file, or a new database Optuna creates
+    try:
+        kind = store_kind(database_tables(url))
+    except Exception as exc:  # sqlite3's or a driver's own error types
+        raise _cannot_open(url, exc) from None
+    # A server's database may hold other programs' tables beside Optuna's; a file may not.
+    if kind == "mlflow" or (kind == "other" and path is not None):
+        whose = "an MLflow tracking database" if kind == "mlflow" else "another program's database"
+        raise KdsweepError(
+            f"hydra.sweeper.storage={mask_secrets(url)} is {whose}, not an Optuna storage:"
+            " give the study its own database (e.g. sqlite:///optuna.db)"
+        )
 
 
 def shared_storage(
@@ -150,7 +193,7 @@ def _creation_lock(url: str) -> Iterator[None]:
         engine = sqlalchemy.create_engine(
             url, poolclass=NullPool, connect_args={"connect_timeout": 10}
         )
-        key = zlib.crc32(b"kdsweep:create-tables")
+        key = CREATION_LOCK_KEY
         try:
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -169,7 +212,8 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) 
     """Serialize "count the trials, then ask for more" across sweep workers, so that N
     workers together create exactly n_trials. A file lock beside SQLite/journal files; a
     PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere. What runs
-    under it writes to the storage, so SIGINT / SIGTERM wait until it is released."""
+    under it writes to the storage, so SIGINT / SIGTERM wait until it is released, or
+    until the next write of a long loop under it (core.signals.raise_pending)."""
     with deferred_signals():
         yield from _held_lock(storage, url, study_name)
 
@@ -199,6 +243,13 @@ def trial_id(storage: optuna.storages.BaseStorage, study_id: int, number: int) -
     and the job's way back to its trial. Asked of the storage (public API) because Optuna
     keeps it private (``_trial_id``) on Trial and FrozenTrial (optuna 5.0)."""
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def drop_queued(storage: optuna.storages.BaseStorage, tid: int, reason: str) -> None:
+    """Fail a queued (WAITING) trial that the current settings no longer plan, with the
+    reason as its error: a rerun runs exactly what its settings plan."""
+    storage.set_trial_user_attr(tid, "error", reason)
+    storage.set_trial_state_values(tid, TrialState.FAIL)
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
