@@ -154,6 +154,13 @@ ROWS = {
         mlflow="FAILED",
         teacher_cached=True,
     ),
+    "loss formula overflows in a single run": Bad(
+        ("loss=dist", "loss.tau=1e200"),
+        "the loss overflows (OverflowError) in epoch 1: check the loss's settings (loss=dist:",
+        code=1,
+        mlflow="FAILED",
+        teacher_cached=True,
+    ),
     "loss weight overflows on the first batch": _slow(
         Bad(
             ("loss.soft_target_weight=1e38",),

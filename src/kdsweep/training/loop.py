@@ -219,7 +219,13 @@ def fit(
             )
             with _autocast(device, trainer.precision):
                 student = step_fn(x)
-            out = objective(step_inputs(y, student, _on(device, taught), epoch))
+            try:
+                out = objective(step_inputs(y, student, _on(device, taught), epoch))
+            except ArithmeticError as exc:  # Python arithmetic on a setting (tau**2 at 1e200)
+                raise NonFiniteLossError(
+                    f"the loss overflows ({type(exc).__name__}) in epoch {epoch}: check the"
+                    f" loss's settings ({objective.settings()})"
+                ) from None
             if check_first_batch:  # one host sync per fit: no lr can be blamed yet
                 check_first_batch = False
                 first = out.total.detach().item()
