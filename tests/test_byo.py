@@ -302,6 +302,12 @@ def test_single_run_with_a_user_model_loss_and_a_torchvision_teacher(
     spec = json.loads((tmp_path / "out" / "student" / "kdsweep.json").read_text())
     assert spec["network"]["_target_"] == "mypkg.nets.Tiny" and "export_error" not in spec
     assert record.data.tags["kdsweep.student"] == f"runs:/{record.info.run_id}/student"
+    # kdsweep-eval rebuilds the user's network from the state_dict, under their allow-list.
+    from kdsweep.evaluate import evaluate_model
+
+    state_dict = str(tmp_path / "out" / "student" / "state_dict.pt")
+    figures = evaluate_model(state_dict, byo_args(user_folder, f"tracking.uri={uri}"))
+    assert figures["test_acc"] == pytest.approx(record.data.metrics["test_acc"], abs=1e-6)
 
 
 @pytest.mark.slow

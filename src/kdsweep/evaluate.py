@@ -164,6 +164,7 @@ def load_file(path: Path, settings: Any) -> Loaded:
     spec = read_spec(path)
     if spec is None:  # a bare state_dict: the config's model group, the weights' sizes
         spec = StudentSpec(settings.model.identity(), [channels, -1, -1], classes)
+    spec.allowed = settings.model.allowed  # a network of the user's needs their allow-list
     return Loaded((Logits, spec, state), spec.input_shape, classes, str(path))
 
 

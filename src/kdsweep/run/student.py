@@ -59,10 +59,12 @@ class StudentSpec:
     network: dict[str, Any]
     input_shape: list[int]
     num_classes: int
+    # The user's allowed_targets, when a network of theirs is rebuilt (kdsweep-eval).
+    allowed: tuple[str, ...] = ()
 
     @property
     def target(self) -> Target:
-        return Target("model", self.network)
+        return Target("model", self.network, self.allowed)
 
     def build(self) -> nn.Module:
         return build_network(self.target, self.input_shape, self.num_classes)
