@@ -139,7 +139,7 @@ def test_teacher_outputs_are_memory_mapped_reused_and_verified(
 def test_a_single_run(tree: str, extra: list[str], tmp_path: Path, request) -> None:  # noqa: ANN001
     root = request.getfixturevalue(tree)
     args = [*FOLDER, f"data.root={root}", *extra, *isolated_overrides(tmp_path)]
-    result = run_in_process(tmp_path, args)
+    result = run_in_process(tmp_path, [*args, "trainer.save_model=best"])
     assert result.returncode == 0, result.stderr[-3000:]
     (logged,) = mlflow_runs(f"sqlite:///{db_path(tmp_path)}")
     assert logged.info.status == "FINISHED" and "test_acc" in logged.data.metrics
@@ -150,6 +150,11 @@ def test_a_single_run(tree: str, extra: list[str], tmp_path: Path, request) -> N
     # Augmented training images differ every epoch: the teacher runs live on them.
     cached_train = list((tmp_path / "cache" / "teacher_outputs").glob("train-*-logits.f32"))
     assert bool(cached_train) == (not extra)
+    # kdsweep-eval scores the logged student on the streamed test split: the run's figure.
+    from kdsweep.evaluate import evaluate_model
+
+    figures = evaluate_model(f"runs:/{logged.info.run_id}/student", args)
+    assert figures["test_acc"] == pytest.approx(logged.data.metrics["test_acc"], abs=1e-6)
 
 
 def test_a_sweep(full_tree: Path, tmp_path: Path) -> None:

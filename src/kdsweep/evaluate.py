@@ -204,6 +204,20 @@ def materialize(loaded: Loaded, input_shape: tuple[int, ...]) -> Any:
     return logits_cls(net).eval()
 
 
+class RawView:
+    """A test split on the data set's pixel scale, a slice at a time: a streamed split
+    (data=imagefolder) stays on disk, and an in-memory one is not copied whole."""
+
+    def __init__(self, images: Any, normalization: tuple[Any, Any], to_raw: Any) -> None:
+        self.images, self.normalization, self.to_raw = images, normalization, to_raw
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.to_raw(self.images[rows], *self.normalization)
+
+
 def score(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
@@ -291,7 +305,7 @@ def evaluate_model(
     model = materialize(loaded, data.input_shape)
     if not loaded.takes_raw_pixels:
         model = on_raw_pixels(model, *normalization)
-    raw_test_x = raw_pixels(data.test_x, *normalization)
+    raw_test_x = RawView(data.test_x, normalization, raw_pixels)
     torch.manual_seed(0)
     figures = score(model, raw_test_x, data.test_y, settings.trainer.eval_batch_size)
     figures["model"] = source
