@@ -135,13 +135,19 @@ def measure_in_subprocess(
         "--size", str(size), "--test-size", str(test_size),
         "--cache-dir", str(cache_dir), "--device", device,
     ]  # fmt: skip
+    return json_line_of(command, timeout, "memory subprocess")
+
+
+def json_line_of(command: list[str], timeout: float, what: str) -> dict[str, float]:
+    """Run a measuring script in a fresh interpreter (its own peak RSS); the JSON object
+    on its last stdout line is the result."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"memory subprocess exited {done.returncode}: {tail}")
+        raise RuntimeError(f"{what} exited {done.returncode}: {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from _kdsweep_api import (
     light_nn,
 )
 from loops import BATCH, KD, LR, Progress, bench_trainer, seed_kd_epoch, timed
-from memory import _peak, _rss_now, _warm_up
+from memory import _peak, _rss_now, _warm_up, json_line_of
 
 CLASSES = 10
 TEACHER_KEY = "bench-streamed-teacher"
@@ -233,14 +231,7 @@ def memory_in_subprocess(
         sys.executable, str(Path(__file__).resolve()), "--root", str(root),
         "--cache-dir", str(cache_dir), "--workers", str(workers),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"streamed memory subprocess exited {done.returncode}: {tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json_line_of(command, timeout, "streamed memory subprocess")
 
 
 def main(argv: list[str] | None = None) -> None:
