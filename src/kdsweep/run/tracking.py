@@ -272,7 +272,13 @@ class RunTracker:
         self._call(lambda c: c.log_text(self.run_id, mask_secrets(text), artifact_file))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        self._call(lambda c: c.log_artifacts(self.run_id, str(directory), artifact_path))
+        """Upload a folder one file at a time: each upload holds a signal only while it
+        lasts (a whole folder to a remote server would hold it through all of them)."""
+        root = Path(directory)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            folder = path.parent.relative_to(root).as_posix()
+            where = "/".join(part for part in (artifact_path, folder) if part and part != ".")
+            self._call(lambda c, f=path, w=where: c.log_artifact(self.run_id, str(f), w or None))
 
     # -- failure policy ------------------------------------------------------------------
     def _call(self, action: Any) -> None:
