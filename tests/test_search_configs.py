@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from _helpers import load_trials, run, states, sweep_args, teacher_cache_fixture  # noqa: F401
+from _helpers import load_trials, run_in_process, states, sweep_args
 from kdsweep.config.folder import config_dir
 from kdsweep.config.validation import validate
 
@@ -46,13 +46,15 @@ def test_each_search_space_names_keys_of_its_config_and_its_reference_validates(
     "search", ["dist", *(pytest.param(s, marks=pytest.mark.slow) for s in ("dkd", "at", "hint"))]
 )
 def test_a_new_methods_search_runs_from_the_command_line(
-    tmp_path: Path, teacher_cache: Path, search: str
+    tracked_workdir: Path, teacher_cache: Path, search: str
 ) -> None:
     study = f"{search}-smoke"
-    args = sweep_args(tmp_path, study, 2, f"hparams_search={search}", cache_dir=teacher_cache)
-    proc = run(tmp_path, args)
+    args = sweep_args(
+        tracked_workdir, study, 2, f"hparams_search={search}", cache_dir=teacher_cache
+    )
+    proc = run_in_process(tracked_workdir, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = load_trials(f"sqlite:///{tmp_path / 'optuna.db'}", study)
+    trials = load_trials(f"sqlite:///{tracked_workdir / 'optuna.db'}", study)
     assert states(trials) == {"COMPLETE": 2}
     expected = _compose_with_hydra(f"hparams_search={search}").hydra.sweeper.params
     assert set(trials[0].params) == set(expected)  # the search's own knobs, not kd's

@@ -22,9 +22,9 @@ from _helpers import (
     mlflow_runs,
     postgres_url_fixture,  # noqa: F401  (the postgres_url fixture)
     run,
+    run_in_process,
     states,
     sweep_args,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
 from kdsweep.core.secrets import MaskSecrets, mask_secrets, mask_value
@@ -381,6 +381,7 @@ def test_report_dir_keeps_plain_names_and_separates_cleaned_ones(tmp_path: Path)
     assert report_dir_for(tmp_path, "y" * 300) != report_dir_for(tmp_path, "y" * 301)
 
 
+@pytest.mark.usefixtures("tracked_workdir")  # tmp_path/mlflow.db seeded
 def test_a_path_as_study_name_writes_and_uploads_nothing_outside_the_reports(
     tmp_path: Path, teacher_cache: Path
 ) -> None:
@@ -392,7 +393,9 @@ def test_a_path_as_study_name_writes_and_uploads_nothing_outside_the_reports(
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "unrelated.txt").write_text("not the sweep's")  # a neighbour, never uploaded
-    proc = run(tmp_path, sweep_args(tmp_path, str(secret_dir), 1, cache_dir=teacher_cache))
+    proc = run_in_process(
+        tmp_path, sweep_args(tmp_path, str(secret_dir), 1, cache_dir=teacher_cache)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     assert sorted(p.name for p in secret_dir.iterdir()) == ["id_rsa"]

@@ -6,6 +6,7 @@ export). MLflow's own serving paths: tests/test_serving.py."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,22 +19,24 @@ from _helpers import (
     load_study,
     mlflow_client,
     mlflow_runs,
-    run,
+    run_in_process,
     sweep_args,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
-from conftest import cli_env, run_main_in_process
+from conftest import cli_env, db_path, run_main_in_process
 from test_mlflow_server import mlflow_server  # noqa: F401  (the mlflow_server fixture)
 
 SAVE = "trainer.save_model=best"
 
 
 @pytest.fixture(scope="module")
-def logged_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def logged_run(
+    tmp_path_factory: pytest.TempPathFactory, empty_mlflow_db: Path, teacher_cache: Path
+) -> dict[str, Any]:
     """One 1-epoch KD run on digits that keeps its student (tracked in a SQLite store)."""
     workdir = tmp_path_factory.mktemp("student_run")
-    assert run_main_in_process(workdir, SAVE) == 0
+    shutil.copyfile(empty_mlflow_db, db_path(workdir))
+    assert run_main_in_process(workdir, SAVE, f"cache_dir={teacher_cache}") == 0
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     (record,) = mlflow_runs(uri)
     return {"workdir": workdir, "uri": uri, "run": record}
@@ -124,6 +127,7 @@ def test_the_saved_student_says_how_to_normalize_new_images(logged_run: dict[str
     assert torch.equal(mine, runs)
 
 
+@pytest.mark.usefixtures("tracked_workdir")  # tmp_path/mlflow.db seeded
 def test_save_model_none_keeps_nothing(tmp_path: Path) -> None:
     assert run_main_in_process(tmp_path, "trainer.save_model=none", "loss=ce") == 0
     (record,) = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -205,7 +209,8 @@ def test_eval_refuses_bad_inputs_in_one_line(
         assert all(word in lines[0] for word in words), lines[0]
 
 
-@pytest.mark.slow  # a 2-trial sweep in a subprocess: 36 s on 2 shared cores
+@pytest.mark.slow  # a 2-trial sweep: 36 s on 2 shared cores
+@pytest.mark.usefixtures("tracked_workdir")  # tmp_path/mlflow.db seeded
 def test_sweep_registers_the_champion_and_logs_its_teacher_once(
     tmp_path: Path, teacher_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -215,7 +220,7 @@ def test_sweep_registers_the_champion_and_logs_its_teacher_once(
     study = unique("reg")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = sweep_args(tmp_path, study, 2, SAVE, cache_dir=teacher_cache)
-    proc = run(tmp_path, args)
+    proc = run_in_process(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     loaded = load_study(f"sqlite:///{tmp_path / 'optuna.db'}", study)
@@ -275,7 +280,7 @@ def test_registry_on_an_mlflow_server(
     url, _ = mlflow_server
     study = unique("srv")
     args = sweep_args(tmp_path, study, 2, SAVE, cache_dir=teacher_cache, tracking_uri=url)
-    proc = run(tmp_path, args)
+    proc = run_in_process(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     champion = registry_client(url).get_model_version_by_alias(f"{study}-student", "champion")
     assert champion.run_id in {r.info.run_id for r in mlflow_runs(url)}

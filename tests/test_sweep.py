@@ -4,13 +4,14 @@ failed and pruned trials, the joblib launcher, and the tutorial multirun."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import db_path, mlflow_runs, run_cli
+from conftest import db_path, mlflow_runs, run_cli, run_cli_in_process
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,9 +40,11 @@ def children_of(runs: list, parent_id: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 3-trial, 1-epoch kd sweep with the CE baseline, shared by the tests below."""
+def swept(tmp_path_factory: pytest.TempPathFactory, empty_mlflow_db: Path) -> Path:
+    """One 3-trial, 1-epoch kd sweep with the CE baseline, shared by the tests below: the
+    plain sweep end to end, as a user's process runs it."""
     workdir = tmp_path_factory.mktemp("sweep")
+    shutil.copyfile(empty_mlflow_db, db_path(workdir))
     proc = run_cli(workdir, *sweep_args(workdir, "s3", 3))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
@@ -109,7 +112,7 @@ def test_report_names_the_best_trial(swept: Path) -> None:
 
 def test_rerun_continues_the_same_study(swept: Path) -> None:
     before = {t.number: t.value for t in load(swept, "s3").trials}
-    proc = run_cli(swept, *sweep_args(swept, "s3", 4))
+    proc = run_cli_in_process(swept, *sweep_args(swept, "s3", 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     storage = optuna.storages.RDBStorage(f"sqlite:///{swept / 'optuna.db'}")
     # One search study; its companion holds the CE baseline's trial (kdsweep.sweep.confirm).
@@ -142,39 +145,48 @@ def test_report_command_rebuilds_from_the_stored_study(swept: Path, tmp_path: Pa
     assert (out / "index.html").is_file() and (out / "trials.csv").is_file()
 
 
-def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+@pytest.mark.filterwarnings("ignore:Fixed parameter loss.temperature")  # on purpose
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(
+    tracked_workdir: Path, teacher_cache: Path
+) -> None:
     # An enqueued trial with an invalid temperature fails inside its job.
-    proc = run_cli(
-        tmp_path,
-        *sweep_args(tmp_path, "fail", 2, "hydra.sweeper.baselines=false"),
+    proc = run_cli_in_process(
+        tracked_workdir,
+        *sweep_args(tracked_workdir, "fail", 2, "hydra.sweeper.baselines=false"),
+        f"cache_dir={teacher_cache}",
         "hydra.sweeper.max_failure_rate=0.5",
         "hydra.sweeper.enqueue_trials=[{loss.temperature: -1.0}]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = load(tmp_path, "fail")
+    study = load(tracked_workdir, "fail")
     states = [t.state for t in study.trials]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 2
     failed = next(t for t in study.trials if t.state == TrialState.FAIL)
     assert "temperature" in failed.user_attrs["error"]
 
 
-def test_too_many_failures_stop_the_sweep(tmp_path: Path) -> None:
-    proc = run_cli(
-        tmp_path,
-        *sweep_args(tmp_path, "fail0", 2, "hydra.sweeper.baselines=false"),
+@pytest.mark.filterwarnings("ignore:Fixed parameter loss.temperature")  # on purpose
+def test_too_many_failures_stop_the_sweep(tracked_workdir: Path, teacher_cache: Path) -> None:
+    proc = run_cli_in_process(
+        tracked_workdir,
+        *sweep_args(tracked_workdir, "fail0", 2, "hydra.sweeper.baselines=false"),
+        f"cache_dir={teacher_cache}",
         "hydra.sweeper.max_failure_rate=0",
         "hydra.sweeper.enqueue_trials=[{loss.temperature: -1.0}]",
     )
     assert proc.returncode != 0
     assert "max_failure_rate" in proc.stderr and "Traceback" not in proc.stderr
-    assert [t.state for t in load(tmp_path, "fail0").trials] == [TrialState.FAIL]
+    assert [t.state for t in load(tracked_workdir, "fail0").trials] == [TrialState.FAIL]
 
 
-def test_pruned_trials_agree_between_optuna_and_mlflow(tmp_path: Path) -> None:
+def test_pruned_trials_agree_between_optuna_and_mlflow(
+    tracked_workdir: Path, teacher_cache: Path
+) -> None:
     # An aggressive pruner: after 1 trial, anything below the median at epoch 1 stops.
-    proc = run_cli(
-        tmp_path,
-        *sweep_args(tmp_path, "prune", 6, "hydra.sweeper.baselines=false"),
+    proc = run_cli_in_process(
+        tracked_workdir,
+        *sweep_args(tracked_workdir, "prune", 6, "hydra.sweeper.baselines=false"),
+        f"cache_dir={teacher_cache}",
         "trainer.epochs=4",
         "hydra.sweeper.pruner.name=median",
         "hydra.sweeper.pruner.n_startup_trials=1",
@@ -183,12 +195,12 @@ def test_pruned_trials_agree_between_optuna_and_mlflow(tmp_path: Path) -> None:
         "optimizer.lr=tag(log, interval(0.00001, 0.01))",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = load(tmp_path, "prune")
+    study = load(tracked_workdir, "prune")
     states = {t.number: t.state for t in study.trials}
     assert TrialState.PRUNED in states.values()
     finished = [s for s in states.values() if s in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6
-    runs = {r.info.run_id: r for r in mlflow_runs(db_path(tmp_path))}
+    runs = {r.info.run_id: r for r in mlflow_runs(db_path(tracked_workdir))}
     expected_status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
     for trial in study.trials:
         run = runs[trial.user_attrs["mlflow_run_id"]]
@@ -206,41 +218,41 @@ def test_pruned_trials_agree_between_optuna_and_mlflow(tmp_path: Path) -> None:
     # The experiment opens on its runs in MLflow 3's UI: a model-training experiment.
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{db_path(tmp_path)}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db_path(tracked_workdir)}")
     tags = client.get_experiment_by_name("kdsweep").tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_joblib_launcher_runs_trials_in_other_processes(tmp_path: Path) -> None:
+def test_joblib_launcher_runs_trials_in_other_processes(tracked_workdir: Path) -> None:
     proc = run_cli(
-        tmp_path,
-        *sweep_args(tmp_path, "jl", 2, "hydra.sweeper.baselines=false"),
+        tracked_workdir,
+        *sweep_args(tracked_workdir, "jl", 2, "hydra.sweeper.baselines=false"),
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "hydra.sweeper.n_jobs=2",
         timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = load(tmp_path, "jl")
+    study = load(tracked_workdir, "jl")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
-    runs = mlflow_runs(db_path(tmp_path))
+    runs = mlflow_runs(db_path(tracked_workdir))
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     assert len(children_of(runs, parent_id)) == 2
     # One teacher for the sweep: trained at most once, never once per trial.
-    assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 1
+    assert len(list((tracked_workdir / "cache" / "teachers").glob("*.pt"))) == 1
 
 
-def test_tutorial_multirun_ends_with_the_comparison_table(tmp_path: Path) -> None:
-    proc = run_cli(
-        tmp_path,
+def test_tutorial_multirun_ends_with_the_comparison_table(tracked_workdir: Path) -> None:
+    proc = run_cli_in_process(
+        tracked_workdir,
         "-m",
         "experiment=glob(tutorial_*)",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"hydra.sweep.dir={tracked_workdir / 'multirun'}",
         "trainer.epochs=1",
         "teacher.epochs=1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = (tmp_path / "multirun" / "tutorial_comparison.md").read_text()
+    table = (tracked_workdir / "multirun" / "tutorial_comparison.md").read_text()
     for row in ("Teacher", "without teacher", "CE + KD", "CE + cosine"):
         line = next(line for line in table.splitlines() if row in line)
         assert "FINISHED" in line

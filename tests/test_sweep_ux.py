@@ -10,63 +10,61 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import (
-    FAST,
-    load_trials,
-    run,
-    states,
-    sweep_args,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
-)
+from _helpers import FAST, load_trials, run, run_in_process, states, sweep_args
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_changed_settings_are_refused_and_nothing_to_do_is_said(
-    tmp_path: Path, teacher_cache: Path
+    tracked_workdir: Path, teacher_cache: Path
 ) -> None:
-    args = sweep_args(tmp_path, "drift", 2, cache_dir=teacher_cache)
-    first = run(tmp_path, args)
+    args = sweep_args(tracked_workdir, "drift", 2, cache_dir=teacher_cache)
+    first = run_in_process(tracked_workdir, args)
     assert first.returncode == 0, first.stderr[-3000:]
     trials = {
-        t.number: t.state.name for t in load_trials(f"sqlite:///{tmp_path}/optuna.db", "drift")
+        t.number: t.state.name
+        for t in load_trials(f"sqlite:///{tracked_workdir}/optuna.db", "drift")
     }
     assert trials == {0: "COMPLETE", 1: "COMPLETE"}
     # Job folders are named by the Optuna trial number.
-    folders = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir())
+    folders = sorted(p.name for p in (tracked_workdir / "multirun").iterdir() if p.is_dir())
     assert folders == ["trial-0", "trial-1"]
 
-    again = run(tmp_path, args)
+    again = run_in_process(tracked_workdir, args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to train" in again.stdout + again.stderr
-    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == folders
+    assert sorted(p.name for p in (tracked_workdir / "multirun").iterdir() if p.is_dir()) == folders
     # With Hydra's time-stamped sweep folders, a rerun that trains nothing makes none.
     stamped = [a for a in args if not a.startswith("hydra.sweep.dir=")]
-    assert run(tmp_path, stamped).returncode == 0
-    assert not list(tmp_path.glob("multirun/20*")) and not (tmp_path / "outputs").exists()
+    assert run_in_process(tracked_workdir, stamped).returncode == 0
+    assert (
+        not list(tracked_workdir.glob("multirun/20*"))
+        and not (tracked_workdir / "outputs").exists()
+    )
 
-    changed = run(tmp_path, [*args, "trainer.epochs=2"])
+    changed = run_in_process(tracked_workdir, [*args, "trainer.epochs=2"])
     assert changed.returncode == 2
     (line,) = [ln for ln in changed.stderr.splitlines() if ln.startswith("kdsweep: error:")]
     assert "trainer.epochs: 1 -> 2" in line
     assert "hydra.sweeper.study_name=" in line and "allow_changed_settings=true" in line
     assert "Traceback" not in changed.stderr
 
-    allowed = run(
-        tmp_path,
+    allowed = run_in_process(
+        tracked_workdir,
         [*args, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
          "hydra.sweeper.allow_changed_settings=true"],
     )  # fmt: skip
     assert allowed.returncode == 0, allowed.stderr[-3000:]
-    done = load_trials(f"sqlite:///{tmp_path}/optuna.db", "drift")
+    done = load_trials(f"sqlite:///{tracked_workdir}/optuna.db", "drift")
     assert states(done) == {"COMPLETE": 3}
 
 
 @pytest.mark.slow
-def test_the_main_job_prints_at_most_40_lines(tmp_path: Path, teacher_cache: Path) -> None:
+def test_the_main_job_prints_at_most_40_lines(tracked_workdir: Path, teacher_cache: Path) -> None:
     """`kdsweep -m hparams_search=kd` (20 trials, 5-seed confirmation) on a non-terminal:
-    one line a trial, a few for the stages, no control characters."""
-    proc = run(tmp_path, ["-m", "hparams_search=kd", f"cache_dir={teacher_cache}",
+    one line a trial, a few for the stages, no control characters. A real process: its
+    whole console is what is counted. It tracks into the seeded ./mlflow.db (the default)."""
+    proc = run(tracked_workdir, ["-m", "hparams_search=kd", f"cache_dir={teacher_cache}",
                           "teacher.epochs=1", "trainer.device=cpu"], timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (proc.stdout + proc.stderr).splitlines()
@@ -91,16 +89,18 @@ def readme_sweep_commands() -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_the_readme_sweep_examples_do_what_their_comments_say(
-    tmp_path: Path, teacher_cache: Path
+    tracked_workdir: Path, teacher_cache: Path
 ) -> None:
-    """Run in order in a fresh folder, with tiny sizes (the same for every command, so
-    they do not change the studies' settings): each trains what its comment says."""
+    """Run in order in a fresh folder (tracking into its seeded ./mlflow.db), with tiny
+    sizes (the same for every command, so they do not change the studies' settings): each
+    trains what its comment says. In this process, but for the joblib example, whose
+    workers are processes of their own anyway."""
     tiny = [*FAST, "teacher.epochs=1", f"cache_dir={teacher_cache}", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.confirm.top_k=1",
             "data.size=200", "data.test_size=40"]  # fmt: skip
     commands = readme_sweep_commands()
     assert len(commands) == 8
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    storage = f"sqlite:///{tracked_workdir}/optuna.db"
 
     def sweep(command: str) -> tuple[int, str]:
         words = shlex.split(command)[1:]  # without "kdsweep"
@@ -108,7 +108,11 @@ def test_the_readme_sweep_examples_do_what_their_comments_say(
         extra = [t for t in tiny if not t.startswith("data.") or "data=synthetic" in words]
         if any(w.startswith("hydra.sweeper.n_trials=") for w in words):
             extra = [t for t in extra if not t.startswith("hydra.sweeper.n_trials=")]
-        proc = run(tmp_path, [*words[:2], *extra, *words[2:]], timeout=600)
+        args = [*words[:2], *extra, *words[2:]]
+        if "hydra/launcher=joblib" in words:
+            proc = run(tracked_workdir, args, timeout=600)
+        else:
+            proc = run_in_process(tracked_workdir, args)
         return proc.returncode, proc.stdout + proc.stderr
 
     def finished(study: str) -> int:

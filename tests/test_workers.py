@@ -22,7 +22,6 @@ from _helpers import (
     start,
     states,
     sweep_args,
-    teacher_cache_fixture,  # noqa: F401  (the teacher_cache fixture)
     unique,
 )
 
