@@ -527,6 +527,7 @@ def _nan_sweep_args(tmp_path: Path, study: str, cache: Path, *extra: str) -> lis
     )
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter optimizer.lr")  # lr=1e8 on purpose
 def test_diverging_trial_fails_and_the_sweep_goes_on(
     tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
 ) -> None:
