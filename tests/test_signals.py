@@ -347,3 +347,44 @@ def test_a_swallowed_signal_outruns_a_command_that_exits_at_once(sig: signal.Sig
     assert done.returncode == EXIT[sig], done.stdout + done.stderr
     assert done.stderr.splitlines()[-1].startswith(f"fake: interrupted by {sig.name}")
     assert "Traceback" not in done.stderr
+
+
+LATE_SIGNALS = """
+import atexit, os, signal, sys, types
+from kdsweep.cli import _run
+
+class SignalAtTeardown:  # __main__'s globals are cleared after Python resets its handlers
+    def __del__(self, kill=os.kill, pid=os.getpid(), sig=signal.{sig}):
+        kill(pid, sig)
+
+def main():
+    if {twice}:  # runs before kdsweep's own exit callback: the handler is still Python's
+        atexit.register(lambda: [os.kill(os.getpid(), signal.{sig}) for _ in range(2)])
+    print("done", flush=True)
+
+teardown = SignalAtTeardown()
+sys.modules["fake_command"] = types.SimpleNamespace(main=main)
+_run("fake", "fake_command", "nothing was written")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_finished_keeps_its_exit_code(sig: signal.Signals) -> None:
+    """The chaos test's CI failure: a Ctrl-C that reached a sweep while it was already
+    exiting killed it with -SIGINT and no word, because Python's shutdown resets handlers
+    to the default action. The work was done; the exit code stays the command's."""
+    script = LATE_SIGNALS.format(sig=sig.name, twice=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout == "done\n" and done.stderr == ""
+
+
+def test_a_second_late_signal_leaves_a_hanging_exit_at_once() -> None:
+    script = LATE_SIGNALS.format(sig="SIGTERM", twice=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT[signal.SIGTERM], (done.returncode, done.stderr)
+    assert done.stdout == "done\n" and "Traceback" not in done.stderr

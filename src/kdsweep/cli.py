@@ -9,7 +9,12 @@ import sys
 from typing import Any
 
 from kdsweep.core.errors import interrupt_name
-from kdsweep.core.signals import deferred_signals, install_signal_handlers, raise_swallowed
+from kdsweep.core.signals import (
+    command_finished,
+    deferred_signals,
+    install_signal_handlers,
+    raise_swallowed,
+)
 
 
 def _run(command: str, module: str, after: str) -> Any:
@@ -25,6 +30,7 @@ def _run(command: str, module: str, after: str) -> Any:
             return command_main()
         finally:
             raise_swallowed()  # replaces the command's own exit: the user interrupted it
+            command_finished()  # a signal from now on is late: the exit code stays
     except KeyboardInterrupt as exc:
         print(f"{command}: interrupted by {interrupt_name(exc)}: {after}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 130)) from None

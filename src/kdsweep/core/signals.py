@@ -14,10 +14,18 @@ on). A signal that lands there would be lost, and the command would carry on as 
 nothing had happened. :func:`install_signal_handlers` therefore also installs a
 ``sys.unraisablehook`` that recognises a swallowed :class:`Interrupted` and delivers the
 signal again, from a helper thread, once the callback has returned.
+
+Once the command has finished (:func:`command_finished`) a signal is late: the work is
+done and the exit code is the command's. Python's shutdown resets every handler it set
+back to the default action, so a signal landing there (while torch's modules are torn
+down, a second or so) would kill the process silently with -SIGINT. The first late
+signal is therefore ignored, a second one leaves a hung exit at once (128 + signal), and
+an ``atexit`` callback sets SIGINT and SIGTERM to "ignore", which the shutdown keeps.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -37,6 +45,8 @@ class _SignalState:
     pending: int | None = None
     in_unraisable_hook: bool = False
     swallowed: int | None = None  # a signal Python swallowed, not yet raised again
+    finished: bool = False  # the command has returned: a signal now is late
+    late_signals: int = 0
 
 
 _state = _SignalState()
@@ -45,6 +55,11 @@ _next_unraisablehook = sys.unraisablehook  # the hook ours passes every other ex
 
 
 def _handler(signum: int, frame: object) -> None:
+    if _state.finished:
+        _state.late_signals += 1
+        if _state.late_signals > 1:  # the user insists: the exit itself is hanging
+            os._exit(128 + signum)
+        return
     if _state.raised:
         return
     if _state.depth:
@@ -72,6 +87,8 @@ def _unraisablehook(unraisable: sys.UnraisableHookArgs) -> None:
     if not isinstance(unraisable.exc_value, Interrupted):
         _next_unraisablehook(unraisable)
         return
+    if _state.finished:  # nothing is left to interrupt
+        return
     _state.in_unraisable_hook = True
     try:
         _state.swallowed = unraisable.exc_value.signum
@@ -88,10 +105,14 @@ def install_signal_handlers() -> None:
     global _next_unraisablehook
     if threading.current_thread() is not threading.main_thread():
         return
-    _state.installed = True
     _state.raised = False
     _state.pending = None
     _state.swallowed = None
+    _state.finished = False
+    _state.late_signals = 0
+    if not _state.installed:
+        atexit.register(_ignore_signals_from_now_on)
+    _state.installed = True
     if sys.unraisablehook is not _unraisablehook:
         _next_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisablehook
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -134,3 +155,17 @@ def raise_swallowed() -> None:
         signum, _state.swallowed = _state.swallowed, None
         _state.raised = True
         raise Interrupted(signum)
+
+
+def command_finished() -> None:
+    """Mark the command as done: from now on a first signal is ignored (the exit code
+    stays the command's) and a second one exits at once with 128 + its number."""
+    _state.finished = True
+
+
+def _ignore_signals_from_now_on() -> None:
+    # Runs at exit, before Python resets its handlers to the default (deadly) action;
+    # an ignored signal stays ignored through the rest of the shutdown.
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
