@@ -18,6 +18,7 @@ import torch
 from _helpers import mlflow_runs, run_in_process, sweep_args, unique
 from conftest import db_path, isolated_overrides
 from kdsweep.data import ImageFolderData, ImageSplit, load_splits
+from kdsweep.data.imagefolder import ResizedTo, load_image
 from kdsweep.nets import deep_nn
 from kdsweep.training.teacher_outputs import cached_source
 
@@ -60,12 +61,42 @@ def test_given_folders_are_the_splits(full_tree: Path, tmp_path: Path) -> None:
     assert isinstance(data.train_x, ImageSplit)
     assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (60, 12, 12)
     assert data.num_classes == 3 and data.input_shape == (3, 32, 32)
+    # Only the labels are held in memory; the images stay on disk.
+    assert data.nbytes == sum(y.nbytes for y in (data.train_y, data.val_y, data.test_y))
     # Normalized with the training split's statistics: about mean 0, std 1 there.
     batch = data.train_x[:60]
     assert batch.shape == (60, 3, 32, 32)
     assert batch.mean().abs() < 0.05 and abs(batch.std().item() - 1) < 0.05
     stats = list((tmp_path / "data_stats").glob("imagefolder-*.pt"))
     assert len(stats) == 1
+
+
+def test_every_image_format_decodes_to_the_same_rgb_pixels(tmp_path: Path) -> None:
+    """PNG and JPEG go through torchvision.io, the rest through PIL: the same pixels."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(1).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    expected = torch.from_numpy(rgb).permute(2, 0, 1)
+    for name in ("a.png", "a.bmp", "a.PNG", "a.tiff"):
+        Image.fromarray(rgb).save(tmp_path / name)
+        assert torch.equal(load_image(str(tmp_path / name)), expected), name
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "alpha.png")
+    assert torch.equal(load_image(str(tmp_path / "alpha.png")), expected)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    assert torch.equal(load_image(str(tmp_path / "grey.png")), expected[:1].repeat(3, 1, 1))
+    wide = (rgb[..., 0].astype(np.uint16) << 8) | rgb[..., 0]  # 16-bit grey
+    Image.fromarray(wide).save(tmp_path / "deep.png")
+    assert torch.equal(load_image(str(tmp_path / "deep.png")), expected[:1].repeat(3, 1, 1))
+    jpeg = load_image(str(tmp_path / "a.png"))
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=100)
+    assert load_image(str(tmp_path / "a.jpg")).shape == jpeg.shape
+
+
+def test_only_images_of_another_size_are_resized() -> None:
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    assert ResizedTo(32)(image) is image
+    assert ResizedTo(16)(image).shape == (3, 16, 16)
+    assert ResizedTo(32)(image[:, :20]).shape == (3, 32, 32)
 
 
 def test_statistics_are_cached_and_verified(

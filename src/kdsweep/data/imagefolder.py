@@ -71,11 +71,51 @@ class ImageFolderData(DataSet):
         return load_imagefolder_splits(self)
 
 
+# What torchvision.io decodes, straight to a uint8 tensor: about twice as fast as PIL and
+# ToImage on small PNGs (benchmarks/bench.py row h). Other formats go through PIL.
+FAST_DECODE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_image(path: str) -> torch.Tensor:
+    """The image at ``path`` as a 3 x H x W uint8 RGB tensor (alpha dropped, grey
+    repeated, 16-bit scaled down, a GIF's first frame), however it is stored."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional
+
+    if path.lower().endswith(FAST_DECODE_SUFFIXES):
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as opened:
+            image = functional.pil_to_tensor(opened.convert("RGB"))
+    if image.dtype != torch.uint8:
+        image = functional.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+class ResizedTo:
+    """Resize to ``size`` x ``size``; an image already that size is passed as it is,
+    where Resize would still interpolate it (the common case of a prepared data set)."""
+
+    def __init__(self, size: int) -> None:
+        from torchvision.transforms import v2
+
+        self.size = size
+        self.resize = v2.Resize((size, size), antialias=True)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == (self.size, self.size):
+            return image
+        return self.resize(image)
+
+
 def _folder(path: Path, transform: Any) -> Any:
     from torchvision import datasets
 
     try:
-        return datasets.ImageFolder(str(path), transform=transform)
+        return datasets.ImageFolder(str(path), transform=transform, loader=load_image)
     except (FileNotFoundError, OSError) as exc:
         raise DataError(
             f"no images under {path.resolve()} ({first_line(exc).rstrip('.')}):"
@@ -143,7 +183,7 @@ def _transforms(conf: ImageFolderData) -> tuple[Any, Any]:
     randomly cropped with reflected padding and flipped, as the in-memory sets are."""
     from torchvision.transforms import v2
 
-    plain = [v2.ToImage(), v2.Resize((conf.image_size, conf.image_size), antialias=True)]
+    plain = [ResizedTo(conf.image_size)]
     augment = [
         v2.RandomCrop(conf.image_size, padding=conf.image_size // 8, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),

@@ -177,9 +177,10 @@ class TensorSplits:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the splits hold in memory (a streamed split's images hold none)."""
         return sum(
-            t.element_size() * t.nelement()
-            for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
+            part.nbytes
+            for part in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
         )
 
 

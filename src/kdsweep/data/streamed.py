@@ -40,6 +40,11 @@ class ImageSplit:
     def to(self, device: torch.device | str) -> ImageSplit:
         return replace(self, device=str(device))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory, as ``Tensor.nbytes``: none, the images stay on disk."""
+        return 0
+
     def __getitem__(self, rows: slice) -> torch.Tensor:
         """The images of ``rows`` (a slice) as one normalized batch, as a tensor split
         would give them."""
