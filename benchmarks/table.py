@@ -119,4 +119,22 @@ def notes(rows: list[Row]) -> list[str]:
             " with torch.cuda.set_sync_debug_mode('warn') over a 2-epoch fit (val pass"
             " included)"
         )
+    if (h := by_key.get("h1")) and h.details:
+        d = h.details
+        out.append(
+            f"h: {d['images']:.0f} training PNGs of 3x32x32, {d['workers']:.0f} DataLoader"
+            f" workers, median of {d['repeats']:.0f} KD epochs per side after a warm-up, sides"
+            " rotated; streamed = data=imagefolder through fit with the teacher's outputs"
+            " cached by index (memory-mapped); seed loop = the seed notes' loop over"
+            " ImageFolder + ToTensor + Normalize with the live teacher; in memory = the same"
+            " images decoded once into a tensor"
+        )
+    if (h3 := by_key.get("h3")) and h3.details:
+        d = h3.details
+        out.append(
+            "h3: in a fresh interpreter after a warm-up fit; growth = the larger of the peak's"
+            f" rise ({mb(d['peak_above_warm_up_peak_bytes'])}) and the RSS kept"
+            f" ({mb(d['rss_kept_bytes'])}); decoded = the training split as float32; the"
+            f" largest worker's peak RSS {mb(d['largest_worker_peak_rss_bytes'])} (not counted)"
+        )
     return out
