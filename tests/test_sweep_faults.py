@@ -114,9 +114,9 @@ def test_a_rerun_with_other_enqueued_trials_drops_the_old_ones(tmp_path: Path) -
     enqueue_reference(sweep(2.0, 3.0), study, space)
     enqueue_reference(sweep(3.0, 4.0), study, space)
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    assert sorted(t.system_attrs["fixed_params"]["loss.temperature"] for t in queued) == [3, 4]
+    assert sorted(t.user_attrs["enqueued_params"]["loss.temperature"] for t in queued) == [3, 4]
     (dropped,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    assert dropped.system_attrs["fixed_params"] == {"loss.temperature": 2.0}
+    assert dropped.user_attrs["enqueued_params"] == {"loss.temperature": 2.0}
     assert dropped.user_attrs["error"] == "not in the current plan: not run"
     enqueue_reference(sweep(), study, space)  # none enqueued now: nothing queued runs
     assert study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) == []

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdsweep.sweep")
 
+#: A queued trial's values, in a public user attr: Optuna keeps them in its own system
+#: attrs until the trial runs.
+ENQUEUED_PARAMS = "enqueued_params"
+
 
 def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
     """Enqueue each of ``enqueue_trials`` (the reference setting) unless a trial with
@@ -52,7 +56,7 @@ def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> 
         for index, params in enumerate(given):
             number = trial_with_params(study, params)
             if number is None:
-                study.enqueue_trial(params)
+                study.enqueue_trial(params, user_attrs={ENQUEUED_PARAMS: params})
                 number = trial_with_params(study, params)
             if index == 0:
                 reference_number = number
@@ -114,7 +118,7 @@ def run_baseline_once(
 
 def trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None:
     """The number of a complete, pruned, running or waiting trial (the first) whose values
-    are ``params`` (a waiting trial's are its fixed_params), or None."""
+    are ``params`` (a waiting trial's: those it was queued with), or None."""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     for trial in study.get_trials(deepcopy=False, states=live):
         if _has_values(trial, params):
@@ -123,8 +127,9 @@ def trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None
 
 
 def _has_values(trial: optuna.trial.FrozenTrial, params: dict[str, Any]) -> bool:
-    """Whether the trial's values (a waiting trial's: its fixed_params) are ``params``."""
-    values = trial.system_attrs.get("fixed_params", trial.params)
+    """Whether the trial's values (a waiting trial's: those it was queued with) are
+    ``params``."""
+    values = trial.params or trial.user_attrs.get(ENQUEUED_PARAMS, {})
     return all(
         name in values
         and (
