@@ -200,7 +200,7 @@ def measure_pruning(
             n_trials,
             cache_dir,
             search,
-            [f"hydra.sweeper.pruner.name={name}", *common],
+            [f"hydra/sweeper/pruner={name}", *common],
             timeout,
             progress,
         )

@@ -136,7 +136,22 @@ ROWS = {
         (*SWEEP, "hydra.sweeper.n_trials=0"), "n_trials and n_jobs must be >= 1", subprocess=True
     ),
     "unknown pruner": Bad(
-        (*SWEEP, "hydra.sweeper.pruner.name=bogus"), "pruner.name='bogus' is unknown"
+        (*SWEEP, "hydra/sweeper/pruner=bogus"),
+        "Could not find 'hydra/sweeper/pruner/bogus'",
+        code=1,
+        hydra_error=True,
+    ),
+    "pruner outside the allow-list": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.pruner._target_=mypkg.Pruner"),
+            "hydra.sweeper.pruner._target_=mypkg.Pruner: Target 'mypkg.Pruner' is not in the",
+        )
+    ),
+    "pruner that is not a pruner": _slow(
+        Bad(
+            (*SWEEP, "hydra/sweeper/pruner=none", "hydra.sweeper.pruner._target_=torch.nn.ReLU"),
+            "built a ReLU, not an Optuna pruner",
+        )
     ),
     "loss diverges (NaN) in a run": Bad(
         ("loss=ce", "optimizer.lr=1e8"), "lower optimizer.lr", code=1, mlflow="FAILED"
@@ -277,23 +292,24 @@ ROWS = {
         )
     ),
     "pruner startup negative": Bad(
-        (*SWEEP, "hydra.sweeper.pruner.n_startup_trials=-1"), "n_startup_trials must be >= 0"
+        (*SWEEP, "hydra.sweeper.pruner.n_startup_trials=-1"),
+        "hydra.sweeper.pruner (MedianPruner with n_startup_trials=-1, n_warmup_steps=2) cannot",
     ),
     "pruner warmup negative": _slow(
-        Bad((*SWEEP, "hydra.sweeper.pruner.n_warmup_steps=-1"), "n_warmup_steps must be >= 0")
+        Bad((*SWEEP, "hydra.sweeper.pruner.n_warmup_steps=-1"), "n_warmup_steps=-1")
     ),
     "hyperband reduction 0": Bad(
-        (*SWEEP, "hydra.sweeper.pruner.name=hyperband", "hydra.sweeper.pruner.reduction_factor=0"),
-        "reduction_factor must be >= 2",
+        (*SWEEP, "hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=0"),
+        "(HyperbandPruner with min_resource=1, reduction_factor=0) cannot prune",
     ),
     "halving min resource 0": _slow(
         Bad(
             (
                 *SWEEP,
-                "hydra.sweeper.pruner.name=successive_halving",
+                "hydra/sweeper/pruner=successive_halving",
                 "hydra.sweeper.pruner.min_resource=0",
             ),
-            "min_resource must be >= 1",
+            "min_resource` is 0, but must be",
         )
     ),
     "sampler outside the whitelist": Bad(

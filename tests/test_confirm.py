@@ -36,7 +36,7 @@ def confirm_args(workdir: Path, cache: Path, seeds: int, *extra: str) -> list[st
         "hydra.sweeper.confirm.enabled=true",
         f"hydra.sweeper.confirm.seeds={seeds}",
         "hydra.sweeper.confirm.top_k=1",
-        "hydra.sweeper.pruner.name=none",
+        "hydra/sweeper/pruner=none",
         *extra,
         cache_dir=cache,
     )

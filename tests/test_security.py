@@ -88,6 +88,46 @@ def test_mask_value_leaves_non_strings_alone() -> None:
     assert mask_value("http://u:s3cret@h") == "http://u:***@h"
 
 
+def test_every_value_kdsweep_writes_to_mlflow_is_masked_then_clipped(
+    tmp_path: Path, empty_mlflow_db: Path
+) -> None:
+    """MaskedClient is the one door to MLflow: params, tags, the run's and a model
+    version's description, text artifacts. A clip to MLflow's limit comes after the mask,
+    so it never leaves part of a password behind."""
+    import shutil
+
+    from mlflow.entities import Param, RunTag
+
+    from kdsweep.run.masked_client import MAX_PARAM_LENGTH, MaskedClient
+
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MaskedClient(tracking_uri=uri, registry_uri=uri)
+    url = f"postgresql://kd:{SECRET}@db/optuna"
+    run_id = client.create_run("0", tags={"storage": url}).info.run_id
+    client.set_tag(run_id, "error", f"cannot open {url}")
+    client.log_param(run_id, "uri", url)
+    padded = "x" * (MAX_PARAM_LENGTH - 20) + url  # the password straddles the limit
+    client.log_batch(run_id, params=[Param("long", padded)], tags=[RunTag("t", url)])
+    client.log_text(run_id, f"tracking:\n  uri: {url}\n", "config.yaml")
+    client.create_registered_model("m", tags={"storage": url}, description=url)
+    client.create_model_version("m", f"runs:/{run_id}/x", run_id, tags={"s": url}, description=url)
+    client.update_model_version("m", "1", description=f"now {url}")
+    client.set_model_version_tag("m", "1", "again", url)
+    data = client.get_run(run_id).data
+    written = [*data.tags.values(), *data.params.values()]
+    assert "postgresql://kd:***@db/optuna" in data.params["uri"]
+    assert len(data.params["long"]) <= MAX_PARAM_LENGTH
+    version = client.get_model_version("m", "1")
+    written += [version.description, *version.tags.values()]
+    written += [client.get_registered_model("m").description]
+    written.append(
+        (Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path)))).read_text()
+    )
+    assert all(SECRET not in text for text in written), written
+    assert SECRET.encode() not in (tmp_path / "mlflow.db").read_bytes()
+
+
 def test_log_lines_and_tracebacks_are_masked_by_the_handler_filter() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

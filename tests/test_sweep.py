@@ -188,7 +188,7 @@ def test_pruned_trials_agree_between_optuna_and_mlflow(
         *sweep_args(tracked_workdir, "prune", 6, "hydra.sweeper.baselines=false"),
         f"cache_dir={teacher_cache}",
         "trainer.epochs=4",
-        "hydra.sweeper.pruner.name=median",
+        "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.pruner.n_warmup_steps=0",
         "loss.temperature=interval(1.0, 2.0)",

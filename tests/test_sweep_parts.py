@@ -24,7 +24,7 @@ OPTIONS = {
     "n_jobs": 1,
     "max_failure_rate": 0.25,
     "params": {"loss.temperature": "interval(1.0, 4.0)"},
-    "pruner": {"name": "median"},
+    "pruner": {"_target_": "optuna.pruners.MedianPruner"},
     "enqueue_trials": [],
     "baselines": True,
     "report_dir": "reports",
@@ -53,7 +53,7 @@ def test_storage_file(url: str, path: Path | None) -> None:
 def test_settings_from_the_sweeper_options() -> None:
     settings = SweepSettings.from_options(OPTIONS)
     assert settings.storage == "sqlite:///optuna.db" and settings.study_name == "kdsweep"
-    assert settings.pruner == {"name": "median"}
+    assert settings.pruner_name == "MedianPruner"
     settings.check()
     with pytest.raises(TypeError):
         SweepSettings.from_options({**OPTIONS, "n_trails": 3})
@@ -159,3 +159,42 @@ def test_settings_allow_the_largest_plan_and_the_last_seeds() -> None:
     SweepSettings.from_options({**OPTIONS, "confirm": {"seeds": 10**9}}).check()
     for name in ("kd-digits-light", "/tmp/a b/.ssh", "confirm-kd:v2"):
         SweepSettings.from_options({**OPTIONS, "study_name": name}).check()
+
+
+USER_PRUNER = """
+import optuna
+
+class Never(optuna.pruners.BasePruner):
+    def __init__(self, patience: int = 1) -> None:
+        self.patience = patience
+
+    def prune(self, study, trial) -> bool:
+        return False
+"""
+
+
+def test_a_users_own_pruner_is_built_once_its_package_is_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdsweep.core.errors import ConfigError
+    from kdsweep.sweep.checks import _check_pruner
+    from kdsweep.sweep.studies import build_pruner
+
+    (tmp_path / "mypruners.py").write_text(USER_PRUNER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = {"_target_": "mypruners.Never", "patience": 3}
+    with pytest.raises(ConfigError, match=r"allowed_targets=\[mypruners\.\*\]"):
+        build_pruner(node)
+    pruner = build_pruner(node, allowed=("mypruners.*",))
+    assert type(pruner).__name__ == "Never" and pruner.patience == 3
+    _check_pruner(node, ("mypruners.*",))  # it prunes a test study without an error
+    assert isinstance(build_pruner(None), optuna.pruners.NopPruner)
+
+
+def test_pruner_options_that_fail_only_when_pruning_are_refused_at_start_up() -> None:
+    from kdsweep.sweep.checks import _check_pruner
+
+    hyperband = {"_target_": "optuna.pruners.HyperbandPruner", "reduction_factor": 0}
+    with pytest.raises(KdsweepError, match=r"\(HyperbandPruner with reduction_factor=0\)"):
+        _check_pruner(hyperband, ())
+    _check_pruner({**hyperband, "reduction_factor": 3}, ())

@@ -126,7 +126,7 @@ def load_uri(uri: str, tracking_uri: str) -> Loaded:
 
     from kdsweep.run.student import FORMAT
 
-    where = f"(tracking.uri={mask_secrets(tracking_uri)})"
+    where = f"(tracking.uri={tracking_uri})"
     try:
         with _store(tracking_uri):
             info = get_model_info(uri)

@@ -145,9 +145,9 @@ def main() -> None:
             report_error(KdsweepError(line))
             raise SystemExit(2) from None
         # What Hydra prints without HYDRA_FULL_ERROR.
-        print(str(exc), file=sys.stderr)
+        print(mask_secrets(str(exc)), file=sys.stderr)
         if exc.__cause__ is not None:
-            print(str(exc.__cause__), file=sys.stderr)
+            print(mask_secrets(str(exc.__cause__)), file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         # Leave the environment as it was: a caller that runs main() in-process (tests, a

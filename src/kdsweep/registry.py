@@ -40,9 +40,9 @@ ALIAS = "champion"
 def registry_client(tracking_uri: str) -> Any:
     """A client whose Model Registry is the tracking store itself: never a registry URI
     that an environment variable (MLFLOW_REGISTRY_URI) or another caller left behind."""
-    from mlflow.tracking import MlflowClient
+    from kdsweep.run.masked_client import MaskedClient  # imports MLflow
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return MaskedClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def registered_name(study_name: str) -> str:

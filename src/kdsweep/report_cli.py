@@ -54,7 +54,7 @@ def _open(url: str) -> Any:
     path = storage_file(url)
     if path is not None and not path.is_file():
         raise _Fail(
-            f"--storage {mask_secrets(url)}: no such file {str(path)!r}: pass the sweep's"
+            f"--storage {url}: no such file {str(path)!r}: pass the sweep's"
             " hydra.sweeper.storage (e.g. sqlite:///optuna.db)"
         )
     if journal_file(url) is None:
@@ -66,7 +66,7 @@ def _open(url: str) -> Any:
                 "other": "a database without Optuna's tables",
             }[kind]
             raise _Fail(
-                f"--storage {mask_secrets(url)} is {whose}, not an Optuna storage: pass the"
+                f"--storage {url} is {whose}, not an Optuna storage: pass the"
                 " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
             )
     try:
@@ -123,7 +123,7 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
     if name not in names:
         known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         hint = f"studies there: {known}" if names else "it has no studies"
-        raise _Fail(f"no study named {name!r} in {mask_secrets(url)} ({hint})")
+        raise _Fail(f"no study named {name!r} in {url} ({hint})")
     import optuna
 
     from kdsweep.report import report_dir_for, write_report
@@ -156,18 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         except KdsweepError as exc:
             raise _Fail(str(exc)) from None
         except OSError as exc:
-            raise _Fail(mask_secrets(str(exc))) from None
+            raise _Fail(str(exc)) from None
         except Exception as exc:
             # Storage back ends (SQLAlchemy, the journal) raise their own types for a
             # locked, corrupt or unreachable database: one line, not a traceback.
             if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
                 raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise _Fail(
-                f"{mask_secrets(args.storage)}: {type(exc).__name__}: {mask_secrets(text)[:300]}"
-            ) from None
+            raise _Fail(f"{args.storage}: {type(exc).__name__}: {text[:300]}") from None
     except _Fail as exc:
-        message = " ".join(str(exc).split())
+        message = mask_secrets(" ".join(str(exc).split()))  # every error line's one door
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     print(index)

@@ -10,18 +10,46 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import MISSING
+
+# The pruner is a _target_ node like the sampler, picked with hydra/sweeper/pruner=NAME
+# (none, median, hyperband, successive_halving) and tuned with hydra.sweeper.pruner.KEY;
+# a user's own names any optuna.pruners.BasePruner (its package in allowed_targets).
 
 
 @dataclass
-class PrunerConf:
-    # none | median | hyperband | successive_halving
-    name: str = "none"
-    # median: no pruning until this many trials finished, nor before this many epochs
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 1
-    # hyperband / successive_halving
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    # No pruning until this many trials finished, nor before this many epochs.
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 2
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
     min_resource: int = 1
     reduction_factor: int = 3
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+PRUNERS = {
+    "none": NopPrunerConf,
+    "median": MedianPrunerConf,
+    "hyperband": HyperbandPrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf,
+}
 
 
 @dataclass
@@ -41,6 +69,7 @@ class ConfirmConf:
 @dataclass
 class KdsweepSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KdsweepSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     direction: Any = "maximize"
     # A study persists by default, in the directory kdsweep runs from: rerunning the same
     # command continues it. journal:PATH selects Optuna's journal file storage.
@@ -49,7 +78,7 @@ class KdsweepSweeperConf(OptunaSweeperConf):
     n_jobs: int = 1
     # Failed trials tolerated, as a fraction of n_trials, before the sweep stops.
     max_failure_rate: float = 0.25
-    pruner: PrunerConf = field(default_factory=PrunerConf)
+    pruner: Any = MISSING  # hydra/sweeper/pruner picks it (defaults above)
     # Parameter sets tried first, once per study (e.g. the tutorial's defaults).
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
     # Train a CE-only student once per study, for the report's baseline row.
@@ -72,3 +101,7 @@ ConfigStore.instance().store(
     node=KdsweepSweeperConf,
     provider="kdsweep",
 )
+for name, node in PRUNERS.items():
+    ConfigStore.instance().store(
+        group="hydra/sweeper/pruner", name=name, node=node, provider="kdsweep"
+    )

@@ -78,7 +78,7 @@ def _node(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     return Target(key, node, allowed)
 
 
-def _allowed(cfg: DictConfig) -> tuple[str, ...]:
+def allowed_targets(cfg: DictConfig) -> tuple[str, ...]:
     """The user's ``allowed_targets``: package patterns such as ``mypkg.*``."""
     allowed = cfg.get("allowed_targets") or []
     if not isinstance(allowed, (list, tuple, ListConfig)) or not all(
@@ -217,7 +217,7 @@ def validate(cfg: DictConfig) -> Settings:
     # where the user set it.
     trainer = typed(cfg.trainer, TrainerConf, "trainer")
     teacher = typed(cfg.teacher, TeacherConf, "teacher")
-    allowed = _allowed(cfg)
+    allowed = allowed_targets(cfg)
     settings = Settings(
         data=_built(cfg.data, "data", allowed),
         model=_network(cfg.model, "model", allowed),

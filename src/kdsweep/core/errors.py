@@ -6,7 +6,15 @@ from kdsweep.core.secrets import mask_secrets
 
 
 class KdsweepError(Exception):
-    """A problem with the user's input or environment, with the fix in its message."""
+    """A problem with the user's input or environment, with the fix in its message.
+
+    The message is masked when the error is made (a storage or tracking URL in it loses
+    its password), so that wherever it ends up (the one-line report, a traceback under
+    HYDRA_FULL_ERROR, a trial's error attribute, a pickled job result) it is clean, and the
+    code that raises it names URLs as they are."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(mask_secrets(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(KdsweepError):

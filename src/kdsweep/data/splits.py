@@ -180,7 +180,14 @@ class TensorSplits:
         """Bytes the splits hold in memory (a streamed split's images hold none)."""
         return sum(
             part.nbytes
-            for part in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
+            for part in (
+                self.train_x,
+                self.train_y,
+                self.val_x,
+                self.val_y,
+                self.test_x,
+                self.test_y,
+            )
         )
 
 

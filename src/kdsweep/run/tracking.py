@@ -22,7 +22,7 @@ from typing import Any
 from kdsweep.config.schema import TrackingConf
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import atomic_write_text
-from kdsweep.core.secrets import mask_secrets, mask_value
+from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import deferred_signals
 from kdsweep.core.stores import (
     database_tables,
@@ -39,8 +39,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-MAX_PARAM_LENGTH = 6000
-
 
 # The longest a per-epoch metric waits before it is written: the MLflow UI's live curves
 # of a long run lag by at most this.
@@ -48,15 +46,14 @@ METRICS_FLUSH_S = 2.0
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; secrets masked, long values clipped for MLflow."""
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            text = mask_value(value)
-            flat[name] = text[:MAX_PARAM_LENGTH] if isinstance(text, str) else text
+            flat[name] = value
     return flat
 
 
@@ -73,9 +70,9 @@ def git_commit() -> str | None:
 
 @lru_cache(maxsize=8)
 def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
+    from kdsweep.run.masked_client import MaskedClient  # imports MLflow
 
-    return MlflowClient(tracking_uri=uri)
+    return MaskedClient(tracking_uri=uri)
 
 
 def client_for(uri: str) -> Any:
@@ -158,7 +155,7 @@ class RunTracker:
         problem = _probe(self.conf.uri, scheme)
         if problem:
             raise KdsweepError(
-                f"MLflow does not answer at tracking.uri={mask_secrets(self.conf.uri)}"
+                f"MLflow does not answer at tracking.uri={self.conf.uri}"
                 f" ({problem}): start the server or fix tracking.uri"
                 " (tracking.enabled=false runs untracked)"
             )
@@ -166,8 +163,8 @@ class RunTracker:
             client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
         except Exception as exc:
             raise KdsweepError(
-                f"MLflow does not answer at tracking.uri={mask_secrets(self.conf.uri)}"
-                f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                f"MLflow does not answer at tracking.uri={self.conf.uri}"
+                f" ({first_line(exc)}): start the server or fix tracking.uri"
                 " (tracking.enabled=false runs untracked)"
             ) from None
 
@@ -188,8 +185,8 @@ class RunTracker:
                 run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
             except Exception as exc:
                 raise KdsweepError(
-                    f"cannot start an MLflow run at tracking.uri={mask_secrets(self.conf.uri)}"
-                    f" ({_first_line(exc)}): start the server or fix tracking.uri"
+                    f"cannot start an MLflow run at tracking.uri={self.conf.uri}"
+                    f" ({first_line(exc)}): start the server or fix tracking.uri"
                     " (tracking.enabled=false runs untracked)"
                 ) from None
             self.run_id = run.info.run_id
@@ -202,10 +199,12 @@ class RunTracker:
         self.record["status"] = status
         self.flush_metrics()
         if error:
-            self.set_tags({"error": mask_secrets(error)[:5000]})
+            self.set_tags({"error": error})
         self._call(lambda c: c.set_terminated(self.run_id, status=status))
         try:
-            atomic_write_text(self.local_path, json.dumps(self.record, indent=2, default=str))
+            # The local record's boundary, as MaskedClient is MLflow's.
+            text = mask_secrets(json.dumps(self.record, indent=2, default=str))
+            atomic_write_text(self.local_path, text)
         except OSError as exc:
             log.warning("could not write %s: %s", self.local_path, exc)
 
@@ -213,7 +212,7 @@ class RunTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = {k: str(mask_value(v))[:MAX_PARAM_LENGTH] for k, v in params.items()}
+        items = {k: str(v) for k, v in params.items()}
         self.record["params"].update(items)
         entries = [Param(k, v) for k, v in items.items()]
         for chunk in range(0, len(entries), 100):  # MLflow takes at most 100 params a batch
@@ -244,7 +243,7 @@ class RunTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = {k: str(mask_value(v)) for k, v in tags.items()}
+        items = {k: str(v) for k, v in tags.items()}
         self.record["tags"].update(items)
         self._call(
             lambda c: c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in items.items()])
@@ -269,7 +268,7 @@ class RunTracker:
         self._call(lambda c: c.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [context])]))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(lambda c: c.log_text(self.run_id, mask_secrets(text), artifact_file))
+        self._call(lambda c: c.log_text(self.run_id, text, artifact_file))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         """Upload a folder one file at a time: each upload holds a signal only while it
@@ -288,7 +287,7 @@ class RunTracker:
             with deferred_signals():
                 action(client_for(self.conf.uri))
         except Exception as exc:
-            self.broken = _first_line(exc)
+            self.broken = first_line(exc)
             log.error(
                 "MLflow tracking at %s failed (%s): training goes on untracked; this run's"
                 " params and metrics are kept in %s",
@@ -315,12 +314,12 @@ def _probe(uri: str, scheme: str) -> str | None:
         except urllib.error.HTTPError:
             return None  # it answers: MLflow's own request says whether it is MLflow
         except (OSError, ValueError) as exc:
-            return _first_line(exc)
+            return first_line(exc)
     if scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
         try:
             kind = store_kind(database_tables(uri, timeout_s=PROBE_TIMEOUT_S))
         except Exception as exc:  # the driver's own error types: auth, unknown database
-            return _first_line(exc)
+            return first_line(exc)
         if kind == "optuna":
             return "it holds an Optuna storage (a sweep's hydra.sweeper.storage), not MLflow's"
     return None
@@ -342,7 +341,3 @@ def _optuna_storage(uri: str) -> str | None:
         f"tracking.uri={uri} is an Optuna storage (a sweep's hydra.sweeper.storage), not an"
         " MLflow database: point tracking.uri at another file, e.g. sqlite:///mlflow.db"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return mask_secrets(first_line(exc))

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.config.validation import validate
+from kdsweep.config.validation import allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.sweep.settings import SearchSpace, check_enqueued
-from kdsweep.sweep.studies import check_storage_kind
+from kdsweep.sweep.studies import build_pruner, check_storage_kind
 
 if TYPE_CHECKING:
     from kdsweep.sweep.jobs import Sweep
@@ -40,6 +39,7 @@ def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
     _check_choices(sweep, space, choices)
     _check_bounds(sweep.config, space, choices)
     _check_sampler(sweep.make_sampler)
+    _check_pruner(sweep.settings.pruner, allowed_targets(sweep.config))
     if settings.trainer.device != "auto":
         from kdsweep.training.devices import check_device
 
@@ -108,9 +108,7 @@ def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
             config = sweep.compose([*space.fixed, *picked])
             settings = validate(config)
         except Exception as exc:  # Hydra's compose errors (no such option), ConfigError
-            raise KdsweepError(
-                f"{where}: {mask_secrets(first_line(exc))[:300]}: remove the choice"
-            ) from None
+            raise KdsweepError(f"{where}: {first_line(exc)[:300]}: remove the choice") from None
         for name in others:
             if OmegaConf.select(config, name) is None:
                 raise KdsweepError(
@@ -169,6 +167,38 @@ def _check_sampler(make_sampler: Callable[[int], Any]) -> None:
         make_sampler(0)
     except Exception as exc:
         raise KdsweepError(
-            f"hydra.sweeper.sampler cannot be built ({mask_secrets(first_line(exc))[:300]}):"
+            f"hydra.sweeper.sampler cannot be built ({first_line(exc)[:300]}):"
             " use one of optuna.samplers.* (e.g. TPESampler) with its options"
+        ) from None
+
+
+def _check_pruner(node: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """The pruner is built once here and tried on a few reports of an in-memory study, so
+    options its constructor accepts but its first decision fails on (HyperbandPruner's
+    reduction_factor=0) are one line at start-up, not a failed trial."""
+    import optuna
+
+    options = ", ".join(f"{k}={v}" for k, v in node.items() if k != "_target_")
+    try:
+        pruner = build_pruner(node, allowed)
+        previous = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
+        try:
+            study = optuna.create_study(pruner=pruner, direction="maximize")
+            for value in (0.5, 0.7, 0.1):
+                trial = study.ask()
+                for step in (0, 1, 2):
+                    trial.report(value, step)
+                    trial.should_prune()
+                study.tell(trial, value)
+        finally:
+            optuna.logging.set_verbosity(previous)
+    except KdsweepError:
+        raise
+    except Exception as exc:
+        target = str(node.get("_target_", "")).rpartition(".")[2]
+        raise KdsweepError(
+            f"hydra.sweeper.pruner ({target}{f' with {options}' if options else ''}) cannot"
+            f" prune ({first_line(exc)[:300]}): fix its options, or pick"
+            " another with hydra/sweeper/pruner=none|median|hyperband|successive_halving"
         ) from None

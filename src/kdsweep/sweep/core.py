@@ -27,6 +27,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import KdsweepError, report_error
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import deferred_signals, raise_pending
@@ -105,7 +106,7 @@ class StudySweep:
             study_name=s.study_name,
             storage=self.storage,
             sampler=self.sampler,
-            pruner=build_pruner(s.pruner),
+            pruner=build_pruner(s.pruner, allowed_targets(self.config)),
             direction=s.direction,
             load_if_exists=True,
         )
@@ -154,9 +155,9 @@ class StudySweep:
         log.info(
             "study %s in %s: %s sampler, %s pruner, n_trials=%d",
             s.study_name,
-            mask_secrets(s.storage),
+            s.storage,
             type(self.sampler).__name__,
-            s.pruner.get("name"),
+            s.pruner_name,
             s.n_trials,
         )
         try:
@@ -304,7 +305,7 @@ class StudySweep:
             job.study.tell(job.trial, state=TrialState.PRUNED)
             state = TrialState.PRUNED
         if state is None:
-            message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split())[:2000])
+            message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split()))[:2000]
             job.trial.set_user_attr("error", message)
             job.study.tell(job.trial, state=TrialState.FAIL)
             # A job that died before closing its run (or never started one) must not stay RUNNING.

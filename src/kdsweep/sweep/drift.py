@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
+from kdsweep.run.tracking import flatten
 
 if TYPE_CHECKING:
     import optuna
@@ -45,22 +46,13 @@ NOT_DEFINING = (
 )
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def study_definition(
     config: DictConfig, search_space: Mapping[str, Any], sweeper: Mapping[str, Any]
 ) -> dict[str, str]:
     """The settings that define the study's objective, flat, as text (JSON-safe)."""
     ours = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     resolved = OmegaConf.to_container(ours, resolve=True, enum_to_str=True)
-    flat = _flatten(resolved)
+    flat = flatten(resolved)
     defining = {
         key: value
         for key, value in flat.items()
@@ -69,8 +61,37 @@ def study_definition(
     # A searched key's value in the config is a placeholder: the trials sample it.
     defining = {k: v for k, v in defining.items() if k not in search_space}
     defining.update({f"search.{name}": dist for name, dist in search_space.items()})
-    defining.update({f"hydra.sweeper.{name}": value for name, value in _flatten(sweeper).items()})
+    defining.update({f"hydra.sweeper.{name}": value for name, value in flatten(sweeper).items()})
     return {key: mask_secrets(json.dumps(value, default=str)) for key, value in defining.items()}
+
+
+PRUNER_PREFIX = "hydra.sweeper.pruner."
+#: Studies made while the pruner was chosen by name (hydra.sweeper.pruner.name=median)
+#: recorded that name and every option: the same pruner as a _target_ node and its own.
+LEGACY_PRUNERS = {
+    "none": ("NopPruner", ()),
+    "median": ("MedianPruner", ("n_startup_trials", "n_warmup_steps")),
+    "hyperband": ("HyperbandPruner", ("min_resource", "reduction_factor")),
+    "successive_halving": ("SuccessiveHalvingPruner", ("min_resource", "reduction_factor")),
+}
+
+
+def migrated(stored: Mapping[str, str]) -> dict[str, str]:
+    """A recorded definition in today's keys, so an older study continues unrefused."""
+    name = stored.get(PRUNER_PREFIX + "name")
+    if name is None or json.loads(name) not in LEGACY_PRUNERS:
+        return dict(stored)
+    pruner, options = LEGACY_PRUNERS[json.loads(name)]
+    out = {k: v for k, v in stored.items() if not k.startswith(PRUNER_PREFIX)}
+    out[PRUNER_PREFIX + "_target_"] = json.dumps(f"optuna.pruners.{pruner}")
+    out.update(
+        {
+            PRUNER_PREFIX + k: stored[PRUNER_PREFIX + k]
+            for k in options
+            if PRUNER_PREFIX + k in stored
+        }
+    )
+    return out
 
 
 def differences(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
@@ -102,6 +123,7 @@ def check_definition(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> N
     )
     with sweep.lock():
         stored = study.user_attrs.get(DEFINITION_ATTR)
+        stored = migrated(stored) if stored is not None else None
         changes = differences(stored, current) if stored is not None else []
         if changes and not s.allow_changed_settings:
             raise KdsweepError(drift_message(s.study_name, changes))

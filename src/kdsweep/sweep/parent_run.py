@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from kdsweep.config.schema import TrackingConf
 from kdsweep.config.validation import typed
 from kdsweep.core.errors import KdsweepError, first_line
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.run.tracking import client_for, experiment_id, flatten, git_commit
 
 log = logging.getLogger("kdsweep.sweep")
@@ -56,7 +55,7 @@ class ParentRun:
                         "the study's MLflow parent run %s is not at tracking.uri=%s (deleted, or"
                         " another store): a new parent run is created for study %s",
                         run_id,
-                        mask_secrets(conf.uri),
+                        conf.uri,
                         description["study_name"],
                     )
                     run_id = None
@@ -81,10 +80,9 @@ class ParentRun:
             except KdsweepError:
                 raise
             except Exception as exc:
-                uri, problem = mask_secrets(conf.uri), mask_secrets(first_line(exc))[:200]
                 raise KdsweepError(
-                    f"cannot start the sweep's MLflow run at tracking.uri={uri}"
-                    f" ({problem}): start the server or fix tracking.uri"
+                    f"cannot start the sweep's MLflow run at tracking.uri={conf.uri}"
+                    f" ({first_line(exc)[:200]}): start the server or fix tracking.uri"
                 ) from None
         return cls(conf, run_id)
 
@@ -98,7 +96,7 @@ class ParentRun:
             log.error(
                 "MLflow: could not end the sweep's parent run %s: %s",
                 self.run_id,
-                mask_secrets(first_line(exc)),
+                first_line(exc),
             )
 
     def finish(
@@ -122,7 +120,7 @@ class ParentRun:
                     client.set_tag(self.run_id, f"best.{name}", str(value))
             if description:
                 # MLflow's run description: the report's headline, first thing in the UI.
-                client.set_tag(self.run_id, "mlflow.note.content", mask_secrets(description))
+                client.set_tag(self.run_id, "mlflow.note.content", description)
             for path in finished_files(report_files):
                 client.log_artifact(self.run_id, str(path), "report")
             if status is not None:
@@ -131,7 +129,7 @@ class ParentRun:
             log.error(
                 "MLflow: could not finish the sweep's parent run %s: %s",
                 self.run_id,
-                mask_secrets(first_line(exc)),
+                first_line(exc),
             )
 
 
@@ -177,7 +175,7 @@ def close_trial_run(
         if client.get_run(run_id).info.status != "RUNNING":
             return
         client.set_tag(run_id, "kdsweep.state", state)
-        client.set_tag(run_id, "error", mask_secrets(message)[:5000])
+        client.set_tag(run_id, "error", message)
         client.set_terminated(run_id, status=status)
     except Exception as exc:
-        log.error("MLflow: could not close trial run %s: %s", run_id, mask_secrets(first_line(exc)))
+        log.error("MLflow: could not close trial run %s: %s", run_id, first_line(exc))

@@ -15,6 +15,7 @@ from kdsweep.core.secrets import mask_secrets
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_STUDY_NAME = "kdsweep"
+NOP_PRUNER = "optuna.pruners.NopPruner"
 #: Optuna stores study names in a 512-character column; the report folder and the parent
 #: run's name are derived from it too.
 MAX_STUDY_NAME = 200
@@ -101,7 +102,6 @@ class SweepSettings:
             raise KdsweepError(f"hydra.sweeper.confirm.first_seed must be in [0, {MAX_SEED}]")
         self._check_planned_work()
         self._check_liveness()
-        self._check_pruner()
 
     def _check_study_name(self) -> None:
         """A name no other study uses by construction, that each job reads back as it is."""
@@ -163,15 +163,11 @@ class SweepSettings:
                 f" heartbeat_interval={beat}, or live trials look dead: raise grace_period"
             )
 
-    def _check_pruner(self) -> None:
-        minimum = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1}
-        for key, low in minimum.items():
-            value = self.pruner.get(key)
-            if value is not None and value < low:
-                raise KdsweepError(f"hydra.sweeper.pruner.{key} must be >= {low}, got {value}")
-        factor = self.pruner.get("reduction_factor")
-        if factor is not None and factor < 2:
-            raise KdsweepError(f"hydra.sweeper.pruner.reduction_factor must be >= 2, got {factor}")
+    @property
+    def pruner_name(self) -> str:
+        """The pruner's class name (MedianPruner), or "none"."""
+        target = str(self.pruner.get("_target_") or "")
+        return target.rpartition(".")[2] if target and target != NOP_PRUNER else "none"
 
     def confirmation_seeds(self, search_seed: int | None) -> list[int]:
         """The fresh seeds of the confirmation stage ([] when it is off): consecutive
@@ -198,7 +194,7 @@ class SweepSettings:
             "sampler": type(sampler).__name__,
             "direction": self.direction,
             "n_trials": self.n_trials,
-            "pruner": self.pruner.get("name"),
+            "pruner": self.pruner_name,
             "storage": mask_secrets(self.storage),
             "search_space": {name: str(dist) for name, dist in space.items()},
         }

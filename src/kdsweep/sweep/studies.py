@@ -19,9 +19,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from kdsweep.config.targets import Target
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import file_lock
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import deferred_signals
 from kdsweep.core.stores import (
     JOURNAL_PREFIX,
@@ -72,8 +72,8 @@ def open_storage(
 
 def _cannot_open(url: str, exc: Exception) -> KdsweepError:
     return KdsweepError(
-        f"cannot open the Optuna storage {mask_secrets(url)}"
-        f" ({mask_secrets(first_line(exc))[:200]}):"
+        f"cannot open the Optuna storage {url}"
+        f" ({first_line(exc)[:200]}):"
         " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
         " postgresql://user@host/db)"
     )
@@ -87,7 +87,7 @@ def check_storage_kind(url: str, tracking_uri: str | None) -> None:
     same_file = path is not None and tracked is not None and path.resolve() == tracked.resolve()
     if same_file or url == tracking_uri:
         raise KdsweepError(
-            f"hydra.sweeper.storage={mask_secrets(url)} is the store tracking.uri names:"
+            f"hydra.sweeper.storage={url} is the store tracking.uri names:"
             " give the study its own database (e.g. sqlite:///optuna.db)"
         )
     if journal_file(url) is not None or (
@@ -102,7 +102,7 @@ def check_storage_kind(url: str, tracking_uri: str | None) -> None:
     if kind == "mlflow" or (kind == "other" and path is not None):
         whose = "an MLflow tracking database" if kind == "mlflow" else "another program's database"
         raise KdsweepError(
-            f"hydra.sweeper.storage={mask_secrets(url)} is {whose}, not an Optuna storage:"
+            f"hydra.sweeper.storage={url} is {whose}, not an Optuna storage:"
             " give the study its own database (e.g. sqlite:///optuna.db)"
         )
 
@@ -138,32 +138,26 @@ def _file_identity(url: str) -> int | None:
         return None
 
 
-def build_pruner(conf: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
-    """From the sweeper's ``pruner`` node (name + options); none -> NopPruner."""
-    if conf is None:
+#: What a pruner's ``_target_`` may name besides the user's ``allowed_targets``.
+PRUNER_TARGETS = ("optuna.pruners.*",)
+
+
+def build_pruner(
+    node: Mapping[str, Any] | None, allowed: tuple[str, ...] = ()
+) -> optuna.pruners.BasePruner:
+    """The sweeper's ``pruner`` node (a ``_target_``: hydra/sweeper/pruner=median, or the
+    user's own); none -> NopPruner."""
+    if not node:
         return optuna.pruners.NopPruner()
-    name = conf.get("name", "none")
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=conf.get("n_startup_trials", 5),
-            n_warmup_steps=conf.get("n_warmup_steps", 1),
+    # Target names the key in a refusal (allow-list, import) and its fix.
+    pruner = Target("hydra.sweeper.pruner", dict(node), (*PRUNER_TARGETS, *allowed)).build()
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise KdsweepError(
+            f"hydra.sweeper.pruner._target_={node.get('_target_')} built a"
+            f" {type(pruner).__name__}, not an Optuna pruner: name a subclass of"
+            " optuna.pruners.BasePruner"
         )
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=conf.get("min_resource", 1),
-            reduction_factor=conf.get("reduction_factor", 3),
-        )
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=conf.get("min_resource", 1),
-            reduction_factor=conf.get("reduction_factor", 3),
-        )
-    raise KdsweepError(
-        f"hydra.sweeper.pruner.name={name!r} is unknown: use none, median, hyperband"
-        " or successive_halving"
-    )
+    return pruner
 
 
 def _lock_file_for(url: str) -> Path | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import Abandoned
 from kdsweep.core.signals import deferred_signals
 from kdsweep.run.experiment import RunResult, TrialHooks
@@ -20,7 +21,13 @@ from kdsweep.training.loop import EpochRecord
 
 class OptunaTrialHooks(TrialHooks):
     def __init__(
-        self, storage_url: str, study_name: str, trial_id: int, pruner_conf: Any, prune: bool
+        self,
+        storage_url: str,
+        study_name: str,
+        trial_id: int,
+        pruner_conf: Any,
+        prune: bool,
+        allowed: tuple[str, ...] = (),
     ) -> None:
         import optuna
 
@@ -29,7 +36,7 @@ class OptunaTrialHooks(TrialHooks):
         study = optuna.load_study(
             study_name=study_name,
             storage=shared_storage(storage_url),
-            pruner=build_pruner(pruner_conf),
+            pruner=build_pruner(pruner_conf, allowed),
             # The job never samples: a cheap sampler keeps loading the trial fast.
             sampler=optuna.samplers.RandomSampler(),
         )
@@ -95,6 +102,7 @@ def trial_hooks(cfg: DictConfig) -> TrialHooks:
         study_name=str(sweep.study_name),
         trial_id=int(sweep.trial_id),
         pruner_conf=sweeper.get("pruner"),
+        allowed=allowed_targets(cfg),
         # The baseline and the confirmation runs are measurements, not candidates: they
         # always run to the end.
         prune=sweep.get("role") == "trial",
