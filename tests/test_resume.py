@@ -35,6 +35,7 @@ def _tracking(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
+@pytest.mark.slow  # three sweeps, ~30 s; test_sweep's rerun test keeps resume in the default suite
 def test_n_trials_counts_finished_trials_and_a_finished_sweep_trains_nothing(
     tmp_path: Path, teacher_cache: Path
 ) -> None:
