@@ -141,6 +141,12 @@ ROWS = {
         code=1,
         hydra_error=True,
     ),
+    "pruner by its old key": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.pruner.name=none"),
+            "hydra.sweeper.pruner.name is gone: pick the pruner with hydra/sweeper/pruner=",
+        )
+    ),
     "pruner outside the allow-list": _slow(
         Bad(
             (*SWEEP, "hydra.sweeper.pruner._target_=mypkg.Pruner"),

@@ -88,6 +88,12 @@ def composition_error(exc: BaseException) -> str | None:
     from omegaconf.errors import ValidationError
 
     cause = exc.__cause__
+    if getattr(cause, "full_key", None) == "hydra.sweeper.pruner.name":
+        # Before the pruner was a _target_ node, it was picked by this key.
+        return (
+            "hydra.sweeper.pruner.name is gone: pick the pruner with"
+            " hydra/sweeper/pruner=none|median|hyperband|successive_halving"
+        )
     if not isinstance(exc, ConfigCompositionException) or not isinstance(cause, ValidationError):
         return None
     key = getattr(cause, "full_key", None)
