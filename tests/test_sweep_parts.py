@@ -198,3 +198,11 @@ def test_pruner_options_that_fail_only_when_pruning_are_refused_at_start_up() ->
     with pytest.raises(KdsweepError, match=r"\(HyperbandPruner with reduction_factor=0\)"):
         _check_pruner(hyperband, ())
     _check_pruner({**hyperband, "reduction_factor": 3}, ())
+
+
+def test_a_sampler_target_that_builds_something_else_is_refused() -> None:
+    from kdsweep.sweep.checks import _check_sampler
+
+    with pytest.raises(KdsweepError, match="built a dict, not an Optuna sampler"):
+        _check_sampler(lambda seed_offset: {})
+    _check_sampler(lambda seed_offset: optuna.samplers.RandomSampler(seed=seed_offset))

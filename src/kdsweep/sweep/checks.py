@@ -163,13 +163,20 @@ def loss_problem(loss: Any) -> str | None:
 def _check_sampler(make_sampler: Callable[[int], Any]) -> None:
     """The sampler is built once here, so a _target_ outside the allowed samplers or a
     bad sampler option is one line at start-up."""
+    import optuna
+
     try:
-        make_sampler(0)
+        sampler = make_sampler(0)
     except Exception as exc:
         raise KdsweepError(
             f"hydra.sweeper.sampler cannot be built ({first_line(exc)[:300]}):"
             " use one of optuna.samplers.* (e.g. TPESampler) with its options"
         ) from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise KdsweepError(
+            f"hydra.sweeper.sampler built a {type(sampler).__name__}, not an Optuna sampler:"
+            " use one of optuna.samplers.* (e.g. TPESampler) with its options"
+        )
 
 
 def _check_pruner(node: dict[str, Any], allowed: tuple[str, ...]) -> None:
