@@ -150,7 +150,12 @@ def build_pruner(
     if not node:
         return optuna.pruners.NopPruner()
     # Target names the key in a refusal (allow-list, import) and its fix.
-    pruner = Target("hydra.sweeper.pruner", dict(node), (*PRUNER_TARGETS, *allowed)).build()
+    target = Target("hydra.sweeper.pruner", dict(node), (*PRUNER_TARGETS, *allowed))
+    with warnings.catch_warnings():
+        # Optuna's notice that a pruner is experimental (PatientPruner, WilcoxonPruner)
+        # would print at start-up and in every job: the user chose it by name.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        pruner = target.build()
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise KdsweepError(
             f"hydra.sweeper.pruner._target_={node.get('_target_')} built a"
