@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,30 +159,88 @@ def kdsweep_signal_handlers(monkeypatch: pytest.MonkeyPatch):
         signal.signal(signum, handler)
 
 
-def test_a_signal_during_a_store_write_is_raised_when_the_write_is_done(
+def test_a_signal_is_raised_at_the_next_check_never_where_it_lands(
     kdsweep_signal_handlers,
 ) -> None:
+    """Cooperative cancellation: the handler records the signal; the code it lands in (a
+    store write, say) runs to its end, and the next check raises it, once."""
     from kdsweep.core.errors import Interrupted
 
     done: list[str] = []
-    with pytest.raises(Interrupted) as caught, kdsweep_signal_handlers.deferred_signals():
-        with kdsweep_signal_handlers.deferred_signals():  # nested: held to the outer end
-            os.kill(os.getpid(), signal.SIGTERM)
-            done.append("inner write")
-        done.append("outer write")
-    assert done == ["inner write", "outer write"]
+    os.kill(os.getpid(), signal.SIGTERM)
+    done.append("the write the signal landed in")
+    assert done == ["the write the signal landed in"]
+    with pytest.raises(Interrupted) as caught:
+        kdsweep_signal_handlers.check_interrupt()
     assert caught.value.exit_code == 143
     # Clean-up after the interrupt is not interrupted again.
     os.kill(os.getpid(), signal.SIGINT)
-    with kdsweep_signal_handlers.deferred_signals():
-        os.kill(os.getpid(), signal.SIGTERM)
+    kdsweep_signal_handlers.check_interrupt()
+
+
+def test_a_wait_is_interrupted_at_once_and_a_job_inside_it_at_its_checks(
+    kdsweep_signal_handlers,
+) -> None:
+    """A launcher's wait runs none of kdsweep's code: a signal is raised inside it. A job
+    the launcher runs in this process is kdsweep's code again: it waits for a check."""
+    from kdsweep.core.errors import Interrupted
+
+    started = time.monotonic()
+    with pytest.raises(Interrupted), kdsweep_signal_handlers.interruptible():
+        threading.Timer(0.2, os.kill, args=(os.getpid(), signal.SIGINT)).start()
+        time.sleep(10)  # the jobs in other processes
+    assert time.monotonic() - started < 5
+    kdsweep_signal_handlers.install_signal_handlers()  # a fresh command
+    done = []
+    with pytest.raises(Interrupted), kdsweep_signal_handlers.interruptible():
+        with kdsweep_signal_handlers.cooperative():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("the job's write")
+        done.append("never: raised when the job returned to the wait")
+        kdsweep_signal_handlers.check_interrupt()
+    assert done == ["the job's write", "never: raised when the job returned to the wait"]
+
+
+def test_a_wait_for_a_lock_another_process_holds_is_interrupted(
+    tmp_path: Path, kdsweep_signal_handlers
+) -> None:
+    """Another process training the teacher holds its lock for minutes: waiting for it is
+    a wait, and a signal ends it at once."""
+    from kdsweep.core.errors import Interrupted
+    from kdsweep.core.files import file_lock
+
+    lock = tmp_path / "teacher.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        with pytest.raises(Interrupted), file_lock(lock):
+            pytest.fail("the lock was never free")
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
     tmp_path: Path, kdsweep_signal_handlers, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path
 ) -> None:
-    """The CI failure this guards against: SIGTERM inside MLflow's SQLite transaction
-    skipped its rollback, and ending the run KILLED then failed with "database is locked"."""
+    """The CI failure this guards against: SIGTERM raised inside MLflow's SQLite
+    transaction skipped its rollback, and ending the run KILLED then failed with "database
+    is locked". Now the signal lands there and is raised at the next check."""
     from mlflow.tracking import MlflowClient
 
     from kdsweep.config.schema import TrackingConf
@@ -199,9 +258,10 @@ def test_a_signal_mid_metric_write_leaves_mlflow_writable_and_the_run_killed(
         return real_log_batch(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", signalled_mid_write)
-    with pytest.raises(Interrupted):
-        tracker.log_metrics({"val_acc": 50.0})  # written now (per-epoch ones are batched)
+    tracker.log_metrics({"val_acc": 50.0})  # written now (per-epoch ones are batched)
     monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
+    with pytest.raises(Interrupted):  # at the next check, after the write
+        kdsweep_signal_handlers.check_interrupt()
     tracker.set_tags({"kdsweep.state": "FAIL"})
     tracker.finish("KILLED", error="Interrupted: SIGTERM")
     assert tracker.broken is None
@@ -278,7 +338,7 @@ def test_a_signal_while_a_command_starts_is_one_line(
 SWALLOWING_CALLBACK = """
 import os, signal, sys, time, weakref
 from kdsweep.core.errors import Interrupted
-from kdsweep.core.signals import install_signal_handlers
+from kdsweep.core.signals import install_signal_handlers, interruptible
 
 install_signal_handlers()
 
@@ -292,8 +352,9 @@ def callback(_ref):  # Python swallows what a weakref callback raises
 node = Node()
 ref = weakref.ref(node, callback)
 try:
-    del node  # the callback runs, and the handler inside it
-    time.sleep(5)  # the signal is delivered again, and raised here
+    with interruptible():  # a wait, where a signal is raised at once
+        del node  # the callback runs, and the handler inside it
+        time.sleep(5)  # the signal is delivered again, and raised here
 except Interrupted as exc:
     print("raised", exc.signal_name, flush=True)
     sys.exit(exc.exit_code)

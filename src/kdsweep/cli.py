@@ -10,10 +10,10 @@ from typing import Any
 
 from kdsweep.core.errors import interrupt_name
 from kdsweep.core.signals import (
+    check_interrupt,
     command_finished,
-    deferred_signals,
     install_signal_handlers,
-    raise_swallowed,
+    interruptible,
 )
 
 
@@ -22,14 +22,17 @@ def _run(command: str, module: str, after: str) -> Any:
     that the command did not handle itself (during its imports, say) is reported here."""
     install_signal_handlers()
     try:
-        # A signal during the imports is held until they are done: raised inside them, it
-        # can land where Python swallows it (importlib's weakref callbacks) and be lost.
-        with deferred_signals():
-            command_main = importlib.import_module(module).main
+        # A signal during the imports is recorded and raised when they are done (raised
+        # inside them, it could land in importlib's weakref callbacks).
+        command_main = importlib.import_module(module).main
+        check_interrupt()
         try:
-            return command_main()
+            # Parsing, composing, reading: a signal is raised at once. The parts that write
+            # to a store (a run, a sweep) are cooperative: they raise it at their checks.
+            with interruptible():
+                return command_main()
         finally:
-            raise_swallowed()  # replaces the command's own exit: the user interrupted it
+            check_interrupt()  # replaces the command's own exit: the user interrupted it
             command_finished()  # a signal from now on is late: the exit code stays
     except KeyboardInterrupt as exc:
         print(f"{command}: interrupted by {interrupt_name(exc)}: {after}", file=sys.stderr)

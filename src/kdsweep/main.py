@@ -30,7 +30,7 @@ from kdsweep.core.errors import (
     report_error,
 )
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.signals import install_signal_handlers
+from kdsweep.core.signals import cooperative, install_signal_handlers
 
 log = logging.getLogger("kdsweep")
 
@@ -42,13 +42,16 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        settings = validate(cfg)  # once, before torch and MLflow: a typo fails in a second
-        from kdsweep.run.experiment import run
-        from kdsweep.sweep.trial_hooks import trial_hooks
+        # A job the sweeper's launcher runs in this process is kdsweep's code: it checks
+        # for a signal between its batches, never inside a write.
+        with cooperative():
+            settings = validate(cfg)  # once, before torch and MLflow: a typo fails at once
+            from kdsweep.run.experiment import run
+            from kdsweep.sweep.trial_hooks import trial_hooks
 
-        result = run(
-            cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir, settings=settings
-        )
+            result = run(
+                cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir, settings=settings
+            )
     except (KdsweepError, NonFiniteLossError) as exc:
         if in_sweep:
             raise

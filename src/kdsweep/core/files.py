@@ -23,6 +23,8 @@ from typing import IO, Any
 
 from filelock import FileLock
 
+from kdsweep.core.signals import interruptible
+
 # A temporary file this old was left by a writer that died (SIGKILL, power loss): a live
 # writer's file is minutes old at most, since it is written in one go.
 ORPHAN_AGE_S = 3600.0
@@ -88,8 +90,13 @@ def file_lock(path: str | Path) -> Iterator[None]:
     process on this machine: filelock's FileLock (flock on Unix). Blocks until it is free."""
     lock_path = Path(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock_path):
+    lock = FileLock(lock_path)
+    with interruptible():  # another process may hold it for minutes (training a teacher)
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:

@@ -1,19 +1,22 @@
-"""SIGINT and SIGTERM become :class:`~kdsweep.errors.Interrupted` in the main thread, but
-never in the middle of a write to a store.
+"""SIGINT and SIGTERM as cooperative cancellation: the handler records the signal, and
+kdsweep's own code raises :class:`~kdsweep.errors.Interrupted` where it checks
+(:func:`check_interrupt`): between two batches of every loop over data, between two
+launches of a sweep and after its tells, between two uploads, when a command's imports
+are done and when it returns.
 
-A signal raised inside an SQLAlchemy transaction (MLflow's SQLite store, Optuna's RDB
-storage) skips the library's rollback, which catches ``Exception`` only: the connection
-keeps its write lock, and the clean-up that follows (ending the run KILLED, marking the
-trial FAIL) then fails with "database is locked". So writes run inside
-:func:`deferred_signals`; a signal that arrives there is held and raised as soon as the
-write is done.
+Nothing is raised inside a library call, so no write is cut in half: a signal raised
+inside an SQLAlchemy transaction (MLflow's SQLite store, Optuna's RDB storage) would skip
+the library's rollback, which catches ``Exception`` only, and the connection would keep
+its write lock; the clean-up that follows (ending the run KILLED, failing the trial)
+would then fail with "database is locked".
 
-Python swallows an exception raised where it cannot propagate: in a weakref callback, a
-``__del__``, a garbage-collection callback (it prints "Exception ignored in ..." and goes
-on). A signal that lands there would be lost, and the command would carry on as if
-nothing had happened. :func:`install_signal_handlers` therefore also installs a
-``sys.unraisablehook`` that recognises a swallowed :class:`Interrupted` and delivers the
-signal again, from a helper thread, once the callback has returned.
+One kind of place raises at once: a wait in which none of kdsweep's code runs
+(:func:`interruptible`): a launcher waiting for jobs in other processes, a lock another
+process holds. A job the launcher runs in this process is kdsweep's code again
+(:func:`cooperative`). Python swallows an exception raised where it cannot propagate (a
+weakref callback, a ``__del__``, printing "Exception ignored in ..."); a signal raised
+there during such a wait is delivered again by ``sys.unraisablehook`` once the callback
+has returned.
 
 Once the command has finished (:func:`command_finished`) a signal is late: the work is
 done and the exit code is the command's. Python's shutdown resets every handler it set
@@ -40,11 +43,10 @@ from kdsweep.core.errors import Interrupted
 @dataclass
 class _SignalState:
     installed: bool = False
+    pending: int | None = None  # the first signal, until it is raised
     raised: bool = False  # once raised, later signals are ignored so clean-up completes
-    depth: int = 0  # nesting of deferred_signals() in the main thread
-    pending: int | None = None
+    waiting: int = 0  # nesting of interruptible() waits in the main thread
     in_unraisable_hook: bool = False
-    swallowed: int | None = None  # a signal Python swallowed, not yet raised again
     finished: bool = False  # the command has returned: a signal now is late
     late_signals: int = 0
 
@@ -62,15 +64,50 @@ def _handler(signum: int, frame: object) -> None:
         return
     if _state.raised:
         return
-    if _state.depth:
+    if _state.pending is None:
         _state.pending = signum
+    if _state.waiting:
+        if _state.in_unraisable_hook:  # raising here would be swallowed again
+            _deliver_again(signum)
+            return
+        check_interrupt()
+
+
+def check_interrupt() -> None:
+    """Raise :class:`Interrupted` for a signal received since the last check, once: the
+    clean-up that follows is not interrupted again. Cheap enough for every batch."""
+    if _state.pending is not None and not _state.raised:
+        _state.raised = True
+        raise Interrupted(_state.pending)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """A wait in which none of kdsweep's code runs (jobs in other processes, a lock held
+    elsewhere): a signal is raised at once, inside it."""
+    if not _state.installed or threading.current_thread() is not threading.main_thread():
+        yield
         return
-    if _state.in_unraisable_hook:  # raising here would be swallowed again: try once more later
-        _deliver_again(signum)
+    check_interrupt()
+    _state.waiting += 1
+    try:
+        yield
+    finally:
+        _state.waiting -= 1
+
+
+@contextmanager
+def cooperative() -> Iterator[None]:
+    """kdsweep's code again inside an :func:`interruptible` wait (a job the launcher runs
+    in this process): signals wait for its checks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    _state.raised = True
-    _state.swallowed = None
-    raise Interrupted(signum)
+    saved, _state.waiting = _state.waiting, 0
+    try:
+        yield
+    finally:
+        _state.waiting = saved
 
 
 def _deliver_again(signum: int) -> None:
@@ -91,23 +128,22 @@ def _unraisablehook(unraisable: sys.UnraisableHookArgs) -> None:
         return
     _state.in_unraisable_hook = True
     try:
-        _state.swallowed = unraisable.exc_value.signum
         _deliver_again(unraisable.exc_value.signum)
     finally:
         _state.in_unraisable_hook = False
 
 
 def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: the run (or
-    the sweep's trials and parent run) is ended KILLED on the way out and the process exits
-    130 / 143 with one line. A second signal while that clean-up runs is ignored, so it
-    completes (SIGKILL still ends the process; a rerun then finds the trials stale)."""
+    """SIGINT and SIGTERM are recorded, and raised as :class:`Interrupted` at the next
+    check in the main thread, once: the run (or the sweep's trials and parent run) is
+    ended KILLED on the way out and the process exits 130 / 143 with one line. A second
+    signal while that clean-up runs is ignored, so it completes (SIGKILL still ends the
+    process; a rerun then finds the trials stale)."""
     global _next_unraisablehook
     if threading.current_thread() is not threading.main_thread():
         return
-    _state.raised = False
     _state.pending = None
-    _state.swallowed = None
+    _state.raised = False
     _state.finished = False
     _state.late_signals = 0
     if not _state.installed:
@@ -117,44 +153,6 @@ def install_signal_handlers() -> None:
         _next_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisablehook
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handler)
-
-
-@contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM until the block ends, then raise it. Only the main thread
-    receives signals, so other threads' blocks need (and get) no deferral."""
-    if not _state.installed or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _state.depth += 1
-    try:
-        yield
-    finally:
-        _state.depth -= 1
-        if not _state.depth and _state.pending is not None and not _state.raised:
-            signum, _state.pending = _state.pending, None
-            _state.raised = True
-            raise Interrupted(signum)
-
-
-def raise_pending() -> None:
-    """Raise now a signal held by :func:`deferred_signals`: called between two writes of a
-    long loop (queueing thousands of runs under the study lock), where no write is in
-    flight. A signal is held for one write, never through the whole loop."""
-    if _state.pending is not None and not _state.raised:
-        signum, _state.pending = _state.pending, None
-        _state.raised = True
-        raise Interrupted(signum)
-
-
-def raise_swallowed() -> None:
-    """Raise now a signal Python swallowed whose second delivery has not come yet: a
-    command that ends within the delivery delay (an argparse error, say) must still exit
-    as interrupted, not with its own status."""
-    if _state.swallowed is not None and not _state.raised:
-        signum, _state.swallowed = _state.swallowed, None
-        _state.raised = True
-        raise Interrupted(signum)
 
 
 def command_finished() -> None:

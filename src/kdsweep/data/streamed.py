@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from kdsweep.core.signals import check_interrupt
+
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
@@ -71,6 +73,7 @@ class ImageSplit:
             pin_memory=torch.device(self.device).type == "cuda",
         )
         for index, (images, _) in zip(chunks, loader, strict=True):
+            check_interrupt()  # a signal stops every loop over a split between two batches
             yield index, self._normalized(images)
 
     def _normalized(self, images: torch.Tensor) -> torch.Tensor:

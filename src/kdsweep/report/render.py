@@ -33,6 +33,7 @@ import jinja2
 from kdsweep.core.files import atomic_write_text, safe_name
 from kdsweep.core.formatting import fmt, pct, points
 from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.signals import check_interrupt
 from kdsweep.report.plots import (
     param_file,
     plot_all_curves,
@@ -224,6 +225,7 @@ def write_report_files(
             )
         )
     for filename, caption, draw in drawers:
+        check_interrupt()  # a plot takes up to seconds: a signal is honoured between two
         try:
             skipped = draw(out / filename)
         except Exception as exc:  # one odd value must not cost the whole report

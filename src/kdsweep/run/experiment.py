@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.config.validation import Settings, validate
-from kdsweep.core.signals import deferred_signals
 from kdsweep.data.splits import hide_labels
 from kdsweep.losses import CrossEntropy
 from kdsweep.nets import count_parameters
@@ -210,9 +209,8 @@ def run(
             tracker.set_tags({"kdsweep.state": state})
             tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
         raise
-    with deferred_signals():  # a signal now must not leave a COMPLETE run RUNNING
-        tracker.set_tags({"kdsweep.state": "COMPLETE"})
-        tracker.finish("FINISHED")
+    tracker.set_tags({"kdsweep.state": "COMPLETE"})
+    tracker.finish("FINISHED")
     log.info(
         "objective (val acc, %s epoch) %.2f%%, test acc %.2f%%",
         settings.trainer.objective,

@@ -23,7 +23,7 @@ from kdsweep.config.schema import TrackingConf
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.signals import deferred_signals
+from kdsweep.core.signals import check_interrupt
 from kdsweep.core.stores import (
     database_tables,
     half_created_sqlite,
@@ -178,18 +178,16 @@ class RunTracker:
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        # A signal waits until the run's id is known, so the run can be ended KILLED.
-        with deferred_signals():
-            try:
-                client = client_for(self.conf.uri)
-                run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
-            except Exception as exc:
-                raise KdsweepError(
-                    f"cannot start an MLflow run at tracking.uri={self.conf.uri}"
-                    f" ({first_line(exc)}): start the server or fix tracking.uri"
-                    " (tracking.enabled=false runs untracked)"
-                ) from None
-            self.run_id = run.info.run_id
+        try:
+            client = client_for(self.conf.uri)
+            run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
+        except Exception as exc:
+            raise KdsweepError(
+                f"cannot start an MLflow run at tracking.uri={self.conf.uri}"
+                f" ({first_line(exc)}): start the server or fix tracking.uri"
+                " (tracking.enabled=false runs untracked)"
+            ) from None
+        self.run_id = run.info.run_id
         self.record["run_id"] = self.run_id
         self.record["tags"].update(tags)
 
@@ -271,10 +269,11 @@ class RunTracker:
         self._call(lambda c: c.log_text(self.run_id, text, artifact_file))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a folder one file at a time: each upload holds a signal only while it
-        lasts (a whole folder to a remote server would hold it through all of them)."""
+        """Upload a folder one file at a time, checking for a signal between two uploads
+        (a whole folder to a remote server would otherwise hold it through all of them)."""
         root = Path(directory)
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            check_interrupt()
             folder = path.parent.relative_to(root).as_posix()
             where = "/".join(part for part in (artifact_path, folder) if part and part != ".")
             self._call(lambda c, f=path, w=where: c.log_artifact(self.run_id, str(f), w or None))
@@ -284,8 +283,7 @@ class RunTracker:
         if self.run_id is None or self.broken:
             return
         try:
-            with deferred_signals():
-                action(client_for(self.conf.uri))
+            action(client_for(self.conf.uri))
         except Exception as exc:
             self.broken = first_line(exc)
             log.error(

@@ -28,7 +28,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from kdsweep.core.signals import raise_pending
+from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.arms import Arm, plan_arms
 from kdsweep.sweep.jobs import Job
 from kdsweep.sweep.liveness import ask
@@ -86,7 +86,7 @@ def plan(
         if t.state == TrialState.WAITING and key not in wanted:
             drop_queued(storage, trial_id(storage, study_id, t.number), NOT_PLANNED)
             dropped += 1
-            raise_pending()
+            check_interrupt()
         else:
             have.add(key)
     if dropped:
@@ -101,7 +101,7 @@ def plan(
         for seed in seeds:
             if (arm.key, seed) not in have:
                 companion.enqueue_trial({}, user_attrs={"arm": arm.key, "seed": seed})
-                raise_pending()
+                check_interrupt()
     return len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -118,7 +118,7 @@ def _ask(sweep: Sweep, companion: optuna.Study, base: list[str]) -> list[Job]:
             jobs.append(
                 Job(companion, trial, tid, "confirm", f"confirmation {arm} seed {seed}", overrides)
             )
-            raise_pending()
+            check_interrupt()
         return jobs
 
 

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import KdsweepError, report_error
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.signals import deferred_signals, raise_pending
+from kdsweep.core.signals import check_interrupt, cooperative, interruptible
 from kdsweep.sweep.arms import describe_params
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
@@ -135,6 +135,12 @@ class StudySweep:
         return study_lock(self.storage, self.settings.storage, self.settings.study_name)
 
     def run(self, arguments: list[str]) -> optuna.Study:
+        # The sweeper writes to its stores: a signal is raised at its checks, between two
+        # launches, never inside a write (kdsweep.core.signals).
+        with cooperative():
+            return self._run(arguments)
+
+    def _run(self, arguments: list[str]) -> optuna.Study:
         s = self.settings
         # Optuna's own lines ("A new study created...") through Hydra's logging, so the
         # console filter treats them as the other libraries' chatter.
@@ -146,8 +152,9 @@ class StudySweep:
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
         try:
-            space = search_space(s.params, arguments)
-            check_sweep(self, space)
+            with interruptible():  # the start-up checks write nothing
+                space = search_space(s.params, arguments)
+                check_sweep(self, space)
             study, parent = self._open(space)
         except KdsweepError as exc:
             report_error(exc)
@@ -236,14 +243,12 @@ class StudySweep:
     def run_jobs(self, jobs: list[Job]) -> list[TrialState]:
         """The one path of every job: launch the batch, beat for its trials while it runs,
         then tell each trial how its job ended."""
-        with Heartbeat(self.storage, [job.tid for job in jobs]):
+        # The launcher's wait raises a signal at once (jobs in other processes are not
+        # kdsweep's code here); a job it runs in this process checks for it itself.
+        with Heartbeat(self.storage, [job.tid for job in jobs]), interruptible():
             returns = self.launch([job.overrides for job in jobs])
-        states = []
-        for job, ret in zip(jobs, returns, strict=True):
-            # A signal mid-tell would leave a finished trial RUNNING: it waits for this
-            # tell, not for the batch's (one tell may wait minutes on MLflow).
-            with deferred_signals():
-                states.append(self._tell(job, ret))
+        states = [self._tell(job, ret) for job, ret in zip(jobs, returns, strict=True)]
+        check_interrupt()  # every finished job is told first: no finished trial is lost
         return states
 
     def _ask(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> list[Job]:
@@ -264,7 +269,7 @@ class StudySweep:
                 label = f"trial {trial.number} ({describe_params(trial.params)})"
                 overrides = self._overrides(trial, tid, space.fixed, parent)
                 jobs.append(Job(study, trial, tid, "trial", label, overrides))
-                raise_pending()  # between two asks: the claimed ones are in_flight
+                check_interrupt()  # between two asks: the claimed ones are in_flight
         log.debug(
             "study %s: %d/%d finished, launching trial(s) %s",
             s.study_name,

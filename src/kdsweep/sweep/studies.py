@@ -22,7 +22,6 @@ from optuna.trial import TrialState
 from kdsweep.config.targets import Target
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import file_lock
-from kdsweep.core.signals import deferred_signals
 from kdsweep.core.stores import (
     JOURNAL_PREFIX,
     database_tables,
@@ -211,10 +210,9 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) 
     """Serialize "count the trials, then ask for more" across sweep workers, so that N
     workers together create exactly n_trials. A file lock beside SQLite/journal files; a
     PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere. What runs
-    under it writes to the storage, so SIGINT / SIGTERM wait until it is released, or
-    until the next write of a long loop under it (core.signals.raise_pending)."""
-    with deferred_signals():
-        yield from _held_lock(storage, url, study_name)
+    under it writes to the storage; a signal is raised at the next check
+    (core.signals.check_interrupt), never inside a write."""
+    yield from _held_lock(storage, url, study_name)
 
 
 def _held_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:

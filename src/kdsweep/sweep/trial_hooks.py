@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import Abandoned
-from kdsweep.core.signals import deferred_signals
 from kdsweep.run.experiment import RunResult, TrialHooks
 from kdsweep.training.loop import EpochRecord
 
@@ -48,8 +47,7 @@ class OptunaTrialHooks(TrialHooks):
 
     def on_start(self, run_id: str | None) -> None:
         if run_id:
-            with deferred_signals():
-                self.trial.set_user_attr("mlflow_run_id", run_id)
+            self.trial.set_user_attr("mlflow_run_id", run_id)
 
     def on_epoch(self, record: EpochRecord) -> None:
         import optuna
@@ -65,9 +63,8 @@ class OptunaTrialHooks(TrialHooks):
         if not self.prune:
             return  # a measurement: nothing to prune, its curve is stored at the end
         try:
-            with deferred_signals():
-                self.trial.set_user_attr("history", self.curve)
-                self.trial.report(record.val_acc, record.epoch)
+            self.trial.set_user_attr("history", self.curve)
+            self.trial.report(record.val_acc, record.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # The sweeper failed this trial (it was interrupted, or found it stale) while a
             # launcher's child (submitit) went on: stop, and end the run KILLED.
@@ -76,17 +73,15 @@ class OptunaTrialHooks(TrialHooks):
         if self.trial.should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.
-            with deferred_signals():
-                self.trial.set_user_attr("pruned", True)
+            self.trial.set_user_attr("pruned", True)
             raise optuna.TrialPruned(
                 f"pruned after epoch {record.epoch} (val acc {record.val_acc:.2f}%)"
             )
 
     def on_finish(self, result: RunResult) -> None:
-        with deferred_signals():
-            if not self.prune:
-                self.trial.set_user_attr("history", self.curve)
-            self.trial.set_user_attr("metrics", result.metrics)
+        if not self.prune:
+            self.trial.set_user_attr("history", self.curve)
+        self.trial.set_user_attr("metrics", result.metrics)
 
 
 def trial_hooks(cfg: DictConfig) -> TrialHooks:

@@ -22,6 +22,7 @@ from torch import nn
 
 from kdsweep.config.schema import TrainerConf
 from kdsweep.core.errors import NonFiniteLossError
+from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
 from kdsweep.losses import Objective
 from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
@@ -84,6 +85,7 @@ def _batches(
         yield from images.batches(batch_size, order)
         return
     for start in range(0, len(images), batch_size):
+        check_interrupt()  # a signal stops the loop between two batches
         if order is None:  # a view, no copy
             stop = min(start + batch_size, len(images))
             yield torch.arange(start, stop, device=images.device), images[start:stop]

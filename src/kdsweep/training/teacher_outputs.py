@@ -24,6 +24,7 @@ import torch
 
 from kdsweep.core.files import atomic_torch_save, atomic_write, file_lock, stable_hash
 from kdsweep.core.integrity import sealed, verified
+from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
 from kdsweep.nets import FeatureNet, pool_hidden
 from kdsweep.training.batches import TeacherSource
@@ -40,6 +41,7 @@ def compute_outputs(
     model.eval()
     logits, hidden = [], []
     for start in range(0, len(inputs), batch_size):
+        check_interrupt()
         out_logits, out_hidden = model.forward_with_hidden(inputs[start : start + batch_size])
         logits.append(out_logits.float())
         hidden.append(out_hidden.float())
