@@ -103,6 +103,7 @@ def test_the_report_leads_with_the_paired_comparison(confirmed: Path) -> None:
     assert page.index("vs the same recipe without a teacher") < page.index("<h2>Search</h2>")
 
 
+@pytest.mark.slow  # three sweeps, ~18 s; the planner's own tests cover seeds in test_sweep_faults
 def test_a_rerun_trains_nothing_and_more_seeds_add_only_those(
     confirmed: Path, teacher_cache: Path
 ) -> None:

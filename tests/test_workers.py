@@ -68,6 +68,7 @@ def _check_shared_sweep(workdir: Path, storage: str, study_name: str) -> None:
     assert mlflow_client(tracking).get_run(parent_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow  # two workers' sweeps, ~16 s; creating the storage together stays default
 @pytest.mark.postgres
 def test_workers_share_a_postgresql_study(
     tmp_path: Path, fresh_postgres_db: str, teacher_cache: Path
