@@ -82,6 +82,18 @@ def test_mask_secrets(text: str, masked: str) -> None:
     assert mask_secrets(masked) == masked  # idempotent
 
 
+def test_an_errors_first_line_is_masked_before_any_caller_clips_it() -> None:
+    """Callers clip it (``first_line(exc)[:200]``) before the error they build is masked:
+    a clip inside the URL would leave the start of the password unmasked."""
+    from kdsweep.core.errors import first_line
+
+    message = f"could not connect to postgresql://kd:{SECRET}@db/optuna\nDETAIL: ..."
+    line = first_line(RuntimeError(message))
+    assert line == "could not connect to postgresql://kd:***@db/optuna"
+    for cut in range(len(message)):
+        assert SECRET[:2] not in first_line(RuntimeError(message))[:cut]
+
+
 def test_mask_value_leaves_non_strings_alone() -> None:
     assert mask_value(3) == 3
     assert mask_value(None) is None

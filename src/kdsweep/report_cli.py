@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
                 raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise _Fail(f"{args.storage}: {type(exc).__name__}: {text[:300]}") from None
+            raise _Fail(
+                f"{args.storage}: {type(exc).__name__}: {mask_secrets(text)[:300]}"
+            ) from None
     except _Fail as exc:
         message = mask_secrets(" ".join(str(exc).split()))  # every error line's one door
         print(f"{PROG}: error: {message}", file=sys.stderr)

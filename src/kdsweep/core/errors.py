@@ -41,9 +41,11 @@ def report_error(exc: BaseException) -> None:
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none), for
-    one-line reports: library messages often carry multi-line trailers."""
+    one-line reports: library messages often carry multi-line trailers. Masked here,
+    because callers clip it (``first_line(exc)[:200]``) before the error it goes into is
+    masked, and a clip can cut a password out of the mask's reach."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return mask_secrets(lines[0]) if lines else type(exc).__name__
 
 
 class Interrupted(KeyboardInterrupt):
