@@ -76,37 +76,31 @@ def _open(url: str) -> Any:
 
 
 def _list(storage: Any, url: str) -> None:
+    import optuna
     from optuna.trial import TrialState
 
-    studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
-    if not studies:
+    from kdsweep.sweep.arms import ranked_trials
+    from kdsweep.sweep.studies import count_states
+
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if not names:
         print(f"no studies in {mask_secrets(url)}")
         return
     header = ("study", "trials", "complete", "pruned", "fail", "running", "best")
     table = [header]
-    for study in studies:
-        trials = storage.get_all_trials(
-            storage.get_study_id_from_name(study.study_name), deepcopy=False
-        )
-        counts = {state: 0 for state in TrialState}
-        for trial in trials:
-            counts[trial.state] += 1
-        values = [
-            t.values[0]
-            for t in trials
-            if t.state == TrialState.COMPLETE and t.values and t.values[0] == t.values[0]
-        ]
-        minimize = study.directions[0].name == "MINIMIZE"
-        best = (min if minimize else max)(values) if values else None
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        counts = count_states(study)
+        ranked = ranked_trials(study)
         table.append(
             (
-                study.study_name,
-                str(len(trials)),
+                name,
+                str(sum(counts.values())),
                 str(counts[TrialState.COMPLETE]),
                 str(counts[TrialState.PRUNED]),
                 str(counts[TrialState.FAIL]),
                 str(counts[TrialState.RUNNING]),
-                "-" if best is None else f"{best:.2f}",
+                f"{ranked[0].values[0]:.2f}" if ranked else "-",
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

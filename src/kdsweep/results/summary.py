@@ -19,7 +19,8 @@ from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary
-from kdsweep.sweep.arms import selected_val_loss
+from kdsweep.sweep.arms import ranked_trials
+from kdsweep.sweep.studies import count_states
 
 if TYPE_CHECKING:
     import optuna
@@ -143,20 +144,15 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     confirmation study, if any."""
     attrs = study.user_attrs
     rows = sorted((_row(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
-    counts = {state: 0 for state in STATES}
-    for row in rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
+    by_state = {state.name: n for state, n in count_states(study).items()}
+    counts = {name: by_state[name] for name in STATES}
     directions = study.directions
     direction = "minimize" if directions[0].name == "MINIMIZE" else "maximize"
-    scored = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
-    best = None
-    if scored:
-        # Best value first; a tie (common on small val splits) goes to the lower val loss.
-        sign = 1.0 if direction == "minimize" else -1.0
-        best = min(
-            scored,
-            key=lambda r: (sign * r.value, selected_val_loss(r.history, r.metrics), r.number),
-        )  # type: ignore[operator]
+    # The first ranked trial with a finite value (a tie goes to the lower val loss); a
+    # trial that finished after the rows were read is not among them.
+    by_number = {r.number: r for r in rows}
+    ranked = (by_number.get(t.number) for t in ranked_trials(study))
+    best = next((r for r in ranked if r is not None and r.value is not None), None)
 
     raw_baselines = attrs.get("baselines") if isinstance(attrs.get("baselines"), dict) else {}
     baselines: dict[str, dict[str, float | None]] = {}

@@ -31,7 +31,7 @@ from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import KdsweepError, report_error
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import check_interrupt, cooperative, interruptible
-from kdsweep.sweep.arms import describe_params
+from kdsweep.sweep.arms import describe_params, ranked_trials
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import open_companion, run_confirmation
@@ -123,10 +123,9 @@ class StudySweep:
         n = self.settings.n_trials
         elapsed = time.monotonic() - self.started
         text = f"[{done}/{n}: {counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
-        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if values:
-            best = max(values) if self.settings.direction == "maximize" else min(values)
-            text += f"; best {best:.2f} %"
+        ranked = ranked_trials(study)
+        if ranked:
+            text += f"; best {ranked[0].value:.2f} %"
         ran = max(1, self.job_idx)
         eta = elapsed / ran * max(0, n - done)
         return f"{text}; {_clock(elapsed)}, ETA {_clock(eta)}]"
