@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -93,6 +93,27 @@ def paired_diff(arm: Mapping[int, float], baseline: Mapping[int, float]) -> Pair
         # Wilcoxon has nothing to rank when every pair ties: no evidence of a difference.
         p_w = float(stats.wilcoxon(diffs).pvalue) if any(d != 0 for d in diffs) else 1.0
     return PairedDiff(len(diffs), mean, low, high, p_t, p_w)
+
+
+@dataclass(kw_only=True)
+class SeededArm:
+    """One configuration's accuracies (%) by seed on val and test: a row of the seeds table
+    (kdsweep.multirun.seeds_table) and of the confirmed comparison (kdsweep.results)."""
+
+    val: dict[int, float] = field(default_factory=dict)
+    test: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def val_stats(self) -> ArmStats:
+        return arm_stats(list(self.val.values()))
+
+    @property
+    def test_stats(self) -> ArmStats:
+        return arm_stats(list(self.test.values()))
+
+    def diff(self, baseline: SeededArm, split: str) -> PairedDiff:
+        """This arm minus ``baseline`` on ``split`` (val or test), over their shared seeds."""
+        return paired_diff(getattr(self, split), getattr(baseline, split))
 
 
 def verdict(diff: PairedDiff) -> str:

@@ -11,19 +11,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kdsweep.core.formatting import DASH, mean_ci, p_value
-from kdsweep.core.stats import arm_stats, paired_diff, verdict
+from kdsweep.core.stats import SeededArm, verdict
 from kdsweep.multirun.jobs import SEED_KEY, Job, override_key
 
 log = logging.getLogger("kdsweep")
 
 
 @dataclass
-class Arm:
+class Arm(SeededArm):
     """The jobs that differ only by seed: seed -> accuracy in %."""
 
     overrides: tuple[str, ...]
-    val: dict[int, float] = field(default_factory=dict)
-    test: dict[int, float] = field(default_factory=dict)
     losses: set[str] = field(default_factory=set)
     # Its jobs without a result, left out of its figures: "seed 3: FAILED".
     left_out: list[str] = field(default_factory=list)
@@ -106,10 +104,7 @@ def seeds_table(jobs: Sequence[Job]) -> str | None:
     for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
         mark = " (baseline)" if len(arms) > 1 and i == base else ""
         seeds = ",".join(str(s) for s in sorted(arm.val))
-        val, test = (
-            mean_ci(arm_stats(list(arm.val.values()))),
-            mean_ci(arm_stats(list(arm.test.values()))),
-        )
+        val, test = mean_ci(arm.val_stats), mean_ci(arm.test_stats)
         lines.append(f"| {label}{mark} | {arm.n} | {seeds} | {val} | {test} |")
     if len(arms) > 1:
         lines += [
@@ -125,11 +120,8 @@ def seeds_table(jobs: Sequence[Job]) -> str | None:
         for i, (arm, label) in enumerate(zip(arms, labels, strict=True)):
             if i == base:
                 continue
-            for split, mine, theirs in (
-                ("val", arm.val, arms[base].val),
-                ("test", arm.test, arms[base].test),
-            ):
-                d = paired_diff(mine, theirs)
+            for split in ("val", "test"):
+                d = arm.diff(arms[base], split)
                 if d.n == 0:
                     cells = [DASH] * 4
                 else:

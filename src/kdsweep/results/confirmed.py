@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.formatting import mean_ci
-from kdsweep.core.stats import ArmStats, PairedDiff, arm_stats, paired_diff
+from kdsweep.core.stats import PairedDiff, SeededArm
 from kdsweep.core.values import finite_number
 from kdsweep.sweep.confirm import confirmed_results
 
@@ -26,13 +26,11 @@ BASELINES = (("ablation", "same recipe without teacher"), ("tutorial", "referenc
 
 
 @dataclass
-class ArmResult:
+class ArmResult(SeededArm):
+    """An arm's test accuracy and its val accuracy (the objective) by seed."""
+
     key: str
     label: str
-    test: dict[int, float]  # seed -> test accuracy (%)
-    val: dict[int, float]  # seed -> val accuracy (%), the objective
-    test_stats: ArmStats
-    val_stats: ArmStats
     diffs: dict[str, PairedDiff] = field(default_factory=dict)  # baseline key -> test diff
 
 
@@ -71,22 +69,13 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
             for name in ("val_size", "test_size"):
                 if _finite(m.get(name)):
                     sizes[name] = int(m[name])
-        arms.append(
-            ArmResult(
-                key,
-                str(recorded[key].get("label", key)),
-                test,
-                val,
-                arm_stats(list(test.values())),
-                arm_stats(list(val.values())),
-            )
-        )
+        arms.append(ArmResult(key, str(recorded[key].get("label", key)), val=val, test=test))
     by_key = {a.key: a for a in arms}
     for arm in arms:
         if arm.key.startswith("top") or arm.key == "tutorial":
             for base_key, _ in BASELINES:
                 if base_key != arm.key and base_key in by_key:
-                    arm.diffs[base_key] = paired_diff(arm.test, by_key[base_key].test)
+                    arm.diffs[base_key] = arm.diff(by_key[base_key], "test")
     done = sum(len(a.test) for a in arms)
     return Confirmed(
         arms,
