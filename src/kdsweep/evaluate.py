@@ -204,40 +204,28 @@ def materialize(loaded: Loaded, input_shape: tuple[int, ...]) -> Any:
     return logits_cls(net).eval()
 
 
-class RawView:
-    """A test split on the data set's pixel scale, a slice at a time: a streamed split
-    (data=imagefolder) stays on disk, and an in-memory one is not copied whole."""
-
-    def __init__(self, images: Any, normalization: tuple[Any, Any], to_raw: Any) -> None:
-        self.images, self.normalization, self.to_raw = images, normalization, to_raw
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, rows: slice) -> Any:
-        return self.to_raw(self.images[rows], *self.normalization)
-
-
-def score(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+def score(model: Any, data: Any, batch_size: int) -> dict[str, float]:
+    """``model`` (raw pixels in) on the test split, through the training loop's evaluation
+    (kdsweep.training.loop.evaluate): the split's normalized images are put back on the
+    pixel scale on their way in, a batch at a time."""
     import torch
-    import torch.nn.functional as F
 
-    total_loss, correct = 0.0, 0
+    from kdsweep.losses import CrossEntropy
+    from kdsweep.nets import count_parameters
+    from kdsweep.run.serving import Unstandardize
+    from kdsweep.training.loop import evaluate
+
+    scored = torch.nn.Sequential(Unstandardize(data.input_mean, data.input_std), model).eval()
     with torch.no_grad():
-        model(x[:2])  # warm-up: the timing below is steady-state throughput
-        started = time.perf_counter()
-        for start in range(0, len(x), batch_size):
-            out = model(x[start : start + batch_size])
-            logits = out[0] if isinstance(out, tuple) else out
-            target = y[start : start + batch_size]
-            total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(1) == target).sum())
-        seconds = time.perf_counter() - started
-    n = len(y)
+        scored(data.test_x[:2])  # warm-up: the timing below is steady-state throughput
+    started = time.perf_counter()
+    loss, acc = evaluate(scored, CrossEntropy(), data.test_x, data.test_y, None, batch_size)
+    seconds = time.perf_counter() - started
+    n = len(data.test_y)
     return {
-        "test_acc": 100.0 * correct / n,
-        "test_loss": total_loss / n,
-        "parameters": float(sum(p.numel() for p in model.parameters())),
+        "test_acc": acc,
+        "test_loss": loss,
+        "parameters": float(count_parameters(model)),
         "images_per_s": n / seconds if seconds > 0 else float("inf"),
         "test_size": float(n),
     }
@@ -305,16 +293,15 @@ def evaluate_model(
     model = materialize(loaded, data.input_shape)
     if not loaded.takes_raw_pixels:
         model = on_raw_pixels(model, *normalization)
-    raw_test_x = RawView(data.test_x, normalization, raw_pixels)
+    batch_size = settings.trainer.eval_batch_size
     torch.manual_seed(0)
-    figures = score(model, raw_test_x, data.test_y, settings.trainer.eval_batch_size)
+    figures = score(model, data, batch_size)
     figures["model"] = source
     figures["data"] = settings.data.name
     if export_path:
         figures["export"] = export_path
-        figures["export_max_abs_diff"] = export(
-            model, raw_test_x[: settings.trainer.eval_batch_size], Path(export_path).expanduser()
-        )
+        example = raw_pixels(data.test_x[:batch_size], *normalization)
+        figures["export_max_abs_diff"] = export(model, example, Path(export_path).expanduser())
     return figures
 
 

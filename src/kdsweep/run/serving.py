@@ -44,10 +44,16 @@ def on_raw_pixels(classifier: nn.Module, mean: Sequence[float], std: Sequence[fl
     return nn.Sequential(Standardize(mean, std), classifier)
 
 
+class Unstandardize(Standardize):
+    """x' = x * std[c] + mean[c]: normalized images back on the data set's pixel scale."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
 def raw_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalized images back on the data set's pixel scale (``Standardize`` undone)."""
-    scale = Standardize(mean, std)
-    return images * scale.std + scale.mean
+    return Unstandardize(mean, std)(images)
 
 
 def signature(input_shape: Sequence[int], num_classes: int) -> Any:
