@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,7 @@ log = logging.getLogger("kdsweep")
 
 
 def _statuses(records: Iterable[Mapping[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for record in records:
-        status = str(record.get("status", "?"))
-        counts[status] = counts.get(status, 0) + 1
+    counts = Counter(str(record.get("status", "?")) for record in records)
     if list(counts) == [FINISHED]:
         return FINISHED
     return ", ".join(f"{n} {status}" for status, n in counts.items())

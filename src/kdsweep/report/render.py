@@ -205,13 +205,12 @@ def write_report_files(
         (
             "all_curves.png",
             "Validation accuracy per epoch of every trial (pruned ones stop early)",
-            lambda p: plot_all_curves(summary, p),
+            lambda p: plot_all_curves(study, summary, p),
         ),
     ]
-    scored = [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
     used: set[str] = set()
     for name in summary.param_names:
-        if not any(name in r.params for r in scored):
+        if not any(name in r.params for r in summary.scored):
             continue
         filename = param_file(name)
         while filename in used:  # "loss.p" and "loss_p" would share a file name

@@ -78,6 +78,11 @@ class Summary:
     confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
     labels: str | None = None  # the labelled fractions, when not every label was used
 
+    @property
+    def scored(self) -> list[TrialRow]:
+        """The completed trials that have a value."""
+        return [r for r in self.rows if r.state == "COMPLETE" and r.value is not None]
+
 
 # --------------------------------------------------------------------------- data
 
