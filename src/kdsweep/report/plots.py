@@ -1,7 +1,8 @@
 """The figures of the sweep report. ``optuna.visualization.matplotlib`` draws the history,
-the importances and the objective against each parameter; the baselines, pruned trials and
-the best and tutorial trials are added to the Axes it returns. The learning curves, which
-Optuna has no plot for, are drawn by hand. Each ``plot_*`` writes one PNG and returns None,
+the importances, the objective against each parameter and every trial's val accuracy per
+epoch; the baselines, pruned trials and the best and tutorial trials are added to the Axes
+it returns. The best trial's learning curves (losses too), which Optuna has no plot for,
+are drawn by hand. Each ``plot_*`` writes one PNG and returns None,
 or returns why it drew nothing: :func:`kdsweep.report.render.write_report_files` shows
 those reasons as notes. matplotlib and Optuna's plots are imported only when drawing.
 """
@@ -96,10 +97,6 @@ def _finish(ax: Axes, title: str, path: Path) -> None:
     _save(ax.figure, path)
 
 
-def _completed(summary: Summary) -> list[TrialRow]:
-    return [r for r in summary.rows if r.state == "COMPLETE" and r.value is not None]
-
-
 def _pruned(summary: Summary) -> list[TrialRow]:
     """Pruned trials that reported a value: they are drawn at their last one."""
     return [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
@@ -121,7 +118,7 @@ def _baseline_lines(ax: Axes, summary: Summary) -> None:
 
 
 def plot_history(study: optuna.Study, summary: Summary, path: Path) -> str | None:
-    done, pruned = _completed(summary), _pruned(summary)
+    done, pruned = summary.scored, _pruned(summary)
     if not done and not pruned:
         return "No optimization history: no trial has a value yet."
     from optuna.visualization.matplotlib import plot_optimization_history
@@ -152,7 +149,7 @@ def zoom_band(summary: Summary) -> tuple[float | None, float | None]:
     """The val accuracy band where the completed trials' upper half and the baselines lie,
     with a margin: pruned and poor trials far below would squeeze the differences that
     matter into a few pixels (they are drawn at the bottom edge instead)."""
-    values = sorted(r.value for r in _completed(summary))
+    values = sorted(r.value for r in summary.scored)
     refs = [b.get("val_acc") for b in summary.baselines.values()]
     if summary.tutorial is not None:
         refs.append(summary.tutorial.value)
@@ -171,7 +168,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 8
 
 
 def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | None:
-    done = _completed(summary)
+    done = summary.scored
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
             f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed"
@@ -220,7 +217,7 @@ def plot_param(study: optuna.Study, summary: Summary, name: str, path: Path) -> 
     """Objective against one parameter: Optuna's slice plot (log x for a log-sampled one,
     a strip per choice for a categorical one), pruned trials at their last value, and the
     best and tutorial-default trials marked."""
-    if not any(name in r.params for r in _completed(summary)):
+    if not any(name in r.params for r in summary.scored):
         return f"No completed trial has {name}."
     from matplotlib.category import UnitData
     from optuna.visualization.matplotlib import plot_slice
@@ -284,33 +281,39 @@ def plot_curves(summary: Summary, path: Path) -> str | None:
     return None
 
 
-def _curve_of(row: TrialRow) -> tuple[list[float], list[float]]:
-    xs, ys = _series(row.history, "val_acc")
-    if not xs and row.intermediate:
-        steps = sorted(row.intermediate)
-        xs, ys = [float(s) for s in steps], [row.intermediate[s] for s in steps]
-    return xs, ys
+#: How a trial's curve is drawn on the all-curves plot, by state: (line style, colour, alpha).
+CURVE_STYLES = {"COMPLETE": ("-", "#1f77b4", 0.5), "PRUNED": ("--", "#999", 0.8)}
+FAILED_STYLE = (":", "#b03a2e", 0.8)
 
 
-def plot_all_curves(summary: Summary, path: Path) -> str | None:
-    curves = [(row, *_curve_of(row)) for row in summary.rows]
-    curves = [c for c in curves if c[1]]
-    if not curves:
+def plot_all_curves(study: optuna.Study, summary: Summary, path: Path) -> str | None:
+    """Optuna's intermediate values (the val accuracy each epoch reported) of every trial,
+    restyled by state: pruned ones dashed where they stopped, the best trial in bold.
+    Optuna leaves failed trials out; their partial curves are added."""
+    if not any(row.intermediate for row in summary.rows):
         return "No per-epoch curves recorded."
-    with _pyplot() as plt:
-        ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")[1]
+    from optuna.visualization.matplotlib import plot_intermediate_values
+
+    rows = {row.number: row for row in summary.rows}
+    with _pyplot():
+        ax = plot_intermediate_values(study)
+        ax.figure.set_size_inches(5.6, 3.4)
+        for row in summary.rows:
+            if row.state == "FAIL" and row.intermediate:
+                steps = sorted(row.intermediate)
+                ax.plot(steps, [row.intermediate[s] for s in steps], label=f"Trial{row.number}")
         labelled: set[str] = set()
-        for row, xs, ys in curves:
-            if row is summary.best:
-                continue
-            style = {"COMPLETE": ("-", "#1f77b4", 0.5), "PRUNED": ("--", "#999", 0.8)}
-            ls, color, alpha = style.get(row.state, (":", "#b03a2e", 0.8))
-            label = row.state.lower() if row.state not in labelled else None
-            labelled.add(row.state)
-            ax.plot(xs, ys, ls=ls, color=color, alpha=alpha, lw=1, label=label)
-        for row, xs, ys in curves:
-            if row is summary.best:
-                ax.plot(xs, ys, color="#3a7d44", lw=2.2, label=f"best #{row.number}")
+        for line in ax.get_lines():  # Optuna labels each trial's line "Trial<number>"
+            row = rows.get(int(line.get_label().removeprefix("Trial")))
+            state = row.state if row is not None else "RUNNING"
+            if row is not None and row is summary.best:
+                line.set(color="#3a7d44", lw=2.2, alpha=1.0, zorder=3, label=f"best #{row.number}")
+            else:
+                ls, color, alpha = CURVE_STYLES.get(state, FAILED_STYLE)
+                label = state.lower() if state not in labelled else "_nolegend_"
+                line.set(ls=ls, color=color, alpha=alpha, lw=1, label=label)
+                labelled.add(state)
+            line.set_marker("")
         _integer_x(ax)
         ax.set_xlabel("epoch")
         _finish(ax, "Validation accuracy per epoch, all trials", path)
