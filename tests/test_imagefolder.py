@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from _helpers import mlflow_runs, run_in_process, sweep_args, unique
 from conftest import db_path, isolated_overrides
+from kdsweep.core.errors import DataError
 from kdsweep.data import ImageFolderData, ImageSplit, load_splits
 from kdsweep.data.imagefolder import ResizedTo, load_image
 from kdsweep.nets import deep_nn
@@ -123,6 +125,72 @@ def test_missing_folders_are_seeded_shares_of_train(train_only: Path, tmp_path: 
     assert moved.test_x.dataset.indices == data.test_x.dataset.indices
     assert moved.val_x.dataset.indices != data.val_x.dataset.indices
     assert moved.fingerprint != data.fingerprint
+
+
+def test_an_image_rewritten_in_place_is_other_data(tmp_path: Path) -> None:
+    """New pixels under the same name, size and modification time: other statistics,
+    another fingerprint (so another teacher and other cached outputs)."""
+    from PIL import Image
+
+    root = make_tree(tmp_path / "images", {"train": 20})
+    image = root / "train" / "cat" / "0.bmp"  # uncompressed: new pixels, the same size
+    Image.new("RGB", (32, 32), (10, 10, 10)).save(image)
+    first = conf(root, tmp_path).load()
+    before = image.stat()
+    Image.new("RGB", (32, 32), (250, 250, 250)).save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert image.stat().st_size == before.st_size
+    assert image.stat().st_mtime_ns == before.st_mtime_ns
+    again = conf(root, tmp_path).load()
+    assert again.fingerprint != first.fingerprint
+    assert again.train_x.content != first.train_x.content or (
+        again.val_x.content != first.val_x.content
+    )
+    assert again.input_mean != first.input_mean  # recomputed, not the old file's figures
+
+
+def _loop(root: Path) -> str:
+    (root / "train" / "cat" / "loop").symlink_to(root / "train" / "cat")
+    return "train/cat/loop/0.png is the same file as train/cat/0.png"
+
+
+def _linked_into_test(root: Path) -> str:
+    os.link(root / "train" / "dog" / "3.png", root / "test" / "dog" / "9.png")
+    return "test/dog/9.png is the same file as train/dog/3.png"
+
+
+def _linked_twice(root: Path) -> str:
+    (root / "train" / "eel" / "again.png").symlink_to(root / "train" / "cat" / "1.png")
+    return "train/eel/again.png is the same file as train/cat/1.png"
+
+
+@pytest.mark.parametrize("link", [_loop, _linked_into_test, _linked_twice])
+def test_a_file_met_twice_is_one_line(link, tmp_path: Path) -> None:  # noqa: ANN001
+    """A symbolic link loop (ImageFolder follows it about 40 levels deep: that class 40
+    times over), a hard link from test/ into train/ (a leak), a link to another image."""
+    root = make_tree(tmp_path / "images", {"train": 12, "test": 3})
+    expected = link(root)
+    with pytest.raises(DataError) as info:
+        conf(root, tmp_path).load()
+    message = str(info.value)
+    assert expected in message and "remove the link" in message and "\n" not in message
+
+
+def test_an_image_that_vanishes_while_read_is_one_line(
+    full_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdsweep.data import imagefolder
+
+    real = imagefolder._read_file
+
+    def vanishing(path: str):  # noqa: ANN202
+        if path.endswith("3.png"):
+            return real(path + ".gone")
+        return real(path)
+
+    monkeypatch.setattr(imagefolder, "_read_file", vanishing)
+    with pytest.raises(DataError, match=r"cannot read .*3\.png\.gone \(No such file"):
+        conf(full_tree, tmp_path).load()
 
 
 def test_streamed_batches_follow_the_order(full_tree: Path, tmp_path: Path) -> None:

@@ -171,6 +171,25 @@ def test_bare_state_dict_loads(settings, tmp_path: Path) -> None:
     torch.testing.assert_close(teacher.model(x), model(x))
 
 
+def test_outputs_of_a_bare_checkpoint_follow_the_split(settings, trained, tmp_path: Path) -> None:
+    """teacher.checkpoint=bare.pt with data.split_seed=0, then 1, in one cache: the key of a
+    bare state_dict is its file's hash, so the outputs' key must cover the data. The
+    second run's outputs are its own split's, as a fresh cache gives them."""
+    _, teacher = trained
+    bare = tmp_path / "bare.pt"
+    torch.save(teacher.model.state_dict(), bare)
+    cache = tmp_path / "cache"
+    for seed in (0, 1):
+        _, data, loaded = _prepare(
+            settings, cache, f"teacher.checkpoint={bare}", f"data.split_seed={seed}"
+        )
+        source = cached_source(loaded.model, loaded.key, "val", data.val_x, cache, True, False)
+    new = tmp_path / "new"
+    fresh = cached_source(loaded.model, loaded.key, "val", data.val_x, new, True, False)
+    assert torch.equal(source.logits, fresh.logits)
+    assert len(list((cache / "teacher_outputs").glob("val-*-logits.pt"))) == 2
+
+
 def test_state_dict_of_wrong_shape_is_refused(settings, tmp_path: Path) -> None:
     path = tmp_path / "light.pt"
     torch.save(light_nn((1, 8, 8), 10).state_dict(), path)

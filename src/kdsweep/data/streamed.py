@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 class ImageSplit:
     """A torch Dataset of (uint8 C x H x W image, label) pairs, served normalized on
     ``device``. Its labels are not read: the split's label tensor holds them, so that
-    hidden labels (``labelled_fraction``) are hidden by index."""
+    hidden labels (``labelled_fraction``) are hidden by index. ``content`` is a digest of
+    its images' files (names and bytes): what keys the teacher outputs cached for it."""
 
     dataset: Dataset
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    content: str
     workers: int = 0
     device: str = "cpu"
 
