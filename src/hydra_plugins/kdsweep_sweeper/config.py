@@ -1,7 +1,5 @@
-"""Config schema of kdsweep's sweeper: hydra-optuna-sweeper's own schema (sampler,
-direction, storage, study_name, n_trials, n_jobs, max_failure_rate, params) plus what the
-official sweeper lacks: a pruner, enqueued first trials, baselines, a report, and
-heartbeats so a resumed or shared study can tell dead trials from running ones."""
+"""Config schema of kdsweep's sweeper, registered with Hydra's ConfigStore: its options
+(kdsweep.sweep.settings.SweepSettings), hydra-optuna-sweeper's samplers and the pruners."""
 
 from __future__ import annotations
 
@@ -9,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.config import SamplerConfig
 from omegaconf import MISSING
+
+from kdsweep.sweep.settings import SweepSettings
 
 # The pruner is a _target_ node like the sampler, picked with hydra/sweeper/pruner=NAME
 # (none, median, hyperband, successive_halving) and tuned with hydra.sweeper.pruner.KEY;
@@ -53,46 +53,14 @@ PRUNERS = {
 
 
 @dataclass
-class ConfirmConf:
-    # After the search: retrain the top_k configs, the best one's recipe without the
-    # teacher (the ablation) and the references with `seeds` fresh seeds, paired across
-    # arms (kdsweep.sweep.confirm). The search configs switch it on.
-    enabled: bool = False
-    seeds: int = 5
-    top_k: int = 3
-    # Confirmation seeds are first_seed, first_seed + 1, ... (never the search's seed).
-    first_seed: int = 1000
-    # Bounds (kdsweep.sweep.settings): seeds x (top_k + 3) arms <= 10,000 runs, like
-    # n_trials; first_seed + seeds <= 2**32 - 1.
+class KdsweepSweeperConf(SweepSettings):
+    """The options are kdsweep's ``SweepSettings`` (declared and checked there); this
+    adds what Hydra needs to build the sweeper: its class and the sampler and pruner
+    picked from their config groups."""
 
-
-@dataclass
-class KdsweepSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KdsweepSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
-    direction: Any = "maximize"
-    # A study persists by default, in the directory kdsweep runs from: rerunning the same
-    # command continues it. journal:PATH selects Optuna's journal file storage.
-    storage: Any | None = "sqlite:///optuna.db"
-    # Trials are launched n_jobs at a time (in parallel with the joblib launcher).
-    n_jobs: int = 1
-    # Failed trials tolerated, as a fraction of n_trials, before the sweep stops.
-    max_failure_rate: float = 0.25
-    pruner: Any = MISSING  # hydra/sweeper/pruner picks it (defaults above)
-    # Parameter sets tried first, once per study (e.g. the tutorial's defaults).
-    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
-    # Train a CE-only student once per study, for the report's baseline row.
-    baselines: bool = True
-    # Where the report goes: <report_dir>/<study name>/
-    report_dir: str = "multirun_reports"
-    # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead
-    # (Optuna's RDB heartbeat; on this host a dead sweeper is known at once by its pid).
-    heartbeat_interval: float = 10.0
-    grace_period: float = 120.0
-    confirm: ConfirmConf = field(default_factory=ConfirmConf)
-    # A study records the settings that define it (config, search space, pruner); a rerun
-    # with other settings is refused unless this is true (kdsweep.sweep.drift).
-    allow_changed_settings: bool = False
+    sampler: SamplerConfig = MISSING  # hydra/sweeper/sampler picks it (hydra-optuna-sweeper's)
 
 
 ConfigStore.instance().store(

@@ -174,7 +174,7 @@ def run_confirmation(
         log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
         return None
     arms = plan_arms(
-        study, int(s.confirm.get("top_k", 3)), s.enqueue_trials, list(space.distributions)
+        study, s.confirm.top_k, s.enqueue_trials, list(space.distributions)
     )
     with sweep.lock():
         queued = plan(

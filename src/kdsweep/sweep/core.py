@@ -177,7 +177,7 @@ class StudySweep:
         recover(self, study)
         # The CE baseline and the confirmation runs are trials of a companion study.
         companion = None
-        if s.baselines or s.confirm.get("enabled"):
+        if s.baselines or s.confirm.enabled:
             companion = open_companion(self.storage, s.study_name)
             recover(self, companion)
         enqueue_reference(self, study, space)

@@ -1,17 +1,21 @@
-"""What the sweeper was asked to do: ``hydra.sweeper``'s options grouped in one checked
-``SweepSettings``, and the search space its ``params`` and the command line define."""
+"""What the sweeper was asked to do: ``hydra.sweeper``'s options declared and checked
+once, in ``SweepSettings`` (the Hydra plugin registers this dataclass as its config
+schema), and the search space its ``params`` and the command line define."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna.distributions import BaseDistribution
+from omegaconf import MISSING
 
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
+
+if TYPE_CHECKING:  # optuna is imported when a sweep starts, not at plugin discovery
+    from optuna.distributions import BaseDistribution
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_STUDY_NAME = "kdsweep"
@@ -32,32 +36,69 @@ MAX_PLANNED_RUNS = 10_000
 EXTRA_ARMS = 3
 
 
-@dataclass(frozen=True)
-class SweepSettings:
-    """The sweeper's options (hydra_plugins.kdsweep_sweeper.config.KdsweepSweeperConf,
-    less the sampler), as plain values."""
+@dataclass
+class ConfirmSettings:
+    """``hydra.sweeper.confirm``: after the search, retrain the top_k configs, the best
+    one's recipe without the teacher (the ablation) and the references with ``seeds``
+    fresh seeds, paired across arms (kdsweep.sweep.confirm). The search configs switch it
+    on. Bounds (checked by ``SweepSettings.check``): seeds x (top_k + 3) arms <= 10,000
+    runs, like n_trials; first_seed + seeds <= 2**32 - 1."""
 
-    direction: str
-    storage: str
-    study_name: str
-    n_trials: int
-    n_jobs: int
-    max_failure_rate: float
-    params: dict[str, Any]
-    pruner: dict[str, Any]
-    enqueue_trials: list[dict[str, Any]]
-    baselines: bool
-    report_dir: str
-    heartbeat_interval: float
-    grace_period: float
-    custom_search_space: str | None = None
-    confirm: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = False
+    seeds: int = 5
+    top_k: int = 3
+    # Confirmation seeds are first_seed, first_seed + 1, ... (never the search's seed).
+    first_seed: int = 1000
+
+
+@dataclass
+class SweepSettings:
+    """The sweeper's options, less the sampler: hydra-optuna-sweeper's own (direction,
+    storage, study_name, n_trials, n_jobs, max_failure_rate, params, custom_search_space)
+    plus what the official sweeper lacks: a pruner, enqueued first trials, baselines, a
+    report, heartbeats so a resumed or shared study can tell dead trials from running
+    ones, and the confirmation stage. Hydra types them from this declaration
+    (hydra_plugins.kdsweep_sweeper.config); ``check`` refuses the values no sweep can use.
+    Not frozen: OmegaConf makes a frozen dataclass's node read-only, and the command line
+    overrides these."""
+
+    # Any: hydra-optuna-sweeper's Direction enum or a list of them arrive here too, and
+    # check() names the fix rather than OmegaConf a type.
+    direction: Any = "maximize"
+    # A study persists by default, in the directory kdsweep runs from: rerunning the same
+    # command continues it. journal:PATH selects Optuna's journal file storage; null picks
+    # the default, an empty text is refused (storage= with nothing after it is a mistake).
+    storage: Any | None = DEFAULT_STORAGE
+    study_name: str | None = DEFAULT_STUDY_NAME  # null: the default
+    n_trials: int = 20
+    # Trials are launched n_jobs at a time (in parallel with the joblib launcher).
+    n_jobs: int = 1
+    # Failed trials tolerated, as a fraction of n_trials, before the sweep stops.
+    max_failure_rate: float = 0.25
+    params: dict[str, str] | None = None
+    # A _target_ node like the sampler, picked with hydra/sweeper/pruner=NAME.
+    pruner: Any = MISSING
+    # Parameter sets tried first, once per study (e.g. the tutorial's defaults).
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
+    # Train a CE-only student once per study, for the report's baseline row.
+    baselines: bool = True
+    # Where the report goes: <report_dir>/<study name>/
+    report_dir: str = "multirun_reports"
+    # A RUNNING trial whose sweeper has not beaten for grace_period seconds is dead
+    # (Optuna's RDB heartbeat; on this host a dead sweeper is known at once by its pid).
+    heartbeat_interval: float = 10.0
+    grace_period: float = 120.0
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    # A study records the settings that define it (config, search space, pruner); a rerun
+    # with other settings is refused unless this is true (kdsweep.sweep.drift).
     allow_changed_settings: bool = False
+    # hydra-optuna-sweeper's option, declared so that it is refused with a reason.
+    custom_search_space: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SweepSettings:
         """From the keyword arguments Hydra instantiates the sweeper with (its config
-        node's values). An unknown or missing option is a TypeError, as for a call."""
+        node's values). An unknown option is a TypeError, as for a call."""
         values = dict(options)
         direction = values.pop("direction", None)
         values["direction"] = direction if isinstance(direction, str) else _name(direction)
@@ -69,7 +110,7 @@ class SweepSettings:
         values["params"] = {str(k): v for k, v in (values.pop("params", None) or {}).items()}
         values["pruner"] = dict(values.pop("pruner", None) or {})
         values["enqueue_trials"] = [dict(t) for t in values.pop("enqueue_trials", None) or []]
-        values["confirm"] = dict(values.pop("confirm", None) or {})
+        values["confirm"] = ConfirmSettings(**(values.pop("confirm", None) or {}))
         return cls(**values)
 
     def check(self) -> None:
@@ -82,7 +123,7 @@ class SweepSettings:
             raise KdsweepError("hydra.sweeper.max_failure_rate must be in [0, 1]")
         if self.direction not in ("maximize", "minimize"):
             raise KdsweepError("hydra.sweeper.direction must be maximize or minimize")
-        if self.confirm.get("seeds", 0) < 0 or self.confirm.get("top_k", 1) < 1:
+        if self.confirm.seeds < 0 or self.confirm.top_k < 1:
             raise KdsweepError(
                 "hydra.sweeper.confirm.seeds must be >= 0 (0: no confirmation)"
                 " and confirm.top_k >= 1"
@@ -98,7 +139,7 @@ class SweepSettings:
                 f" {len(self.study_name)}: give a shorter name"
             )
         self._check_study_name()
-        if not 0 <= self.confirm.get("first_seed", 0) <= MAX_SEED:
+        if not 0 <= self.confirm.first_seed <= MAX_SEED:
             raise KdsweepError(f"hydra.sweeper.confirm.first_seed must be in [0, {MAX_SEED}]")
         self._check_planned_work()
         self._check_liveness()
@@ -133,9 +174,9 @@ class SweepSettings:
                 f"hydra.sweeper.n_trials={self.n_trials} plans more than {MAX_PLANNED_RUNS}"
                 " trials: lower it (a rerun continues the study)"
             )
-        if not self.confirm.get("enabled"):
+        if not self.confirm.enabled:
             return
-        seeds, top_k = int(self.confirm.get("seeds", 0)), int(self.confirm.get("top_k", 1))
+        seeds, top_k = self.confirm.seeds, self.confirm.top_k
         arms = min(top_k, self.n_trials) + EXTRA_ARMS
         if arms * seeds > MAX_PLANNED_RUNS:
             raise KdsweepError(
@@ -144,7 +185,7 @@ class SweepSettings:
                 " confirm.seeds or confirm.top_k"
             )
         # One seed more than asked: the search's own seed is skipped if it is in the range.
-        first_seed = int(self.confirm.get("first_seed", 1000))
+        first_seed = self.confirm.first_seed
         if seeds and first_seed + seeds > MAX_SEED:
             raise KdsweepError(
                 f"hydra.sweeper.confirm.first_seed={first_seed} with confirm.seeds={seeds}"
@@ -172,13 +213,9 @@ class SweepSettings:
     def confirmation_seeds(self, search_seed: int | None) -> list[int]:
         """The fresh seeds of the confirmation stage ([] when it is off): consecutive
         from confirm.first_seed, skipping the search's own seed."""
-        if not self.confirm.get("enabled"):
+        if not self.confirm.enabled:
             return []
-        wanted, seed, seeds = (
-            int(self.confirm.get("seeds", 0)),
-            int(self.confirm.get("first_seed", 1000)),
-            [],
-        )
+        wanted, seed, seeds = self.confirm.seeds, self.confirm.first_seed, []
         while len(seeds) < wanted:
             if seed != search_seed:
                 seeds.append(seed)
