@@ -5,21 +5,30 @@ schema (``defaults: [/schema/<group>/<Schema>@_here_, _self_]``), so ``trainer.e
 or ``trainer.objective=worst`` fails at composition. What composition cannot know, the
 ranges and the cross-field rules, kdsweep.validation checks once.
 
-The pluggable parts (data set, student, teacher's network, loss, optimizers) have no
-schema here: each is a ``_target_`` node whose YAML lists its arguments, built by
-kdsweep.config.targets (a dataclass target types its own arguments). The recipes below
-(teacher, trainer, tracking) keep their defaults in these dataclasses.
+The recipes below (teacher, trainer, tracking) keep their defaults in these dataclasses.
+The pluggable parts (data set, student, teacher's network, loss, optimizers) are
+``_target_`` nodes built by kdsweep.config.targets (a dataclass target types and checks
+its own arguments). kdsweep's losses and data sets are dataclasses: their fields' defaults
+are the one home of their options' values, stored here as untyped ``_target_`` nodes
+(``schema/loss/<Class>``, ``schema/data/<Class>``) that ``conf/loss`` and ``conf/data``
+start from. Untyped, not the dataclasses themselves: a user's own ``_target_`` with
+other keys still composes, and a bad value is refused by the class that is built, in
+kdsweep's one-line message, as for a loss written outside kdsweep. The YAML keeps the
+words: what the option is, and the values that differ from the class's defaults.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields
+from types import ModuleType
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from kdsweep import data, losses
 from kdsweep.config.choices import DEVICES, MAX_SEED, EpochChoice, Precision, Progress, SaveModel
 
 # instantiate() may build these and nothing else: a config (or a command line) cannot make
@@ -160,12 +169,34 @@ SCHEMAS: dict[str, tuple[type, ...]] = {
 }
 
 
+#: The groups whose options are kdsweep's own dataclasses: (their package, their base).
+PARTS: dict[str, tuple[ModuleType, type]] = {
+    "loss": (losses, losses.Objective),
+    "data": (data, data.DataSet),
+}
+
+
+def target_defaults(package: ModuleType, cls: type) -> dict[str, Any]:
+    """The ``_target_`` node that builds ``cls`` (as ``package.<Class>``) with its
+    fields' defaults."""
+    node: dict[str, Any] = {"_target_": f"{package.__name__}.{cls.__name__}"}
+    for f in fields(cls):
+        node[f.name] = f.default if f.default is not NO_DEFAULT else f.default_factory()  # type: ignore[misc]
+    return node
+
+
 def register_schemas() -> None:
     """Store every schema as ``schema/<group>/<ClassName>`` in Hydra's ConfigStore."""
     store = ConfigStore.instance()
     for group, classes in SCHEMAS.items():
         for cls in classes:
             store.store(group=f"schema/{group}", name=cls.__name__, node=cls, provider="kdsweep")
+    for group, (package, base) in PARTS.items():
+        for name in package.__all__:
+            cls = getattr(package, name)
+            if isinstance(cls, type) and issubclass(cls, base) and cls is not base:
+                node = target_defaults(package, cls)
+                store.store(group=f"schema/{group}", name=name, node=node, provider="kdsweep")
 
 
 register_schemas()

@@ -1,6 +1,6 @@
 """The data sets: each a dataclass built from ``conf/data/<name>.yaml`` by ``_target_``
-(its fields are the keys the YAML lists), loaded as train / val / test tensors
-(``splits``) or streamed from disk (``streamed``); CIFAR from torchvision's files
+(its fields are the keys and their defaults, kdsweep.config.schema), loaded as train /
+val / test tensors (``splits``) or streamed from disk (``streamed``); CIFAR from torchvision's files
 (``cifar``); the user's image folders (``imagefolder``); on-device augmentation
 (``augment``)."""
 

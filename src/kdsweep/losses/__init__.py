@@ -1,11 +1,11 @@
 """The training objectives, behind one interface so the loop never branches on them.
 
-Each loss is a dataclass whose fields are its config keys: ``conf/loss/<name>.yaml`` names
-the class by ``_target_`` and lists its keys; ``hydra.utils.instantiate`` builds it once,
-its fields typing the keys and ``__post_init__`` checking their ranges
-(kdsweep.config.targets). Adding a loss is one subclass of Objective and one YAML (its
-``_target_`` the class's module path or, once it is exported here,
-``kdsweep.losses.<Class>``).
+Each loss is a dataclass whose fields are its config keys and their defaults:
+``conf/loss/<name>.yaml`` starts from the ``_target_`` node made of them
+(kdsweep.config.schema); ``hydra.utils.instantiate`` builds it once, its fields typing the
+keys and ``__post_init__`` checking their ranges (kdsweep.config.targets). Adding a loss
+is one subclass of Objective exported here and one YAML naming
+``/schema/loss/<Class>`` (or, outside kdsweep, a YAML with its ``_target_`` and keys).
 
 - base: the interface (Objective, StepInputs, LossOutput, Taps: the layers it reads);
 - tutorial: the seed tutorial's CE, KD, cosine and MultiMargin;
