@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
-from kdsweep.sweep.drift import differences, drift_message, migrated, study_definition
+import optuna
+import pytest
+
+from kdsweep.core.errors import KdsweepError
+from kdsweep.sweep.drift import (
+    DATA_ATTR,
+    check_definition,
+    data_fingerprint,
+    differences,
+    drift_message,
+    migrated,
+    study_definition,
+)
 
 SPACE = {"loss.temperature": "FloatDistribution(high=10.0, log=False, low=1.0, step=None)"}
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 1}
@@ -65,3 +80,55 @@ def test_the_refusal_is_one_line_with_both_ways_out() -> None:
     assert "\n" not in message and "and 2 more" in message
     assert "hydra.sweeper.study_name=" in message
     assert "hydra.sweeper.allow_changed_settings=true" in message
+
+
+def _folder(root: Path, shade: int) -> Path:
+    """root/train/<class>/<i>.png: two classes of 12 flat images."""
+    from PIL import Image
+
+    for level, name in enumerate(("a", "b")):
+        (root / "train" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            colour = (shade + 100 * level + i,) * 3
+            Image.new("RGB", (8, 8), colour).save(root / "train" / name / f"{i}.png")
+    return root
+
+
+def test_a_study_resumed_on_other_data_is_refused(
+    compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same settings over changed images: the study recorded the data it was made on,
+    and refuses to rank trials of other data with its own, in one line naming both."""
+    from kdsweep.data import splits
+
+    root = _folder(tmp_path / "images", shade=0)
+    config = compose(
+        "data=imagefolder", f"data.root={root}", "data.workers=0", f"cache_dir={tmp_path}"
+    )
+    sweep = SimpleNamespace(
+        config=config,
+        settings=SimpleNamespace(
+            study_name="kd-images", direction="maximize", pruner=MEDIAN,
+            allow_changed_settings=True,
+        ),
+        lock=contextlib.nullcontext,
+    )  # fmt: skip
+    space = SimpleNamespace(distributions={})
+    study = optuna.create_study(study_name="kd-images")
+    check_definition(sweep, study, space)  # made: its data recorded
+    recorded = study.user_attrs[DATA_ATTR]
+    check_definition(sweep, study, space)  # the same data: it continues
+
+    _folder(root, shade=1)  # every image rewritten with other pixels
+    monkeypatch.setattr(splits, "_LOADED", {})  # as a new process would load them
+    with pytest.raises(KdsweepError) as info:
+        check_definition(sweep, study, space)
+    message = str(info.value)
+    assert "other data" in message and recorded in message and "\n" not in message
+    assert "hydra.sweeper.study_name=" in message and "data it was made on" in message
+    assert study.user_attrs[DATA_ATTR] == recorded
+
+
+def test_a_search_over_the_data_records_no_fingerprint(compose) -> None:
+    assert data_fingerprint(compose(), {"data.split_seed": "IntDistribution"}) is None
+    assert data_fingerprint(compose(), {}) != data_fingerprint(compose("data.split_seed=1"), {})

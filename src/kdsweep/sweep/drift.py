@@ -6,6 +6,11 @@ optimizer, the teacher's recipe, the data set's settings) is recorded in the stu
 is created. A later invocation whose definition differs is refused, naming the keys and
 the two ways out: a new ``hydra.sweeper.study_name``, or
 ``hydra.sweeper.allow_changed_settings=true`` to continue it deliberately.
+
+The data a study is made on is recorded too, as its fingerprint (the content of every
+split): the same settings over changed files (an image folder edited, CIFAR's files
+replaced) would rank trials of two data sets together. That is refused whatever
+``allow_changed_settings`` says: no trial of the old data compares with a new one.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdsweep.config.validation import validate
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
+from kdsweep.data import load_splits
 from kdsweep.run.tracking import flatten
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kdsweep.sweep")
 
 DEFINITION_ATTR = "definition"
+DATA_ATTR = "data_fingerprint"
 
 #: Config keys that do not change what a trial measures: where it is logged, cached or run,
 #: how it reports progress, what it keeps.
@@ -114,19 +122,49 @@ def drift_message(study_name: str, changes: list[str]) -> str:
     )
 
 
+def data_fingerprint(config: DictConfig, searched: Mapping[str, Any]) -> str | None:
+    """The fingerprint of the data every trial of this sweep trains on, or None where the
+    search itself varies the data (then each trial's run records its own). Loaded as the
+    trials load it: under the basic launcher they reuse this copy."""
+    if any(name == "data" or name.startswith("data.") for name in searched):
+        return None
+    return load_splits(validate(config).data).fingerprint
+
+
+def data_drift_message(study_name: str, recorded: str, current: str) -> str:
+    return (
+        f"study {study_name} was made on other data (fingerprint {recorded}, this data"
+        f" {current}): its trials would be ranked with trials of these data; name a new"
+        " study with hydra.sweeper.study_name=..., or run it on the data it was made on"
+    )
+
+
+def check_data(study: optuna.Study, study_name: str, fingerprint: str | None) -> None:
+    """Record the data a study is made on; refuse to continue it on other data."""
+    if fingerprint is None:
+        return
+    recorded = study.user_attrs.get(DATA_ATTR)
+    if recorded is None:  # a new study (or one made before studies recorded their data)
+        study.set_user_attr(DATA_ATTR, fingerprint)
+    elif recorded != fingerprint:
+        raise KdsweepError(data_drift_message(study_name, recorded, fingerprint))
+
+
 def check_definition(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
-    """A study continues only with the settings that made it (kdsweep.sweep.drift)."""
+    """A study continues only with the settings and the data that made it."""
     s = sweep.settings
     searched = {name: str(dist) for name, dist in space.distributions.items()}
     current = study_definition(
         sweep.config, searched, {"direction": s.direction, "pruner": s.pruner}
     )
+    fingerprint = data_fingerprint(sweep.config, searched)
     with sweep.lock():
         stored = study.user_attrs.get(DEFINITION_ATTR)
         stored = migrated(stored) if stored is not None else None
         changes = differences(stored, current) if stored is not None else []
         if changes and not s.allow_changed_settings:
             raise KdsweepError(drift_message(s.study_name, changes))
+        check_data(study, s.study_name, fingerprint)  # written only once nothing refused
         if changes:
             log.warning(
                 "study %s continues with changed settings: %s", s.study_name, "; ".join(changes)
