@@ -111,6 +111,28 @@ def test_digits_splits_partition_the_data_set() -> None:
     assert not (set(val) & set(train)) - duplicated
 
 
+@pytest.mark.parametrize("relabelled", ["val", "test"])
+def test_relabelled_images_are_other_data(relabelled: str) -> None:
+    """The fingerprint keys the teacher's cache: the teacher picks its best epoch on val's
+    labels and records its test accuracy, so a split with other labels is other data."""
+    from kdsweep.data.splits import _split, assemble
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 1, 4, 4)), rng.integers(0, 3, 60)
+    test_x, test_y = rng.normal(size=(10, 1, 4, 4)), rng.integers(0, 3, 10)
+    conf = DigitsData(val_fraction=0.2)
+    before = assemble(x, y, test_x, test_y, conf, 3)
+    _, val_rows = _split(60, conf.val_fraction, conf.split_seed)
+    if relabelled == "val":  # the training split's images and labels stay as they were
+        y = y.copy()
+        y[val_rows] = (y[val_rows] + 1) % 3
+    else:
+        test_y = (test_y + 1) % 3
+    after = assemble(x, y, test_x, test_y, conf, 3)
+    assert torch.equal(after.train_y, before.train_y)
+    assert after.fingerprint != before.fingerprint
+
+
 def test_digits_split_is_seeded() -> None:
     a = load_digits_splits(DigitsData(split_seed=3))
     b = load_digits_splits(DigitsData(split_seed=3))

@@ -242,7 +242,9 @@ def assemble(
     keep, held = _split(len(train_x), conf.val_fraction, conf.split_seed)
     # Fancy indexing copies: these two arrays are ours, and are normalized in place.
     train_part, val_part = train_x[keep], train_x[held]
-    fingerprint = _fingerprint(train_part, train_y[keep], val_part, test_x)
+    # Every split's images and labels: the teacher picks its best epoch on val's labels
+    # and records its test accuracy, so a relabelled file is other data too.
+    fingerprint = _fingerprint(train_part, train_y[keep], val_part, train_y[held], test_x, test_y)
     train_part = train_part.astype(np.float32, copy=False)
     # Per-channel statistics of the training split alone: nothing leaks from val/test.
     mean = train_part.mean(axis=(0, 2, 3), keepdims=True)
