@@ -40,11 +40,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-# The longest a per-epoch metric waits before it is written: the MLflow UI's live curves
-# of a long run lag by at most this.
-METRICS_FLUSH_S = 2.0
-
-
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     flat: dict[str, Any] = {}
@@ -123,10 +118,10 @@ class RunTracker:
         self.local_path = Path(local_dir) / "results.json"
         self.run_id: str | None = None
         self.broken: str | None = None
-        # Per-epoch metrics wait here up to METRICS_FLUSH_S: one write per epoch (a SQLite
-        # commit, ~10 ms) was a tenth of a short confirmation run. finish() writes the rest.
-        self.pending: list[Any] = []
-        self.last_flush = time.monotonic()
+        # The metrics MLflow is writing in the background (log_batch(synchronous=False)):
+        # one write per epoch on the training thread (a SQLite commit, ~10 ms) was a tenth
+        # of a short confirmation run. Awaited before the next epoch's and by finish().
+        self.writing: Any = None
         # The run name is kept whether or not MLflow tracks the run: the multirun tables
         # (kdsweep.callbacks) group the jobs' results.json records by it.
         self.record: dict[str, Any] = {
@@ -226,17 +221,21 @@ class RunTracker:
             self.record["metrics"].update(values)
         else:
             self.record["history"].append({"step": step, **values})
-        self.pending += [Metric(k, v, now, step or 0) for k, v in values.items()]
-        if step is None or time.monotonic() - self.last_flush >= METRICS_FLUSH_S:
-            self.flush_metrics()
+        # The previous write, long done by now: a failed one breaks the tracker here, once,
+        # rather than every epoch queueing another write to a dead server.
+        self.flush_metrics()
+        batch = [Metric(k, v, now, step or 0) for k, v in values.items()]
+
+        def write(client: Any) -> None:
+            self.writing = client.log_batch(self.run_id, metrics=batch, synchronous=False)
+
+        self._call(write)
 
     def flush_metrics(self) -> None:
-        """Write the metrics logged since the last write (MLflow takes 1000 a batch)."""
-        pending, self.pending = self.pending, []
-        self.last_flush = time.monotonic()
-        for chunk in range(0, len(pending), 1000):
-            batch = pending[chunk : chunk + 1000]
-            self._call(lambda c, b=batch: c.log_batch(self.run_id, metrics=b))
+        """Wait until MLflow has written the metrics logged so far."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            self._call(lambda _: writing.wait())
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
