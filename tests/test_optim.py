@@ -3,13 +3,15 @@ implemented by hand here, step by step."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import settings_for
 from kdsweep.config.targets import Target
-from kdsweep.training.optim import build_optimizer
+from kdsweep.training.optim import build_optimizer, build_scheduler
 
 
 def _option(name: str, **arguments: float) -> Target:
@@ -162,11 +164,14 @@ def test_plain_sgd_is_repdistillers_and_not_nesterov(settings) -> None:
 
 
 def test_the_lr_steps_down_after_each_milestone(settings) -> None:
-    """trainer.lr_milestones: torch's MultiStepLR, one step per epoch."""
+    """trainer/scheduler=step: torch's MultiStepLR, one step per epoch."""
     from kdsweep.losses import CrossEntropy
     from kdsweep.training.loop import fit
 
-    s = settings("trainer.epochs=4", "trainer.lr_milestones=[1,3]", "trainer.lr_gamma=0.5")
+    s = settings(
+        "trainer.epochs=4", "trainer/scheduler=step",
+        "trainer.scheduler.milestones=[1,3]", "trainer.scheduler.gamma=0.5",
+    )  # fmt: skip
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     seen: list[float] = []
@@ -185,17 +190,53 @@ def test_the_lr_steps_down_after_each_milestone(settings) -> None:
     fit(
         net, CrossEntropy(), optimizer, x, y, x, y, s.trainer,
         callbacks=[lambda record: seen.append(optimizer.param_groups[0]["lr"])],
+        scheduler=s.scheduler,
     )  # fmt: skip
     assert seen == pytest.approx([0.05, 0.05, 0.025, 0.025])  # after epochs 1 and 3
 
 
 @pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("none", [0.1, 0.1, 0.1, 0.1]),
+        ("cosine", [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(1, 5)]),
+    ],
+)
+def test_the_schedules_are_constant_or_anneal_over_the_runs_epochs(
+    settings, option: str, expected: list[float]
+) -> None:
+    """trainer/scheduler=cosine: CosineAnnealingLR, its T_max the run's epochs."""
+    s = settings("trainer.epochs=4", f"trainer/scheduler={option}")
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    schedule = build_scheduler(s.scheduler, optimizer, s.trainer.epochs)
+    seen = []
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx(expected, abs=1e-12)  # cosine: 0 after the last epoch
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.lr_milestones=[5,2]", "must be increasing epochs >= 1"),
-        ("trainer.lr_milestones=[0]", "must be increasing epochs >= 1"),
-        ("trainer.lr_gamma=0", "lr_gamma must be in (0, 1]"),
-        ("teacher.lr_gamma=1.5", "lr_gamma must be in (0, 1]"),
+        (
+            "trainer/scheduler=step trainer.scheduler.milestones=[5,2]",
+            "must be increasing epochs >= 1",
+        ),
+        (
+            "trainer/scheduler=step trainer.scheduler.milestones=[0]",
+            "must be increasing epochs >= 1",
+        ),
+        (
+            "trainer/scheduler=step trainer.scheduler.milestones=[1] trainer.scheduler.gamma=0",
+            "trainer.scheduler.gamma must be in (0, 1]",
+        ),
+        (
+            "trainer/scheduler@teacher.scheduler=step teacher.scheduler.milestones=[1]"
+            " teacher.scheduler.gamma=1.5",
+            "teacher.scheduler.gamma must be in (0, 1]",
+        ),
         ("optimizer=sgd optimizer.momentum=1", "momentum must be in [0, 1)"),
     ],
 )
@@ -213,14 +254,14 @@ def test_the_cifar100_recipe_composes_to_repdistillers_settings(settings) -> Non
     assert (s.model.target, s.teacher_model.target) == (
         "kdsweep.nets.resnet8x4", "kdsweep.nets.resnet32x4",
     )  # fmt: skip
-    assert (s.trainer.epochs, s.trainer.batch_size, s.trainer.lr_milestones) == (
+    assert (s.trainer.epochs, s.trainer.batch_size, s.scheduler.arguments["milestones"]) == (
         240, 64, [150, 180, 210],
     )  # fmt: skip
     for optimizer in (s.optimizer, s.teacher_optimizer):
         arguments = optimizer.arguments
         assert optimizer.name == "sgd" and arguments["lr"] == 0.05
         assert (arguments["momentum"], arguments["weight_decay"]) == (0.9, 5e-4)
-    assert s.teacher.lr_milestones == [150, 180, 210] and s.data.augment
+    assert s.teacher_scheduler.arguments["milestones"] == [150, 180, 210] and s.data.augment
 
 
 def test_the_teachers_lr_steps_are_part_of_its_cache_key(settings) -> None:
@@ -228,6 +269,8 @@ def test_the_teachers_lr_steps_are_part_of_its_cache_key(settings) -> None:
     from kdsweep.training.teacher import teacher_key
 
     plain = settings()
-    stepped = settings("teacher.lr_milestones=[5]")
+    stepped = settings(
+        "trainer/scheduler@teacher.scheduler=step", "teacher.scheduler.milestones=[5]"
+    )
     data = load_splits(plain.data)
     assert teacher_key(plain, data) != teacher_key(stepped, data)

@@ -19,9 +19,8 @@ words: what the option is, and the values that differ from the class's defaults.
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING as NO_DEFAULT
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any
 
@@ -40,16 +39,6 @@ TRUSTED_TARGETS = ("kdsweep.*", "torch.*", "torchvision.*")
 # --- the teacher's recipe, trainer, tracking, sweep context -------------------------------
 
 
-def check_lr_steps(prefix: str, milestones: list[int], gamma: float) -> None:
-    """Step decay (torch's MultiStepLR): increasing epochs >= 1, a factor in (0, 1]."""
-    if any(int(m) < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
-        raise ValueError(
-            f"{prefix}.lr_milestones must be increasing epochs >= 1, got {list(milestones)}"
-        )
-    if not (math.isfinite(gamma) and 0 < gamma <= 1):
-        raise ValueError(f"{prefix}.lr_gamma must be in (0, 1], got {gamma}")
-
-
 @dataclass
 class TeacherConf:
     # The teacher's network and the optimizer that trains it: ``_target_`` nodes, built
@@ -64,15 +53,13 @@ class TeacherConf:
     seed: int = 0
     # Precompute the frozen teacher's outputs once per data set (no augmentation only).
     cache_outputs: bool = True
-    # Step decay of the teacher's lr: multiplied by lr_gamma after each of these epochs.
-    lr_milestones: list[int] = field(default_factory=list)
-    lr_gamma: float = 0.1
+    # The teacher's lr schedule: a _target_ node like trainer.scheduler's (null: none).
+    scheduler: Any = None
     # The share of the training split's labels the teacher trains on: all (1.0) stands for
     # a model trained elsewhere; data.labelled_fraction's value gives it the student's.
     labelled_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        check_lr_steps("teacher", self.lr_milestones, self.lr_gamma)
         if not 0.0 < self.labelled_fraction <= 1.0:  # NaN fails the comparison too
             raise ValueError(
                 f"teacher.labelled_fraction must be in (0, 1], got {self.labelled_fraction}"
@@ -104,13 +91,12 @@ class TrainerConf:
     threads: int = 0
     # What a completed run keeps of its student (kdsweep.student).
     save_model: SaveModel = SaveModel.best
-    # Step decay of the lr (torch's MultiStepLR): multiplied by lr_gamma after each of these
-    # epochs; [] keeps it constant (the tutorial's recipe).
-    lr_milestones: list[int] = field(default_factory=list)
-    lr_gamma: float = 0.1
+    # The lr schedule, stepped once per epoch: a _target_ node naming a torch LRScheduler
+    # (conf/trainer/scheduler: none, step, cosine), built over the optimizer with the
+    # run's epochs offered as T_max (kdsweep.training.optim); null: none.
+    scheduler: Any = None
 
     def __post_init__(self) -> None:
-        check_lr_steps("trainer", self.lr_milestones, self.lr_gamma)
         if self.threads < 0:
             raise ValueError(f"trainer.threads must be >= 0 (0: torch's), got {self.threads}")
         for key in ("epochs", "batch_size", "eval_batch_size"):

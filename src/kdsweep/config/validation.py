@@ -34,15 +34,18 @@ from kdsweep.losses import Objective
 @dataclass
 class Settings:
     """The validated run: the loss and the data set are already their objects (built
-    once); the networks and the optimizers are targets, built when their inputs exist."""
+    once); the networks, the optimizers and the lr schedules are targets, built when
+    their inputs exist (a schedule None: the lr stays constant)."""
 
     data: DataSet
     model: Target
     teacher: TeacherConf
     teacher_model: Target
     teacher_optimizer: Target
+    teacher_scheduler: Target | None
     loss: Objective
     optimizer: Target
+    scheduler: Target | None
     trainer: TrainerConf
     tracking: TrackingConf
     sweep: SweepContext
@@ -109,6 +112,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "weight_decay": (lambda v: v >= 0, "must be a finite number >= 0"),
     "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    # An lr schedule's decay factor (StepLR, MultiStepLR, ExponentialLR).
+    "gamma": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
 }
 NESTEROV: dict[str, tuple[Callable[[float], bool], str]] = {
     "momentum": (lambda v: v > 0, "must be > 0 for Nesterov momentum"),
@@ -161,6 +166,33 @@ def _optimizer(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
         raise ConfigError(
             f"{key}._target_ must name a torch.optim class (a torch Optimizer), got"
             f" {target.target!r}"
+        )
+    return target
+
+
+def _scheduler(node: Any, key: str, allowed: tuple[str, ...]) -> Target | None:
+    """An lr schedule's node (None: none): torch.optim.lr_scheduler's, or a torch
+    LRScheduler subclass of the user's. Step decay's epochs are checked here: torch takes
+    any list, and a milestone out of order or before epoch 1 silently never applies."""
+    if node is None:
+        return None
+    target = _target(node, key, allowed)
+    milestones = target.arguments.get("milestones")
+    if milestones is not None and not (
+        isinstance(milestones, list)
+        and all(isinstance(m, int) and m >= 1 for m in milestones)
+        and milestones == sorted(set(milestones))
+    ):
+        raise ConfigError(f"{key}.milestones must be increasing epochs >= 1, got {milestones}")
+    if target.target.startswith("torch.optim.lr_scheduler."):
+        return target
+    made = _located(target)
+    from torch.optim.lr_scheduler import LRScheduler
+
+    if not (isinstance(made, type) and issubclass(made, LRScheduler)):
+        raise ConfigError(
+            f"{key}._target_ must name a torch LRScheduler class"
+            f" (torch.optim.lr_scheduler), got {target.target!r}"
         )
     return target
 
@@ -224,8 +256,10 @@ def validate(cfg: DictConfig) -> Settings:
         teacher=teacher,
         teacher_model=_network(teacher.model, "teacher.model", allowed),
         teacher_optimizer=_optimizer(teacher.optimizer, "teacher.optimizer", allowed),
+        teacher_scheduler=_scheduler(teacher.scheduler, "teacher.scheduler", allowed),
         loss=_built(cfg.loss, "loss", allowed),
         optimizer=_optimizer(cfg.optimizer, "optimizer", allowed),
+        scheduler=_scheduler(trainer.scheduler, "trainer.scheduler", allowed),
         trainer=trainer,
         tracking=typed(cfg.tracking, TrackingConf, "tracking"),
         sweep=typed(cfg.get("sweep") or {}, SweepContext, "sweep"),

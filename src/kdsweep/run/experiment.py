@@ -103,6 +103,7 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
         _augmenter(settings),
         callbacks=[log_epoch, hooks.on_epoch],
         description="student",
+        scheduler=settings.scheduler,
     )
     # Test accuracy needs no teacher: score it with plain CE, not the training objective.
     _, test_acc = evaluate(

@@ -173,9 +173,7 @@ def run_confirmation(
     if running:
         log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
         return None
-    arms = plan_arms(
-        study, s.confirm.top_k, s.enqueue_trials, list(space.distributions)
-    )
+    arms = plan_arms(study, s.confirm.top_k, s.enqueue_trials, list(space.distributions))
     with sweep.lock():
         queued = plan(
             sweep.storage, companion, arms, seeds, OmegaConf.select(sweep.config, "teacher.seed")

@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 from kdsweep.config.schema import TrainerConf
+from kdsweep.config.targets import Target
 from kdsweep.core.errors import NonFiniteLossError
 from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
 from kdsweep.losses import Objective
 from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
+from kdsweep.training.optim import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +173,12 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     description: str = "train",
     lr_key: str = "optimizer.lr",
+    scheduler: Target | None = None,
 ) -> FitResult:
-    """Train ``model`` for ``trainer.epochs`` epochs; leave it holding the weights the
-    objective names (best or last val epoch). Callbacks may raise to stop (pruning).
-    Divergence raises NonFiniteLossError naming ``lr_key``, the setting to lower."""
+    """Train ``model`` for ``trainer.epochs`` epochs, the lr following ``scheduler``
+    (None: constant); leave it holding the weights the objective names (best or last val
+    epoch). Callbacks may raise to stop (pruning). Divergence raises NonFiniteLossError
+    naming ``lr_key``, the setting to lower."""
     device = train_y.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
     check_first_batch = True
@@ -190,11 +194,7 @@ def fit(
     started = time.perf_counter()
     n, batch = len(train_x), trainer.batch_size
     show_bar = _show_bar(trainer.progress)
-    schedule = None
-    if trainer.lr_milestones:
-        schedule = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, list(trainer.lr_milestones), trainer.lr_gamma
-        )
+    schedule = build_scheduler(scheduler, optimizer, trainer.epochs)
 
     for epoch in range(1, trainer.epochs + 1):
         model.train()

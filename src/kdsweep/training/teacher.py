@@ -52,12 +52,11 @@ def teacher_key(settings: Settings, data: TensorSplits) -> str:
         "batch_size": settings.teacher.batch_size,
         "seed": settings.teacher.seed,
         "optimizer": settings.teacher_optimizer.identity(),
+        "scheduler": scheduler.identity() if (scheduler := settings.teacher_scheduler) else None,
         "data": data.fingerprint,
         "format": CHECKPOINT_FORMAT,
     }
-    if settings.teacher.lr_milestones:  # named only when set: older cache keys stay valid
-        recipe["lr_steps"] = [list(settings.teacher.lr_milestones), settings.teacher.lr_gamma]
-    if settings.teacher.labelled_fraction < 1:  # likewise; split_seed picks the labels
+    if settings.teacher.labelled_fraction < 1:  # named only when set: split_seed picks them
         recipe["labels"] = [settings.teacher.labelled_fraction, settings.data.split_seed]
     return stable_hash(recipe)
 
@@ -211,8 +210,6 @@ def _train_teacher(
         objective="best",
         precision=settings.trainer.precision,
         channels_last=settings.trainer.channels_last,
-        lr_milestones=list(conf.lr_milestones),
-        lr_gamma=conf.lr_gamma,
     )
     objective = CrossEntropy()
     result = fit(
@@ -226,6 +223,7 @@ def _train_teacher(
         recipe,
         description="teacher",
         lr_key="teacher.optimizer.lr",
+        scheduler=settings.teacher_scheduler,
     )
     _, test_acc = evaluate(model, objective, data.test_x, data.test_y, None, recipe.eval_batch_size)
     metrics = {
