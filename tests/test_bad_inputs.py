@@ -195,6 +195,14 @@ ROWS = {
     "teacher diverges": _slow(
         Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1)
     ),
+    # A teacher not clearly above chance stops the run: it would teach nothing (issue 27:
+    # class 6). It stays cached, sealed: a reuse is refused again.
+    "teacher near chance": Bad(
+        ("teacher.optimizer.lr=1e-9",), "chance is 10.00 %", teacher_cached=True
+    ),
+    "teacher checkpoint near chance": _slow(
+        Bad(("teacher.checkpoint={untrained}",), "or teacher.checkpoint; or set teacher.allow_weak")
+    ),
     # --- devices this machine lacks (issue 13: item 10) ---
     "device cuda absent": Bad(("trainer.device=cuda:7",), "trainer.device=cuda:7 is not available"),
     "device cuda": _slow(Bad(("trainer.device=cuda:64",), "is not available")),
@@ -421,6 +429,13 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
     afile.write_text("a file, not a directory\n")
     empty = tmp_path / "empty"
     empty.mkdir()
+    untrained = tmp_path / "untrained.pt"  # a bare state_dict of the default teacher
+    import torch
+
+    from kdsweep.nets import deep_nn
+
+    torch.manual_seed(0)
+    torch.save(deep_nn((1, 8, 8), 10).state_dict(), untrained)
     return {
         **_broken_databases(tmp_path),
         "garbage": garbage,
@@ -428,6 +443,7 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
         "empty": empty,
         "missing": tmp_path / "no-such-teacher.pt",
         "other_teacher": other_teacher,
+        "untrained": untrained,
     }
 
 

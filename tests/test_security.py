@@ -366,7 +366,8 @@ def test_malicious_file_in_the_caches_is_never_unpickled(
     monkeypatch.setattr(teacher_module, "_train_teacher", untrained)
 
     cache = tmp_path / "cache"
-    settings = validate(compose("teacher.epochs=1", f"cache_dir={cache}"))
+    untrained = ("teacher.epochs=1", "teacher.allow_weak=true")  # scores 0 %, as stubbed
+    settings = validate(compose(*untrained, f"cache_dir={cache}"))
     data = load_splits(settings.data)
     key = teacher_key(settings, data)
     planted, marker = _malicious_checkpoint(tmp_path, wrap=False)

@@ -14,7 +14,7 @@ from kdsweep.core.files import atomic_torch_save, atomic_write, atomic_write_tex
 from kdsweep.data import load_splits
 from kdsweep.losses import CosineHidden, KnowledgeDistillation, StepInputs
 from kdsweep.nets import deep_nn, light_nn
-from kdsweep.training.teacher import prepare_teacher
+from kdsweep.training.teacher import WeakTeacherError, prepare_teacher, weak_teacher_problem
 from kdsweep.training.teacher_outputs import cached_source, live_source
 
 CPU = torch.device("cpu")
@@ -157,7 +157,8 @@ def test_bare_state_dict_loads(settings, tmp_path: Path) -> None:
     model = deep_nn((1, 8, 8), 10)
     path = tmp_path / "tutorial_teacher.pt"
     torch.save(model.state_dict(), path)
-    _, data, teacher = _prepare(settings, tmp_path, "teacher=deep", f"teacher.checkpoint={path}")
+    untrained = ("teacher=deep", f"teacher.checkpoint={path}", "teacher.allow_weak=true")
+    _, data, teacher = _prepare(settings, tmp_path, *untrained)
     assert not teacher.trained_now and set(teacher.metrics) == {
         "teacher_val_acc",
         "teacher_test_acc",
@@ -203,6 +204,47 @@ def test_checkpoint_that_is_neither(settings, tmp_path: Path) -> None:
     torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match="neither"):
         _prepare(settings, tmp_path, f"teacher.checkpoint={path}")
+
+
+# --- a teacher that teaches nothing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("val_acc", "n_val", "classes", "weak"),
+    [
+        (11.0, 10_000, 10, True),  # surely above chance (p ~ 5e-4), by too little
+        (66.67, 12, 3, True),  # 8 of 12: twice chance, but p = 0.019 on so few images
+        (75.0, 12, 3, False),  # 9 of 12: p = 0.004
+        (19.5, 1_000, 10, False),
+        (54.0, 1_000, 2, True),  # 2 classes: p = 0.006, but it needs 55 %
+        (55.0, 1_000, 2, False),
+    ],
+)
+def test_clearly_above_chance_is_a_binomial_test_and_a_margin(
+    val_acc: float, n_val: int, classes: int, weak: bool
+) -> None:
+    assert (weak_teacher_problem(val_acc, n_val, classes) is not None) == weak
+
+
+def test_a_teacher_near_chance_is_refused_unless_allowed(settings, tmp_path: Path, caplog) -> None:
+    """An untrained teacher (lr 1e-9) stops the run in one line; it stays cached and is
+    refused again on reuse; teacher.allow_weak=true distils from it, with a warning."""
+    weak = ("teacher.optimizer.lr=1e-9",)
+    with pytest.raises(WeakTeacherError) as info:
+        _prepare(settings, tmp_path, *weak)
+    message = str(info.value)
+    assert "\n" not in message and "chance is 10.00 %" in message
+    for fix in ("teacher.epochs", "teacher.optimizer.lr", "BatchNorm", "teacher.allow_weak=true"):
+        assert fix in message
+    (cached,) = (tmp_path / "teachers").glob("*.pt")
+    written = cached.stat().st_mtime_ns
+    with pytest.raises(WeakTeacherError):
+        _prepare(settings, tmp_path, *weak)
+    assert cached.stat().st_mtime_ns == written  # reused, and refused again
+    caplog.set_level("WARNING", logger="kdsweep")
+    _, _, allowed = _prepare(settings, tmp_path, *weak, "teacher.allow_weak=true")
+    assert not allowed.trained_now and allowed.path == cached
+    assert "distilled from anyway (teacher.allow_weak=true)" in caplog.text
 
 
 # --- cached vs live teacher outputs -------------------------------------------------------

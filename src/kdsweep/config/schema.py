@@ -58,6 +58,9 @@ class TeacherConf:
     # The share of the training split's labels the teacher trains on: all (1.0) stands for
     # a model trained elsewhere; data.labelled_fraction's value gives it the student's.
     labelled_fraction: float = 1.0
+    # A teacher not clearly above chance on validation stops the run (it would teach
+    # nothing: kdsweep.training.teacher.weak_teacher_problem); true distils from it anyway.
+    allow_weak: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.labelled_fraction <= 1.0:  # NaN fails the comparison too

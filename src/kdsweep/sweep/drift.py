@@ -51,6 +51,8 @@ NOT_DEFINING = (
     "trainer.threads",
     "trainer.save_model",
     "trainer.eval_batch_size",
+    # Whether a weak teacher is refused: a trial it lets run measures what it would have.
+    "teacher.allow_weak",
 )
 
 

@@ -20,7 +20,7 @@ import torch
 from kdsweep.config.schema import TrainerConf
 from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
-from kdsweep.core.errors import CheckpointError, first_line
+from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
 from kdsweep.core.files import atomic_torch_save, file_hash, file_lock, stable_hash
 from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
 from kdsweep.core.values import finite_number
@@ -34,6 +34,19 @@ from kdsweep.training.optim import build_optimizer
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kdsweep-teacher/1"
+
+# A teacher must beat chance on validation both surely and by a margin. Surely: a
+# one-sided binomial test of its correct answers against guessing (1 / num_classes) at
+# p < WEAK_P_VALUE, because on a few validation images a margin alone can be luck (5 of
+# 12 right among 3 classes). By a margin: WEAK_MARGIN of the way from chance to 100 %,
+# because on many images a useless teacher is still significant (11 % against 10 % on
+# 10,000 images, a network whose BatchNorm statistics are wrong).
+WEAK_P_VALUE = 0.01
+WEAK_MARGIN = 0.1
+
+
+class WeakTeacherError(KdsweepError):
+    """The teacher is not clearly above chance: distilling from it teaches nothing."""
 
 
 @dataclass
@@ -195,6 +208,46 @@ def load_user_checkpoint(settings: Settings, data: TensorSplits, device: torch.d
     return Teacher(model, "file-" + file_hash(path), path, metrics, trained_now=False)
 
 
+def weak_teacher_problem(val_acc: float, n_val: int, num_classes: int) -> str | None:
+    """Why a teacher of validation accuracy ``val_acc`` (%) on ``n_val`` images is not
+    clearly above chance, or None when it is (WEAK_P_VALUE, WEAK_MARGIN)."""
+    from scipy.stats import binomtest
+
+    chance = 100.0 / num_classes
+    needed = chance + WEAK_MARGIN * (100.0 - chance)
+    correct = round(val_acc / 100.0 * n_val)
+    p_value = binomtest(correct, n_val, 1.0 / num_classes, alternative="greater").pvalue
+    if val_acc >= needed and p_value < WEAK_P_VALUE:
+        return None
+    return (
+        f"scores {val_acc:.2f} % on {n_val} validation images, chance is {chance:.2f} %"
+        f" (it needs {needed:.2f} % and p < {WEAK_P_VALUE} against guessing; p = {p_value:.2g})"
+    )
+
+
+def check_teaches(teacher: Teacher, settings: Settings, data: TensorSplits) -> None:
+    """Refuse a teacher that is not clearly above chance, trained now, cached or the
+    user's, unless teacher.allow_weak: a student distilled from it learns nothing from it,
+    in silence. A weak teacher stays cached: it is refused again on every reuse."""
+    val_acc = teacher.metrics["teacher_val_acc"]  # measured, or a sealed file's record
+    problem = weak_teacher_problem(val_acc, len(data.val_y), data.num_classes)
+    if problem is None:
+        return
+    if settings.teacher.allow_weak:
+        log.warning(
+            "teacher %s %s: distilled from anyway (teacher.allow_weak=true)",
+            settings.teacher_model.name,
+            problem,
+        )
+        return
+    raise WeakTeacherError(
+        f"teacher {settings.teacher_model.name} {problem}: it would teach nothing. Check"
+        " teacher.epochs and teacher.optimizer.lr, that its BatchNorm statistics are"
+        " right in eval mode, or teacher.checkpoint; or set teacher.allow_weak=true to"
+        " distil from it anyway"
+    )
+
+
 def _train_teacher(
     settings: Settings, data: TensorSplits, device: torch.device
 ) -> tuple[FeatureNet, dict]:
@@ -236,9 +289,17 @@ def _train_teacher(
 
 def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
     """The run's teacher, in eval mode on ``device``: from ``teacher.checkpoint``, from the
-    cache, or trained now (once, under a lock) and cached atomically."""
+    cache, or trained now (once, under a lock) and cached atomically; refused when it is
+    not clearly above chance (check_teaches)."""
     if settings.teacher.checkpoint:
-        return load_user_checkpoint(settings, data, device)
+        teacher = load_user_checkpoint(settings, data, device)
+    else:
+        teacher = _cached_teacher(settings, data, device)
+    check_teaches(teacher, settings, data)
+    return teacher
+
+
+def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
     key = teacher_key(settings, data)
     path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher_model.name}-{key}.pt"
     with file_lock(path.with_suffix(".lock")):
