@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +16,6 @@ from kdsweep.sweep.drift import (
     data_fingerprint,
     differences,
     drift_message,
-    migrated,
     study_definition,
 )
 
@@ -58,21 +56,6 @@ def test_changed_settings_are_named_and_logistics_are_not(compose) -> None:
         in changes
     )
     assert "hydra.sweeper.pruner.n_startup_trials: 4 -> (unset)" in changes
-
-
-def test_a_study_that_named_its_pruner_continues_with_the_same_pruner(compose) -> None:
-    """Studies made when the pruner was picked by name recorded all four options."""
-    legacy = {
-        k: v for k, v in study_definition(compose(), SPACE, SWEEPER).items() if "pruner" not in k
-    }
-    old = {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1}
-    old |= {"min_resource": 1, "reduction_factor": 3}
-    legacy |= {f"hydra.sweeper.pruner.{k}": json.dumps(v) for k, v in old.items()}
-    current = study_definition(compose(), SPACE, SWEEPER)
-    assert differences(migrated(legacy), current) == []
-    wider = {**SWEEPER, "pruner": {**MEDIAN, "n_startup_trials": 8}}
-    changed = differences(migrated(legacy), study_definition(compose(), SPACE, wider))
-    assert changed == ["hydra.sweeper.pruner.n_startup_trials: 4 -> 8"]
 
 
 def test_the_refusal_is_one_line_with_both_ways_out() -> None:

@@ -72,22 +72,10 @@ class StudentSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentSpec:
         return cls(
-            network=data.get("network") or _network_of_architecture(data),
+            network=data["network"],
             input_shape=[int(d) for d in data["input_shape"]],
             num_classes=int(data["num_classes"]),
         )
-
-
-# Students saved before networks were _target_ nodes name an architecture instead.
-SEED_NETS = {"deep": "deep_nn", "light": "light_nn"}
-
-
-def _network_of_architecture(data: dict[str, Any]) -> dict[str, Any]:
-    name = str(data["architecture"])
-    network = {"_target_": f"kdsweep.nets.{SEED_NETS.get(name, name)}"}
-    if name in SEED_NETS:  # RepDistiller's networks have no dropout
-        network["dropout"] = float(data.get("dropout", 0.1))
-    return {**network, "returns_hidden": bool(data.get("returns_hidden", False))}
 
 
 class Logits(nn.Module):

@@ -75,35 +75,6 @@ def study_definition(
     return {key: mask_secrets(json.dumps(value, default=str)) for key, value in defining.items()}
 
 
-PRUNER_PREFIX = "hydra.sweeper.pruner."
-#: Studies made while the pruner was chosen by name (hydra.sweeper.pruner.name=median)
-#: recorded that name and every option: the same pruner as a _target_ node and its own.
-LEGACY_PRUNERS = {
-    "none": ("NopPruner", ()),
-    "median": ("MedianPruner", ("n_startup_trials", "n_warmup_steps")),
-    "hyperband": ("HyperbandPruner", ("min_resource", "reduction_factor")),
-    "successive_halving": ("SuccessiveHalvingPruner", ("min_resource", "reduction_factor")),
-}
-
-
-def migrated(stored: Mapping[str, str]) -> dict[str, str]:
-    """A recorded definition in today's keys, so an older study continues unrefused."""
-    name = stored.get(PRUNER_PREFIX + "name")
-    if name is None or json.loads(name) not in LEGACY_PRUNERS:
-        return dict(stored)
-    pruner, options = LEGACY_PRUNERS[json.loads(name)]
-    out = {k: v for k, v in stored.items() if not k.startswith(PRUNER_PREFIX)}
-    out[PRUNER_PREFIX + "_target_"] = json.dumps(f"optuna.pruners.{pruner}")
-    out.update(
-        {
-            PRUNER_PREFIX + k: stored[PRUNER_PREFIX + k]
-            for k in options
-            if PRUNER_PREFIX + k in stored
-        }
-    )
-    return out
-
-
 def differences(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
     """``key: old -> new`` for every key whose value differs (or exists on one side)."""
     missing = "(unset)"
@@ -162,7 +133,6 @@ def check_definition(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> N
     fingerprint = data_fingerprint(sweep.config, searched)
     with sweep.lock():
         stored = study.user_attrs.get(DEFINITION_ATTR)
-        stored = migrated(stored) if stored is not None else None
         changes = differences(stored, current) if stored is not None else []
         if changes and not s.allow_changed_settings:
             raise KdsweepError(drift_message(s.study_name, changes))
