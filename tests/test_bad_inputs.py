@@ -252,6 +252,62 @@ ROWS = {
     "target that builds the wrong type": _slow(
         Bad(("model._target_=torch.optim.SGD",), "must name a torch nn.Module")
     ),
+    # --- the allow-list names what builds parts, nested targets included (issue 27: 2);
+    # {{ }} are braces: the rows' arguments are format strings ---
+    "a code loader nested in the loss": Bad(
+        ("+loss.extra={{_target_:torch.load,f:x.pt}}",),
+        "loss.extra._target_=torch.load: Target 'torch.load' is not in the Hydra execution",
+    ),
+    "a sampler that runs a hub": Bad(
+        (*SWEEP, "hydra.sweeper.sampler._target_=torch.hub.load"),
+        "hydra.sweeper.sampler cannot be built (Target 'torch.hub.load' is not in the Hydra",
+    ),
+    "torch.load as the model": _slow(
+        Bad(("model._target_=torch.load",), "'allowed_targets=[torch.load]'")
+    ),
+    "a C++ extension build nested in the optimizer": _slow(
+        Bad(
+            ("+optimizer.betas={{_target_:torch.utils.cpp_extension.load,name:x,sources:[]}}",),
+            "optimizer.betas._target_=torch.utils.cpp_extension.load: Target",
+        )
+    ),
+    "a downloading data set nested in the data": _slow(
+        Bad(
+            ("+data.extra={{_target_:torchvision.datasets.MNIST,root:.,download:true}}",),
+            "data.extra._target_=torchvision.datasets.MNIST: Target",
+        )
+    ),
+    "eval in a list": _slow(
+        Bad(
+            ("+model.returns_hidden=[1,{{_target_:builtins.eval,source:x}}]",),
+            "model.returns_hidden.1._target_=builtins.eval: Target 'builtins.eval' cannot be",
+        )
+    ),
+    "os.system nested in the teacher": _slow(
+        Bad(
+            ("+teacher.model.act={{_target_:os.system,command:true}}",),
+            "teacher.model.act._target_=os.system: Target 'os.system' cannot be authorized",
+        )
+    ),
+    "a torchvision builder picked by name": _slow(
+        Bad(("teacher.model._target_=torchvision.models.get_model",), "picks a callable by name")
+    ),
+    "a code loader nested in the sampler": _slow(
+        Bad(
+            (
+                *SWEEP,
+                "hydra/sweeper/sampler=cmaes",
+                "hydra.sweeper.sampler.independent_sampler={{_target_:torch.hub.load}}",
+            ),
+            "hydra.sweeper.sampler cannot be built (Target 'torch.hub.load' is not in the Hydra",
+        )
+    ),
+    "a code loader nested in the pruner": _slow(
+        Bad(
+            (*SWEEP, "+hydra.sweeper.pruner.extra={{_target_:torch.hub.load}}"),
+            "hydra.sweeper.pruner.extra._target_=torch.hub.load: Target",
+        )
+    ),
     "layer the model lacks": Bad(
         ("loss=at", "loss.student_layers=[nope]"), "model=light has no layer 'nope'"
     ),

@@ -152,6 +152,7 @@ def load_uri(uri: str, tracking_uri: str) -> Loaded:
 def load_file(path: Path, settings: Any) -> Loaded:
     """A state_dict file: its kdsweep.json names the network; else the config's model."""
     from kdsweep.run.student import (
+        SPEC,
         Logits,
         StudentSpec,
         read_spec,
@@ -162,9 +163,20 @@ def load_file(path: Path, settings: Any) -> Loaded:
     state = read_state_dict(path)
     channels, classes = spec_from_state_dict(state)
     spec = read_spec(path)
-    if spec is None:  # a bare state_dict: the config's model group, the weights' sizes
+    from_file = spec is not None
+    if spec is None:  # a bare state_dict: the config's model group (validated), its sizes
         spec = StudentSpec(settings.model.identity(), [channels, -1, -1], classes)
-    spec.allowed = settings.model.allowed  # a network of the user's needs their allow-list
+    # What may run comes from this command line (kdsweep's allow-list and its
+    # allowed_targets), never from the file: a network the file names is checked against
+    # it now, before the data loads.
+    spec.allowed = settings.model.allowed
+    if from_file:
+        try:
+            spec.target.check_nested()
+            spec.target.locate()
+        except KdsweepError as exc:
+            fix = " (on this command line)" if "allowed_targets=" in str(exc) else ""
+            raise CheckpointError(f"{path.with_name(SPEC)} names the network: {exc}{fix}") from None
     return Loaded((Logits, spec, state), spec.input_shape, classes, str(path))
 
 

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdsweep.config.folder import config_dir
-from kdsweep.config.schema import TRUSTED_TARGETS
+from kdsweep.config.schema import HYDRA_TARGETS
 from kdsweep.config.validation import validate
 from kdsweep.core.errors import (
     Interrupted,
@@ -35,9 +35,10 @@ from kdsweep.core.signals import cooperative, install_signal_handlers
 log = logging.getLogger("kdsweep")
 
 
-# Hydra 1.4 asks the call site which instantiate() targets config may name: kdsweep's own
-# classes and torch's optimizers; plugins and samplers carry their own lists.
-@hydra.main(config_path=config_dir(), config_name="config", execution_whitelist=TRUSTED_TARGETS)
+# Hydra 1.4 asks the call site which targets config may name for what Hydra itself builds
+# (callbacks, log filters); kdsweep's parts are built under their own list
+# (kdsweep.config.targets), and plugins carry theirs.
+@hydra.main(config_path=config_dir(), config_name="config", execution_whitelist=HYDRA_TARGETS)
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN

@@ -8,7 +8,6 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as config  # noqa: F401  (registers hydra/sweeper=kdsweep)
@@ -22,13 +21,15 @@ class KdsweepSweeper(Sweeper):
     def make_sampler(self, seed_offset: int) -> Any:
         """The configured sampler. A resumed study offsets the seed by its trial count:
         the same seed would replay the first run's random start-up trials."""
+        from kdsweep.config.targets import instantiate_trusted
+        from kdsweep.config.validation import allowed_targets
+
         conf = self.sampler_conf
         if seed_offset and conf.get("seed") is not None:
             conf = OmegaConf.merge(conf, {"seed": int(conf.seed) + seed_offset})
-        return instantiate(
-            conf,
-            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
-        )
+        # Under kdsweep's allow-list, as every part: optuna.samplers.* (nested samplers too),
+        # the official sweeper's sampler factories, and the user's allowed_targets.
+        return instantiate_trusted(conf, allowed=allowed_targets(self.config))
 
     def compose(self, overrides: list[str]) -> DictConfig:
         """The config Hydra composes for a job with these overrides, as the launcher does."""

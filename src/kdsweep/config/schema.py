@@ -30,10 +30,45 @@ from omegaconf import MISSING
 from kdsweep import data, losses
 from kdsweep.config.choices import DEVICES, MAX_SEED, EpochChoice, Precision, Progress, SaveModel
 
-# instantiate() may build these and nothing else: a config (or a command line) cannot make
-# kdsweep call arbitrary code. Hydra 1.4 enforces the list (hydra.main and each call); the
-# top-level key ``allowed_targets`` adds the user's own packages (``[mypkg.*]``) to it.
-TRUSTED_TARGETS = ("kdsweep.*", "torch.*", "torchvision.*")
+# What a config's ``_target_`` may name: what builds a run's parts and a sweep's sampler
+# and pruner, not whole packages, so a config (or a command line) cannot make kdsweep call
+# other code. ``torch.*`` would let it call torch.hub.load (a folder's hubconf.py, a GitHub
+# repository) or torch.load (a pickle); ``kdsweep.*`` would let it write files.
+# kdsweep.config.targets applies it to every ``_target_`` node, nested ones too, by Hydra
+# 1.4's execution allow-list and REFUSED_MODULES; the top-level key ``allowed_targets``
+# adds what the user trusts (``[mypkg.*]``).
+TRUSTED_TARGETS = (
+    "kdsweep.nets.*",  # networks
+    "kdsweep.losses.*",
+    "kdsweep.data.*",
+    "torch.nn.*",  # layers (less REFUSED_MODULES)
+    "torch.optim.*",  # optimizers, and their lr schedulers
+    "torchvision.models.*",  # network builders (weights from torchvision's URLs, hash-checked)
+    "optuna.samplers.*",
+    "optuna.pruners.*",
+    # hydra-optuna-sweeper's sampler options that are factories (hydra/sweeper/sampler=...)
+    "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaii_sampler",
+    "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaiii_sampler",
+    "hydra_plugins.hydra_optuna_sweeper.config.raise_motpe_removed",
+)
+# Modules under TRUSTED_TARGETS whose callables load code or files or pick a callable by
+# name: refused wherever a trusted name leads to them (unless the user's allowed_targets
+# names it).
+REFUSED_MODULES = (
+    "torch.nn.attention",  # registers kernels by importing the module it is given
+    "torch.nn.parallel",  # DistributedDataParallel: process groups, pickled state
+    "torch.nn.utils",  # imports modules by name (_deprecation_utils); builds no layer
+    "torchvision.models._api",  # get_model, get_weight: a builder or weights by name
+    "torchvision.models.feature_extraction",  # rewrites a given network; builds none
+)
+# What Hydra itself builds from kdsweep's config (the hydra.main allow-list): the
+# multirun callbacks (hydra.callbacks) and the log handlers' filters (hydra/job_logging).
+HYDRA_TARGETS = (
+    "kdsweep.multirun.callbacks.TutorialTable",
+    "kdsweep.multirun.callbacks.SeedsTable",
+    "kdsweep.core.secrets.MaskSecrets",
+    "kdsweep.console.QuietConsole",
+)
 
 
 # --- the teacher's recipe, trainer, tracking, sweep context -------------------------------

@@ -3,11 +3,11 @@
 Composition already checked the recipes' types (kdsweep.config.schema); here their ranges
 are checked (each dataclass's ``__post_init__``), the loss and the data set are built once
 (kdsweep.config.targets: their fields type their keys), the arguments of the networks and
-optimizers are checked, and the cross-field rules run. Every target must pass the
-allow-list (kdsweep's, torch's, torchvision's and the user's ``allowed_targets``), and one
-from outside kdsweep and torch.optim must import and be the right kind of object. It
-happens once, in the process that runs the job, before MLflow is imported (and torch, for
-kdsweep's own parts): a typo costs a second, not a teacher's training.
+optimizers are checked, and the cross-field rules run. Every target, nested ones too, must
+pass the allow-list (kdsweep.config.schema.TRUSTED_TARGETS and the user's
+``allowed_targets``), import, and be the right kind of object. It happens once, in the
+process that runs the job, before MLflow is imported: a typo costs a second, not a
+teacher's training.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def _node(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
         node = OmegaConf.to_container(node)
     if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
         raise ConfigError(f"{key}._target_ is missing: {key} must name what builds it")
-    return Target(key, node, allowed)
+    target = Target(key, node, allowed)
+    target.check_nested()  # a _target_ inside is refused here, naming its own key
+    return target
 
 
 def allowed_targets(cfg: DictConfig) -> tuple[str, ...]:
@@ -137,12 +139,11 @@ def _target(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
 
 
 def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
-    """A network's node. kdsweep's nets are known good (and importing them costs torch's
-    import); any other target must import now, and a class be an nn.Module (what a
-    function returns is checked when it is built: kdsweep.config.targets.build_network)."""
+    """A network's node. Its target must pass the allow-list and import now (a trusted
+    name may lead elsewhere: kdsweep.nets.cifar.torch.hub.load), and a class be an
+    nn.Module (what a function returns is checked when it is built:
+    kdsweep.config.targets.build_network)."""
     target = _target(node, key, allowed)
-    if target.target.startswith("kdsweep."):
-        return target
     made = _located(target)
     from torch import nn
 
@@ -157,8 +158,6 @@ def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
 def _optimizer(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     """An optimizer's node: torch.optim's, or a torch Optimizer subclass of the user's."""
     target = _target(node, key, allowed)
-    if target.target.startswith("torch.optim."):
-        return target
     made = _located(target)
     from torch.optim import Optimizer
 

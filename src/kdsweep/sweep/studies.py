@@ -137,10 +137,6 @@ def _file_identity(url: str) -> int | None:
         return None
 
 
-#: What a pruner's ``_target_`` may name besides the user's ``allowed_targets``.
-PRUNER_TARGETS = ("optuna.pruners.*",)
-
-
 def build_pruner(
     node: Mapping[str, Any] | None, allowed: tuple[str, ...] = ()
 ) -> optuna.pruners.BasePruner:
@@ -149,7 +145,7 @@ def build_pruner(
     if not node:
         return optuna.pruners.NopPruner()
     # Target names the key in a refusal (allow-list, import) and its fix.
-    target = Target("hydra.sweeper.pruner", dict(node), (*PRUNER_TARGETS, *allowed))
+    target = Target("hydra.sweeper.pruner", dict(node), allowed)
     with warnings.catch_warnings():
         # Optuna's notice that a pruner is experimental (PatientPruner, WilcoxonPruner)
         # would print at start-up and in every job: the user chose it by name.
