@@ -1,13 +1,17 @@
 """Stores that cannot be used fail fast, in one line naming the key: a tracking database
 that refuses the login or does not exist, a tracking server that accepts a connection and
-never answers. MLflow's own client retried these for 100-250 s."""
+never answers. MLflow's own client retried these for 100-250 s. Processes started
+together on a new store create it once: none fails, and the store is whole."""
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +81,41 @@ def test_a_tracking_server_that_never_answers_fails_within_seconds(silent_server
     message, seconds = _check_fails(silent_server)
     assert seconds < FAST_ENOUGH_S
     assert "timed out" in message and "tracking.uri" in message and "\n" not in message
+
+
+def _first_client(uri: str, barrier: Any, results: Any) -> None:
+    """One job's first touch of a new store: its client, an experiment and a run."""
+    from kdsweep.run.tracking import client_for
+
+    barrier.wait()
+    try:
+        client = client_for(uri)
+        client.create_run(client.create_experiment(f"job-{multiprocessing.current_process().pid}"))
+        results.put("ok")
+    except Exception as exc:  # the test reports what each process met
+        results.put(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+@pytest.mark.slow  # MLflow's migrations of a new database alone take seconds
+def test_processes_started_together_on_a_new_mlflow_db_all_succeed(tmp_path: Path) -> None:
+    """Four jobs of a parallel launcher (or two sweeps) touching a new mlflow.db at once:
+    without the creation lock, MLflow's migrations ran in each and all but one failed
+    ("table metrics already exists", "Online migration expected to match one row"),
+    leaving the store half-migrated for every later run."""
+    from kdsweep.core.stores import sqlite_tables
+    from kdsweep.run.tracking import client_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # fork: the children start with MLflow imported, so they reach the store together.
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    workers = [
+        context.Process(target=_first_client, args=(uri, barrier, results)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 4
+    assert not [t for t in sqlite_tables(tmp_path / "mlflow.db") if t.startswith("_alembic_tmp")]
+    assert len(client_for(uri).search_experiments()) == 5  # Default and the four jobs'

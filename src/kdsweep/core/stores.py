@@ -1,13 +1,17 @@
 """The files behind store URLs (Optuna's ``sqlite:///PATH`` and ``journal:PATH``, MLflow's
-``sqlite:///PATH``), whether an MLflow SQLite file is whole, and which program's tables a
-database holds. Shared by one run's tracking, the sweep's studies and kdsweep-report, so
-it belongs to none of them."""
+``sqlite:///PATH``), whether an MLflow SQLite file is whole, which program's tables a
+database holds, and the inter-process locks under which a store is created. Shared by one
+run's tracking, the sweep's studies and kdsweep-report, so it belongs to none of them."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from kdsweep.core.files import file_lock
 
 JOURNAL_PREFIX = "journal:"
 # A SQLite store modified this recently may be one another worker is creating (its
@@ -16,6 +20,12 @@ CREATION_WINDOW_S = 60.0
 # Tables that say whose a database is: Optuna's RDB storage and MLflow's tracking store.
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 MLFLOW_TABLES = frozenset({"experiments", "runs", "metrics"})
+#: The longest kdsweep waits for a database server to accept a connection: a server that
+#: does not answer is one line within seconds, never minutes of a driver's retries.
+CONNECT_TIMEOUT_S = 5
+#: PostgreSQL's advisory lock held while a program creates its tables in a database: above
+#: every crc32 (the keys of the study locks), so that no study name shares it.
+CREATION_LOCK_KEY = 2**32
 
 
 def journal_file(url: str) -> Path | None:
@@ -56,12 +66,62 @@ def database_tables(url: str, timeout_s: int = 10) -> set[str]:
         return sqlite_tables(path)
     import sqlalchemy
 
-    connect_args = {"connect_timeout": timeout_s} if url.startswith("postgresql") else {}
-    engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    engine = server_engine(url, timeout_s)
     try:
         return set(sqlalchemy.inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def server_engine(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> Any:
+    """A SQLAlchemy engine for a database server that gives up connecting after
+    ``timeout_s`` (PostgreSQL's ``connect_timeout``), with no pool kept."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    connect_args = {"connect_timeout": timeout_s} if url.startswith("postgresql") else {}
+    return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+@contextlib.contextmanager
+def advisory_lock(engine: Any, key: int) -> Iterator[None]:
+    """PostgreSQL's session advisory lock ``key``, taken on a connection of ``engine`` and
+    held while the block runs: the lock of every process that uses this database."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def creation_lock_file(path: Path) -> Path:
+    return path.with_name(path.name + ".lock.init")
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Held while a program creates (or migrates) its tables in the store behind ``url``,
+    so that processes started together on a new store never run the migrations twice at
+    once (MLflow's then fail with "Online migration expected to match one row" and leave
+    the store half-migrated; Optuna's with "table already exists"). A file lock beside a
+    SQLite file; a PostgreSQL advisory lock for a server; none elsewhere (a journal file,
+    an in-memory database, a server of another kind)."""
+    path = storage_file(url)
+    if path is not None:
+        with file_lock(creation_lock_file(path)):
+            yield
+    elif url.startswith("postgresql"):
+        engine = server_engine(url)
+        try:
+            with advisory_lock(engine, CREATION_LOCK_KEY):
+                yield
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def store_kind(tables: set[str]) -> str:

@@ -9,12 +9,23 @@ a client is made: it imports MLflow.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from kdsweep.core.secrets import mask_secrets, mask_value
+from kdsweep.core.stores import creation_lock
+
+# MLflow's HTTP client retries a server that does not answer for minutes by default
+# (7 tries, 120 s each); kdsweep asks once with a short timeout first (RunTracker.check),
+# so a server that stops answering later should cost seconds too. A user's own setting wins.
+FAIL_FAST = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 # MLflow's limits (its REST API's): a longer value is clipped, after masking, so that
 # a clip never cuts a password out of reach of the mask.
@@ -29,6 +40,24 @@ def _masked_dict(values: dict[str, Any] | None) -> dict[str, Any] | None:
 def _tag(value: Any) -> Any:
     masked = mask_value(value)
     return masked[:MAX_TAG_LENGTH] if isinstance(masked, str) else masked
+
+
+def fail_fast() -> None:
+    """MLflow's retry settings (environment variables, read at each request) at kdsweep's."""
+    for name, value in FAIL_FAST.items():
+        os.environ.setdefault(name, value)
+
+
+def tracking_client(uri: str) -> MaskedClient:
+    """The client for the store at ``uri``. MLflow creates and migrates a new database
+    store when its first client touches it; that happens here, once, under the store's
+    inter-process lock: jobs started together (a parallel launcher, two sweeps on one new
+    mlflow.db) would otherwise run the migrations at once and break the store for good."""
+    fail_fast()
+    if uri.partition("://")[0].split("+")[0] not in ("sqlite", "postgresql"):
+        return MaskedClient(tracking_uri=uri)
+    with creation_lock(uri):
+        return MaskedClient(tracking_uri=uri)  # MLflow opens (and creates) the store here
 
 
 class MaskedClient(MlflowClient):

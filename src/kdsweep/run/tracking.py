@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import subprocess
 import time
@@ -34,10 +33,6 @@ from kdsweep.core.stores import (
 
 log = logging.getLogger(__name__)
 
-# MLflow's HTTP client retries for minutes by default; a dead server should cost seconds.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,9 +60,9 @@ def git_commit() -> str | None:
 
 @lru_cache(maxsize=8)
 def _client(uri: str) -> Any:
-    from kdsweep.run.masked_client import MaskedClient  # imports MLflow
+    from kdsweep.run.masked_client import tracking_client  # imports MLflow
 
-    return MaskedClient(tracking_uri=uri)
+    return tracking_client(uri)
 
 
 def client_for(uri: str) -> Any:

@@ -23,7 +23,10 @@ from kdsweep.config.targets import Target
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.files import file_lock
 from kdsweep.core.stores import (
+    CONNECT_TIMEOUT_S,
     JOURNAL_PREFIX,
+    advisory_lock,
+    creation_lock,
     database_tables,
     journal_file,
     storage_file,
@@ -33,9 +36,6 @@ from kdsweep.core.stores import (
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-#: PostgreSQL's advisory lock while Optuna creates its tables: above every crc32, the
-#: keys of the study locks, so that no study name (create-tables) shares it.
-CREATION_LOCK_KEY = 2**32
 #: The error of a queued trial that the current settings no longer plan.
 NOT_PLANNED = "not in the current plan: not run"
 
@@ -58,10 +58,13 @@ def open_storage(
             # Parallel trials write to one file: wait for the lock instead of failing.
             engine_kwargs = {"connect_args": {"timeout": 60}}
         elif url.startswith("postgresql"):
-            engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+            engine_kwargs = {
+                "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+                "pool_pre_ping": True,
+            }
         # N workers started together on a new database race to create Optuna's tables, and
         # the losers fail (duplicate key, table already exists): create them one at a time.
-        with _creation_lock(url), warnings.catch_warnings():
+        with creation_lock(url), warnings.catch_warnings():
             # Optuna marks heartbeat_interval experimental; it is the sweeper's liveness.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
@@ -172,36 +175,6 @@ def _lock_file_for(url: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _creation_lock(url: str) -> Iterator[None]:
-    """Held while RDBStorage creates (or checks) its tables. Not the study lock: a
-    process may open a storage while it holds that one (flock would deadlock)."""
-    lock_file = _lock_file_for(url)
-    if lock_file is not None:
-        with file_lock(lock_file.with_name(lock_file.name + ".init")):
-            yield
-        return
-    if url.startswith("postgresql"):
-        import sqlalchemy
-        from sqlalchemy.pool import NullPool
-
-        engine = sqlalchemy.create_engine(
-            url, poolclass=NullPool, connect_args={"connect_timeout": 10}
-        )
-        key = CREATION_LOCK_KEY
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        finally:
-            engine.dispose()
-        return
-    yield
-
-
-@contextlib.contextmanager
 def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
     """Serialize "count the trials, then ask for more" across sweep workers, so that N
     workers together create exactly n_trials. A file lock beside SQLite/journal files; a
@@ -218,15 +191,8 @@ def _held_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) 
             yield
         return
     if url.startswith("postgresql") and isinstance(storage, optuna.storages.RDBStorage):
-        from sqlalchemy import text
-
-        key = zlib.crc32(f"kdsweep:{study_name}".encode())
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        with advisory_lock(storage.engine, zlib.crc32(f"kdsweep:{study_name}".encode())):
+            yield
         return
     yield
 
