@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -25,7 +25,7 @@ from kdsweep.config.targets import Target
 from kdsweep.core.errors import NonFiniteLossError
 from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
-from kdsweep.losses import Objective
+from kdsweep.losses import LossOutput, Objective
 from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
 from kdsweep.training.optim import build_scheduler
 
@@ -158,6 +158,87 @@ def _diverged(
     return NonFiniteLossError(f"{what} (lr={lr}): lower {lr_key}{also}")
 
 
+@dataclass
+class TrainStep:
+    """One update on one batch, and the diagnostics of a loss that will not train: each
+    names what to change (the loss's settings before any update, ``lr_key`` after)."""
+
+    forward: Callable[[torch.Tensor], tuple]
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    lr_key: str
+    precision: str
+    first_checked: bool = False  # the first batch's loss, checked once per fit
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, taught: Taught, epoch: int) -> LossOutput:
+        device = y.device
+        with _autocast(device, self.precision):
+            student = self.forward(x)
+        try:
+            out = self.objective(step_inputs(y, student, _on(device, taught), epoch))
+        except ArithmeticError as exc:  # Python arithmetic on a setting (tau**2 at 1e200)
+            raise NonFiniteLossError(
+                f"the loss overflows ({type(exc).__name__}) in epoch {epoch}: check the"
+                f" loss's settings ({self.objective.settings()})"
+            ) from None
+        if not self.first_checked:  # one host sync per fit: no lr can be blamed yet
+            self.first_checked = True
+            first = out.total.detach().item()
+            if not math.isfinite(first) and self.objective.settings():
+                raise NonFiniteLossError(
+                    f"the loss is {first} on the first batch, before any update: check"
+                    f" the loss's settings ({self.objective.settings()})"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:
+            # An lr so large that the update itself overflows (Adam at lr=1e38): torch
+            # raises before any loss is non-finite. The same fault, so the same fix.
+            if "overflow" not in str(exc):
+                raise
+            what = f"the optimizer step overflowed in epoch {epoch}"
+            raise _diverged(what, self.optimizer, self.lr_key, self.objective) from None
+        return out
+
+
+def _train_epoch(
+    step: TrainStep,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    train_y: torch.Tensor,
+    teacher: TeacherSource | None,
+    augment: Augment | None,
+    channels_last: bool,
+    epoch: int,
+    n: int,
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """One pass over the training batches: (mean loss, each term's weighted sum). The
+    sums stay on the device; the mean is the epoch's one host sync, and a non-finite one
+    is divergence."""
+    device = train_y.device
+    teacher_maps = step.objective.needs_teacher_features
+    loss_sum = torch.zeros((), device=device)
+    term_sums: dict[str, torch.Tensor] = {}
+    for index, x in batches:
+        y = train_y.index_select(0, index.to(device))
+        if augment is not None:
+            x = augment(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
+        out = step(x, y, taught, epoch)
+        weight = len(index)
+        loss_sum += out.total.detach() * weight
+        for name, value in out.terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach() * weight
+    train_loss = loss_sum.item() / n  # the epoch's single host sync
+    if not math.isfinite(train_loss):
+        what = f"training loss became {train_loss} in epoch {epoch}"
+        raise _diverged(what, step.optimizer, step.lr_key, step.objective)
+    return train_loss, term_sums
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -181,11 +262,10 @@ def fit(
     naming ``lr_key``, the setting to lower."""
     device = train_y.device
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
-    check_first_batch = True
-    step_fn = student_forward(model, objective.needs_student_features)
-    teacher_maps = objective.needs_teacher_features
+    forward = student_forward(model, objective.needs_student_features)
     if trainer.compile:
-        step_fn = torch.compile(step_fn)
+        forward = torch.compile(forward)
+    step = TrainStep(forward, objective, optimizer, lr_key, trainer.precision)
     channels_last = trainer.channels_last and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -200,62 +280,15 @@ def fit(
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        term_sums: dict[str, torch.Tensor] = {}
         batches = _batches(train_x, batch, order)
         if show_bar:
             from tqdm.auto import tqdm
 
             label = f"{description} {epoch}/{trainer.epochs}"
             batches = tqdm(batches, desc=label, total=math.ceil(n / batch), leave=False)
-        for index, x in batches:
-            y = train_y.index_select(0, index.to(device))
-            if augment is not None:
-                x = augment(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            taught = (
-                train_teacher.with_features(index, x, teacher_maps)
-                if train_teacher
-                else (None,) * 3
-            )
-            with _autocast(device, trainer.precision):
-                student = step_fn(x)
-            try:
-                out = objective(step_inputs(y, student, _on(device, taught), epoch))
-            except ArithmeticError as exc:  # Python arithmetic on a setting (tau**2 at 1e200)
-                raise NonFiniteLossError(
-                    f"the loss overflows ({type(exc).__name__}) in epoch {epoch}: check the"
-                    f" loss's settings ({objective.settings()})"
-                ) from None
-            if check_first_batch:  # one host sync per fit: no lr can be blamed yet
-                check_first_batch = False
-                first = out.total.detach().item()
-                if not math.isfinite(first) and objective.settings():
-                    raise NonFiniteLossError(
-                        f"the loss is {first} on the first batch, before any update: check"
-                        f" the loss's settings ({objective.settings()})"
-                    )
-            optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
-            try:
-                optimizer.step()
-            except RuntimeError as exc:
-                # An lr so large that the update itself overflows (Adam at lr=1e38): torch
-                # raises before any loss is non-finite. The same fault, so the same fix.
-                if "overflow" not in str(exc):
-                    raise
-                what = f"the optimizer step overflowed in epoch {epoch}"
-                raise _diverged(what, optimizer, lr_key, objective) from None
-            weight = len(index)
-            loss_sum += out.total.detach() * weight
-            for name, value in out.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.detach() * weight
-
-        train_loss = loss_sum.item() / n  # the epoch's single host sync
-        if not math.isfinite(train_loss):
-            what = f"training loss became {train_loss} in epoch {epoch}"
-            raise _diverged(what, optimizer, lr_key, objective)
+        train_loss, term_sums = _train_epoch(
+            step, batches, train_y, train_teacher, augment, channels_last, epoch, n
+        )
         train_seconds = time.perf_counter() - epoch_start
         if schedule is not None:
             schedule.step()  # the lr of the next epoch
