@@ -227,7 +227,7 @@ def test_crash_while_caching_teacher_outputs_keeps_the_good_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
 ) -> None:
     from kdsweep.nets import deep_nn
-    from kdsweep.training.teacher_outputs import cached_source, compute_outputs
+    from kdsweep.training.teacher_outputs import cached_source
 
     settings, data = digits
     cache = tmp_path / "cache"
@@ -247,7 +247,8 @@ def test_crash_while_caching_teacher_outputs_keeps_the_good_entries(
 
     monkeypatch.setattr(torch, "save", real_save)
     source = cached_source(model, "k", "val", data.val_x, cache, need_logits=True, need_hidden=True)
-    logits, hidden = compute_outputs(model, data.val_x)
+    with torch.no_grad():
+        logits, hidden = model.eval().forward_with_hidden(data.val_x)
     assert torch.allclose(source.logits, logits)
     assert torch.allclose(source.hidden, hidden)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -454,15 +455,15 @@ def test_damaged_cached_teacher_outputs_are_recomputed_with_one_warning(
     teacher = light_nn((1, 8, 8), 10).eval()
     inputs = torch.randn(20, 1, 8, 8)
     first = cached_source(teacher, "k3", "val", inputs, tmp_path, True, False)
-    (path,) = (tmp_path / "teacher_outputs").glob("*-logits.pt")
-    payload = torch.load(path, weights_only=True)
-    payload["outputs"] = TENSOR_DAMAGE[damage](payload["outputs"])
-    torch.save(payload, path)
+    expected = first.logits.clone()  # the rows are memory-mapped: damage shows through
+    (rows,) = (tmp_path / "teacher_outputs").glob("*-logits.f32")
+    outputs = torch.from_file(str(rows), size=20 * 10).view(20, 10).clone()
+    rows.write_bytes(TENSOR_DAMAGE[damage](outputs).numpy().tobytes())
     caplog.set_level("WARNING", logger="kdsweep")
     again = cached_source(teacher, "k3", "val", inputs, tmp_path, True, False)
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
     assert "recomputing" in caplog.text
-    assert torch.equal(again.logits, first.logits)
+    assert torch.equal(again.logits, expected)
 
 
 def test_cached_teacher_outputs_of_another_shape_under_a_valid_checksum_are_recomputed(
@@ -476,9 +477,14 @@ def test_cached_teacher_outputs_of_another_shape_under_a_valid_checksum_are_reco
     teacher = light_nn((1, 8, 8), 10).eval()
     inputs = torch.randn(20, 1, 8, 8)
     first = cached_source(teacher, "k4", "val", inputs, tmp_path, True, False)
+    expected = first.logits.clone()  # the rows are memory-mapped: the rewrite shows through
     (path,) = (tmp_path / "teacher_outputs").glob("*-logits.pt")
-    torch.save(sealed({"outputs": torch.zeros(20, 7)}), path)
+    (rows,) = (tmp_path / "teacher_outputs").glob("*-logits.f32")
+    other = torch.zeros(20, 7).numpy().tobytes()
+    rows.write_bytes(other)
+    digest = hashlib.sha256(other).hexdigest()
+    torch.save(sealed({"shape": [20, 7], "rows_sha256": digest}), path)
     caplog.set_level("WARNING", logger="kdsweep")
     again = cached_source(teacher, "k4", "val", inputs, tmp_path, True, False)
     assert "this teacher gives [20, 10]" in caplog.text
-    assert torch.equal(again.logits, first.logits)
+    assert torch.equal(again.logits, expected)

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from kdsweep.core.cache import cached_artifact
 from kdsweep.core.errors import DataError, first_line
-from kdsweep.core.files import atomic_torch_save, file_lock, stable_hash
-from kdsweep.core.integrity import sealed, verified
+from kdsweep.core.files import stable_hash
 from kdsweep.data.splits import DataSet, TensorSplits, _split
 from kdsweep.data.streamed import ImageSplit
 
@@ -191,17 +191,13 @@ def _split_digests(
 
 
 def _statistics(conf: ImageFolderData, train: Any, key: str) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the training images (0-255 scale), cached and sealed."""
+    """Per-channel mean and std of the training images (0-255 scale), a cached artifact
+    (kdsweep.core.cache) keyed by the training split's content."""
     import torch
 
     path = Path(conf.cache_dir) / "data_stats" / f"imagefolder-{key}.pt"
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():
-            try:
-                stats = verified(torch.load(path, map_location="cpu", weights_only=True))
-                return list(stats["mean"]), list(stats["std"])
-            except Exception as exc:  # a cache entry is disposable: recompute it
-                log.warning("normalization statistics %s unusable (%s); recomputing", path, exc)
+
+    def compute() -> dict[str, list[float]]:
         split = ImageSplit(train, (0.0,), (1.0,), key, conf.workers)
         total = torch.zeros(3, dtype=torch.float64)
         squares = torch.zeros(3, dtype=torch.float64)
@@ -212,10 +208,13 @@ def _statistics(conf: ImageFolderData, train: Any, key: str) -> tuple[list[float
         count = len(split) * conf.image_size**2
         mean = total / count
         std = (squares / count - mean.square()).clamp_min(0).sqrt() + 1e-6
-        stats = {"mean": mean.tolist(), "std": std.tolist()}
-        atomic_torch_save(sealed(stats), path)
         log.info("normalization statistics of %s computed once and cached (%s)", conf.root, path)
-        return stats["mean"], stats["std"]
+        return {"mean": mean.tolist(), "std": std.tolist()}
+
+    def read(stats: dict[str, Any]) -> tuple[list[float], list[float]]:
+        return list(stats["mean"]), list(stats["std"])
+
+    return cached_artifact(path, compute, read, "normalization statistics")[0]
 
 
 def _transforms(conf: ImageFolderData) -> tuple[Any, Any]:

@@ -1,11 +1,10 @@
 """The teacher: trained at most once per (teacher config, data, seed), then reused.
 
-Checkpoints are content-keyed files under ``<cache_dir>/teachers``, each sealed with a
-checksum of its content (kdsweep.integrity) that is checked on every load; a lock file
-makes concurrent runs (sweep workers) wait for the one that trains instead of training
-again.
-The frozen teacher's outputs on each split are cached the same way, so a KD trial never
-pays for the teacher's forward pass (about 70x the student's) more than once.
+Checkpoints are content-keyed files under ``<cache_dir>/teachers``, cached artifacts
+(kdsweep.core.cache): sealed, checked on every load, trained once under a lock while
+concurrent runs (sweep workers) wait. The frozen teacher's outputs on each split are
+cached the same way (kdsweep.training.teacher_outputs), so a KD trial never pays for the
+teacher's forward pass (about 70x the student's) more than once.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ import torch
 from kdsweep.config.schema import TrainerConf
 from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
+from kdsweep.core.cache import cached_artifact
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
-from kdsweep.core.files import atomic_torch_save, file_hash, file_lock, stable_hash
-from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, sealed, verified
+from kdsweep.core.files import file_hash, stable_hash
+from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, verified
 from kdsweep.core.values import finite_number
 from kdsweep.data import TensorSplits
 from kdsweep.data.splits import hide_labels
@@ -82,24 +82,6 @@ def _read_checkpoint(path: Path) -> Any:
             f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)[:120]}):"
             " delete it to retrain, or set teacher.checkpoint to a good file"
         ) from None
-
-
-# The verified content of the cached checkpoints this process read, by the file's identity
-# (inode, size, mtime): under the basic launcher a sweep's trials and confirmation runs all
-# run in one process and load the same teacher; reading and checksumming it costs ~0.1 s
-# each time. A file replaced or rewritten since has another identity and is read again.
-_VERIFIED: dict[tuple[str, int, int, int], dict] = {}
-
-
-def _verified_cache_entry(path: Path) -> dict:
-    stat = path.stat()
-    identity = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if identity not in _VERIFIED:
-        payload = verified(_read_checkpoint(path))
-        if len(_VERIFIED) >= 4:
-            _VERIFIED.clear()
-        _VERIFIED[identity] = payload
-    return _VERIFIED[identity]
 
 
 def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
@@ -302,19 +284,8 @@ def prepare_teacher(settings: Settings, data: TensorSplits, device: torch.device
 def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device) -> Teacher:
     key = teacher_key(settings, data)
     path = Path(settings.cache_dir) / "teachers" / f"{settings.teacher_model.name}-{key}.pt"
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():
-            try:
-                payload = _verified_cache_entry(path)
-                model = _new_model(settings, data)
-                _check_payload(payload, path, settings, data)
-                _load_weights(model, payload["state_dict"], path)
-                model.to(device).eval()
-                log.info("teacher: reusing %s", path)
-                return Teacher(model, key, path, dict(payload["metrics"]), trained_now=False)
-            except (CheckpointError, IntegrityError, KeyError, TypeError, AttributeError) as exc:
-                # Our own cache entry: retrain rather than fail, and say so.
-                log.warning("teacher cache %s unusable (%s); retraining", path, exc)
+
+    def train() -> dict[str, Any]:
         log.info(
             "teacher: training %s for %d epochs (once for this data and recipe; cached at %s)",
             settings.teacher_model.name,
@@ -322,7 +293,7 @@ def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device
             path,
         )
         model, metrics = _train_teacher(settings, data, device)
-        payload = {
+        return {
             "format": CHECKPOINT_FORMAT,
             # The network's target and arguments (plain values: weights_only loading
             # refuses anything else).
@@ -333,6 +304,14 @@ def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device
             "metrics": metrics,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
-        atomic_torch_save(sealed(payload), path)
-        model.eval()
-        return Teacher(model, key, path, metrics, trained_now=True)
+
+    def load(payload: dict[str, Any]) -> tuple[FeatureNet, dict[str, float]]:
+        _check_payload(payload, path, settings, data)
+        model = _new_model(settings, data)
+        _load_weights(model, payload["state_dict"], path)
+        return model.to(device).eval(), dict(payload["metrics"])
+
+    (model, metrics), trained = cached_artifact(path, train, load, "teacher cache")
+    if not trained:
+        log.info("teacher: reusing %s", path)
+    return Teacher(model, key, path, metrics, trained_now=trained)

@@ -5,49 +5,39 @@ image, so its logits and hidden features can be computed once and indexed by bat
 every epoch, every trial and every process. The key is content-addressed: the teacher's
 key (its weights) and the content of the inputs it ran on, so that another split of the
 same data (``data.split_seed``) or changed images are other outputs, whatever the teacher
-key covers (a user's checkpoint's key is its file's hash alone). Each file is sealed with a
-checksum of its tensor and checked against it and against the shape this teacher gives on
-these inputs when read; a file that fails is recomputed, with one warning.
+key covers (a user's checkpoint's key is its file's hash alone).
 
-A streamed split's outputs are not held in RAM: they are written batch by batch as raw
-float32 rows (row i: sample i), memory-mapped when read, and verified through a sealed
-header that holds their shape and the SHA-256 of their bytes.
+One format for every split, in memory or streamed: the outputs are written batch by
+batch as raw float32 rows (row i: sample i), so they are never all held in RAM while
+computed, and memory-mapped when read (``torch.from_file``: pages load as batches touch
+them); an in-memory split's are then moved to its device. Each kind (logits, hidden) is a
+cached artifact (kdsweep.core.cache) whose sealed header holds the rows' shape and
+SHA-256, checked on every read with the shape this teacher gives on these inputs; rows
+that fail are recomputed, with one warning.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-from contextlib import ExitStack
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from kdsweep.core.files import atomic_torch_save, atomic_write, file_lock, stable_hash
-from kdsweep.core.integrity import content_digest, sealed, verified
+from kdsweep.core.cache import cached_artifact
+from kdsweep.core.files import atomic_write, stable_hash
+from kdsweep.core.integrity import content_digest
 from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
 from kdsweep.nets import FeatureNet, pool_hidden
 from kdsweep.training.batches import TeacherSource
 
-log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def compute_outputs(
-    model: FeatureNet, inputs: torch.Tensor, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # 256, not more: DeepNN's first activations are 0.5 MB per 32x32 image, so a batch of
-    # 1024 alone held ~1.4 GB at its peak, for no speed gained on a CPU.
-    model.eval()
-    logits, hidden = [], []
-    for start in range(0, len(inputs), batch_size):
-        check_interrupt()
-        out_logits, out_hidden = model.forward_with_hidden(inputs[start : start + batch_size])
-        logits.append(out_logits.float())
-        hidden.append(out_hidden.float())
-    return torch.cat(logits), torch.cat(hidden)
+KINDS = ("logits", "hidden")
+# 256 images a batch, not more: DeepNN's first activations are 0.5 MB per 32x32 image,
+# so a batch of 1024 alone held ~1.4 GB at its peak, for no speed gained on a CPU.
+BATCH = 256
 
 
 def cached_source(
@@ -60,41 +50,20 @@ def cached_source(
     need_hidden: bool,
     pool_kernel: int = 1,
 ) -> TeacherSource:
-    """A TeacherSource over precomputed outputs, computing and caching what is missing."""
-    if isinstance(inputs, ImageSplit):
-        return _mapped_source(
-            model, teacher_key, split, inputs, cache_dir, need_logits, need_hidden, pool_kernel
-        )
+    """A TeacherSource over precomputed outputs, computing and caching what is missing.
+    Each kind needed is its own artifact: a loss that needs both (none of kdsweep's)
+    pays a second pass over the split the first time."""
     key = stable_hash({"teacher": teacher_key, "split": split, "inputs": inputs_digest(inputs)})
     base = Path(cache_dir) / "teacher_outputs" / f"{split}-{key}"
-    wanted = {"logits": need_logits, "hidden": need_hidden}
-    paths = {kind: base.with_name(f"{base.name}-{kind}.pt") for kind, on in wanted.items() if on}
-    loaded: dict[str, torch.Tensor] = {}
-    with file_lock(base.with_name(base.name + ".lock")):
-        expected = (
-            _expected_shapes(model, inputs) if any(p.is_file() for p in paths.values()) else {}
-        )
-        for kind, path in paths.items():
-            if path.is_file():
-                try:
-                    loaded[kind] = _read_outputs(path, expected[kind])
-                except Exception as exc:  # a cache entry is disposable: recompute it
-                    log.warning("teacher-output cache %s unusable (%s); recomputing", path, exc)
-        missing = [kind for kind in paths if kind not in loaded]
-        if missing:
-            logits, hidden = compute_outputs(model, inputs)
-            fresh = {"logits": logits, "hidden": hidden}
-            for kind in missing:
-                loaded[kind] = fresh[kind].cpu()
-                atomic_torch_save(sealed({"outputs": loaded[kind]}), paths[kind])
-            log.info("teacher outputs for %s computed once and cached (%s)", split, base.parent)
-    device = inputs.device
-    logits = loaded.get("logits")
-    hidden = loaded.get("hidden")
-    return TeacherSource(
-        logits=None if logits is None else logits.to(device),
-        hidden=None if hidden is None else pool_hidden(hidden, pool_kernel).to(device),
-    )
+    shapes = _expected_shapes(model, inputs)
+    wanted = [kind for kind, on in zip(KINDS, (need_logits, need_hidden), strict=True) if on]
+    outputs = {kind: _cached_rows(model, inputs, base, kind, shapes[kind]) for kind in wanted}
+    logits, hidden = outputs.get("logits"), outputs.get("hidden")
+    if hidden is not None and pool_kernel > 1:  # pooled: a copy, pool_kernel times smaller
+        hidden = pool_hidden(hidden, pool_kernel)
+    if isinstance(inputs, torch.Tensor):  # indexed on the split's device, batch by batch
+        logits, hidden = (None if t is None else t.to(inputs.device) for t in (logits, hidden))
+    return TeacherSource(logits=logits, hidden=hidden)
 
 
 def inputs_digest(inputs: torch.Tensor | ImageSplit) -> str:
@@ -115,98 +84,60 @@ def _expected_shapes(model: FeatureNet, inputs: torch.Tensor | ImageSplit) -> di
     return {"logits": [n, *logits.shape[1:]], "hidden": [n, *hidden.shape[1:]]}
 
 
-def _read_outputs(path: Path, shape: list[int]) -> torch.Tensor:
-    outputs = verified(torch.load(path, map_location="cpu", weights_only=True))["outputs"]
-    if not isinstance(outputs, torch.Tensor) or list(outputs.shape) != shape:
-        found = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        raise ValueError(f"outputs of shape {found}, this teacher gives {shape}")
+def _cached_rows(
+    model: FeatureNet,
+    inputs: torch.Tensor | ImageSplit,
+    base: Path,
+    kind: str,
+    shape: list[int],
+) -> torch.Tensor:
+    """The teacher's ``kind`` outputs on ``inputs``, from the cache or computed now."""
+    rows = base.with_name(f"{base.name}-{kind}.f32")
+
+    def compute() -> dict[str, Any]:
+        digest = hashlib.sha256()
+        with atomic_write(rows) as handle:
+            for batch in _output_batches(model, inputs, kind):
+                data = memoryview(batch.numpy()).cast("B")
+                handle.write(data)
+                digest.update(data)
+        return {"shape": shape, "rows_sha256": digest.hexdigest()}
+
+    def mapped(header: dict[str, Any]) -> torch.Tensor:
+        """The rows, memory-mapped, once their bytes match the sealed header's checksum
+        and this teacher's output shape."""
+        if header["shape"] != shape:
+            raise ValueError(f"outputs of shape {header['shape']}, this teacher gives {shape}")
+        digest = hashlib.sha256()
+        with rows.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+        if digest.hexdigest() != header["rows_sha256"]:
+            raise ValueError(f"{rows.name} does not match its checksum")
+        size = math.prod(shape)
+        return torch.from_file(str(rows), shared=False, size=size, dtype=torch.float32).view(shape)
+
+    outputs, _ = cached_artifact(
+        base.with_name(f"{base.name}-{kind}.pt"), compute, mapped, "teacher-output cache"
+    )
     return outputs
 
 
-def _mapped_source(
-    model: FeatureNet,
-    teacher_key: str,
-    split: str,
-    inputs: ImageSplit,
-    cache_dir: str | Path,
-    need_logits: bool,
-    need_hidden: bool,
-    pool_kernel: int,
-) -> TeacherSource:
-    """cached_source for a streamed split: the outputs stay in memory-mapped files."""
-    key = stable_hash(
-        {"teacher": teacher_key, "split": split, "inputs": inputs_digest(inputs), "rows": "f32"}
-    )
-    base = Path(cache_dir) / "teacher_outputs" / f"{split}-{key}"
-    wanted = [kind for kind, on in (("logits", need_logits), ("hidden", need_hidden)) if on]
-    mapped: dict[str, torch.Tensor] = {}
-    with file_lock(base.with_name(base.name + ".lock")):
-        expected = _expected_shapes(model, inputs)
-        for kind in wanted:
-            if _header(base, kind).is_file():
-                try:
-                    mapped[kind] = _map_rows(base, kind, expected[kind])
-                except Exception as exc:  # a cache entry is disposable: recompute it
-                    log.warning("teacher-output cache %s unusable (%s); recomputing", base, exc)
-        missing = [kind for kind in wanted if kind not in mapped]
-        if missing:
-            _write_rows(model, inputs, base, missing, expected)
-            mapped.update({kind: _map_rows(base, kind, expected[kind]) for kind in missing})
-            log.info("teacher outputs for %s computed once and cached (%s)", split, base.parent)
-    hidden = mapped.get("hidden")
-    if hidden is not None and pool_kernel > 1:  # pooled: a copy, pool_kernel times smaller
-        hidden = pool_hidden(hidden, pool_kernel)
-    return TeacherSource(logits=mapped.get("logits"), hidden=hidden)
-
-
-def _header(base: Path, kind: str) -> Path:
-    return base.with_name(f"{base.name}-{kind}.pt")
-
-
-def _rows(base: Path, kind: str) -> Path:
-    return base.with_name(f"{base.name}-{kind}.f32")
-
-
 @torch.no_grad()
-def _write_rows(
-    model: FeatureNet,
-    inputs: ImageSplit,
-    base: Path,
-    kinds: list[str],
-    shapes: dict[str, list[int]],
-) -> None:
-    """The teacher's outputs on ``inputs``, in sample order, streamed to raw files."""
+def _output_batches(
+    model: FeatureNet, inputs: torch.Tensor | ImageSplit, kind: str
+) -> Iterator[torch.Tensor]:
+    """The teacher's ``kind`` outputs on ``inputs``, in sample order, as float32 CPU
+    batches."""
     model.eval()
-    digests = {kind: hashlib.sha256() for kind in kinds}
-    with ExitStack() as files:
-        handles = {kind: files.enter_context(atomic_write(_rows(base, kind))) for kind in kinds}
-        for _, images in inputs.batches(256):
-            logits, hidden = model.forward_with_hidden(images)
-            fresh = {"logits": logits, "hidden": hidden}
-            for kind in kinds:
-                data = fresh[kind].float().cpu().contiguous().numpy().tobytes()
-                handles[kind].write(data)
-                digests[kind].update(data)
-    for kind in kinds:  # the header last: rows without their header are never read
-        header = {"shape": shapes[kind], "rows_sha256": digests[kind].hexdigest()}
-        atomic_torch_save(sealed(header), _header(base, kind))
-
-
-def _map_rows(base: Path, kind: str, shape: list[int]) -> torch.Tensor:
-    """The cached rows, memory-mapped (pages load as batches touch them), once their bytes
-    match the sealed header's checksum and this teacher's output shape."""
-    header = verified(torch.load(_header(base, kind), map_location="cpu", weights_only=True))
-    if header["shape"] != shape:
-        raise ValueError(f"outputs of shape {header['shape']}, this teacher gives {shape}")
-    path = _rows(base, kind)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    if digest.hexdigest() != header["rows_sha256"]:
-        raise ValueError(f"{path.name} does not match its checksum")
-    size = math.prod(shape)
-    return torch.from_file(str(path), shared=False, size=size, dtype=torch.float32).view(shape)
+    if isinstance(inputs, ImageSplit):
+        images: Iterator[torch.Tensor] = (batch for _, batch in inputs.batches(BATCH))
+    else:
+        images = (inputs[start : start + BATCH] for start in range(0, len(inputs), BATCH))
+    for batch in images:
+        check_interrupt()  # a signal stops the pass between two batches
+        logits, hidden = model.forward_with_hidden(batch)
+        yield (logits if kind == "logits" else hidden).float().cpu().contiguous()
 
 
 def live_source(model: FeatureNet, pool_kernel: int = 1) -> TeacherSource:
