@@ -207,6 +207,16 @@ def test_checkpoint_that_is_neither(settings, tmp_path: Path) -> None:
         _prepare(settings, tmp_path, f"teacher.checkpoint={path}")
 
 
+def test_the_teacher_key_covers_its_training_precision(settings) -> None:
+    """The teacher trains under the run's trainer.precision (bf16 autocast on a GPU):
+    another precision is another teacher, not the cached one."""
+    from kdsweep.training.teacher import teacher_key
+
+    data = load_splits(settings().data)
+    keys = {teacher_key(settings(f"trainer.precision={p}"), data) for p in ("fp32", "bf16")}
+    assert len(keys) == 2
+
+
 # --- a teacher that teaches nothing ----------------------------------------------------------
 
 

@@ -71,6 +71,8 @@ def teacher_key(settings: Settings, data: TensorSplits) -> str:
     }
     if settings.teacher.labelled_fraction < 1:  # named only when set: split_seed picks them
         recipe["labels"] = [settings.teacher.labelled_fraction, settings.data.split_seed]
+    if settings.trainer.precision != "fp32":  # likewise; bf16 autocast trains other weights
+        recipe["precision"] = str(settings.trainer.precision)
     return stable_hash(recipe)
 
 
