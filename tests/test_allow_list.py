@@ -223,3 +223,54 @@ def test_the_sweepers_samplers_are_trusted(sampler: dict) -> None:
     import optuna
 
     assert isinstance(instantiate_trusted(sampler), optuna.samplers.BaseSampler)
+
+
+class _Unpickled:
+    """A pickle that writes a file when it is loaded, in place of a logged MLflow model."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.flag, "the pickled model was loaded"))
+
+
+def test_kdsweep_eval_rebuilds_a_logged_student_and_never_unpickles_it(
+    tmp_path: Path, hub: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A logged student's MLflow model is a pickle: loading it would run whatever it
+    names. kdsweep-eval rebuilds it from its weights and its kdsweep.json, whose network
+    passes the allow-list as a state_dict's does."""
+    import pickle
+
+    import torch
+
+    from kdsweep.config.targets import build_network
+    from kdsweep.evaluate import main
+    from kdsweep.run.student import StudentSpec, save_student
+
+    net = build_network(Target("model", {"_target_": "kdsweep.nets.light_nn"}), (1, 8, 8), 10)
+    spec = StudentSpec({"_target_": "kdsweep.nets.light_nn"}, [1, 8, 8], 10)
+    normalization = ([4.9], [6.0])
+    metadata = {"input_normalization": {"mean": [4.9], "std": [6.0]}}
+    folder = save_student(
+        net, spec, normalization, torch.rand(2, 1, 8, 8), tmp_path / "s", metadata
+    )
+    flag = tmp_path / "UNPICKLED"
+    (pickled,) = folder.rglob("model.pth")
+    pickled.write_bytes(pickle.dumps(_Unpickled(flag)))
+
+    main([f"file://{folder}", "--json"])
+    figures = json.loads(capsys.readouterr().out)
+    assert 0 <= figures["test_acc"] <= 100 and figures["parameters"] > 0
+    assert not flag.exists()
+
+    info = json.loads((folder / "kdsweep.json").read_text())
+    info["network"] = {"_target_": "torch.hub.load", "repo_or_dir": str(hub), "model": "flag"}
+    (folder / "kdsweep.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit) as exit_:
+        main([f"file://{folder}"])
+    assert exit_.value.code == 2
+    line = _one_error_line(capsys.readouterr().err, "kdsweep-eval: error:")
+    assert "kdsweep.json names the network: model._target_=torch.hub.load" in line, line
+    assert not flag.exists() and not (hub / "FLAG").exists()

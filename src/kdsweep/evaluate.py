@@ -7,7 +7,11 @@ kdsweep's config as the ``kdsweep`` command does (``data=cifar10 data.root=...``
 ``tracking.uri=...`` for the MLflow store, ``trainer.eval_batch_size=...``); the data group
 is loaded as in training. The model is scored as the logged one serves: raw test images
 in (the data set's pixel scale), the run's normalization its first layer (a state_dict's
-network gets the data's). Prints accuracy, loss, parameter count and images/s.
+network gets the data's). Prints accuracy, loss, parameter count and images/s. A logged
+student is rebuilt from its weights (``state_dict.pt``) and the network its
+``kdsweep.json`` names, under kdsweep's allow-list and this command line's
+``allowed_targets``: the pickled MLflow model, which would run whatever code it names, is
+never loaded.
 ``--export PATH.pt2`` also writes that model, raw pixels in, as a ``torch.export`` program
 (batch size free) and checks that it loads and gives the same logits.
 
@@ -117,20 +121,33 @@ def _store(tracking_uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def load_uri(uri: str, tracking_uri: str) -> Loaded:
-    """An MLflow model (kdsweep's student) and its signature's shapes."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import get_model_info
+def load_uri(uri: str, tracking_uri: str, allowed: tuple[str, ...] = ()) -> Loaded:
+    """A kdsweep student logged to MLflow, as its served model computes (raw pixels in,
+    the run's normalization first): rebuilt from the artifact's ``state_dict.pt`` (weights
+    only) and the network its ``kdsweep.json`` names, under kdsweep's allow-list and
+    ``allowed`` (this command line's). The pickled MLflow model is never loaded:
+    unpickling runs whatever code the pickle names."""
+    import tempfile
 
-    from kdsweep.run.student import FORMAT
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from kdsweep.run.serving import on_raw_pixels
+    from kdsweep.run.student import SPEC, STATE_DICT, Logits, read_spec, read_state_dict
 
     where = f"(tracking.uri={tracking_uri})"
     try:
-        with _store(tracking_uri):
-            info = get_model_info(uri)
-            model = mlflow.pytorch.load_model(uri)
+        with _store(tracking_uri), tempfile.TemporaryDirectory(prefix="kdsweep-eval-") as tmp:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            if not (folder / STATE_DICT).is_file() or not (folder / SPEC).is_file():
+                raise KdsweepError(
+                    f"{uri} is not a kdsweep student (no {STATE_DICT} and {SPEC} in it):"
+                    " kdsweep-eval rebuilds a student from its weights and never unpickles a"
+                    " model; give a kdsweep student's URI or a state_dict file"
+                )
+            state = read_state_dict(folder / STATE_DICT)
+            spec = read_spec(folder / STATE_DICT)
+            normalization = json.loads((folder / SPEC).read_text()).get("input_normalization")
     except MlflowException as exc:
         raise KdsweepError(
             f"cannot load {uri} {where}: {first_line(exc)[:300]}: check the name, version or"
@@ -138,21 +155,32 @@ def load_uri(uri: str, tracking_uri: str) -> Loaded:
         ) from None
     except OSError as exc:
         raise KdsweepError(f"cannot load {uri} {where}: {first_line(exc)[:300]}") from None
-    meta = (info.metadata or {}).get("kdsweep") or {}
-    shape = meta.get("input_shape")
-    classes = meta.get("num_classes")
-    if shape is None and info.signature is not None and info.signature.inputs is not None:
-        shape = list(info.signature.inputs.inputs[0].shape[1:])
-    if classes is None and info.signature is not None and info.signature.outputs is not None:
-        classes = info.signature.outputs.inputs[0].shape[-1]
-    # Students saved before kdsweep-student/2 take normalized images.
-    return Loaded(model, shape, classes, uri, meta.get("format") == FORMAT)
+    assert spec is not None  # its file exists
+    check_network(spec, allowed, uri)
+    model = materialize(Loaded((Logits, spec, state), None, None, uri), spec.input_shape)
+    if normalization:  # the served model's first layer
+        model = on_raw_pixels(model, normalization["mean"], normalization["std"]).eval()
+    return Loaded(model, spec.input_shape, spec.num_classes, uri, bool(normalization))
+
+
+def check_network(spec: Any, allowed: tuple[str, ...], source: str) -> None:
+    """The network a saved student's kdsweep.json names passes kdsweep's allow-list and
+    ``allowed``, this command line's allowed_targets, never a list the file carries;
+    checked before any data loads."""
+    from kdsweep.run.student import SPEC
+
+    spec.allowed = allowed
+    try:
+        spec.target.check_nested()
+        spec.target.locate()
+    except KdsweepError as exc:
+        fix = " (on this command line)" if "allowed_targets=" in str(exc) else ""
+        raise CheckpointError(f"{source}: its {SPEC} names the network: {exc}{fix}") from None
 
 
 def load_file(path: Path, settings: Any) -> Loaded:
     """A state_dict file: its kdsweep.json names the network; else the config's model."""
     from kdsweep.run.student import (
-        SPEC,
         Logits,
         StudentSpec,
         read_spec,
@@ -163,20 +191,11 @@ def load_file(path: Path, settings: Any) -> Loaded:
     state = read_state_dict(path)
     channels, classes = spec_from_state_dict(state)
     spec = read_spec(path)
-    from_file = spec is not None
     if spec is None:  # a bare state_dict: the config's model group (validated), its sizes
         spec = StudentSpec(settings.model.identity(), [channels, -1, -1], classes)
-    # What may run comes from this command line (kdsweep's allow-list and its
-    # allowed_targets), never from the file: a network the file names is checked against
-    # it now, before the data loads.
-    spec.allowed = settings.model.allowed
-    if from_file:
-        try:
-            spec.target.check_nested()
-            spec.target.locate()
-        except KdsweepError as exc:
-            fix = " (on this command line)" if "allowed_targets=" in str(exc) else ""
-            raise CheckpointError(f"{path.with_name(SPEC)} names the network: {exc}{fix}") from None
+        spec.allowed = settings.model.allowed
+    else:
+        check_network(spec, settings.model.allowed, str(path))
     return Loaded((Logits, spec, state), spec.input_shape, classes, str(path))
 
 
@@ -296,7 +315,7 @@ def evaluate_model(
     from kdsweep.run.serving import on_raw_pixels, raw_pixels
 
     if is_uri(source):
-        loaded = load_uri(source, settings.tracking.uri)
+        loaded = load_uri(source, settings.tracking.uri, settings.model.allowed)
     else:
         loaded = load_file(Path(source).expanduser(), settings)
     data = load_splits(settings.data)
