@@ -455,6 +455,16 @@ ROWS = {
     "group choice the student cannot serve": Bad(
         (*SWEEP, "loss=choice(kd,cosine)"), "search space loss=cosine: loss=cosine needs a student"
     ),
+    "pair whose stages a feature loss cannot match": Bad(
+        ("-m", "hparams_search=at", "model=light", "teacher=resnet32x4"),
+        "the student has 2 stages, the teacher 3",
+    ),
+    "group choice of a teacher the loss cannot pair": _slow(
+        Bad(
+            ("-m", "hparams_search=at", "teacher=choice(deep,resnet32x4)"),
+            "search space teacher=resnet32x4: loss=at pairs the stages",
+        )
+    ),
     "fixed value that overflows a formula": Bad(
         ("-m", "hparams_search=dist", "hydra.sweeper.baselines=false", "loss.tau=1e200"),
         "tau=1e+200, ce_weight=1 overflows (OverflowError) on a test batch",

@@ -232,3 +232,95 @@ def test_a_dead_confirmation_run_is_failed_requeued_and_its_mlflow_run_closed(
     dead_trial = storage.get_trial(tid)
     assert dead_trial.state == TrialState.FAIL
     assert dead_trial.user_attrs["error"] == "interrupted"
+
+
+def _confirmed_study(confirmed_val: dict[int, float]) -> tuple:
+    """A search of three trials (#0 best on val) whose top 2 were confirmed with two
+    seeds each, trial number -> confirmed val accuracy; test is val - 1."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from kdsweep.sweep.arms import plan_arms, ranked_trials
+    from kdsweep.sweep.confirm import open_companion, plan
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    dist = {"loss.temperature": FloatDistribution(1, 10)}
+    for temperature, value in ((2.0, 97.72), (3.0, 97.0), (4.0, 96.0)):
+        params = {"loss.temperature": temperature}
+        study.add_trial(create_trial(value=value, params=params, distributions=dist))
+    study.set_user_attr("tutorial_trial_number", 2)
+    companion = open_companion(storage, "s")
+    arms = plan_arms(study, 2, [], list(dist))
+    plan(storage, companion, arms, [1000, 1001], 0)
+    numbers = {arm.key: arm.source_trial for arm in arms}
+    while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial = companion.ask()
+        arm = trial.user_attrs["arm"]
+        val = confirmed_val.get(numbers[arm], 80.0) if arm.startswith("top") else 80.0
+        val += 0.1 * (trial.user_attrs["seed"] - 1000)
+        trial.set_user_attr("metrics", {"objective": val, "test_acc": val - 1})
+        companion.tell(trial, val)
+    return study, companion, ranked_trials(study)[0]
+
+
+def test_the_champion_is_the_candidate_that_confirmed_best() -> None:
+    """#0 is the search's best, #1 confirms higher on val: #1 is registered, its
+    description gives its own confirmed figures; the headline still compares top1."""
+    from types import SimpleNamespace
+
+    from kdsweep.publish import champion_trial
+    from kdsweep.registry import describe
+
+    study, companion, best = _confirmed_study({0: 90.0, 1: 95.0})
+    assert best.number == 0
+    champion = champion_trial(study, best, companion)
+    assert champion is not None and champion.number == 1
+    run = SimpleNamespace(data=SimpleNamespace(metrics={"objective": 97.0, "test_acc": 96.0}))
+    text = describe("s", champion, run, companion, {"loss": "kd"})
+    assert text.startswith("Best confirmed (top2): trial #1 of study s")
+    assert "Confirmed over 2 fresh seed(s): test acc 94.05" in text
+    assert "#0 (temperature=2) with loss=kd vs the same recipe without a teacher" in text
+    # Where the search's best also confirmed best, it stays the champion.
+    study, companion, best = _confirmed_study({0: 95.0, 1: 90.0})
+    assert champion_trial(study, best, companion).number == 0  # type: ignore[union-attr]
+
+
+def test_the_report_names_the_sweeps_own_parts() -> None:
+    """A sweep of the user's loss and teacher is not reported as KD, nor its reference
+    trial as the tutorial's KD student."""
+    from kdsweep.report import lead, summarize
+    from kdsweep.results.summary import comparison, headline
+
+    study, companion, _ = _confirmed_study({0: 95.0})
+    study.set_user_attr("parts", {"loss": "sharp_kd", "teacher": "resnet18", "model": "light"})
+    summary = summarize(study, companion)
+    parts = "loss=sharp_kd, teacher=resnet18, model=light"
+    assert f"#0 (temperature=2) with {parts} vs the same recipe" in lead(summary)
+    assert f"over the reference setting ({parts})" in headline(summary)
+    assert comparison(summary)[1][0] == f"Reference setting ({parts}) (trial #2)"
+    assert "KD" not in lead(summary) + headline(summary)
+
+
+def test_a_shipped_searchs_study_name_names_the_users_parts() -> None:
+    from kdsweep.sweep.core import named_for_parts
+    from kdsweep.sweep.settings import SweepSettings
+    from test_search_configs import _compose_with_hydra
+
+    def name(*overrides: str) -> str:
+        config = _compose_with_hydra("hparams_search=kd", *overrides)
+        options = dict(direction="maximize", storage="sqlite:///x.db", n_trials=1, n_jobs=1)
+        options |= dict(max_failure_rate=0.0, params={}, pruner={}, enqueue_trials=[])
+        options |= dict(baselines=False, report_dir="r", heartbeat_interval=1, grace_period=2)
+        settings = SweepSettings(study_name=str(config.hydra.sweeper.study_name), **options)
+        return named_for_parts(settings, config).study_name
+
+    user_teacher = "teacher.model._target_=torchvision.models.resnet18"
+    assert name() == "kd-digits-light"  # kdsweep's own parts: the name existing studies have
+    assert name("loss=dkd") == "kd-digits-light"  # a shipped option: drift guards the study
+    assert name(user_teacher) == "kd-digits-light-teacher_resnet18"
+    assert name(user_teacher, "loss._target_=kdsweep.losses.DKD") == (
+        "kd-digits-light-loss_DKD-teacher_resnet18"
+    )
+    assert name(user_teacher, "hydra.sweeper.study_name=mine") == "mine"  # the user's own

@@ -1,6 +1,7 @@
 """The end of a sweep invocation: the best trial (optimization_results.yaml, as
 hydra-optuna-sweeper writes it), the baselines' teacher row, the report, and the parent
-run's summary (ended unless other workers still have trials running)."""
+run's summary (ended unless other workers still have trials running). A confirmation
+that could not pair its seeds fails the invocation: nothing is registered."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from optuna.trial import TrialState
 
 from kdsweep.registry import publish
 from kdsweep.report import lead, report_dir_for, summarize, write_report_files
+from kdsweep.results.confirmed import best_confirmed, confirmed_summary, unpaired
 from kdsweep.sweep.arms import ranked_trials
 from kdsweep.sweep.parent_run import ParentRun
 from kdsweep.sweep.settings import SweepSettings
@@ -28,7 +30,9 @@ def finish_sweep(
     parent: ParentRun,
     aborted: bool,
     confirm_study: optuna.Study | None = None,
-) -> None:
+) -> str | None:
+    """Returns why the invocation failed (a confirmation that could not pair its seeds),
+    or None."""
     still_running = count_states(study)[TrialState.RUNNING] > 0
     best = _best_trial(study)
     if best is None:
@@ -49,23 +53,63 @@ def finish_sweep(
         log.info("report: %s", report_files[-1])
     except Exception as exc:  # a report must never cost the sweep its results
         log.error("could not write the report to %s: %s", report_dir, exc)
-    # The teacher on the parent run; the best student in the Model Registry (after the
-    # confirmation stage, so only by the invocation that completed the study).
+    failure = None if aborted else _unconfirmed(confirm_study)
+    failed = aborted or failure is not None
+    # The teacher on the parent run; the best confirmed student (the search's best where
+    # nothing was confirmed) in the Model Registry (after the confirmation stage, so only
+    # by the invocation that completed the study).
     publish(
         study,
         settings.study_name,
         parent.conf.uri,
         parent.run_id,
-        best,
+        champion_trial(study, best, confirm_study),
         confirm_study,
-        register=not aborted and not still_running,
+        register=not failed and not still_running,
     )
     parent.finish(
         best,
         report_files,
-        status=None if still_running and not aborted else ("FAILED" if aborted else "FINISHED"),
+        status=None if still_running and not failed else ("FAILED" if failed else "FINISHED"),
         description=description,
     )
+    return failure
+
+
+def champion_trial(
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial | None,
+    confirm_study: optuna.Study | None,
+) -> optuna.trial.FrozenTrial | None:
+    """The search trial whose configuration confirmed best (kdsweep.results.confirmed),
+    else the search's best."""
+    confirmed = confirmed_summary(confirm_study)
+    arm = best_confirmed(confirmed) if confirmed is not None else None
+    if arm is None or best is None or arm.trial == best.number:
+        return best
+    champion = next(t for t in study.get_trials(deepcopy=False) if t.number == arm.trial)
+    log.info(
+        "champion: trial %d (%s) confirmed best, %.2f %% val over %d seed(s); the search's"
+        " best was trial %d",
+        champion.number,
+        arm.key,
+        arm.val_stats.mean,
+        arm.val_stats.n,
+        best.number,
+    )
+    return champion
+
+
+def _unconfirmed(confirm_study: optuna.Study | None) -> str | None:
+    """Why the confirmation stage, over (no run of it queued or running), could not pair
+    its seeds; None if it could, or is not over."""
+    if confirm_study is None:
+        return None
+    counts = count_states(confirm_study)
+    if counts[TrialState.RUNNING] or counts[TrialState.WAITING]:
+        return None  # other workers finish it, and judge it
+    confirmed = confirmed_summary(confirm_study)
+    return unpaired(confirmed) if confirmed is not None else None
 
 
 def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

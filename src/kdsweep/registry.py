@@ -5,10 +5,11 @@ MLflow Model Registry.
   artifact (the checkpoint and ``teacher.json``: recipe, data fingerprint, accuracies),
   found through the tags a trial's run carries (kdsweep.student.record_student). A later
   invocation of the same study logs it again only if the teacher changed.
-- The best student (the search's best trial, ties broken by val loss: finish._best_trial)
-  becomes a version of the registered model ``<study>-student`` with the alias
-  ``champion``; its description holds the confirmed figures when the sweep has a
-  confirmation stage, its tags the teacher, the data fingerprint, the loss and the config.
+- The champion (the search's candidate that confirmed best: kdsweep.publish; without a
+  confirmation stage the search's best trial, ties broken by val loss) becomes a version
+  of the registered model ``<study>-student`` with the alias ``champion``; its
+  description holds its confirmed figures when the sweep has a confirmation stage, its
+  tags the teacher, the data fingerprint, the loss and the config.
   A rerun whose best trial is another run adds a version and moves the alias; a rerun with
   the same best updates that version's description (new confirmation seeds) and keeps it.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.errors import first_line
@@ -70,7 +72,8 @@ def publish(
         runs = _trial_runs(client, study, best)
         log_teacher(client, parent_run_id, runs)
         if register:
-            return register_champion(client, study_name, best, confirm_study)
+            parts = study.user_attrs.get("parts")
+            return register_champion(client, study_name, best, confirm_study, parts)
     except Exception as exc:
         log.error("MLflow: could not publish the sweep's models: %s", first_line(exc))
     return None
@@ -135,29 +138,37 @@ def describe(
     best: optuna.trial.FrozenTrial,
     run: Any,
     confirm_study: optuna.Study | None,
+    parts: Mapping[str, str] | None = None,
 ) -> str:
     """The version's description: the search's (selection-biased) figures, then what the
-    confirmation stage measured, if it ran."""
+    confirmation stage measured for this configuration, if it ran, and its headline (the
+    sweep's ``parts`` named)."""
     metrics = run.data.metrics
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+    confirmed = confirmed_summary(confirm_study)
+    arm = None
+    if confirmed is not None:
+        tops = (a for a in confirmed.arms if a.key.startswith("top"))
+        arm = next((a for a in tops if a.trial == best.number), None)
+    what = (
+        "Best trial" if arm is None or arm.key == "top1" else f"Best confirmed ({arm.key}): trial"
+    )
     lines = [
-        f"Best trial #{best.number} of study {study_name} ({params}):"
+        f"{what} #{best.number} of study {study_name} ({params}):"
         f" val acc {metrics.get('objective', float('nan')):.2f} %,"
         f" test acc {metrics.get('test_acc', float('nan')):.2f} %"
         " (one seed, selected on val: unconfirmed)."
     ]
-
-    confirmed = confirmed_summary(confirm_study)
     if confirmed is None:
         lines.append("No confirmation stage: these figures are the search's own.")
     else:
-        top = confirmed.arm("top1")
-        if top is not None and top.test_stats.n:
+        if arm is not None and arm.test_stats.n:
             lines.append(
-                f"Confirmed over {top.test_stats.n} fresh seed(s): test acc"
-                f" {mean_ci(top.test_stats)} % (mean ± 95 % CI half-width)."
+                f"Confirmed over {arm.test_stats.n} fresh seed(s): test acc"
+                f" {mean_ci(arm.test_stats)} %, val acc {mean_ci(arm.val_stats)} %"
+                " (mean ± 95 % CI half-width)."
             )
-        lines.append(confirmed_headline(confirmed))
+        lines.append(confirmed_headline(confirmed, parts))
     return "\n\n".join(lines)
 
 
@@ -166,6 +177,7 @@ def register_champion(
     study_name: str,
     best: optuna.trial.FrozenTrial,
     confirm_study: optuna.Study | None = None,
+    parts: Mapping[str, str] | None = None,
 ) -> str | None:
     """``best``'s student as a version of ``<study>-student`` with the alias ``champion``
     (moved from an earlier version if there is one). Returns the version."""
@@ -192,7 +204,7 @@ def register_champion(
         if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
             raise
     tags = version_tags(study_name, best, run)
-    description = describe(study_name, best, run, confirm_study)
+    description = describe(study_name, best, run, confirm_study, parts)
     escaped = run_id.replace("'", "")
     existing = client.search_model_versions(f"name='{_quote(name)}' and run_id='{escaped}'")
     if existing:

@@ -10,8 +10,11 @@ only what the interval supports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from optuna.trial import TrialState
 
 from kdsweep.core.formatting import mean_ci
 from kdsweep.core.stats import PairedDiff, SeededArm
@@ -32,6 +35,7 @@ class ArmResult(SeededArm):
     key: str
     label: str
     diffs: dict[str, PairedDiff] = field(default_factory=dict)  # baseline key -> test diff
+    trial: int | None = None  # the search trial it repeats
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Confirmed:
     done: int
     val_size: int | None
     test_size: int | None
+    # "ablation seed 1000" -> why it failed, for each planned run that failed and has no
+    # completed rerun.
+    failures: dict[str, str] = field(default_factory=dict)
 
     def arm(self, key: str) -> ArmResult | None:
         return next((a for a in self.arms if a.key == key), None)
@@ -69,7 +76,8 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
             for name in ("val_size", "test_size"):
                 if _finite(m.get(name)):
                     sizes[name] = int(m[name])
-        arms.append(ArmResult(key, str(recorded[key].get("label", key)), val=val, test=test))
+        label = str(recorded[key].get("label", key))
+        arms.append(ArmResult(key, label, val=val, test=test, trial=recorded[key].get("trial")))
     by_key = {a.key: a for a in arms}
     for arm in arms:
         if arm.key.startswith("top") or arm.key == "tutorial":
@@ -77,6 +85,11 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
                 if base_key != arm.key and base_key in by_key:
                     arm.diffs[base_key] = arm.diff(by_key[base_key], "test")
     done = sum(len(a.test) for a in arms)
+    failures = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+        if arm in keys and seed in seeds and seed not in by_key[arm].test:
+            failures.setdefault(f"{arm} seed {seed}", str(trial.user_attrs.get("error", "")))
     return Confirmed(
         arms,
         seeds,
@@ -85,6 +98,52 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
         done,
         sizes.get("val_size"),
         sizes.get("test_size"),
+        failures,
+    )
+
+
+def best_confirmed(c: Confirmed) -> ArmResult | None:
+    """The search's candidate (a top arm) that confirmed best: the highest mean val
+    accuracy (the objective, not test: test stays unseen by every choice) over the seeds
+    all candidates completed, ties to the search's order. None if no candidate has a run."""
+    tops = [a for a in c.arms if a.key.startswith("top") and a.val and a.trial is not None]
+    if not tops:
+        return None
+    paired = set.intersection(*(set(a.val) for a in tops)) or None
+
+    def mean_val(arm: ArmResult) -> float:
+        seeds = paired or arm.val
+        return sum(arm.val[s] for s in seeds) / len(seeds)
+
+    return max(tops, key=lambda a: (mean_val(a), -tops.index(a)))
+
+
+def parts_text(parts: Mapping[str, str] | None) -> str:
+    """``loss=kd, teacher=deep, model=light``: what a sweep distilled, from what into what
+    (kdsweep.config.parts, recorded by the sweep); empty for a study that recorded none."""
+    parts = parts or {}
+    return ", ".join(
+        f"{part}={parts[part]}" for part in ("loss", "teacher", "model") if part in parts
+    )
+
+
+def unpaired(c: Confirmed) -> str | None:
+    """Why the confirmation cannot state its comparison: the best configuration and its
+    ablation share fewer seeds than an interval needs (2, or the one asked for), their
+    runs having failed. None when the comparison stands (or there is none to make)."""
+    top, ablation = c.arm("top1"), c.arm("ablation")
+    if top is None or ablation is None:
+        return None
+    diff = top.diffs.get("ablation")
+    paired = diff.n if diff is not None else 0
+    if paired >= min(2, len(c.seeds)):
+        return None
+    failed = next(iter(c.failures.items()), None)
+    why = f" ({failed[0]}: {failed[1]})" if failed else ""
+    return (
+        f"the confirmation could not pair its seeds: top1 and its ablation share {paired} of"
+        f" {len(c.seeds)} seed(s), {len(c.failures)} run(s) failed{why}; no champion is"
+        " registered: fix what failed (the report, MLflow tag 'error') and rerun the command"
     )
 
 
@@ -101,16 +160,18 @@ def ci(diff: PairedDiff) -> str:
     )
 
 
-def confirmed_headline(c: Confirmed) -> str:
-    """The sentence a paper may quote: the best search config vs the same recipe without
-    the teacher, over the paired fresh seeds, and what that interval supports."""
+def confirmed_headline(c: Confirmed, parts: Mapping[str, str] | None = None) -> str:
+    """The sentence a paper may quote: the best search config (with the sweep's ``parts``)
+    vs the same recipe without the teacher, over the paired fresh seeds, and what that
+    interval supports."""
     top, ablation = c.arm("top1"), c.arm("ablation")
+    who = f" with {parts_text(parts)}" if parts else ""
     if top is None or ablation is None or "ablation" not in top.diffs:
         return f"Confirmation incomplete: {c.done} of {c.planned} runs done."
     diff = top.diffs["ablation"]
     if diff.n < 2:
         return (
-            f"Confirmation incomplete: {diff.n} paired seed(s) of KD {top.label} and its"
+            f"Confirmation incomplete: {diff.n} paired seed(s) of {top.label}{who} and its"
             f" teacher-less ablation ({c.done} of {c.planned} runs done)."
         )
     if not diff.significant:
@@ -120,7 +181,7 @@ def confirmed_headline(c: Confirmed) -> str:
     else:
         verdict = "distillation hurts: the same recipe without the teacher is better"
     text = (
-        f"KD {top.label} vs the same recipe without a teacher: {ci(diff)}, {diff.n} paired"
+        f"{top.label}{who} vs the same recipe without a teacher: {ci(diff)}, {diff.n} paired"
         f" seeds (test accuracy): {verdict}."
     )
     if "tutorial" in top.diffs and top.diffs["tutorial"].n >= 2:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
-from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary
+from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
 from kdsweep.sweep.arms import ranked_trials
 from kdsweep.sweep.studies import count_states
 
@@ -77,6 +77,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
     labels: str | None = None  # the labelled fractions, when not every label was used
+    parts: dict[str, str] = field(default_factory=dict)  # loss, teacher, model: their names
 
     @property
     def scored(self) -> list[TrialRow]:
@@ -191,6 +192,8 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
         confirmed=confirmed_summary(confirm_study),
     )
     summary.labels = labels_line(attrs.get("definition"))
+    parts = attrs.get("parts")
+    summary.parts = {str(k): str(v) for k, v in parts.items()} if isinstance(parts, dict) else {}
     if len(directions) > 1:
         summary.notes.append(
             f"The study has {len(directions)} objectives; the report uses the first."
@@ -242,7 +245,7 @@ def lead(summary: Summary) -> str:
     """The report's first sentence: the confirmed comparison where the sweep has one,
     else the search's best, labelled as the unconfirmed, selected figure it is."""
     if summary.confirmed is not None:
-        return confirmed_headline(summary.confirmed)
+        return confirmed_headline(summary.confirmed, summary.parts)
     return headline(summary)
 
 
@@ -262,7 +265,7 @@ def headline(summary: Summary) -> str:
     tutorial, number = summary.tutorial, summary.tutorial_number
     if summary.gain_val is not None and tutorial is not None:
         text += (
-            f"; {points(summary.gain_val)} (val) over the tutorial-default KD student"
+            f"; {points(summary.gain_val)} (val) over the {reference(summary)}"
             f" (trial #{tutorial.number}, {pct(tutorial.value)} val)"
         )
         if summary.gain_test is not None:
@@ -274,6 +277,14 @@ def headline(summary: Summary) -> str:
     else:
         text += f"; tutorial-default trial #{number} is {tutorial.state.lower()}, no gain"
     return text + "."
+
+
+def reference(summary: Summary) -> str:
+    """What the enqueued reference trial is: the tutorial-default KD student of a study
+    that recorded no parts, else the reference setting of the sweep's own parts."""
+    if not summary.parts:
+        return "tutorial-default KD student"
+    return f"reference setting ({parts_text(summary.parts)})"
 
 
 def comparison(summary: Summary) -> list[tuple[str, float | None, float | None, float | None]]:
@@ -289,7 +300,7 @@ def comparison(summary: Summary) -> list[tuple[str, float | None, float | None, 
         add(f"Best trial #{summary.best.number}", summary.best.value, summary.best.test_acc)
     if summary.tutorial_number is not None:
         t = summary.tutorial
-        label = f"Tutorial-default KD student (trial #{summary.tutorial_number})"
+        label = f"{reference(summary).capitalize()} (trial #{summary.tutorial_number})"
         add(label, t.value if t else None, t.test_acc if t else None)
     for key, label in (("student_ce", "CE-only student"), ("teacher", "Teacher")):
         if key in summary.baselines:

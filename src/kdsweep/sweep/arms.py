@@ -19,9 +19,17 @@ class Arm:
     label: str  # what the report calls it
     overrides: tuple[str, ...]  # on top of the sweep's fixed overrides
     source_trial: int | None = None  # the search trial it repeats
+    # Trains another loss than the search's (loss=ce): the sweep's loss settings are not
+    # its own (kdsweep.sweep.jobs.job_overrides).
+    replaces_loss: bool = False
 
     def as_attr(self) -> dict[str, Any]:
-        return {"label": self.label, "overrides": list(self.overrides), "trial": self.source_trial}
+        return {
+            "label": self.label,
+            "overrides": list(self.overrides),
+            "trial": self.source_trial,
+            "replaces_loss": self.replaces_loss,
+        }
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -64,7 +72,13 @@ def plan_arms(
         best = ranked[0]
         recipe = _overrides({k: v for k, v in best.params.items() if not k.startswith("loss")})
         arms.append(
-            Arm("ablation", "same recipe, no teacher (CE)", (*recipe, "loss=ce"), best.number)
+            Arm(
+                "ablation",
+                "same recipe, no teacher (CE)",
+                (*recipe, "loss=ce"),
+                best.number,
+                replaces_loss=True,
+            )
         )
     if enqueued:
         reference = {k: v for k, v in enqueued[0].items() if k in space}
@@ -75,7 +89,7 @@ def plan_arms(
                 tuple(_overrides(reference)),
             )
         )
-    arms.append(Arm("ce_default", "CE student, default recipe", ("loss=ce",)))
+    arms.append(Arm("ce_default", "CE student, default recipe", ("loss=ce",), replaces_loss=True))
     unique: dict[tuple[str, ...], Arm] = {}
     for arm in arms:
         unique.setdefault(tuple(sorted(arm.overrides)), arm)

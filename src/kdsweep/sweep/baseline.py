@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.sweep.jobs import Job
+from kdsweep.sweep.jobs import Job, job_overrides
 from kdsweep.sweep.parent_run import ParentRun
 from kdsweep.sweep.settings import SearchSpace
 from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
@@ -85,9 +85,7 @@ def run_baseline_once(
         study_id = sweep.storage.get_study_id_from_name(companion.study_name)
         trial = optuna.trial.Trial(companion, sweep.storage.create_new_trial(study_id, template))
         tid = sweep.claim(companion, trial, "baseline")
-    keep = [o for o in base if not o.lstrip("+~").startswith("loss")]
-    overrides = keep + [
-        "loss=ce",
+    context = [
         "sweep.role=baseline",
         f"sweep.trial_id={tid}",
         f"sweep.study_name={companion.study_name}",
@@ -95,9 +93,11 @@ def run_baseline_once(
         "hydra.sweep.subdir=baseline",
     ]
     if parent.run_id:
-        overrides.append(f"sweep.parent_run_id={parent.run_id}")
+        context.append(f"sweep.parent_run_id={parent.run_id}")
+    own = ["loss=ce"]
     if sweep.config.hydra.runtime.choices.get("model") == "modified":
-        overrides.append("model=light")
+        own.append("model=light")
+    overrides = job_overrides(base, own, context, sweep.untaken_loss_keys)
     log.info("baseline: training a CE-only student once for this study")
     job = Job(companion, trial, tid, "baseline", "baseline CE student", overrides)
     (state,) = sweep.run_jobs([job])

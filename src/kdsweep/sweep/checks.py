@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.config.validation import allowed_targets, validate
+from kdsweep.config.validation import Settings, allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
 from kdsweep.sweep.settings import SearchSpace, check_enqueued
 from kdsweep.sweep.studies import build_pruner, check_storage_kind
@@ -35,6 +35,9 @@ def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
     problem = loss_problem(settings.loss)
     if problem:
         raise KdsweepError(f"{problem}: change the loss's settings")
+    problem = pair_problem(settings)
+    if problem:
+        raise KdsweepError(problem)
     check_enqueued(space, sweep.settings.enqueue_trials)
     _check_choices(sweep, space, choices)
     _check_bounds(sweep.config, space, choices)
@@ -115,7 +118,7 @@ def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
                     f"{where}: search parameter {name} is not in the config: remove the"
                     " choice or fix hydra.sweeper.params"
                 )
-        problem = loss_problem(settings.loss)
+        problem = loss_problem(settings.loss) or pair_problem(settings)
         if problem:
             raise KdsweepError(f"{where}: {problem}: remove the choice")
 
@@ -158,6 +161,57 @@ def loss_problem(loss: Any) -> str | None:
         except Exception:
             return None
     return problem
+
+
+def pair_problem(settings: Settings) -> str | None:
+    """Why the student and the teacher cannot be distilled with this loss, found as a
+    trial would find it, before any teacher trains: both networks built (untrained), their
+    layers hooked, and the loss run once on two images of the data through both (stages
+    AT cannot pair, hidden widths the cosine loss cannot align, a forward that fails).
+    The message names the fix. None if they train together, or the loss has no teacher."""
+    import torch
+
+    from kdsweep.config.targets import build_network
+    from kdsweep.data import load_splits
+    from kdsweep.nets import hidden_pool_kernel
+    from kdsweep.run.plan import attach_loss, hidden_width, hooked
+    from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
+
+    loss = settings.loss
+    if not loss.uses_teacher:
+        return None
+    pair = f"model={settings.model.name}, teacher={settings.teacher_model.name}"
+    with torch.random.fork_rng(devices=[]):  # building the networks draws from it
+        try:
+            # Loaded once per process: in-process trials reuse it (kdsweep.data.load_splits).
+            data = load_splits(settings.data)
+            x, y = data.train_x[:2], data.train_y[:2]
+            student_taps, teacher_taps = loss.taps()
+            student = build_network(settings.model, data.input_shape, data.num_classes)
+            student = hooked(student, student_taps, "student", settings)
+            teacher = build_network(settings.teacher_model, data.input_shape, data.num_classes)
+            teacher = hooked(teacher.eval(), teacher_taps, "teacher", settings)
+            kernel = 1
+            if loss.needs_teacher_hidden:
+                kernel = hidden_pool_kernel(
+                    hidden_width(teacher, x[:1]), hidden_width(student, x[:1])
+                )
+            if loss.needs_teacher_features:
+                attach_loss(settings, student, teacher, data)
+            maps = loss.needs_student_features or loss.needs_teacher_features
+            taught = TeacherSource(model=teacher, pool_kernel=kernel).with_features(
+                torch.arange(len(y)), x, loss.needs_teacher_features
+            )
+            loss(step_inputs(y, student_forward(student, maps)(x), taught, 1))
+        except KdsweepError as exc:  # the layers' and widths' own lines name the fix
+            return str(exc)
+        except Exception as exc:
+            return (
+                f"loss={loss.name} with {pair} fails on a dry batch ({type(exc).__name__}:"
+                f" {first_line(exc)}): pick a matching model and teacher, or name their"
+                " layers in loss.student_layers and loss.teacher_layers"
+            )
+    return None
 
 
 def _check_sampler(make_sampler: Callable[[int], Any]) -> None:

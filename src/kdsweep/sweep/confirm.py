@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.arms import Arm, plan_arms
-from kdsweep.sweep.jobs import Job
+from kdsweep.sweep.jobs import Job, job_overrides
 from kdsweep.sweep.liveness import ask
 from kdsweep.sweep.settings import CONFIRM_SUFFIX
 from kdsweep.sweep.studies import NOT_PLANNED, count_states, drop_queued, trial_id
@@ -114,7 +114,7 @@ def _ask(sweep: Sweep, companion: optuna.Study, base: list[str]) -> list[Job]:
             trial = ask(companion)
             tid = sweep.claim(companion, trial, "confirm")
             arm, seed = str(trial.user_attrs["arm"]), int(trial.user_attrs["seed"])
-            overrides = _overrides(companion, base, arm, seed, tid)
+            overrides = _overrides(sweep, companion, base, arm, seed, tid)
             jobs.append(
                 Job(companion, trial, tid, "confirm", f"confirmation {arm} seed {seed}", overrides)
             )
@@ -123,16 +123,12 @@ def _ask(sweep: Sweep, companion: optuna.Study, base: list[str]) -> list[Job]:
 
 
 def _overrides(
-    companion: optuna.Study, base: list[str], arm: str, seed: int, tid: int
+    sweep: Sweep, companion: optuna.Study, base: list[str], arm: str, seed: int, tid: int
 ) -> list[str]:
-    overrides = list(companion.user_attrs["arms"][arm]["overrides"])
-    if any(o.startswith("loss=") for o in overrides):
-        # Another loss: the sweep's fixed loss.* values belong to the searched one.
-        base = [o for o in base if not o.lstrip("+~").startswith("loss")]
+    recorded = companion.user_attrs["arms"][arm]
+    untaken = sweep.untaken_loss_keys if recorded.get("replaces_loss") else None
     teacher_seed = companion.user_attrs.get("teacher_seed")
-    return [
-        *base,
-        *overrides,
+    context = [
         f"trainer.seed={seed}",
         f"teacher.seed={teacher_seed}",
         "sweep.role=confirm",
@@ -142,6 +138,7 @@ def _overrides(
         f"tracking.run_name=confirm-{arm}-seed{seed}",
         f"hydra.sweep.subdir=confirm-{arm}-seed{seed}",
     ]
+    return job_overrides(base, recorded["overrides"], context, untaken)
 
 
 def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, float]]]:

@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -27,6 +29,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from kdsweep.config.folder import config_dir
+from kdsweep.config.parts import part_names, users_parts
+from kdsweep.config.targets import Target
 from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import KdsweepError, report_error
 from kdsweep.core.secrets import mask_secrets
@@ -36,7 +41,7 @@ from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import open_companion, run_confirmation
 from kdsweep.sweep.drift import check_definition
-from kdsweep.sweep.jobs import Job, job_outcome
+from kdsweep.sweep.jobs import Job, job_outcome, job_overrides, untaken_keys
 from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.liveness import Heartbeat, ask, claim_trial, heartbeat_options
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run
@@ -57,7 +62,8 @@ log = logging.getLogger("kdsweep.sweep")
 class Finish(Protocol):
     """What ends an invocation: the best trial, the report and the registry
     (``kdsweep.publish.finish_sweep``, handed in by the Hydra plugin, since publishing
-    reads the results and so sits above the sweep)."""
+    reads the results and so sits above the sweep). Returns why the invocation failed
+    (one line), or None."""
 
     def __call__(
         self,
@@ -67,7 +73,29 @@ class Finish(Protocol):
         parent: ParentRun,
         aborted: bool,
         confirm_study: optuna.Study | None = None,
-    ) -> None: ...
+    ) -> str | None: ...
+
+
+def named_for_parts(settings: SweepSettings, config: DictConfig) -> SweepSettings:
+    """A shipped search's own study name (``kd-${data.name}-${model.name}``) also names the
+    parts that are the user's (``kd-digits-light-loss_sharp_kd-teacher_resnet18``): a sweep
+    of their loss or teacher is neither reported nor resumed as the shipped one's. A name
+    the user gave (hydra.sweeper.study_name=...) is theirs, kept as it is."""
+    given = any(
+        str(o).startswith("hydra.sweeper.study_name=")
+        for o in OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []
+    )
+    search = config.hydra.runtime.choices.get("hparams_search")
+    shipped = (
+        search is not None and (Path(config_dir()) / "hparams_search" / f"{search}.yaml").is_file()
+    )
+    if given or not shipped:
+        return settings
+    named = set(settings.study_name.split("-"))
+    extra = [f"{part}_{name}" for part, name in users_parts(config).items() if name not in named]
+    if not extra:
+        return settings
+    return dataclasses.replace(settings, study_name="-".join([settings.study_name, *extra]))
 
 
 def _clock(seconds: float) -> str:
@@ -95,6 +123,7 @@ class StudySweep:
         self.job_idx = 0  # jobs this invocation launched (Hydra numbers them from it)
         self.in_flight: set[int] = set()  # ids of the trials this sweeper claimed, not yet told
         self.started = time.monotonic()
+        self._untaken: dict[tuple[str, ...], list[str]] = {}  # untaken_loss_keys, by overrides
 
     def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
         s = self.settings
@@ -111,6 +140,7 @@ class StudySweep:
             load_if_exists=True,
         )
         check_definition(self, study, space)
+        study.set_user_attr("parts", part_names(self.config))  # what the report names
         parent = ParentRun.for_study(
             study, self.config, s.describe(self.sampler, space.distributions), lock=self.lock
         )
@@ -150,6 +180,7 @@ class StudySweep:
             # lines would land mid-sweep. Warnings still show.
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
+        self.settings = s = named_for_parts(s, self.config)
         try:
             with interruptible():  # the start-up checks write nothing
                 space = search_space(s.params, arguments)
@@ -207,9 +238,12 @@ class StudySweep:
                 s.study_name,
                 s.n_trials,
             )
-        self.finish(
+        failure = self.finish(
             study, self.config, self.settings, parent, aborted=False, confirm_study=confirm_study
         )
+        if failure is not None:
+            print(f"kdsweep: error: {failure}", file=sys.stderr)
+            raise SystemExit(1)
         return study
 
     def launch(self, batch: list[list[str]]) -> list[JobReturn]:
@@ -281,8 +315,7 @@ class StudySweep:
     def _overrides(
         self, trial: optuna.trial.Trial, tid: int, base: list[str], parent: ParentRun
     ) -> list[str]:
-        overrides = [f"{name}={value}" for name, value in trial.params.items()] + base
-        overrides += [
+        context = [
             # The job's folder is named by its Optuna trial number, as the report and MLflow
             # name the trial (Hydra's own job index counts baselines and reruns too).
             f"hydra.sweep.subdir=trial-{trial.number}",
@@ -291,8 +324,26 @@ class StudySweep:
             f"sweep.study_name={self.settings.study_name}",
         ]
         if parent.run_id:
-            overrides.append(f"sweep.parent_run_id={parent.run_id}")
-        return overrides
+            context.append(f"sweep.parent_run_id={parent.run_id}")
+        own = [f"{name}={value}" for name, value in trial.params.items()]
+        return job_overrides(base, own, context)
+
+    def untaken_loss_keys(self, overrides: list[str]) -> list[str]:
+        """The keys of the loss node a job with these overrides composes that its loss
+        does not take (a config file's settings for another loss). Composed once per
+        override list; [] when it does not compose: the job says why."""
+        key = tuple(overrides)
+        if key not in self._untaken:
+            from hydra.errors import HydraException
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                node = OmegaConf.to_container(self.compose(overrides).loss)
+                made = Target("loss", node, allowed_targets(self.config)).locate()  # type: ignore[arg-type]
+                self._untaken[key] = untaken_keys(node, made)  # type: ignore[arg-type]
+            except (HydraException, OmegaConfBaseException, KdsweepError):
+                self._untaken[key] = []
+        return self._untaken[key]
 
     def _tell(self, job: Job, ret: JobReturn) -> TrialState:
         value, error = job_outcome(ret)

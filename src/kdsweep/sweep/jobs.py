@@ -5,8 +5,10 @@ a Hydra job ended."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -50,7 +52,53 @@ class Sweep(Protocol):
 
     def claim(self, study: optuna.Study, trial: optuna.trial.Trial, role: str) -> int: ...
 
+    def untaken_loss_keys(self, overrides: list[str]) -> list[str]: ...
+
     def run_jobs(self, jobs: list[Job]) -> list[TrialState]: ...
+
+
+def sets_loss(override: str) -> bool:
+    """Whether an override picks or sets the loss (loss=ce, loss.temperature=4,
+    +loss.x=1, ~loss.x)."""
+    key = override.lstrip("+~").partition("=")[0]
+    return key == "loss" or key.startswith("loss.")
+
+
+def job_overrides(
+    base: Sequence[str],
+    own: Sequence[str],
+    context: Sequence[str],
+    untaken_loss_keys: Callable[[list[str]], list[str]] | None = None,
+) -> list[str]:
+    """A job's overrides: the sweep's fixed ones (``base``), the job's own settings, then
+    what tells the job where it belongs (``context``: its trial, study, run and folder).
+
+    With ``untaken_loss_keys`` the job trains another loss than the sweep's (the CE
+    baseline, the ablation, CE at the default recipe): the sweep's ``loss.*`` overrides
+    belong to the searched loss and are left out, and each key a config file set on the
+    loss node that this loss does not take (``hparams_search=dkd``'s ``loss.warmup``) is
+    deleted, so it gets only the settings its loss takes."""
+    if untaken_loss_keys is None:
+        return [*base, *own, *context]
+    overrides = [o for o in base if not sets_loss(o)] + list(own)
+    overrides += [f"~loss.{key}" for key in untaken_loss_keys(overrides)]
+    return [*overrides, *context]
+
+
+def untaken_keys(node: dict[str, Any], made: Any) -> list[str]:
+    """The keys of a ``_target_`` node that its callable does not take: not a field of a
+    dataclass, not a parameter of anything else (none if it takes ``**kwargs``)."""
+    if is_dataclass(made):
+        taken = {f.name for f in fields(made)}
+    else:
+        try:
+            parameters = inspect.signature(made).parameters.values()
+        except (TypeError, ValueError):
+            return []
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return []
+        taken = {p.name for p in parameters}
+    return [k for k in node if k != "_target_" and k not in taken]
 
 
 def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
