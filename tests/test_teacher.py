@@ -207,6 +207,21 @@ def test_checkpoint_that_is_neither(settings, tmp_path: Path) -> None:
         _prepare(settings, tmp_path, f"teacher.checkpoint={path}")
 
 
+def test_the_teacher_key_names_its_weights(settings, tmp_path: Path) -> None:
+    """A teacher retrained under the same recipe (its entry was damaged) has other weights
+    on a GPU: another key, so its outputs are computed again, never mixed with the old."""
+    from kdsweep.core.integrity import sealed, verified
+
+    _, _, first = _prepare(settings, tmp_path)
+    payload = verified(torch.load(first.path, weights_only=True))
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = payload["state_dict"][name] + 0.01
+    atomic_torch_save(sealed(payload), first.path)
+    _, _, again = _prepare(settings, tmp_path)
+    assert not again.trained_now and again.path == first.path
+    assert again.key != first.key
+
+
 def test_the_teacher_key_covers_its_training_precision(settings) -> None:
     """The teacher trains under the run's trainer.precision (bf16 autocast on a GPU):
     another precision is another teacher, not the cached one."""

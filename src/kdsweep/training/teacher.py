@@ -22,7 +22,7 @@ from kdsweep.config.validation import Settings
 from kdsweep.core.cache import cached_artifact
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
 from kdsweep.core.files import file_hash, stable_hash
-from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, verified
+from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, content_digest, verified
 from kdsweep.core.values import finite_number
 from kdsweep.data import TensorSplits
 from kdsweep.data.splits import hide_labels
@@ -307,13 +307,18 @@ def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
 
-    def load(payload: dict[str, Any]) -> tuple[FeatureNet, dict[str, float]]:
+    def load(payload: dict[str, Any]) -> Teacher:
         _check_payload(payload, path, settings, data)
         model = _new_model(settings, data)
         _load_weights(model, payload["state_dict"], path)
-        return model.to(device).eval(), dict(payload["metrics"])
+        # The key names the weights, not only their recipe: a teacher retrained on a GPU
+        # (its entry was damaged) has other weights, and its outputs are other outputs.
+        weights = content_digest(payload["state_dict"])[:16]
+        metrics = dict(payload["metrics"])
+        return Teacher(model.to(device).eval(), f"{key}-{weights}", path, metrics, False)
 
-    (model, metrics), trained = cached_artifact(path, train, load, "teacher cache")
+    teacher, trained = cached_artifact(path, train, load, "teacher cache")
+    teacher.trained_now = trained
     if not trained:
         log.info("teacher: reusing %s", path)
-    return Teacher(model, key, path, metrics, trained_now=trained)
+    return teacher
