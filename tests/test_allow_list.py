@@ -90,6 +90,23 @@ def test_torch_hub_load_never_runs_from_a_config(
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
 
 
+def test_hydra_builds_only_its_callbacks_and_log_filters(tmp_path: Path, hub: Path) -> None:
+    """hydra.main's list is what Hydra itself builds: a callback naming torch.hub.load
+    (trusted there with torch.* before) is refused at start-up. (Hydra reports it, exit 1.)"""
+    proc = run_in_process(
+        tmp_path,
+        [
+            f"+hydra.callbacks.hub={HUB_NODE}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            *FAST,
+        ],
+    )
+    assert proc.returncode != 0
+    assert "torch.hub.load" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (hub / "FLAG").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def _saved_student(folder: Path, network: dict, **spec: object) -> Path:
     """A kdsweep student folder: a light_nn's state_dict beside a kdsweep.json naming
     ``network``."""
