@@ -195,6 +195,12 @@ ROWS = {
     "teacher diverges": _slow(
         Bad(("teacher.optimizer.lr=1e38",), "lower teacher.optimizer.lr", code=1)
     ),
+    # Data a study would rank wrongly (issue 27: class 1): a symbolic link loop trained on
+    # its class about 40 times over. Found before the study exists.
+    "sweep over images with a link loop": Bad(
+        (*SWEEP, "data=imagefolder", "data.root={looped}", "data.workers=0"),
+        "train/a/loop/0.png is the same file as train/a/0.png",
+    ),
     # A teacher not clearly above chance stops the run: it would teach nothing (issue 27:
     # class 6). It stays cached, sealed: a reuse is refused again.
     "teacher near chance": Bad(
@@ -495,6 +501,14 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
     afile.write_text("a file, not a directory\n")
     empty = tmp_path / "empty"
     empty.mkdir()
+    looped = tmp_path / "images"  # train/a/loop is train/a
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (looped / "train" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (8, 8), (i, i, i)).save(looped / "train" / name / f"{i}.png")
+    (looped / "train" / "a" / "loop").symlink_to(looped / "train" / "a")
     untrained = tmp_path / "untrained.pt"  # a bare state_dict of the default teacher
     import torch
 
@@ -510,6 +524,7 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
         "missing": tmp_path / "no-such-teacher.pt",
         "other_teacher": other_teacher,
         "untrained": untrained,
+        "looped": looped,
     }
 
 

@@ -40,7 +40,7 @@ from kdsweep.sweep.arms import describe_params, ranked_trials
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import open_companion, run_confirmation
-from kdsweep.sweep.drift import check_definition
+from kdsweep.sweep.drift import check_definition, data_fingerprint
 from kdsweep.sweep.jobs import Job, job_outcome, job_overrides, untaken_keys
 from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.liveness import Heartbeat, ask, claim_trial, heartbeat_options
@@ -127,6 +127,8 @@ class StudySweep:
 
     def _open(self, space: SearchSpace) -> tuple[optuna.Study, ParentRun]:
         s = self.settings
+        # The data first: data that cannot load leave no storage and no study behind.
+        data = data_fingerprint(self.config, space.distributions)
         self.storage = shared_storage(
             s.storage, heartbeat_options(s.heartbeat_interval, s.grace_period)
         )
@@ -139,7 +141,7 @@ class StudySweep:
             direction=s.direction,
             load_if_exists=True,
         )
-        check_definition(self, study, space)
+        check_definition(self, study, space, data)
         study.set_user_attr("parts", part_names(self.config))  # what the report names
         parent = ParentRun.for_study(
             study, self.config, s.describe(self.sampler, space.distributions), lock=self.lock

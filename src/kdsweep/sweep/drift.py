@@ -123,14 +123,16 @@ def check_data(study: optuna.Study, study_name: str, fingerprint: str | None) ->
         raise KdsweepError(data_drift_message(study_name, recorded, fingerprint))
 
 
-def check_definition(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
-    """A study continues only with the settings and the data that made it."""
+def check_definition(
+    sweep: Sweep, study: optuna.Study, space: SearchSpace, fingerprint: str | None
+) -> None:
+    """A study continues only with the settings and the data (``fingerprint``, as
+    data_fingerprint gives it) that made it."""
     s = sweep.settings
     searched = {name: str(dist) for name, dist in space.distributions.items()}
     current = study_definition(
         sweep.config, searched, {"direction": s.direction, "pruner": s.pruner}
     )
-    fingerprint = data_fingerprint(sweep.config, searched)
     with sweep.lock():
         stored = study.user_attrs.get(DEFINITION_ATTR)
         changes = differences(stored, current) if stored is not None else []
