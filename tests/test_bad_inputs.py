@@ -298,6 +298,12 @@ ROWS = {
     "a torchvision builder picked by name": _slow(
         Bad(("teacher.model._target_=torchvision.models.get_model",), "picks a callable by name")
     ),
+    "a schedule leading to torch.hub.load": _slow(
+        Bad(
+            ("trainer.scheduler._target_=torch.optim.optimizer.torch.hub.load",),
+            "(resolved from 'torch.optim.optimizer.torch.hub.load') is not in the Hydra",
+        )
+    ),
     "a code loader nested in the sampler": _slow(
         Bad(
             (

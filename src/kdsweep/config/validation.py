@@ -183,8 +183,6 @@ def _scheduler(node: Any, key: str, allowed: tuple[str, ...]) -> Target | None:
         and milestones == sorted(set(milestones))
     ):
         raise ConfigError(f"{key}.milestones must be increasing epochs >= 1, got {milestones}")
-    if target.target.startswith("torch.optim.lr_scheduler."):
-        return target
     made = _located(target)
     from torch.optim.lr_scheduler import LRScheduler
 
@@ -249,19 +247,24 @@ def validate(cfg: DictConfig) -> Settings:
     trainer = typed(cfg.trainer, TrainerConf, "trainer")
     teacher = typed(cfg.teacher, TeacherConf, "teacher")
     allowed = allowed_targets(cfg)
+    # What imports no torch first: locating the networks, optimizers and schedules
+    # imports it (seconds), and a typo elsewhere is refused before that.
+    data, loss = _built(cfg.data, "data", allowed), _built(cfg.loss, "loss", allowed)
+    tracking = typed(cfg.tracking, TrackingConf, "tracking")
+    sweep = typed(cfg.get("sweep") or {}, SweepContext, "sweep")
     settings = Settings(
-        data=_built(cfg.data, "data", allowed),
+        data=data,
         model=_network(cfg.model, "model", allowed),
         teacher=teacher,
         teacher_model=_network(teacher.model, "teacher.model", allowed),
         teacher_optimizer=_optimizer(teacher.optimizer, "teacher.optimizer", allowed),
         teacher_scheduler=_scheduler(teacher.scheduler, "teacher.scheduler", allowed),
-        loss=_built(cfg.loss, "loss", allowed),
+        loss=loss,
         optimizer=_optimizer(cfg.optimizer, "optimizer", allowed),
         scheduler=_scheduler(trainer.scheduler, "trainer.scheduler", allowed),
         trainer=trainer,
-        tracking=typed(cfg.tracking, TrackingConf, "tracking"),
-        sweep=typed(cfg.get("sweep") or {}, SweepContext, "sweep"),
+        tracking=tracking,
+        sweep=sweep,
         cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
     )
     check_combination(settings)
