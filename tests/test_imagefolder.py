@@ -253,8 +253,10 @@ def test_a_single_run(tree: str, extra: list[str], tmp_path: Path, request) -> N
     # kdsweep-eval scores the logged student on the streamed test split: the run's figure.
     from kdsweep.evaluate import evaluate_model
 
-    figures = evaluate_model(f"runs:/{logged.info.run_id}/student", args)
+    unused = tmp_path / "eval-cache"  # kdsweep-eval reads: it writes no cache, not even here
+    figures = evaluate_model(f"runs:/{logged.info.run_id}/student", [*args, f"cache_dir={unused}"])
     assert figures["test_acc"] == pytest.approx(logged.data.metrics["test_acc"], abs=1e-6)
+    assert not unused.exists()
 
 
 def test_a_sweep(full_tree: Path, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_a_tracking_database_that_refuses_fails_at_once(postgres_url: str, chang
 
 
 @pytest.fixture
-def silent_server() -> Iterator[str]:
+def silent_port() -> Iterator[int]:
     """A TCP server on 127.0.0.1 that accepts connections and never answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -68,13 +68,18 @@ def silent_server() -> Iterator[str]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield listener.getsockname()[1]
     finally:
         stop.set()
         thread.join(timeout=5)
         for connection in accepted:
             connection.close()
         listener.close()
+
+
+@pytest.fixture
+def silent_server(silent_port: int) -> str:
+    return f"http://127.0.0.1:{silent_port}"
 
 
 def test_a_tracking_server_that_never_answers_fails_within_seconds(silent_server: str) -> None:
@@ -119,3 +124,78 @@ def test_processes_started_together_on_a_new_mlflow_db_all_succeed(tmp_path: Pat
     assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 4
     assert not [t for t in sqlite_tables(tmp_path / "mlflow.db") if t.startswith("_alembic_tmp")]
     assert len(client_for(uri).search_experiments()) == 5  # Default and the four jobs'
+
+
+# What every command that meets a store that does not answer must do: one line, exit 2,
+# within seconds (the goal is under 10 s; the bound leaves room for a loaded machine). A
+# silent HTTP server meets the same probe as in the test above.
+COMMAND_BOUND_S = 20.0
+STORES_THAT_DO_NOT_ANSWER = {
+    "a closed port": "http://127.0.0.1:1",
+    "a closed PostgreSQL port": "postgresql://postgres@127.0.0.1:1/test",
+    "a silent PostgreSQL server": "postgresql://postgres@127.0.0.1:{port}/test",
+}
+
+
+def _one_line_exit_2(command: Any, capsys: pytest.CaptureFixture[str]) -> str:
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        code = command()
+        raise SystemExit(code)
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and seconds < COMMAND_BOUND_S, (seconds, err)
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "store", STORES_THAT_DO_NOT_ANSWER.values(), ids=list(STORES_THAT_DO_NOT_ANSWER)
+)
+def test_kdsweep_eval_fails_fast_on_a_tracking_store_that_does_not_answer(
+    store: str, silent_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kdsweep-eval answered after 253 s (a closed port), not within 150 s (a silent
+    server), with a traceback after 110 s (a closed PostgreSQL port)."""
+    from kdsweep.evaluate import main
+
+    uri = store.format(port=silent_port)
+    err = _one_line_exit_2(lambda: main(["runs:/0123/student", f"tracking.uri={uri}"]), capsys)
+    assert err.startswith("kdsweep-eval: error: MLflow does not answer at tracking.uri="), err
+
+
+def test_kdsweep_report_fails_fast_on_a_storage_that_does_not_answer(
+    silent_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdsweep.report_cli import main
+
+    url = f"postgresql://postgres@127.0.0.1:{silent_port}/test"
+    err = _one_line_exit_2(lambda: main(["--storage", url, "--list"]), capsys)
+    assert err.startswith("kdsweep-report: error:") and "timeout" in err, err
+
+
+def test_kdsweep_report_list_writes_nothing_beside_the_storage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--list left optuna.db.lock.init beside the database (and failed where the folder
+    was read-only: it could not make that file)."""
+    import optuna
+
+    from kdsweep.report_cli import main
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=url, study_name="listed").enqueue_trial({"x": 1.0})
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert main(["--storage", url, "--list"]) == 0
+    assert "listed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_tracking_file_that_cannot_be_created_fails_at_the_check(tmp_path: Path) -> None:
+    """A new mlflow.db where no file can be made (a read-only folder; here, under a file)
+    is one line before the run's data and teacher, not MLflow's retries at its start."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    message, seconds = _check_fails(f"sqlite:///{blocker / 'mlflow.db'}")
+    assert seconds < FAST_ENOUGH_S and "\n" not in message
+    assert message.startswith(f"tracking.uri=sqlite:///{blocker / 'mlflow.db'}: cannot create")

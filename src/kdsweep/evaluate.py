@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ from kdsweep.core.files import atomic_write
 from kdsweep.core.secrets import mask_secrets
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
+#: The model URIs that MLflow resolves through the tracking store (tracking.uri).
+STORE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 class Loaded:
@@ -127,13 +130,18 @@ def load_uri(uri: str, tracking_uri: str, allowed: tuple[str, ...] = ()) -> Load
     only) and the network its ``kdsweep.json`` names, under kdsweep's allow-list and
     ``allowed`` (this command line's). The pickled MLflow model is never loaded:
     unpickling runs whatever code the pickle names."""
-    import tempfile
+    from kdsweep.run.tracking import check_store
 
+    if uri.startswith(STORE_SCHEMES):
+        check_store(tracking_uri, reading=True)  # seconds, not MLflow's minutes of retries
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from kdsweep.run.masked_client import fail_fast
     from kdsweep.run.serving import on_raw_pixels
     from kdsweep.run.student import SPEC, STATE_DICT, Logits, read_spec, read_state_dict
+
+    fail_fast()
 
     where = f"(tracking.uri={tracking_uri})"
     try:
@@ -308,32 +316,35 @@ def evaluate_model(
         problem = export_problem(Path(export_path).expanduser(), overwrite)
         if problem:
             raise KdsweepError(problem)
-    settings = compose(overrides)
-    import torch
+    with tempfile.TemporaryDirectory(prefix="kdsweep-eval-") as scratch:
+        # kdsweep-eval only reads: what loading the data caches (an image folder's
+        # normalization statistics) goes to a folder removed at exit, never cache_dir.
+        settings = compose([*overrides, f"cache_dir={scratch}"])
+        import torch
 
-    from kdsweep.data import load_splits
-    from kdsweep.run.serving import on_raw_pixels, raw_pixels
+        from kdsweep.data import load_splits
+        from kdsweep.run.serving import on_raw_pixels, raw_pixels
 
-    if is_uri(source):
-        loaded = load_uri(source, settings.tracking.uri, settings.model.allowed)
-    else:
-        loaded = load_file(Path(source).expanduser(), settings)
-    data = load_splits(settings.data)
-    check_fit(loaded, data.input_shape, data.num_classes, settings.data.name)
-    normalization = (data.input_mean, data.input_std)
-    model = materialize(loaded, data.input_shape)
-    if not loaded.takes_raw_pixels:
-        model = on_raw_pixels(model, *normalization)
-    batch_size = settings.trainer.eval_batch_size
-    torch.manual_seed(0)
-    figures = score(model, data, batch_size)
-    figures["model"] = source
-    figures["data"] = settings.data.name
-    if export_path:
-        figures["export"] = export_path
-        example = raw_pixels(data.test_x[:batch_size], *normalization)
-        figures["export_max_abs_diff"] = export(model, example, Path(export_path).expanduser())
-    return figures
+        if is_uri(source):
+            loaded = load_uri(source, settings.tracking.uri, settings.model.allowed)
+        else:
+            loaded = load_file(Path(source).expanduser(), settings)
+        data = load_splits(settings.data)
+        check_fit(loaded, data.input_shape, data.num_classes, settings.data.name)
+        normalization = (data.input_mean, data.input_std)
+        model = materialize(loaded, data.input_shape)
+        if not loaded.takes_raw_pixels:
+            model = on_raw_pixels(model, *normalization)
+        batch_size = settings.trainer.eval_batch_size
+        torch.manual_seed(0)
+        figures = score(model, data, batch_size)
+        figures["model"] = source
+        figures["data"] = settings.data.name
+        if export_path:
+            figures["export"] = export_path
+            example = raw_pixels(data.test_x[:batch_size], *normalization)
+            figures["export_max_abs_diff"] = export(model, example, Path(export_path).expanduser())
+        return figures
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,7 +70,7 @@ def _open(url: str) -> Any:
                 " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
             )
     try:
-        return open_storage(url)
+        return open_storage(url, read_only=True)
     except KdsweepError as exc:
         raise _Fail(str(exc)) from None
 

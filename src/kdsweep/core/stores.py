@@ -6,6 +6,7 @@ run's tracking, the sweep's studies and kdsweep-report, so it belongs to none of
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def sqlite_tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-def database_tables(url: str, timeout_s: int = 10) -> set[str]:
+def database_tables(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> set[str]:
     """The tables of the database behind a SQLAlchemy URL, read without writing: a SQLite
     file read-only, a server through SQLAlchemy's inspector (``timeout_s`` to connect)."""
     path = storage_file(url)
@@ -110,7 +111,11 @@ def creation_lock(url: str) -> Iterator[None]:
     SQLite file; a PostgreSQL advisory lock for a server; none elsewhere (a journal file,
     an in-memory database, a server of another kind)."""
     path = storage_file(url)
-    if path is not None:
+    if path is not None and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        # SQLite writes its journal beside the file: in a read-only folder nobody can
+        # create or migrate the store, and a reader must not fail making a lock file.
+        yield
+    elif path is not None:
         with file_lock(creation_lock_file(path)):
             yield
     elif url.startswith("postgresql"):

@@ -20,10 +20,11 @@ from typing import Any
 
 from kdsweep.config.schema import TrackingConf
 from kdsweep.core.errors import KdsweepError, first_line
-from kdsweep.core.files import atomic_write_text
+from kdsweep.core.files import atomic_write_text, directory_problem
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import check_interrupt
 from kdsweep.core.stores import (
+    CONNECT_TIMEOUT_S,
     database_tables,
     half_created_sqlite,
     sqlite_tables,
@@ -32,7 +33,6 @@ from kdsweep.core.stores import (
 )
 
 log = logging.getLogger(__name__)
-
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -129,34 +129,10 @@ class RunTracker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def check(self) -> None:
-        """Fail now if a tracking server does not answer: before the data, the teacher
-        and the student cost minutes. Read-only: no experiment or run is created. A local
-        store (SQLite file, directory) is left alone: it cannot be down, and asking would
-        create it before the run's inputs are known to be good."""
-        scheme = self.conf.uri.partition("://")[0].lower() if "://" in self.conf.uri else ""
-        if self.conf.enabled and scheme == "sqlite":
-            problem = half_created_sqlite(self.conf.uri) or _optuna_storage(self.conf.uri)
-            if problem:
-                raise KdsweepError(problem)
-        if not self.conf.enabled or scheme in ("", "file", "sqlite"):
-            return
-        # One quick probe first: MLflow's own client retries a refused login or an
-        # unanswered server for minutes, with a warning per try.
-        problem = _probe(self.conf.uri, scheme)
-        if problem:
-            raise KdsweepError(
-                f"MLflow does not answer at tracking.uri={self.conf.uri}"
-                f" ({problem}): start the server or fix tracking.uri"
-                " (tracking.enabled=false runs untracked)"
-            )
-        try:
-            client_for(self.conf.uri).get_experiment_by_name(self.conf.experiment)
-        except Exception as exc:
-            raise KdsweepError(
-                f"MLflow does not answer at tracking.uri={self.conf.uri}"
-                f" ({first_line(exc)}): start the server or fix tracking.uri"
-                " (tracking.enabled=false runs untracked)"
-            ) from None
+        """Fail now if the tracking store cannot be used: before the data, the teacher
+        and the student cost minutes (check_store)."""
+        if self.conf.enabled:
+            check_store(self.conf.uri)
 
     def start(self) -> None:
         if not self.conf.enabled:
@@ -290,7 +266,54 @@ class RunTracker:
             self.record["tracking_error"] = self.broken
 
 
-PROBE_TIMEOUT_S = 5
+PROBE_TIMEOUT_S = CONNECT_TIMEOUT_S
+UNTRACKED = "(tracking.enabled=false runs untracked)"
+
+
+def check_store(uri: str, reading: bool = False) -> None:
+    """Raise one line if the tracking store at ``uri`` cannot be used, asked once with a
+    short timeout (MLflow's own client retries a refused login, an unanswered server or
+    an uncreatable SQLite file for minutes). Read-only: nothing is created. ``reading``:
+    the store must exist already (kdsweep-eval loads from it, and never makes one)."""
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        problem = _sqlite_problem(uri, reading)
+        if problem:
+            raise KdsweepError(problem)
+        return
+    if scheme in ("", "file"):
+        return
+    problem = _probe(uri, scheme)
+    if problem is None and not reading:
+        # It answers; whether it is MLflow (and lets us in) only MLflow's request says.
+        try:
+            client_for(uri).search_experiments(max_results=1)
+        except Exception as exc:
+            problem = first_line(exc)
+    if problem:
+        raise KdsweepError(
+            f"MLflow does not answer at tracking.uri={uri} ({problem}): start the server or"
+            f" fix tracking.uri {UNTRACKED}"
+        )
+
+
+def _sqlite_problem(uri: str, reading: bool) -> str | None:
+    """Why a SQLite tracking store cannot be used: half-created, an Optuna storage, or
+    missing where it cannot be created (MLflow retried creating it for 100 s)."""
+    path = storage_file(uri)
+    if path is None:
+        return None
+    if path.is_file():
+        return half_created_sqlite(uri) or _optuna_storage(uri)
+    if reading:
+        return f"tracking.uri={uri}: no such file {path}: point tracking.uri at the runs' store"
+    problem = directory_problem(path.parent)
+    if problem:
+        return (
+            f"tracking.uri={uri}: cannot create {path} ({problem}): point tracking.uri at a"
+            f" writable folder {UNTRACKED}"
+        )
+    return None
 
 
 def _probe(uri: str, scheme: str) -> str | None:

@@ -32,6 +32,10 @@ def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
                 " fix hydra.sweeper.params or pick a matching group"
             )
     settings = validate(sweep.config)
+    tracking = settings.tracking
+    # First of the slow checks: a storage server that does not answer costs its connect
+    # timeout, and the bounds and dry runs below seconds more.
+    check_storage_kind(sweep.settings.storage, tracking.uri if tracking.enabled else None)
     problem = loss_problem(settings.loss)
     if problem:
         raise KdsweepError(f"{problem}: change the loss's settings")
@@ -47,8 +51,6 @@ def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
         from kdsweep.training.devices import check_device
 
         check_device(settings.trainer.device)
-    tracking = settings.tracking
-    check_storage_kind(sweep.settings.storage, tracking.uri if tracking.enabled else None)
     # The tracking store must answer (a server) and be whole (a SQLite file) before
     # the study exists: an unreachable MLflow must not leave an empty study behind.
     from kdsweep.run.tracking import RunTracker

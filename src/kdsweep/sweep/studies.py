@@ -41,11 +41,12 @@ NOT_PLANNED = "not in the current plan: not run"
 
 
 def open_storage(
-    url: str, heartbeat: Mapping[str, Any] | None = None
+    url: str, heartbeat: Mapping[str, Any] | None = None, read_only: bool = False
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; one line naming the fix if it cannot be opened.
     ``heartbeat``: RDBStorage's heartbeat options, for the sweeper (the journal storage has
-    no heartbeat in Optuna: kdsweep.sweep.liveness)."""
+    no heartbeat in Optuna: kdsweep.sweep.liveness). ``read_only``: an existing storage
+    that a reader (kdsweep-report) opens without writing, a read-only file included."""
     try:
         journal = journal_file(url)
         if journal is not None:
@@ -62,9 +63,15 @@ def open_storage(
                 "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
                 "pool_pre_ping": True,
             }
+        path = storage_file(url)
+        if read_only and path is not None:
+            # SQLite's own read-only mode: no journal, no lock file, a read-only file works.
+            url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
         # N workers started together on a new database race to create Optuna's tables, and
         # the losers fail (duplicate key, table already exists): create them one at a time.
-        with creation_lock(url), warnings.catch_warnings():
+        # A reader creates nothing, and takes no lock.
+        lock = contextlib.nullcontext() if read_only else creation_lock(url)
+        with lock, warnings.catch_warnings():
             # Optuna marks heartbeat_interval experimental; it is the sweeper's liveness.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
