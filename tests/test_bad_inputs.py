@@ -233,6 +233,12 @@ ROWS = {
     "noise negative": _slow(Bad(("data=synthetic", "data.noise=-1"), "data.noise must be")),
     "dropout NaN": _slow(Bad(("model.dropout=nan",), "model.dropout must be in [0, 1)")),
     "dropout 1": _slow(Bad(("model.dropout=1",), "model.dropout must be in [0, 1)")),
+    "width that builds no network": Bad(
+        ("+model.width=0",), "model.width must be a finite number >= 0.03125 for light_nn"
+    ),
+    "width that leaves a layer empty": _slow(
+        Bad(("model=resnet8x4", "+model.width=0.01"), "model.width must be a finite number")
+    ),
     "seed negative": Bad(("trainer.seed=-1",), "trainer.seed must be in [0, 4294967295]"),
     "seed 2**32": _slow(Bad(("trainer.seed=4294967296",), "trainer.seed must be in [0,")),
     "seed huge": _slow(Bad(("trainer.seed=10000000000000000000000",), "trainer.seed")),

@@ -20,6 +20,7 @@ from torch import nn
 
 from kdsweep.core.errors import ConfigError
 from kdsweep.nets.feature import FeatureNet
+from kdsweep.nets.width import scaled
 
 MIN_SIZE = 4  # two stride-2 stages: 4x4 leaves a 1x1 map to pool
 
@@ -80,7 +81,8 @@ class ResBlock(nn.Module):
 
 class CifarResNet(FeatureNet):
     """RepDistiller's CIFAR ResNet with basic blocks: a 3x3 stem, three stages of
-    ``(depth - 2) // 6`` blocks (strides 1, 2, 2), global average pool, fc."""
+    ``(depth - 2) // 6`` blocks (strides 1, 2, 2), global average pool, fc. ``width``
+    scales the filters (kdsweep.nets.width)."""
 
     def __init__(
         self,
@@ -89,20 +91,22 @@ class CifarResNet(FeatureNet):
         input_shape: tuple[int, int, int],
         num_classes: int,
         returns_hidden: bool = False,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
+        filters = scaled(num_filters, width, f"ResNet-{depth}")
         channels = _check_input(input_shape)
-        self.conv1 = _conv3x3(channels, num_filters[0])
-        self.bn1 = nn.BatchNorm2d(num_filters[0])
-        self.layer1 = self._stage(num_filters[0], num_filters[1], blocks, 1)
-        self.layer2 = self._stage(num_filters[1], num_filters[2], blocks, 2)
-        self.layer3 = self._stage(num_filters[2], num_filters[3], blocks, 2)
+        self.conv1 = _conv3x3(channels, filters[0])
+        self.bn1 = nn.BatchNorm2d(filters[0])
+        self.layer1 = self._stage(filters[0], filters[1], blocks, 1)
+        self.layer2 = self._stage(filters[1], filters[2], blocks, 2)
+        self.layer3 = self._stage(filters[2], filters[3], blocks, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(num_filters[3], num_classes)
-        self.hidden_width = num_filters[3]
+        self.fc = nn.Linear(filters[3], num_classes)
+        self.hidden_width = filters[3]
         self.returns_hidden = returns_hidden
         _init_weights(self, zero_linear_bias=False)
 
@@ -152,7 +156,8 @@ class WideResNet(FeatureNet):
     """RepDistiller's WRN-depth-k: channels 16, 16k, 32k, 64k; three stages of
     ``(depth - 4) // 6`` pre-activation blocks (strides 1, 2, 2); BN-ReLU, average pool, fc.
     No dropout (RepDistiller's dropRate=0.0). The stage maps are the blocks' outputs, before
-    the next BN-ReLU (RepDistiller's f1..f3)."""
+    the next BN-ReLU (RepDistiller's f1..f3). ``width`` scales the channels
+    (kdsweep.nets.width)."""
 
     def __init__(
         self,
@@ -161,12 +166,14 @@ class WideResNet(FeatureNet):
         input_shape: tuple[int, int, int],
         num_classes: int,
         returns_hidden: bool = False,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         blocks = (depth - 4) // 6
-        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        published = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        widths = scaled(published, width, f"WRN-{depth}-{widen_factor}")
         channels = _check_input(input_shape)
         self.conv1 = _conv3x3(channels, widths[0])
         self.block1 = self._stage(widths[0], widths[1], blocks, 1)
@@ -210,24 +217,36 @@ X4_FILTERS = (32, 64, 128, 256)
 
 
 def resnet8x4(
-    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> CifarResNet:
-    return CifarResNet(8, X4_FILTERS, input_shape, num_classes, returns_hidden)
+    return CifarResNet(8, X4_FILTERS, input_shape, num_classes, returns_hidden, width)
 
 
 def resnet32x4(
-    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> CifarResNet:
-    return CifarResNet(32, X4_FILTERS, input_shape, num_classes, returns_hidden)
+    return CifarResNet(32, X4_FILTERS, input_shape, num_classes, returns_hidden, width)
 
 
 def wrn_16_2(
-    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> WideResNet:
-    return WideResNet(16, 2, input_shape, num_classes, returns_hidden)
+    return WideResNet(16, 2, input_shape, num_classes, returns_hidden, width)
 
 
 def wrn_40_2(
-    input_shape: tuple[int, int, int], num_classes: int, returns_hidden: bool = False
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> WideResNet:
-    return WideResNet(40, 2, input_shape, num_classes, returns_hidden)
+    return WideResNet(40, 2, input_shape, num_classes, returns_hidden, width)

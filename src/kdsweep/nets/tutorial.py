@@ -17,6 +17,7 @@ from torch import nn
 
 from kdsweep.core.errors import ConfigError
 from kdsweep.nets.feature import FeatureNet
+from kdsweep.nets.width import scaled
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -79,17 +80,23 @@ def _seed_net(
     num_classes: int,
     dropout: float,
     returns_hidden: bool,
+    width: float,
+    network: str,
 ) -> SeedNet:
     """A SeedNet from its conv plan: each int a 3x3 conv (+ReLU) to that many channels,
-    each POOL a 2x2 max-pool. Layer indices match the seed's nn.Sequential."""
+    each POOL a 2x2 max-pool, its convs and its hidden units scaled by ``width``. Layer
+    indices match the seed's nn.Sequential."""
+    convs = [int(step) for step in plan if step != POOL]
+    *widths, hidden_units = scaled([*convs, hidden_units], width, network)
     layers: list[nn.Module] = []
     channels = input_shape[0]
     for step in plan:
         if step == POOL:
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += _conv(channels, int(step))
-            channels = int(step)
+            out = widths.pop(0)
+            layers += _conv(channels, out)
+            channels = out
     features = nn.Sequential(*layers)
     return SeedNet(
         features, channels, hidden_units, input_shape, num_classes, dropout, returns_hidden
@@ -101,10 +108,12 @@ def deep_nn(
     num_classes: int,
     dropout: float = 0.1,
     returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> SeedNet:
-    """The seed's DeepNN teacher: 128-64-pool-64-32-pool convs, a 512-unit classifier."""
+    """The seed's DeepNN teacher: 128-64-pool-64-32-pool convs, a 512-unit classifier
+    (at ``width`` 1; kdsweep.nets.width)."""
     plan = (128, 64, POOL, 64, 32, POOL)
-    return _seed_net(plan, 512, input_shape, num_classes, dropout, returns_hidden)
+    return _seed_net(plan, 512, input_shape, num_classes, dropout, returns_hidden, width, "deep_nn")
 
 
 def light_nn(
@@ -112,7 +121,11 @@ def light_nn(
     num_classes: int,
     dropout: float = 0.1,
     returns_hidden: bool = False,
+    width: float = 1.0,
 ) -> SeedNet:
-    """The seed's LightNN student: 16-pool-16-pool convs, a 256-unit classifier."""
+    """The seed's LightNN student: 16-pool-16-pool convs, a 256-unit classifier (at
+    ``width`` 1; kdsweep.nets.width)."""
     plan = (16, POOL, 16, POOL)
-    return _seed_net(plan, 256, input_shape, num_classes, dropout, returns_hidden)
+    return _seed_net(
+        plan, 256, input_shape, num_classes, dropout, returns_hidden, width, "light_nn"
+    )
