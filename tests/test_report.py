@@ -223,14 +223,16 @@ def test_cli_list_and_errors_in_process(stored, tmp_path, capsys):
     row = rf"{STUDY}\s+{len(TRIALS)}\s+{complete}\s+1\s+1\s+0\s+72\.35"
     assert STUDY in out and re.search(row, out)
 
-    assert report_cli.main(["--storage", url, "--study", "nope"]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        report_cli.main(["--storage", url, "--study", "nope"])
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("kdsweep-report: error: no study named 'nope'")
     assert STUDY in captured.err  # names the studies that are there
 
     absent = f"sqlite:///{tmp_path / 'typo.db'}"
-    assert report_cli.main(["--storage", absent, "--list"]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        report_cli.main(["--storage", absent, "--list"])
     err = capsys.readouterr().err
     assert err.startswith("kdsweep-report: error: ") and err.count("\n") == 1
     assert not (tmp_path / "typo.db").exists()  # reading never creates a database
@@ -270,7 +272,8 @@ def test_cli_reading_a_database_that_is_no_study_storage_writes_nothing(tmp_path
     else:
         path.touch()
     before = path.read_bytes()
-    assert report_cli.main(["--storage", f"sqlite:///{path}", "--list"]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        report_cli.main(["--storage", f"sqlite:///{path}", "--list"])
     err = capsys.readouterr().err
     assert err.startswith("kdsweep-report: error: --storage ") and err.count("\n") == 1
     assert "not an Optuna storage" in err and "hydra.sweeper.storage" in err
@@ -308,7 +311,8 @@ def test_cli_journal_storage_and_bare_trial(tmp_path, capsys):
     assert "Best trial #0: 71.00 % val" in line and "no tutorial-default trial" in line
     assert (out / "history.png").is_file() and (out / "param_loss_temperature.png").is_file()
     assert "No learning curves" in (out / "index.html").read_text()
-    assert report_cli.main(["--storage", url, "--study", "x"]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        report_cli.main(["--storage", url, "--study", "x"])
     assert "no study named 'x'" in capsys.readouterr().err
 
 

@@ -378,7 +378,9 @@ def test_a_signal_swallowed_by_a_callback_is_not_lost(sig: signal.Signals) -> No
 SWALLOWED_THEN_EXIT = """
 import os, signal, sys, types, weakref
 from kdsweep.cli import _run
+from kdsweep.core.boundary import command
 
+@command("fake", interrupted="nothing was written")
 def main():
     class Node:
         pass
@@ -392,7 +394,7 @@ def main():
     sys.exit(2)  # the command ends before the signal's second delivery
 
 sys.modules["fake_command"] = types.SimpleNamespace(main=main)
-_run("fake", "fake_command", "nothing was written")
+_run("fake_command")
 """
 
 
@@ -413,11 +415,13 @@ def test_a_swallowed_signal_outruns_a_command_that_exits_at_once(sig: signal.Sig
 LATE_SIGNALS = """
 import atexit, os, signal, sys, types
 from kdsweep.cli import _run
+from kdsweep.core.boundary import command
 
 class SignalAtTeardown:  # __main__'s globals are cleared after Python resets its handlers
     def __del__(self, kill=os.kill, pid=os.getpid(), sig=signal.{sig}):
         kill(pid, sig)
 
+@command("fake", interrupted="nothing was written")
 def main():
     if {twice}:  # runs before kdsweep's own exit callback: the handler is still Python's
         atexit.register(lambda: [os.kill(os.getpid(), signal.{sig}) for _ in range(2)])
@@ -425,7 +429,7 @@ def main():
 
 teardown = SignalAtTeardown()
 sys.modules["fake_command"] = types.SimpleNamespace(main=main)
-_run("fake", "fake_command", "nothing was written")
+_run("fake_command")
 """
 
 

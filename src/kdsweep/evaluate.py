@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kdsweep.core.boundary import command
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
 from kdsweep.core.files import atomic_write
-from kdsweep.core.secrets import mask_secrets
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
 #: The model URIs that MLflow resolves through the tracking store (tracking.uri).
@@ -91,7 +91,7 @@ def compose(overrides: list[str]) -> Any:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ or exc
-        raise KdsweepError(first_line(cause)) from None
+        raise KdsweepError(first_line(cause)) from cause
     finally:
         GlobalHydra.instance().clear()
     return validate(cfg)
@@ -158,11 +158,11 @@ def load_uri(uri: str, tracking_uri: str, allowed: tuple[str, ...] = ()) -> Load
             normalization = json.loads((folder / SPEC).read_text()).get("input_normalization")
     except MlflowException as exc:
         raise KdsweepError(
-            f"cannot load {uri} {where}: {first_line(exc)[:300]}: check the name, version or"
+            f"cannot load {uri} {where}: {first_line(exc)}: check the name, version or"
             " alias (mlflow ui lists them), or the tracking.uri"
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise KdsweepError(f"cannot load {uri} {where}: {first_line(exc)[:300]}") from None
+        raise KdsweepError(f"cannot load {uri} {where}: {first_line(exc)}") from exc
     assert spec is not None  # its file exists
     check_network(spec, allowed, uri)
     model = materialize(Loaded((Logits, spec, state), None, None, uri), spec.input_shape)
@@ -238,8 +238,8 @@ def materialize(loaded: Loaded, input_shape: tuple[int, ...]) -> Any:
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(
             f"{loaded.source} does not fit a {spec.target.name} student for these images"
-            f" ({first_line(exc)[:160]}): pass model=... as it was trained"
-        ) from None
+            f" ({first_line(exc)}): pass model=... as it was trained"
+        ) from exc
     return logits_cls(net).eval()
 
 
@@ -296,14 +296,14 @@ def export(model: Any, example: Any, path: Path) -> float:
     try:
         program = torch.export.export(model, (example[:2],), dynamic_shapes=[{0: Dim.AUTO}])
     except Exception as exc:
-        raise KdsweepError(f"torch.export cannot export this model: {first_line(exc)}") from None
+        raise KdsweepError(f"torch.export cannot export this model: {first_line(exc)}") from exc
     try:
         with atomic_write(path) as handle:
             torch.export.save(program, handle)
     except OSError as exc:
         raise KdsweepError(
             f"--export {path}: cannot write it ({first_line(exc)}): choose another --export path"
-        ) from None
+        ) from exc
     reloaded = torch.export.load(str(path)).module()
     with torch.no_grad():
         return float((reloaded(example) - model(example)).abs().max())
@@ -347,14 +347,10 @@ def evaluate_model(
         return figures
 
 
+@command("kdsweep-eval", interrupted="nothing was written")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        figures = evaluate_model(args.model, args.overrides, args.export, args.overwrite)
-    except KdsweepError as exc:
-        message = " ".join(str(exc).split())
-        print(f"kdsweep-eval: error: {mask_secrets(message)}", file=sys.stderr)
-        raise SystemExit(2) from None
+    figures = evaluate_model(args.model, args.overrides, args.export, args.overwrite)
     if args.json:
         print(json.dumps(figures, indent=2))
         return

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,15 +21,9 @@ from omegaconf import DictConfig
 from kdsweep.config.folder import config_dir
 from kdsweep.config.schema import HYDRA_TARGETS
 from kdsweep.config.validation import validate
-from kdsweep.core.errors import (
-    Interrupted,
-    KdsweepError,
-    NonFiniteLossError,
-    interrupt_name,
-    report_error,
-)
-from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.signals import cooperative, install_signal_handlers
+from kdsweep.core.boundary import command
+from kdsweep.core.errors import ConfigError, KdsweepError, NonFiniteLossError, first_line
+from kdsweep.core.signals import cooperative
 
 log = logging.getLogger("kdsweep")
 
@@ -40,8 +33,10 @@ log = logging.getLogger("kdsweep")
 # (kdsweep.config.targets), and plugins carry theirs.
 @hydra.main(config_path=config_dir(), config_name="config", execution_whitelist=HYDRA_TARGETS)
 def hydra_main(cfg: DictConfig) -> float:
+    """One run. Inside a sweep its errors propagate to the sweeper, which records the
+    trial as failed and goes on; in a single run a user error is handed to main(), past
+    Hydra (which would print "Error executing job ..." above the one line)."""
     hydra_cfg = HydraConfig.get()
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         # A job the sweeper's launcher runs in this process is kdsweep's code: it checks
         # for a signal between its batches, never inside a write.
@@ -54,11 +49,14 @@ def hydra_main(cfg: DictConfig) -> float:
                 cfg, trial_hooks(cfg), output_dir=hydra_cfg.runtime.output_dir, settings=settings
             )
     except (KdsweepError, NonFiniteLossError) as exc:
-        if in_sweep:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        report_error(exc)
-        raise SystemExit(2 if isinstance(exc, KdsweepError) else 1) from None
+        _single_run_error.append(exc)
+        return float("nan")
     return result.objective
+
+
+_single_run_error: list[BaseException] = []  # hydra_main's error, for main() to raise
 
 
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
@@ -85,12 +83,14 @@ def unusable_output_dir(argv: Sequence[str]) -> str | None:
 
 
 def composition_error(exc: BaseException) -> str | None:
-    """The one line for a value Hydra refused while composing against the schemas (a
-    wrong type, a choice outside its Enum), or None for Hydra's other errors (an unknown
-    option or key), which are reported as Hydra reports them."""
-    from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import ValidationError
+    """The one line for a command line Hydra refused while composing (an unknown option
+    or key, a wrong type, a choice outside its Enum), or None for an error that is not
+    Hydra's."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
     cause = exc.__cause__
     if getattr(cause, "full_key", None) == "hydra.sweeper.pruner.name":
         # Before the pruner was a _target_ node, it was picked by this key.
@@ -98,67 +98,51 @@ def composition_error(exc: BaseException) -> str | None:
             "hydra.sweeper.pruner.name is gone: pick the pruner with"
             " hydra/sweeper/pruner=none|median|hyperband|successive_halving"
         )
-    if not isinstance(exc, ConfigCompositionException) or not isinstance(cause, ValidationError):
-        return None
-    key = getattr(cause, "full_key", None)
-    message = str(cause).splitlines()[0]
-    return f"{key}: {message}" if key else message
+    if isinstance(cause, ValidationError):  # a value the schemas refuse
+        key = getattr(cause, "full_key", None)
+        message = first_line(cause)
+        return f"{key}: {message}" if key else message
+    message = first_line(exc).rstrip(".")
+    if isinstance(exc, MissingConfigException) and exc.options:
+        return f"{message}: pick one of {', '.join(sorted(exc.options))}"
+    if message.startswith("Could not override"):
+        # Hydra's own advice (+key=value) appends a key kdsweep's schemas then refuse.
+        return f"{message}: no such key (kdsweep --cfg job shows the keys and their values)"
+    return message
 
 
-def _is_hydra_error(exc: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return isinstance(exc, (HydraException, OmegaConfBaseException))
-
-
-def report_interrupt(exc: BaseException, multirun: bool) -> int:
-    """The one line for an interrupted run or sweep; returns the exit code."""
-    what = (
-        "the sweep's trials in flight were marked FAIL and their MLflow runs ended KILLED:"
-        " rerun the same command to resume"
-        if multirun
-        else "the MLflow run (if one was started) was ended KILLED"
-    )
-    print(f"kdsweep: interrupted by {interrupt_name(exc)}: {what}", file=sys.stderr)
-    return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
+def _interrupted() -> str:
+    """What a signal left behind, for the boundary's one line."""
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        return (
+            "the sweep's trials in flight were marked FAIL and their MLflow runs ended KILLED:"
+            " rerun the same command to resume"
+        )
+    return "the MLflow run (if one was started) was ended KILLED"
 
 
+@command("kdsweep", interrupted=_interrupted)
 def main() -> None:
     problem = unusable_output_dir(sys.argv[1:])
     if problem:
-        print(f"kdsweep: error: {mask_secrets(problem)}", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(problem)
     # Hydra prints composition errors itself (several lines, exit 1); with HYDRA_FULL_ERROR
-    # it raises them instead, so that a refused value can be reported in one line here. A
-    # user who set HYDRA_FULL_ERROR keeps Hydra's full report.
+    # it raises them instead, so that they can be reported in one line here. A user who
+    # set HYDRA_FULL_ERROR keeps Hydra's full report.
     user_asked_full_errors = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    install_signal_handlers()
+    _single_run_error.clear()
     try:
         hydra_main()
-    except KeyboardInterrupt as exc:
-        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
-        raise SystemExit(report_interrupt(exc, multirun)) from None
-    except (KdsweepError, NonFiniteLossError) as exc:
-        # A job of a plain multirun failed: Hydra's basic sweeper runs every job, names the
-        # failed one's overrides, then raises its error here. One line, as for a run.
-        if user_asked_full_errors:
-            raise
-        report_error(exc)
-        raise SystemExit(2 if isinstance(exc, KdsweepError) else 1) from None
+        if _single_run_error:
+            raise _single_run_error.pop()
+    except (KdsweepError, NonFiniteLossError):
+        raise  # the boundary's one line (a plain multirun raises its failed job's error)
     except Exception as exc:
-        if user_asked_full_errors or not _is_hydra_error(exc):
+        line = None if user_asked_full_errors else composition_error(exc)
+        if line is None:
             raise
-        line = composition_error(exc)
-        if line is not None:
-            report_error(KdsweepError(line))
-            raise SystemExit(2) from None
-        # What Hydra prints without HYDRA_FULL_ERROR.
-        print(mask_secrets(str(exc)), file=sys.stderr)
-        if exc.__cause__ is not None:
-            print(mask_secrets(str(exc.__cause__)), file=sys.stderr)
-        raise SystemExit(1) from None
+        raise ConfigError(line) from exc
     finally:
         # Leave the environment as it was: a caller that runs main() in-process (tests, a
         # notebook) must not inherit HYDRA_FULL_ERROR as if its user had asked for it.

@@ -16,15 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdsweep.core.errors import KdsweepError
+from kdsweep.core.boundary import command
+from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.stores import database_tables, journal_file, storage_file, store_kind
 
 PROG = "kdsweep-report"
-
-
-class _Fail(Exception):
-    """One line for the user, exit status 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +50,7 @@ def _open(url: str) -> Any:
     # and opening MLflow's database as a study storage would add Optuna's tables to it.
     path = storage_file(url)
     if path is not None and not path.is_file():
-        raise _Fail(
+        raise KdsweepError(
             f"--storage {url}: no such file {str(path)!r}: pass the sweep's"
             " hydra.sweeper.storage (e.g. sqlite:///optuna.db)"
         )
@@ -65,14 +62,11 @@ def _open(url: str) -> Any:
                 "empty": "an empty database",
                 "other": "a database without Optuna's tables",
             }[kind]
-            raise _Fail(
+            raise KdsweepError(
                 f"--storage {url} is {whose}, not an Optuna storage: pass the"
                 " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
             )
-    try:
-        return open_storage(url, read_only=True)
-    except KdsweepError as exc:
-        raise _Fail(str(exc)) from None
+    return open_storage(url, read_only=True)
 
 
 def _list(storage: Any, url: str) -> None:
@@ -117,7 +111,7 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
     if name not in names:
         known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         hint = f"studies there: {known}" if names else "it has no studies"
-        raise _Fail(f"no study named {name!r} in {url} ({hint})")
+        raise KdsweepError(f"no study named {name!r} in {url} ({hint})")
     import optuna
 
     from kdsweep.report import report_dir_for, write_report
@@ -138,32 +132,25 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
     )
 
 
+@command(
+    PROG, interrupted="each report file is whole (written atomically); rerun to write them all"
+)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        try:
-            storage = _open(args.storage)
-            if args.list:
-                _list(storage, args.storage)
-                return 0
-            index = _report(storage, args.storage, args.study, args.out)
-        except KdsweepError as exc:
-            raise _Fail(str(exc)) from None
-        except OSError as exc:
-            raise _Fail(str(exc)) from None
-        except Exception as exc:
-            # Storage back ends (SQLAlchemy, the journal) raise their own types for a
-            # locked, corrupt or unreachable database: one line, not a traceback.
-            if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
-                raise
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise _Fail(
-                f"{args.storage}: {type(exc).__name__}: {mask_secrets(text)[:300]}"
-            ) from None
-    except _Fail as exc:
-        message = mask_secrets(" ".join(str(exc).split()))  # every error line's one door
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
+        storage = _open(args.storage)
+        if args.list:
+            _list(storage, args.storage)
+            return 0
+        index = _report(storage, args.storage, args.study, args.out)
+    except OSError as exc:
+        raise KdsweepError(str(exc)) from exc
+    except Exception as exc:
+        # Storage back ends (SQLAlchemy, the journal) raise their own types for a
+        # locked, corrupt or unreachable database: one line, not a traceback.
+        if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
+            raise
+        raise KdsweepError(f"{args.storage}: {type(exc).__name__}: {first_line(exc)}") from exc
     print(index)
     return 0
 

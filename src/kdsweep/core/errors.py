@@ -11,7 +11,9 @@ class KdsweepError(Exception):
     The message is masked when the error is made (a storage or tracking URL in it loses
     its password), so that wherever it ends up (the one-line report, a traceback under
     HYDRA_FULL_ERROR, a trial's error attribute, a pickled job result) it is clean, and the
-    code that raises it names URLs as they are."""
+    code that raises it names URLs as they are. A command exits :attr:`exit_code`."""
+
+    exit_code = 2
 
     def __init__(self, *args: object) -> None:
         super().__init__(*(mask_secrets(a) if isinstance(a, str) else a for a in args))
@@ -19,6 +21,13 @@ class KdsweepError(Exception):
 
 class ConfigError(KdsweepError):
     """The composed configuration is invalid (wrong type, unknown key, out of range)."""
+
+
+class CommandFailed(KdsweepError):
+    """The command ran and failed (too many of a sweep's trials failed): exit 1, not the
+    user errors' 2."""
+
+    exit_code = 1
 
 
 class DataError(KdsweepError):
@@ -32,18 +41,35 @@ class CheckpointError(KdsweepError):
 class NonFiniteLossError(RuntimeError):
     """Training diverged (NaN or inf loss). A fault inside a trial, not a user error."""
 
+    exit_code = 1
 
-def report_error(exc: BaseException) -> None:
-    """The one line a command prints for an error the user can fix (secrets masked)."""
-    message = " ".join(str(exc).split())
-    print(f"kdsweep: error: {mask_secrets(message)}", file=sys.stderr)
+
+#: The longest one-line report: long enough for a path, a library's reason and the fix.
+LINE_LIMIT = 500
+_CLIPPED = " [...] "
+
+
+def one_line(exc: BaseException, limit: int = LINE_LIMIT) -> str:
+    """An error as one line for a person: its message with white space collapsed (its
+    type name if it has none), secrets masked, then clipped to ``limit`` characters in the
+    middle, so that what failed (its start) and the fix (its end) both stay. Masked before
+    it is clipped: a clip could cut a password out of the mask's reach."""
+    text = mask_secrets(" ".join(str(exc).split())) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    tail = (limit - len(_CLIPPED)) // 3
+    return text[: limit - len(_CLIPPED) - tail] + _CLIPPED + text[-tail:]
+
+
+def report_error(exc: BaseException, prog: str = "kdsweep") -> None:
+    """The one line a command prints for an error the user can fix."""
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none), for
-    one-line reports: library messages often carry multi-line trailers. Masked here,
-    because callers clip it (``first_line(exc)[:200]``) before the error it goes into is
-    masked, and a clip can cut a password out of the mask's reach."""
+    """The first line of an exception's message (its type name if it has none), to name
+    a library's reason inside a one-line KdsweepError: library messages often carry
+    multi-line trailers. Masked; the command's boundary clips the whole line."""
     lines = str(exc).strip().splitlines()
     return mask_secrets(lines[0]) if lines else type(exc).__name__
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kdsweep.core.errors import one_line
 from kdsweep.core.files import atomic_save_figure
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.results.summary import Summary, TrialRow, finite
 
 if TYPE_CHECKING:
@@ -193,8 +193,7 @@ def plot_importance(study: optuna.Study, summary: Summary, path: Path) -> str | 
             target = _first_objective(study, minimized=True)
             ax = plot_param_importances(study, params=varying, target=target, target_name=OBJECTIVE)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return f"Parameter importances could not be computed: {mask_secrets(first)[:200]}"
+            return f"Parameter importances could not be computed: {one_line(exc, limit=200)}"
         _save(ax.figure, path)
     return None
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from kdsweep.core.errors import one_line
 from kdsweep.core.files import atomic_write_text, safe_name
 from kdsweep.core.formatting import fmt, pct, points
 from kdsweep.core.secrets import mask_secrets
@@ -228,8 +229,7 @@ def write_report_files(
         try:
             skipped = draw(out / filename)
         except Exception as exc:  # one odd value must not cost the whole report
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            skipped = f"{caption}: not drawn ({type(exc).__name__}: {mask_secrets(first)[:200]})"
+            skipped = f"{caption}: not drawn ({type(exc).__name__}: {one_line(exc, limit=200)})"
         if skipped is None:
             plots.append((filename, caption))
         else:

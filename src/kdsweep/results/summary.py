@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
 from kdsweep.sweep.arms import ranked_trials
@@ -112,7 +111,7 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     state = trial.state.name
     note = ""
     if state == "FAIL":
-        note = mask_secrets(str(attrs.get("error") or "failed"))
+        note = str(attrs.get("error") or "failed")  # masked when it was recorded
     elif state == "PRUNED":
         note = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
     elif state == "RUNNING":
@@ -177,7 +176,7 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     parent = attrs.get("mlflow_parent_run_id")
     summary = Summary(
         study_name=study.study_name,
-        sampler=mask_secrets(str(attrs.get("sampler") or "unknown sampler")),
+        sampler=str(attrs.get("sampler") or "unknown sampler"),
         direction=direction,
         n_planned=n_planned,
         counts=counts,
@@ -187,7 +186,7 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
         tutorial_number=tutorial_number,
         tutorial=tutorial,
         baselines=baselines,
-        search_space={str(k): mask_secrets(str(v)) for k, v in space.items()},
+        search_space={str(k): str(v) for k, v in space.items()},
         mlflow_parent_run_id=str(parent) if parent else None,
         confirmed=confirmed_summary(confirm_study),
     )

@@ -123,7 +123,7 @@ def save_student(
             metadata={"kdsweep": info},
         )
     except Exception as exc:  # the weights are kept whatever the tracer thinks
-        info["export_error"] = first_line(exc)[:500]
+        info["export_error"] = first_line(exc)
         log.warning(
             "student: cannot save it as an MLflow model (%s); keeping its state_dict",
             info["export_error"],
@@ -262,4 +262,4 @@ def read_spec(path: Path) -> StudentSpec | None:
     try:
         return StudentSpec.from_dict(json.loads(beside.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{beside} is unreadable ({first_line(exc)})") from None
+        raise CheckpointError(f"{beside} is unreadable ({first_line(exc)})") from exc

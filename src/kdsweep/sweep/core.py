@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,7 @@ from kdsweep.config.folder import config_dir
 from kdsweep.config.parts import part_names, users_parts
 from kdsweep.config.targets import Target
 from kdsweep.config.validation import allowed_targets
-from kdsweep.core.errors import KdsweepError, report_error
-from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.errors import CommandFailed, KdsweepError, one_line
 from kdsweep.core.signals import check_interrupt, cooperative, interruptible
 from kdsweep.sweep.arms import describe_params, ranked_trials
 from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
@@ -183,14 +181,11 @@ class StudySweep:
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.settings = s = named_for_parts(s, self.config)
-        try:
-            with interruptible():  # the start-up checks write nothing
-                space = search_space(s.params, arguments)
-                check_sweep(self, space)
-            study, parent = self._open(space)
-        except KdsweepError as exc:
-            report_error(exc)
-            raise SystemExit(2) from None
+        # A KdsweepError here, before any trial, is the command's one line (its boundary).
+        with interruptible():  # the start-up checks write nothing
+            space = search_space(s.params, arguments)
+            check_sweep(self, space)
+        study, parent = self._open(space)
         log.info(
             "study %s in %s: %s sampler, %s pruner, n_trials=%d",
             s.study_name,
@@ -223,13 +218,11 @@ class StudySweep:
             failures += self.run_jobs(jobs).count(TrialState.FAIL)
             if failures > s.max_failure_rate * s.n_trials:
                 self.finish(study, self.config, self.settings, parent, aborted=True)
-                print(
-                    f"kdsweep: error: {failures} of {launched} trials failed, more than"
+                raise CommandFailed(
+                    f"{failures} of {launched} trials failed, more than"
                     f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
-                    " see the trials' errors in the report or MLflow (tag 'error')",
-                    file=sys.stderr,
+                    " see the trials' errors in the report or MLflow (tag 'error')"
                 )
-                raise SystemExit(1)
         confirm_study = None
         if companion is not None:
             confirm_study = run_confirmation(self, study, companion, space, parent)
@@ -244,8 +237,7 @@ class StudySweep:
             study, self.config, self.settings, parent, aborted=False, confirm_study=confirm_study
         )
         if failure is not None:
-            print(f"kdsweep: error: {failure}", file=sys.stderr)
-            raise SystemExit(1)
+            raise CommandFailed(failure)
         return study
 
     def launch(self, batch: list[list[str]]) -> list[JobReturn]:
@@ -362,7 +354,7 @@ class StudySweep:
             job.study.tell(job.trial, state=TrialState.PRUNED)
             state = TrialState.PRUNED
         if state is None:
-            message = mask_secrets(" ".join(f"{type(error).__name__}: {error}".split()))[:2000]
+            message = f"{type(error).__name__}: {one_line(error, limit=2000)}"
             job.trial.set_user_attr("error", message)
             job.study.tell(job.trial, state=TrialState.FAIL)
             # A job that died before closing its run (or never started one) must not stay RUNNING.

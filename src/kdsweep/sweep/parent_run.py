@@ -82,8 +82,8 @@ class ParentRun:
             except Exception as exc:
                 raise KdsweepError(
                     f"cannot start the sweep's MLflow run at tracking.uri={conf.uri}"
-                    f" ({first_line(exc)[:200]}): start the server or fix tracking.uri"
-                ) from None
+                    f" ({first_line(exc)}): start the server or fix tracking.uri"
+                ) from exc
         return cls(conf, run_id)
 
     def end(self, status: str) -> None:

@@ -233,7 +233,7 @@ class SweepSettings:
             "n_trials": self.n_trials,
             "pruner": self.pruner_name,
             "storage": mask_secrets(self.storage),
-            "search_space": {name: str(dist) for name, dist in space.items()},
+            "search_space": {name: mask_secrets(str(dist)) for name, dist in space.items()},
         }
 
 

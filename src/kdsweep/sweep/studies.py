@@ -82,7 +82,7 @@ def open_storage(
 def _cannot_open(url: str, exc: Exception) -> KdsweepError:
     return KdsweepError(
         f"cannot open the Optuna storage {url}"
-        f" ({first_line(exc)[:200]}):"
+        f" ({first_line(exc)}):"
         " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
         " postgresql://user@host/db)"
     )

@@ -81,9 +81,9 @@ def _read_checkpoint(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, refused global...
         raise CheckpointError(
-            f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)[:120]}):"
+            f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)}):"
             " delete it to retrain, or set teacher.checkpoint to a good file"
-        ) from None
+        ) from exc
 
 
 def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
@@ -92,9 +92,9 @@ def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"teacher checkpoint {path} does not fit a {model.__class__.__name__} for this data"
-            f" ({first_line(exc)[:160]}): check teacher.model and data,"
+            f" ({first_line(exc)}): check teacher.model and data,"
             " or set teacher.checkpoint=null"
-        ) from None
+        ) from exc
 
 
 def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
