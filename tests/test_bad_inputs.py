@@ -54,10 +54,11 @@ SWEEP = ("-m", "hparams_search=kd", "hydra.sweeper.baselines=false")
 LONG = "x" * 600  # a study name
 
 ROWS = {
+    # Hydra's refusals of a command line: one line naming the choices or the way out.
     "unknown group option": Bad(
-        ("model=nope",), "Could not find 'model/nope'", code=1, hydra_error=True, subprocess=True
+        ("model=nope",), "Could not find 'model/nope': pick one of deep, light", subprocess=True
     ),
-    "unknown key": Bad(("loss.nope=1",), "Could not override 'loss.nope'", 1, hydra_error=True),
+    "unknown key": Bad(("loss.nope=1",), "Could not override 'loss.nope': no such key"),
     "unknown key appended": Bad(("+loss.nope=1",), "loss.nope: Key 'nope' not in"),
     "key of another loss": Bad(("+loss.margin=1",), "loss.margin: Key 'margin' not in"),
     "wrong type": Bad(("trainer.epochs=abc",), "trainer.epochs: Value 'abc'"),
@@ -137,9 +138,7 @@ ROWS = {
     ),
     "unknown pruner": Bad(
         (*SWEEP, "hydra/sweeper/pruner=bogus"),
-        "Could not find 'hydra/sweeper/pruner/bogus'",
-        code=1,
-        hydra_error=True,
+        "Could not find 'hydra/sweeper/pruner/bogus': pick one of hyperband, median",
     ),
     "pruner by its old key": _slow(
         Bad(
@@ -171,13 +170,6 @@ ROWS = {
         ("loss.temperature=1e38",),
         "on the first batch, before any update: check the loss's settings (loss=kd:"
         " temperature=1e+38",
-        code=1,
-        mlflow="FAILED",
-        teacher_cached=True,
-    ),
-    "loss formula overflows in a single run": Bad(
-        ("loss=dist", "loss.tau=1e200"),
-        "the loss overflows (OverflowError) in epoch 1: check the loss's settings (loss=dist:",
         code=1,
         mlflow="FAILED",
         teacher_cached=True,
@@ -482,6 +474,15 @@ ROWS = {
             ("-m", "hparams_search=at", "teacher=choice(deep,resnet32x4)"),
             "search space teacher=resnet32x4: loss=at pairs the stages",
         )
+    ),
+    # Issue 27 class 8: the loss's dry run refuses it before the teacher trains (the cache
+    # stays empty) in a single run too, not in an MLflow run that then fails.
+    "loss formula overflows in a single run": Bad(
+        ("loss=dist", "loss.tau=1e200"),
+        "loss=dist: beta=1, gamma=1, tau=1e+200, ce_weight=1 overflows (OverflowError) on a test",
+    ),
+    "single run with a temperature that divides to inf": _slow(
+        Bad(("loss.temperature=1e-38",), "gives a loss of nan on a test batch")
     ),
     "fixed value that overflows a formula": Bad(
         ("-m", "hparams_search=dist", "hydra.sweeper.baselines=false", "loss.tau=1e200"),

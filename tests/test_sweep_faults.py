@@ -156,13 +156,17 @@ def test_the_study_storage_must_not_be_mlflows_database(
 
 
 def test_a_loss_that_overflows_is_named_before_any_trial() -> None:
-    from kdsweep.losses import DIST, KnowledgeDistillation, MultiMargin
-    from kdsweep.sweep.checks import loss_problem
+    from kdsweep.losses import DIST, KnowledgeDistillation, MultiMargin, dry_run
 
-    assert loss_problem(DIST()) is None
-    assert "tau=1e+200, ce_weight=1 overflows (OverflowError)" in loss_problem(DIST(tau=1e200))
-    assert "gives a loss of nan" in loss_problem(KnowledgeDistillation(temperature=1e-38))
-    assert "overflows (RuntimeError)" in loss_problem(MultiMargin(margin=1e200))
+    def problem(loss: object) -> str:
+        with pytest.raises(ValueError) as refused:
+            dry_run(loss)
+        return str(refused.value)
+
+    dry_run(DIST())
+    assert "tau=1e+200, ce_weight=1 overflows (OverflowError)" in problem(DIST(tau=1e200))
+    assert "gives a loss of nan" in problem(KnowledgeDistillation(temperature=1e-38))
+    assert "overflows (RuntimeError)" in problem(MultiMargin(margin=1e200))
 
 
 def _confirming(workdir: Path, cache: Path, seeds: int) -> list[str]:

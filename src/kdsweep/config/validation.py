@@ -28,7 +28,7 @@ from kdsweep.config.targets import Target, UnknownTarget
 from kdsweep.core.errors import ConfigError
 from kdsweep.core.files import directory_problem
 from kdsweep.data import DataSet
-from kdsweep.losses import Objective
+from kdsweep.losses import Objective, dry_run
 
 
 @dataclass
@@ -268,6 +268,13 @@ def validate(cfg: DictConfig) -> Settings:
         cache_dir=str(cfg.get("cache_dir", ".kdsweep_cache")),
     )
     check_combination(settings)
+    try:
+        # Last, once the rest is known good: it imports torch. Single runs and sweeps
+        # (each end of a searched range) refuse a formula that cannot be computed here,
+        # before the data or the teacher is prepared.
+        dry_run(settings.loss)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}: change the loss's settings") from exc
     if settings.uses_teacher:
         problem = directory_problem(settings.cache_dir)
         if problem:

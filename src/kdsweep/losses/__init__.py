@@ -17,7 +17,14 @@ typo refused) before torch's ~2 s import. Each loss returns its total and its un
 component terms (for logging). Formulas follow the seed notes (DESIGN.md section 5).
 """
 
-from kdsweep.losses.base import LossOutput, Objective, StepInputs, Taps, check_weights
+from kdsweep.losses.base import (
+    LossOutput,
+    Objective,
+    StepInputs,
+    Taps,
+    check_weights,
+    dry_run,
+)
 from kdsweep.losses.features import AttentionTransfer, Hint
 from kdsweep.losses.logits import DIST, DKD
 from kdsweep.losses.tutorial import (
@@ -42,5 +49,6 @@ __all__ = [
     "StepInputs",
     "Taps",
     "check_weights",
+    "dry_run",
     "soft_target_loss",
 ]

@@ -124,3 +124,92 @@ class Objective:
 
     def forward(self, batch: StepInputs) -> LossOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+#: The outputs a loss may read beyond the labels and the student's logits, and the flag
+#: that asks the loop for each (the others stay None in its batches).
+NEEDS = {
+    "teacher_logits": "needs_teacher_logits",
+    "teacher_hidden": "needs_teacher_hidden",
+    "student_hidden": "needs_student_hidden",
+    "teacher_features": "needs_teacher_features",
+    "student_features": "needs_student_features",
+}
+FLAGS = ("uses_teacher", *NEEDS.values())
+
+
+@dataclass
+class _ReadBatch(StepInputs):
+    """A made-up batch that notes which of the optional outputs the loss reads."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read", set())
+
+    def __getattribute__(self, name: str):  # noqa: ANN204 - any field's type
+        if name in NEEDS:
+            object.__getattribute__(self, "read").add(name)
+        return object.__getattribute__(self, name)
+
+
+def _declares_flags(loss: Objective) -> bool:
+    """Whether the loss's class (or a parent below Objective) sets any of the flags."""
+    return any(
+        flag in vars(cls) for cls in type(loss).__mro__ if cls is not Objective for flag in FLAGS
+    )
+
+
+def dry_run(loss: Objective) -> None:
+    """Compute the loss once on a tiny made-up batch, before any data, teacher or run
+    exists, and raise ValueError (naming the settings) when it overflows (loss=dist
+    loss.tau=1e200: tau**2) or is not finite (a temperature of 1e-38). A loss whose
+    class sets none of the flags (a subclass of Objective) gets them from the outputs it
+    read, so its batches carry them; one that sets them but reads an output they do not
+    ask for would get None there in training: refused, naming the flag. A loss this
+    batch does not fit (other feature maps) is left to its runs."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # a loss module's init draws from it
+        g = torch.Generator().manual_seed(0)
+        n, classes = 4, 3
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g)
+
+        maps = [(2, 4, 4), (2, 2, 2)]
+        batch = _ReadBatch(
+            labels=torch.tensor([0, 1, 2, -1]),
+            student_logits=draw(n, classes),
+            teacher_logits=draw(n, classes),
+            student_hidden=draw(n, 8),
+            teacher_hidden=draw(n, 8),
+            student_features=[draw(n, *m) for m in maps],
+            teacher_features=[draw(n, *m) for m in maps],
+        )
+        try:
+            loss.attach(maps, maps)
+            total = loss(batch).total
+        except (ArithmeticError, RuntimeError) as exc:  # OverflowError; torch's overflow
+            if isinstance(exc, ArithmeticError) or "overflow" in str(exc):
+                raise ValueError(
+                    f"{loss.settings()} overflows ({type(exc).__name__}) on a test batch"
+                ) from exc
+            return
+        except Exception:
+            return
+    if not torch.isfinite(total).all():
+        raise ValueError(f"{loss.settings()} gives a loss of {float(total)} on a test batch")
+    read: set[str] = batch.read  # type: ignore[attr-defined]
+    if not _declares_flags(loss):
+        for field in read:
+            object.__setattr__(loss, NEEDS[field], True)
+        if any(field.startswith("teacher_") for field in read):
+            object.__setattr__(loss, "uses_teacher", True)
+        return
+    kind = type(loss).__name__
+    for field in sorted(read):
+        flag = NEEDS[field]
+        if not getattr(loss, flag):
+            raise ValueError(
+                f"loss={loss.name} reads batch.{field}, which is None in training unless"
+                f" {kind}.{flag} is True: set {flag}: ClassVar[bool] = True in {kind}"
+            )

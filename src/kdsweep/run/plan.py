@@ -5,17 +5,18 @@ can fail on bad input, so a failure leaves no MLflow run behind (kdsweep.run).""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import torch
 
-from kdsweep.config.targets import build_network
+from kdsweep.config.targets import Target, build_network
 from kdsweep.config.validation import Settings
-from kdsweep.core.errors import ConfigError
+from kdsweep.core.errors import ConfigError, first_line
 from kdsweep.data import TensorSplits, load_splits
 from kdsweep.losses import Objective, Taps
 from kdsweep.nets import FeatureNet, as_feature_net, check_layers, hidden_pool_kernel, top_layers
-from kdsweep.training.batches import TeacherSource
+from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
 from kdsweep.training.devices import resolve_device
 from kdsweep.training.teacher import Teacher, prepare_teacher
 from kdsweep.training.teacher_outputs import cached_source, live_source
@@ -55,16 +56,18 @@ def plan_run(settings: Settings) -> Plan:
         torch.set_num_threads(threads)
     torch.manual_seed(settings.trainer.seed)
     student_taps, teacher_taps = settings.loss.taps()
-    student = build_network(settings.model, data.input_shape, data.num_classes).to(device)
+    student = network(settings.model, data).to(device)
     student = hooked(student, student_taps, "student", settings)
+    dry_step(settings, student, data)
     teacher = train_source = val_source = None
     if settings.uses_teacher:
         objective = settings.loss
         kernel, loss_modules = 1, []
+        # Shapes only: an untrained teacher of the same network tells them (a pair the
+        # loss cannot compare is refused before the teacher trains), and a network that
+        # cannot be built is named before the teacher's training would build it.
+        probe = network(settings.teacher_model, data)
         if objective.needs_teacher_hidden or objective.needs_teacher_features:
-            # Shapes only: an untrained teacher of the same network tells them, so a
-            # pair the loss cannot compare is refused before the teacher trains.
-            probe = build_network(settings.teacher_model, data.input_shape, data.num_classes)
             probe = hooked(probe.to(device).eval(), teacher_taps, "teacher", settings)
             if objective.needs_teacher_hidden:
                 widths = [hidden_width(net, data.train_x[:1]) for net in (probe, student)]
@@ -103,6 +106,102 @@ def plan_run(settings: Settings) -> Plan:
         else:  # augmented images differ every epoch: the teacher must see each one
             train_source = live_source(teacher_net, kernel)
     return Plan(settings, device, data, student, teacher, train_source, val_source)
+
+
+def network(target: Target, data: TensorSplits) -> torch.nn.Module:
+    """The network ``target`` names, for this data's images and classes. What its
+    callable raises (the user's code, torchvision's) is one line naming the key: a key it
+    does not take (one kept from the option whose ``_target_`` was replaced), weights it
+    would download, or its own reason."""
+    where = f"{target.key}._target_={target.target}"
+    try:
+        return build_network(target, data.input_shape, data.num_classes)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected and unexpected.group(1) in target.arguments:
+            key = f"{target.key}.{unexpected.group(1)}"
+            raise ConfigError(
+                f"{key}: {target.target} does not take {unexpected.group(1)} (a key of the"
+                f" option whose _target_ was replaced?): remove it with ~{key}"
+            ) from exc
+        raise ConfigError(f"{where} cannot be built ({first_line(exc)})") from exc
+    except OSError as exc:  # urllib's URLError too: pretrained weights to download
+        if target.arguments.get("weights"):
+            key = f"{target.key}.weights"
+            raise ConfigError(
+                f"{key}={target.arguments['weights']}: the weights cannot be downloaded here"
+                f" ({first_line(exc)}): put them in torch's cache (TORCH_HOME), or set"
+                f" {key}=null and give a local checkpoint (teacher.checkpoint=...)"
+            ) from exc
+        raise ConfigError(f"{where} cannot be built ({first_line(exc)})") from exc
+    except Exception as exc:  # the network's own code: any error is its reason
+        raise ConfigError(
+            f"{where} cannot be built ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+
+
+def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> None:
+    """The student's forward pass and the loss on two training images, once, before the
+    teacher trains and the MLflow run exists: a network that has nothing to train, whose
+    forward raises or gives something other than one logit per class, or a loss that
+    fails on its outputs is one line now, not a traceback in the run's first batch. In
+    eval mode and with its gradients cleared after: nothing the run keeps changes."""
+    what = f"model={settings.model.name} ({settings.model.target})"
+    objective = settings.loss
+    if not any(p.requires_grad for p in student.parameters()):
+        raise ConfigError(f"{what} has no trainable parameters: there is nothing to train")
+    x, y = data.train_x[:2], data.train_y[:2]
+    was_training = student.training
+    student.eval()
+    try:
+        try:
+            logits, hidden, maps = student_forward(student, objective.needs_student_features)(x)
+        except Exception as exc:  # the user's forward: any error is its reason
+            raise ConfigError(
+                f"{what}: its forward fails on two training images of shape"
+                f" {tuple(x.shape)} ({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
+        wanted = (len(x), data.num_classes)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != wanted:
+            got = (
+                f"shape {tuple(logits.shape)}"
+                if isinstance(logits, torch.Tensor)
+                else f"a {type(logits).__name__}"
+            )
+            raise ConfigError(
+                f"{what}: its forward returns {got} for two images, not their logits of"
+                f" shape {wanted} ({data.num_classes} classes): make it return a tensor with"
+                " one logit per class (it is built with num_classes if it takes it)"
+            )
+        if objective.needs_teacher_features or objective.needs_student_features:
+            return  # the feature losses' shapes were checked by attach (plan_run)
+        # The teacher's outputs as training gives them: made up, of their shapes (its
+        # hidden vector is pooled to the student's width), None where the loss's flags
+        # do not ask for them.
+        made_up = torch.Generator().manual_seed(0)
+        teacher = (
+            torch.randn(wanted, generator=made_up).to(logits.device)
+            if objective.needs_teacher_logits
+            else None,
+            torch.randn(hidden.shape, generator=made_up).to(hidden.device)
+            if objective.needs_teacher_hidden
+            else None,
+            None,
+        )
+        batch = step_inputs(y, (logits, hidden, maps), teacher, 1)
+        try:
+            total = objective(batch).total
+            total.backward()
+        except Exception as exc:  # the user's loss: any error is its reason
+            raise ConfigError(
+                f"loss={objective.name} fails on {what}'s outputs for two images"
+                f" ({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
+    finally:
+        student.zero_grad(set_to_none=True)
+        student.train(was_training)
 
 
 def hooked(model: torch.nn.Module, taps: Taps, side: str, settings: Settings) -> FeatureNet:
