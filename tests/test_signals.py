@@ -453,3 +453,79 @@ def test_a_second_late_signal_leaves_a_hanging_exit_at_once() -> None:
     )
     assert done.returncode == EXIT[signal.SIGTERM], (done.returncode, done.stderr)
     assert done.stdout == "done\n" and "Traceback" not in done.stderr
+
+
+# Issue 27 class 9: of 222 signals in commands' first seconds, 6 ended wrongly: an abort
+# (a signal raised inside torch's import, in a C++ callback), tracebacks, and
+# "'NoneType' object has no attribute '_invalidate_flags_cache'" (OmegaConf's clean-up
+# failing on the node the interrupt left half-set, which replaced the interrupt).
+SIGNAL_IN_AN_IMPORT = """
+import os, signal, sys, types
+from kdsweep.cli import _run
+from kdsweep.core.boundary import command
+
+MODULE = '''
+import os, signal
+os.kill(os.getpid(), signal.{sig})  # lands while this module is being made
+import time
+time.sleep(0.3)  # a redelivery lands here too: still inside the import
+finished = True
+'''
+
+@command("fake", interrupted="nothing was written")
+def main():
+    with open("heavy.py", "w") as handle:
+        handle.write(MODULE)
+    sys.path.insert(0, os.getcwd())
+    try:
+        import heavy  # a wait in which no kdsweep code runs: interruptible
+    finally:
+        made = getattr(sys.modules.get("heavy"), "finished", False)
+        print("import finished" if made else "import cut in half", flush=True)
+
+sys.modules["fake_command"] = types.SimpleNamespace(main=main)
+_run("fake_command")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_an_import_waits_for_its_end(tmp_path: Path, sig: signal.Signals) -> None:
+    script = SIGNAL_IN_AN_IMPORT.format(sig=sig.name)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.splitlines() == ["import finished"], done.stdout + done.stderr
+    assert done.returncode == EXIT[sig], done.stderr
+    assert done.stderr.splitlines() == [f"fake: interrupted by {sig.name}: nothing was written"]
+
+
+CLEAN_UP_FAILS = """
+import os, signal, sys, types
+from kdsweep.cli import _run
+from kdsweep.core.boundary import command
+
+@command("fake", interrupted="nothing was written")
+def main():
+    try:
+        os.kill(os.getpid(), signal.{sig})  # raised at once: the command is waiting
+    finally:  # a library's clean-up, failing on what the interrupt left
+        None._invalidate_flags_cache()
+
+sys.modules["fake_command"] = types.SimpleNamespace(main=main)
+_run("fake_command")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_clean_up_that_fails_after_a_signal_is_still_an_interrupt(sig: signal.Signals) -> None:
+    script = CLEAN_UP_FAILS.format(sig=sig.name)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT[sig], done.stderr
+    assert done.stderr.splitlines() == [f"fake: interrupted by {sig.name}: nothing was written"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from signal import Signals
 from typing import ParamSpec, TypeVar
 
 from kdsweep.core.errors import KdsweepError, NonFiniteLossError, interrupt_name, report_error
@@ -26,6 +27,7 @@ from kdsweep.core.signals import (
     command_finished,
     install_signal_handlers,
     interruptible,
+    raised_signal,
 )
 
 P = ParamSpec("P")
@@ -53,13 +55,20 @@ def command(
                 finally:
                     check_interrupt()  # replaces the command's own exit: the user interrupted it
                     command_finished()  # a signal from now on is late: the exit code stays
-            except KeyboardInterrupt as exc:
-                left = interrupted() if callable(interrupted) else interrupted
-                print(f"{prog}: interrupted by {interrupt_name(exc)}: {left}", file=sys.stderr)
-                raise SystemExit(getattr(exc, "exit_code", 130)) from None
-            except (KdsweepError, NonFiniteLossError) as exc:
-                report_error(exc, prog)
-                raise SystemExit(exc.exit_code) from None
+            except BaseException as exc:
+                signum = raised_signal()
+                if isinstance(exc, KeyboardInterrupt) or signum is not None:
+                    # After an interrupt, what a library's clean-up raised on the way out
+                    # (OmegaConf's half-set node, say) is the interrupt's consequence.
+                    name = Signals(signum).name if signum else interrupt_name(exc)
+                    code = 128 + signum if signum else getattr(exc, "exit_code", 130)
+                    left = interrupted() if callable(interrupted) else interrupted
+                    print(f"{prog}: interrupted by {name}: {left}", file=sys.stderr)
+                    raise SystemExit(code) from None
+                if isinstance(exc, (KdsweepError, NonFiniteLossError)):
+                    report_error(exc, prog)
+                    raise SystemExit(exc.exit_code) from None
+                raise
 
         return bounded
 

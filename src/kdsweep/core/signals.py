@@ -67,10 +67,30 @@ def _handler(signum: int, frame: object) -> None:
     if _state.pending is None:
         _state.pending = signum
     if _state.waiting:
-        if _state.in_unraisable_hook:  # raising here would be swallowed again
+        if _state.in_unraisable_hook or _importing(frame):
+            # Raised in a callback it would be swallowed; raised inside an import it
+            # would leave a module half-made (torch's C++ start-up then aborts the whole
+            # process, "terminate called ... pybind11::error_already_set"): once more,
+            # a moment later, until it lands where it can be raised.
             _deliver_again(signum)
             return
         check_interrupt()
+
+
+def _importing(frame: object) -> bool:
+    """Whether the main thread is inside an import (importlib's frames on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):  # type: ignore[attr-defined]
+            return True
+        frame = frame.f_back  # type: ignore[attr-defined]
+    return False
+
+
+def raised_signal() -> int | None:
+    """The signal raised as :class:`Interrupted` in this command, if one was: whatever
+    ends the command after it (a library's clean-up failing on the state the interrupt
+    left) is its consequence, and the command reports the interrupt."""
+    return _state.pending if _state.raised else None
 
 
 def check_interrupt() -> None:
