@@ -165,14 +165,12 @@ ROWS = {
     "optimizer step overflows": Bad(
         ("loss=ce", "optimizer.lr=1e38"), "lower optimizer.lr", code=1, mlflow="FAILED"
     ),
-    # Non-finite before any update: the lr cannot be the cause, the loss's settings are.
+    # Non-finite before any update: the lr cannot be the cause, the loss's settings are;
+    # the loss's dry run finds it before the teacher trains (issue 27 class 8).
     "loss non-finite on the first batch": Bad(
         ("loss.temperature=1e38",),
-        "on the first batch, before any update: check the loss's settings (loss=kd:"
-        " temperature=1e+38",
-        code=1,
-        mlflow="FAILED",
-        teacher_cached=True,
+        "loss=kd: temperature=1e+38, soft_target_weight=0.25, ce_weight=0.75 gives a loss of"
+        " nan on a test batch: change the loss's settings",
     ),
     "loss weight overflows on the first batch": _slow(
         Bad(
@@ -484,6 +482,81 @@ ROWS = {
     "single run with a temperature that divides to inf": _slow(
         Bad(("loss.temperature=1e-38",), "gives a loss of nan on a test batch")
     ),
+    # --- issue 27 class 5: what a user writes first (tests/_mistakes.py), one line before
+    # the teacher trains (its cache stays empty) and before any MLflow run ---
+    "a key the replaced option left": Bad(
+        ("allowed_targets=[_mistakes.*]", "model._target_=_mistakes.Tiny"),
+        "model.dropout: _mistakes.Tiny does not take dropout",
+    ),
+    "a torchvision teacher keeping the replaced option's key": _slow(
+        Bad(
+            ("teacher.model._target_=torchvision.models.resnet18",),
+            "remove it with ~teacher.model.dropout",
+        )
+    ),
+    "a network whose forward raises": Bad(
+        ("allowed_targets=[_mistakes.*]", "model._target_=_mistakes.ForwardRaises"),
+        "its forward fails on two training images of shape (2, 1, 8, 8) (RuntimeError: mat1",
+    ),
+    "a network with 3 logits for 10 classes": Bad(
+        ("allowed_targets=[_mistakes.*]", "model._target_=_mistakes.ThreeLogits"),
+        "returns shape (2, 3) for two images, not their logits of shape (2, 10)",
+    ),
+    "a network that returns a dict": _slow(
+        Bad(
+            ("allowed_targets=[_mistakes.*]", "model._target_=_mistakes.DictOut"),
+            "returns a dict for two images",
+        )
+    ),
+    "a network without parameters": Bad(
+        ("allowed_targets=[_mistakes.*]", "model._target_=_mistakes.NoParameters"),
+        "model=NoParameters (_mistakes.NoParameters) has no trainable parameters",
+    ),
+    "a network whose __init__ raises": _slow(
+        Bad(
+            ("allowed_targets=[_mistakes.*]", "teacher.model._target_=_mistakes.InitRaises"),
+            "teacher.model._target_=_mistakes.InitRaises cannot be built (KeyError: 'backbone')",
+        )
+    ),
+    "pretrained weights offline": Bad(
+        (
+            "allowed_targets=[_mistakes.*]",
+            "teacher.model._target_=_mistakes.downloading",
+            "+teacher.model.weights=IMAGENET1K_V1",
+        ),
+        "teacher.model.weights=IMAGENET1K_V1: the weights cannot be downloaded here",
+    ),
+    "a loss whose __post_init__ raises": Bad(
+        (
+            "allowed_targets=[_mistakes.*]",
+            "loss._target_=_mistakes.PostInitRaises",
+            "~loss.temperature",
+            "~loss.soft_target_weight",
+            "~loss.ce_weight",
+        ),
+        "loss._target_=_mistakes.PostInitRaises cannot be built (RuntimeError: this loss needs",
+    ),
+    "a loss whose flags miss what it reads": Bad(
+        (
+            "allowed_targets=[_mistakes.*]",
+            "loss._target_=_mistakes.WrongFlagsKD",
+            "~loss.soft_target_weight",
+            "~loss.ce_weight",
+        ),
+        "reads batch.teacher_logits, which is None in training unless WrongFlagsKD.needs_teacher",
+    ),
+    "a loss that fails on the network's outputs": _slow(
+        Bad(
+            (
+                "allowed_targets=[_mistakes.*]",
+                "loss._target_=_mistakes.ForwardFails",
+                "~loss.temperature",
+                "~loss.soft_target_weight",
+                "~loss.ce_weight",
+            ),
+            "loss=ForwardFails fails on model=light (kdsweep.nets.light_nn)'s outputs",
+        )
+    ),
     "fixed value that overflows a formula": Bad(
         ("-m", "hparams_search=dist", "hydra.sweeper.baselines=false", "loss.tau=1e200"),
         "tau=1e+200, ce_weight=1 overflows (OverflowError) on a test batch",
@@ -709,3 +782,37 @@ def test_too_many_failures_stop_the_sweep_with_one_line(
     statuses = {r.info.run_id: r.info.status for r in runs}
     assert statuses.pop(parent_id) == "FAILED"
     assert list(statuses.values()) == ["FAILED"]
+
+
+def test_a_loss_from_the_base_class_gets_the_outputs_it_reads() -> None:
+    """Issue 27 class 5: a subclass of Objective without the six flags read the teacher's
+    logits as None mid-run, after its MLflow run existed. The dry run gives it the flags
+    for what it read, so the loop hands it those outputs and the run uses a teacher."""
+    from _mistakes import FlaglessKD, WrongFlagsKD
+    from kdsweep.losses import dry_run
+
+    loss = FlaglessKD()
+    assert not loss.uses_teacher and not loss.needs_teacher_logits
+    dry_run(loss)
+    assert loss.uses_teacher and loss.needs_teacher_logits
+    assert not (loss.needs_teacher_hidden or loss.needs_student_features)
+    assert not FlaglessKD.needs_teacher_logits  # the instance's, not every instance's
+    with pytest.raises(ValueError, match="set needs_teacher_logits: ClassVar"):
+        dry_run(WrongFlagsKD())
+
+
+def test_eval_of_a_store_without_its_client_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("botocore") is not None:
+        pytest.skip("boto3 is installed: s3:// would be asked over the network")
+    from kdsweep.evaluate import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["s3://bucket/x", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("kdsweep-eval: error: cannot load s3://bucket/x") and "boto3" in err

@@ -163,6 +163,12 @@ def load_uri(uri: str, tracking_uri: str, allowed: tuple[str, ...] = ()) -> Load
         ) from exc
     except OSError as exc:
         raise KdsweepError(f"cannot load {uri} {where}: {first_line(exc)}") from exc
+    except ImportError as exc:  # the client of an artifact store (s3://: boto3)
+        raise KdsweepError(
+            f"cannot load {uri} {where}: MLflow's client for it is not installed"
+            f" ({first_line(exc)}): install it (s3://: pip install boto3), or give a"
+            " runs:/ or models:/ URI of the tracking store, or a state_dict file"
+        ) from exc
     assert spec is not None  # its file exists
     check_network(spec, allowed, uri)
     model = materialize(Loaded((Logits, spec, state), None, None, uri), spec.input_shape)

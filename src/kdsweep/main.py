@@ -15,8 +15,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.config.folder import config_dir
 from kdsweep.config.schema import HYDRA_TARGETS
@@ -136,9 +138,8 @@ def main() -> None:
         hydra_main()
         if _single_run_error:
             raise _single_run_error.pop()
-    except (KdsweepError, NonFiniteLossError):
-        raise  # the boundary's one line (a plain multirun raises its failed job's error)
-    except Exception as exc:
+    except (HydraException, OmegaConfBaseException) as exc:
+        # A KdsweepError (a plain multirun raises its failed job's) passes to the boundary.
         line = None if user_asked_full_errors else composition_error(exc)
         if line is None:
             raise

@@ -12,9 +12,11 @@ teacher's training.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -23,9 +25,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep import data as data_sets
 from kdsweep import losses
+from kdsweep.config.folder import config_dir
 from kdsweep.config.schema import SweepContext, TeacherConf, TrackingConf, TrainerConf
 from kdsweep.config.targets import Target, UnknownTarget
-from kdsweep.core.errors import ConfigError
+from kdsweep.core.errors import ConfigError, first_line
 from kdsweep.core.files import directory_problem
 from kdsweep.data import DataSet
 from kdsweep.losses import Objective, dry_run
@@ -138,12 +141,40 @@ def _target(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     return target
 
 
+@functools.cache
+def _shipped_names() -> dict[str, set[str]]:
+    """The ``name`` of each network, loss and data option in kdsweep's config folder, and
+    the targets it names."""
+    named: dict[str, set[str]] = {}
+    for group in ("model", "teacher", "loss", "data"):
+        for path in (Path(config_dir()) / group).glob("*.yaml"):
+            node = OmegaConf.load(path)
+            node = node.get("model") if group == "teacher" else node
+            if isinstance(node, DictConfig) and node.get("name") and node.get("_target_"):
+                named.setdefault(str(node.name), set()).add(str(node._target_))
+    return named
+
+
+def _own_name(node: Any) -> Any:
+    """The node without the ``name`` an option gave another target: overriding only
+    ``teacher.model._target_`` keeps the replaced option's name (``deep``), and the part
+    is then named after its target instead (``resnet18``; a loss by its own default)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node)
+    if not isinstance(node, dict):
+        return node
+    given_to = _shipped_names().get(str(node.get("name")))
+    if given_to is not None and node.get("_target_") not in given_to:
+        node = {k: v for k, v in node.items() if k != "name"}
+    return node
+
+
 def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     """A network's node. Its target must pass the allow-list and import now (a trusted
     name may lead elsewhere: kdsweep.nets.cifar.torch.hub.load), and a class be an
     nn.Module (what a function returns is checked when it is built:
     kdsweep.config.targets.build_network)."""
-    target = _target(node, key, allowed)
+    target = _target(_own_name(node), key, allowed)
     made = _located(target)
     from torch import nn
 
@@ -206,7 +237,7 @@ def _built(node: Any, group: str, allowed: tuple[str, ...]) -> Any:
     """Build a loss or a data set once: its fields type its keys, its class checks
     their ranges. The user's own (a subclass of kdsweep's) builds the same way."""
     package, kind = BUILT_NOW[group]
-    target = _node(node, group, allowed)
+    target = _node(_own_name(node), group, allowed)
     try:
         made, why = target.locate(), ""
     except UnknownTarget as exc:
@@ -226,8 +257,13 @@ def _built(node: Any, group: str, allowed: tuple[str, ...]) -> Any:
         )
     try:
         return target.build()
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise _config_error(exc, group) from None
+    except Exception as exc:  # a user's class's own code too: any error is its reason
+        if isinstance(exc, (OmegaConfBaseException, ValueError)):  # a key, a range
+            raise _config_error(exc, group) from None
+        raise ConfigError(
+            f"{group}._target_={target.target} cannot be built"
+            f" ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
 
 
 def validate(cfg: DictConfig) -> Settings:

@@ -110,36 +110,35 @@ def plan_run(settings: Settings) -> Plan:
 
 def network(target: Target, data: TensorSplits) -> torch.nn.Module:
     """The network ``target`` names, for this data's images and classes. What its
-    callable raises (the user's code, torchvision's) is one line naming the key: a key it
-    does not take (one kept from the option whose ``_target_`` was replaced), weights it
-    would download, or its own reason."""
-    where = f"{target.key}._target_={target.target}"
+    callable raises (the user's code, torchvision's) is one line naming the key."""
     try:
         return build_network(target, data.input_shape, data.num_classes)
     except ConfigError:
         raise
-    except TypeError as exc:
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unexpected and unexpected.group(1) in target.arguments:
-            key = f"{target.key}.{unexpected.group(1)}"
-            raise ConfigError(
-                f"{key}: {target.target} does not take {unexpected.group(1)} (a key of the"
-                f" option whose _target_ was replaced?): remove it with ~{key}"
-            ) from exc
-        raise ConfigError(f"{where} cannot be built ({first_line(exc)})") from exc
-    except OSError as exc:  # urllib's URLError too: pretrained weights to download
-        if target.arguments.get("weights"):
-            key = f"{target.key}.weights"
-            raise ConfigError(
-                f"{key}={target.arguments['weights']}: the weights cannot be downloaded here"
-                f" ({first_line(exc)}): put them in torch's cache (TORCH_HOME), or set"
-                f" {key}=null and give a local checkpoint (teacher.checkpoint=...)"
-            ) from exc
-        raise ConfigError(f"{where} cannot be built ({first_line(exc)})") from exc
     except Exception as exc:  # the network's own code: any error is its reason
-        raise ConfigError(
-            f"{where} cannot be built ({type(exc).__name__}: {first_line(exc)})"
-        ) from exc
+        raise ConfigError(_cannot_build(target, exc)) from exc
+
+
+def _cannot_build(target: Target, exc: Exception) -> str:
+    """Why ``target`` cannot be built, and the way out: a key it does not take (one kept
+    from the option whose ``_target_`` was replaced), weights it would download (urllib's
+    URLError is an OSError), or its own reason."""
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if isinstance(exc, TypeError) and unexpected and unexpected.group(1) in target.arguments:
+        key = f"{target.key}.{unexpected.group(1)}"
+        return (
+            f"{key}: {target.target} does not take {unexpected.group(1)} (a key of the"
+            f" option whose _target_ was replaced?): remove it with ~{key}"
+        )
+    if isinstance(exc, OSError) and target.arguments.get("weights"):
+        key = f"{target.key}.weights"
+        return (
+            f"{key}={target.arguments['weights']}: the weights cannot be downloaded here"
+            f" ({first_line(exc)}): put them in torch's cache (TORCH_HOME), or set"
+            f" {key}=null and give a local checkpoint (teacher.checkpoint=...)"
+        )
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    return f"{target.key}._target_={target.target} cannot be built ({reason})"
 
 
 def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> None:
@@ -155,14 +154,10 @@ def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> Non
     x, y = data.train_x[:2], data.train_y[:2]
     was_training = student.training
     student.eval()
+    failing = f"{what}: its forward fails on two training images of shape {tuple(x.shape)}"
     try:
-        try:
-            logits, hidden, maps = student_forward(student, objective.needs_student_features)(x)
-        except Exception as exc:  # the user's forward: any error is its reason
-            raise ConfigError(
-                f"{what}: its forward fails on two training images of shape"
-                f" {tuple(x.shape)} ({type(exc).__name__}: {first_line(exc)})"
-            ) from exc
+        # The user's forward and loss: any error they raise is their reason.
+        logits, hidden, maps = student_forward(student, objective.needs_student_features)(x)
         wanted = (len(x), data.num_classes)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != wanted:
             got = (
@@ -191,14 +186,12 @@ def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> Non
             None,
         )
         batch = step_inputs(y, (logits, hidden, maps), teacher, 1)
-        try:
-            total = objective(batch).total
-            total.backward()
-        except Exception as exc:  # the user's loss: any error is its reason
-            raise ConfigError(
-                f"loss={objective.name} fails on {what}'s outputs for two images"
-                f" ({type(exc).__name__}: {first_line(exc)})"
-            ) from exc
+        failing = f"loss={objective.name} fails on {what}'s outputs for two images"
+        objective(batch).total.backward()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{failing} ({type(exc).__name__}: {first_line(exc)})") from exc
     finally:
         student.zero_grad(set_to_none=True)
         student.train(was_training)

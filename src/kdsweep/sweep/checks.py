@@ -10,7 +10,9 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.config.validation import Settings, allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
@@ -104,7 +106,7 @@ def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
         try:
             config = sweep.compose([*space.fixed, *picked])
             settings = validate(config)
-        except Exception as exc:  # Hydra's compose errors (no such option), ConfigError
+        except (HydraException, OmegaConfBaseException, KdsweepError) as exc:  # no such option
             raise KdsweepError(f"{where}: {first_line(exc)}: remove the choice") from exc
         for name in others:
             if OmegaConf.select(config, name) is None:
