@@ -418,3 +418,11 @@ def cli(tmp_path: Path) -> Any:
         return run_cli(tmp_path, *overrides, **kwargs)
 
     return call
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """A command called in this process (report_cli.main, evaluate.main) installs kdsweep's
+    signal handlers from its boundary: pytest's are put back after every test."""
+    with restored_process_state():
+        yield

@@ -162,7 +162,7 @@ def install_signal_handlers() -> None:
     global _next_unraisablehook
     if threading.current_thread() is not threading.main_thread():
         return
-    ours = signal.getsignal(signal.SIGTERM) is _handler
+    ours = _state.installed and signal.getsignal(signal.SIGTERM) is _handler
     if ours and not (_state.finished or _state.raised):
         # Installed already for this command (by its console script, before the imports):
         # a signal recorded since then is kept, for the command's first check.

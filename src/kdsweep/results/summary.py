@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
+from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
 from kdsweep.sweep.arms import ranked_trials
@@ -111,7 +112,8 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     state = trial.state.name
     note = ""
     if state == "FAIL":
-        note = str(attrs.get("error") or "failed")  # masked when it was recorded
+        # An error attribute is text from anywhere (a library, another tool): masked here.
+        note = mask_secrets(str(attrs.get("error") or "failed"))
     elif state == "PRUNED":
         note = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
     elif state == "RUNNING":
