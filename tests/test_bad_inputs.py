@@ -816,3 +816,14 @@ def test_eval_of_a_store_without_its_client_is_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("kdsweep-eval: error: cannot load s3://bucket/x") and "boto3" in err
+
+
+def test_a_replaced_target_is_named_after_itself(settings) -> None:  # noqa: ANN001
+    """Overriding only teacher.model._target_ kept the option's name: the log called a
+    resnet18 teacher "deep". The name follows the target; an option's own stays."""
+    replaced = settings(
+        "teacher.model._target_=torchvision.models.resnet18", "~teacher.model.dropout"
+    )
+    assert replaced.teacher_model.name == "resnet18"
+    assert settings().teacher_model.name == "deep"
+    assert settings("model.name=mine").model.name == "mine"
