@@ -26,6 +26,7 @@ RUNS: dict[str, tuple[str, ...]] = {
     "cosine": ("loss=cosine", "model=modified", "optimizer=sgd_nesterov", "optimizer.lr=0.02"),
     "ce": ("loss=ce", "trainer.epochs=2", "optimizer.lr=0.002"),
     "multimargin": ("loss=multimargin", "loss.p=2"),
+    "narrow": ("loss=ce", "+model.width=0.5"),  # the student at half its width
 }
 TERMS = {
     "kd-1": {"train_soft_target", "train_ce"},
@@ -33,6 +34,7 @@ TERMS = {
     "cosine": {"train_hidden_cosine", "train_ce"},
     "ce": {"train_ce"},
     "multimargin": {"train_multimargin"},
+    "narrow": {"train_ce"},
 }
 
 
@@ -163,6 +165,25 @@ def test_config_artifact_and_local_record(done: Done, name: str, tmp_path: Path)
     record = yaml.safe_load((done.run_dir(name) / "results.json").read_text())
     assert record["status"] == "FINISHED" and record["run_id"] == run.info.run_id
     assert record["metrics"]["test_acc"] == pytest.approx(run.data.metrics["test_acc"])
+
+
+# LightNN at digits (1x8x8, 10 classes), counted by hand: params 160 + 2,320 (convs) +
+# 16,640 + 2,570 (classifier); MACs 16x8x8x9 + 16x4x4x144 + 64x256 + 256x10. At width
+# 0.5: 8 channels, 128 hidden units.
+STUDENT_SIZE = {"kd-1": (21_690, 65_024), "cosine": (21_690, 65_024), "narrow": (6_178, 19_200)}
+
+
+@pytest.mark.parametrize("name", list(STUDENT_SIZE))
+def test_the_students_size_is_logged_before_it_trains(done: Done, name: str) -> None:
+    run = done.run(name)
+    record = yaml.safe_load((done.run_dir(name) / "results.json").read_text())
+    for metrics in (run.data.metrics, record["metrics"]):  # MLflow's and the local record
+        assert (metrics["student_params"], metrics["student_macs"]) == STUDENT_SIZE[name]
+    logged = done.client.get_metric_history(run.info.run_id, "student_params")[0].timestamp
+    first_epoch = done.client.get_metric_history(run.info.run_id, "train_loss")[0].timestamp
+    assert logged <= first_epoch
+    if name == "narrow":
+        assert run.data.params["model.width"] == "0.5"
 
 
 def test_teacher_is_trained_once_and_reused(done: Done) -> None:

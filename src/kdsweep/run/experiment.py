@@ -22,13 +22,18 @@ from omegaconf import DictConfig, OmegaConf
 from kdsweep.config.validation import Settings, validate
 from kdsweep.data.splits import hide_labels
 from kdsweep.losses import CrossEntropy
-from kdsweep.nets import count_parameters
+from kdsweep.nets import network_of
+from kdsweep.nets.costs import measure_costs
 from kdsweep.run.plan import Plan, plan_run
 from kdsweep.run.tracking import RunTracker, flatten
 from kdsweep.training.loop import EpochRecord, evaluate, fit
 from kdsweep.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
+
+# The student's costs every run logs (student_params, student_macs): both exact and cheap
+# (~1-15 ms on a CPU); latency_ms is a timing, measured where a sweep asks for it.
+STUDENT_COSTS = ("params", "macs")
 
 
 @dataclass
@@ -177,10 +182,15 @@ def run(
     )
     tracker.check()
     plan = plan_run(settings)
+    # The student's size, measured before it trains: what accuracy is weighed against.
+    size = measure_costs(
+        network_of(plan.student), plan.data.input_shape, plan.device, STUDENT_COSTS
+    )
     log.info(
-        "student %s (%s parameters) on %s %s, loss %s, optimizer %s, device %s",
+        "student %s (%s parameters, %s MACs) on %s %s, loss %s, optimizer %s, device %s",
         settings.model.name,
-        f"{count_parameters(plan.student):,}",
+        f"{size['params']:,.0f}",
+        f"{size['macs']:,.0f}",
         settings.data.name,
         "x".join(map(str, plan.data.input_shape)),
         settings.loss.name,
@@ -196,6 +206,7 @@ def run(
         params["data.labelled_fraction"] = settings.data.labelled_fraction
         params["teacher.labelled_fraction"] = settings.teacher.labelled_fraction
         tracker.log_params(params)
+        tracker.log_metrics({f"student_{name}": value for name, value in size.items()})
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         hooks.on_start(tracker.run_id)
         result = execute(plan, tracker, hooks)
