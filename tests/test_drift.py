@@ -99,14 +99,25 @@ def test_a_study_resumed_on_other_data_is_refused(
     space = SimpleNamespace(distributions={})
     study = optuna.create_study(study_name="kd-images")
     data = data_fingerprint(config, space.distributions)
-    check_definition(sweep, study, space, data)  # made: its data recorded
+    check_definition(
+        sweep.config, sweep.settings, sweep.lock, study, space, data
+    )  # made: its data recorded
     recorded = study.user_attrs[DATA_ATTR]
-    check_definition(sweep, study, space, data)  # the same data: it continues
+    check_definition(
+        sweep.config, sweep.settings, sweep.lock, study, space, data
+    )  # the same data: it continues
 
     _folder(root, shade=1)  # every image rewritten with other pixels
     monkeypatch.setattr(splits, "_LOADED", {})  # as a new process would load them
     with pytest.raises(KdsweepError) as info:
-        check_definition(sweep, study, space, data_fingerprint(config, space.distributions))
+        check_definition(
+            sweep.config,
+            sweep.settings,
+            sweep.lock,
+            study,
+            space,
+            data_fingerprint(config, space.distributions),
+        )
     message = str(info.value)
     assert "other data" in message and recorded in message and "\n" not in message
     assert "hydra.sweeper.study_name=" in message and "data it was made on" in message

@@ -96,7 +96,6 @@ def test_a_rerun_with_fewer_seeds_drops_the_leftover_queue(tmp_path: Path, caplo
 def test_a_rerun_with_other_enqueued_trials_drops_the_old_ones(tmp_path: Path) -> None:
     """A reference trial queued by an earlier enqueue_trials, not in the current one, is
     failed with a reason, not run; the current one is queued."""
-    from types import SimpleNamespace
 
     from optuna.distributions import FloatDistribution
 
@@ -107,18 +106,18 @@ def test_a_rerun_with_other_enqueued_trials_drops_the_old_ones(tmp_path: Path) -
     study = optuna.create_study(study_name="s", storage=storage)
     space = SearchSpace({"loss.temperature": FloatDistribution(1, 10)}, [])
 
-    def sweep(*enqueued: float) -> SimpleNamespace:
-        settings = SimpleNamespace(enqueue_trials=[{"loss.temperature": t} for t in enqueued])
-        return SimpleNamespace(settings=settings, storage=storage, lock=contextlib.nullcontext)
+    def enqueue(*enqueued: float) -> None:
+        given = [{"loss.temperature": t} for t in enqueued]
+        enqueue_reference(storage, contextlib.nullcontext, given, study, space)
 
-    enqueue_reference(sweep(2.0, 3.0), study, space)
-    enqueue_reference(sweep(3.0, 4.0), study, space)
+    enqueue(2.0, 3.0)
+    enqueue(3.0, 4.0)
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["enqueued_params"]["loss.temperature"] for t in queued) == [3, 4]
     (dropped,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     assert dropped.user_attrs["enqueued_params"] == {"loss.temperature": 2.0}
     assert dropped.user_attrs["error"] == "not in the current plan: not run"
-    enqueue_reference(sweep(), study, space)  # none enqueued now: nothing queued runs
+    enqueue()  # none enqueued now: nothing queued runs
     assert study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) == []
 
 

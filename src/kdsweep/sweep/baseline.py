@@ -1,23 +1,20 @@
 """The references a sweep's report compares against: the enqueued reference setting (the
 tutorial's), asked again until a trial with its values completes, and a CE-only student
-trained once per study, a trial of the companion study (role ``baseline``)."""
+trained once per study, a trial of the companion study (role ``baseline``), asked for as
+every job is (kdsweep.sweep.core)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.sweep.jobs import Job, job_overrides
-from kdsweep.sweep.parent_run import ParentRun
+from kdsweep.sweep.jobs import Lock, Spec
 from kdsweep.sweep.settings import SearchSpace
 from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
-
-if TYPE_CHECKING:
-    from kdsweep.sweep.jobs import Sweep
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -26,23 +23,26 @@ log = logging.getLogger("kdsweep.sweep")
 ENQUEUED_PARAMS = "enqueued_params"
 
 
-def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> None:
+def enqueue_reference(
+    storage: optuna.storages.BaseStorage,
+    lock: Lock,
+    enqueue_trials: list[dict[str, Any]],
+    study: optuna.Study,
+    space: SearchSpace,
+) -> None:
     """Enqueue each of ``enqueue_trials`` (the reference setting) unless a trial with
     its values is complete, pruned, running or waiting: a reference trial that was
     killed or failed is asked again by the next invocation, until it completes. A queued
     trial that no current ``enqueue_trials`` holds (an earlier invocation's) is dropped."""
     given = [
-        {k: v for k, v in values.items() if k in space.distributions}
-        for values in sweep.settings.enqueue_trials
+        {k: v for k, v in values.items() if k in space.distributions} for values in enqueue_trials
     ]
-    with sweep.lock():
-        study_id = sweep.storage.get_study_id_from_name(study.study_name)
+    with lock():
+        study_id = storage.get_study_id_from_name(study.study_name)
         dropped = 0
         for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             if not any(_has_values(trial, params) for params in given):
-                drop_queued(
-                    sweep.storage, trial_id(sweep.storage, study_id, trial.number), NOT_PLANNED
-                )
+                drop_queued(storage, trial_id(storage, study_id, trial.number), NOT_PLANNED)
                 dropped += 1
         if dropped:
             log.info(
@@ -65,55 +65,55 @@ def enqueue_reference(sweep: Sweep, study: optuna.Study, space: SearchSpace) -> 
             study.set_user_attr("tutorial_trial_number", reference_number)
 
 
-def run_baseline_once(
-    sweep: Sweep, study: optuna.Study, companion: optuna.Study, base: list[str], parent: ParentRun
-) -> None:
-    """A CE-only student with the sweep's fixed settings, once per study, for the
-    report's baseline row (the study's user attribute ``baselines``). The teacher's row
-    comes from the trials' own metrics. It is a trial like any other: a sweep killed
-    during it leaves a trial the next invocation fails (closing its run) and trains again;
-    a failed baseline is trained again by a rerun."""
-    with sweep.lock():
-        if "student_ce" in study.user_attrs.get("baselines", {}):
-            return
-        running = companion.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if any(t.user_attrs.get("role") == "baseline" for t in running):
-            log.info("baseline: another worker is training it")
-            return
-        # Made RUNNING, not enqueued: the companion's queue holds confirmation runs.
-        template = optuna.trial.create_trial(state=TrialState.RUNNING)
-        study_id = sweep.storage.get_study_id_from_name(companion.study_name)
-        trial = optuna.trial.Trial(companion, sweep.storage.create_new_trial(study_id, template))
-        tid = sweep.claim(companion, trial, "baseline")
-    context = [
-        "sweep.role=baseline",
-        f"sweep.trial_id={tid}",
-        f"sweep.study_name={companion.study_name}",
-        "tracking.run_name=baseline-student-ce",
-        "hydra.sweep.subdir=baseline",
-    ]
-    if parent.run_id:
-        context.append(f"sweep.parent_run_id={parent.run_id}")
-    own = ["loss=ce"]
-    if sweep.config.hydra.runtime.choices.get("model") == "modified":
-        own.append("model=light")
-    overrides = job_overrides(base, own, context, sweep.untaken_loss_keys)
+# The CE baseline: a CE-only student with the sweep's fixed settings, once per study, for
+# the report's baseline row (the study's user attribute ``baselines``; the teacher's row
+# comes from the trials' own metrics). It is a trial of the companion study like any
+# other: a sweep killed during it leaves a trial the next invocation fails (closing its
+# run) and trains again; a failed baseline is trained again by a rerun.
+
+
+def baseline_wanted(study: optuna.Study, companion: optuna.Study) -> bool:
+    """Whether this worker should train the baseline now (under the study lock): not yet
+    recorded, and no other worker training it."""
+    if "student_ce" in study.user_attrs.get("baselines", {}):
+        return False
+    running = companion.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if any(t.user_attrs.get("role") == "baseline" for t in running):
+        log.info("baseline: another worker is training it")
+        return False
     log.info("baseline: training a CE-only student once for this study")
-    job = Job(companion, trial, tid, "baseline", "baseline CE student", overrides)
-    (state,) = sweep.run_jobs([job])
-    if state != TrialState.COMPLETE:
-        return  # said by the job path; a rerun trains it again
-    metrics = sweep.storage.get_trial_user_attrs(tid).get("metrics")
+    return True
+
+
+def new_running_trial(
+    storage: optuna.storages.BaseStorage, companion: optuna.Study
+) -> optuna.trial.Trial:
+    """The baseline's trial, made RUNNING, not enqueued: the companion's queue holds
+    confirmation runs, and asking would take the first of them."""
+    template = optuna.trial.create_trial(state=TrialState.RUNNING)
+    study_id = storage.get_study_id_from_name(companion.study_name)
+    return optuna.trial.Trial(companion, storage.create_new_trial(study_id, template))
+
+
+def baseline_spec(model_choice: str | None) -> Spec:
+    """The baseline's job: CE instead of the sweep's loss (LightNN for the modified
+    student, whose hidden output only the cosine loss reads)."""
+    own = ["loss=ce", *(["model=light"] if model_choice == "modified" else [])]
+    context = ["tracking.run_name=baseline-student-ce", "hydra.sweep.subdir=baseline"]
+    return Spec("baseline CE student", own, context, replaces_loss=True)
+
+
+def record_baseline(study: optuna.Study, metrics: dict[str, Any] | None) -> None:
+    """The finished baseline's figures as the study's ``baselines`` row (under the lock)."""
     if not metrics:
         log.warning("baseline CE student failed: no metrics")
         return
-    with sweep.lock():
-        baselines = dict(study.user_attrs.get("baselines", {}))
-        baselines["student_ce"] = {
-            "val_acc": metrics.get("objective"),
-            "test_acc": metrics.get("test_acc"),
-        }
-        study.set_user_attr("baselines", baselines)
+    baselines = dict(study.user_attrs.get("baselines", {}))
+    baselines["student_ce"] = {
+        "val_acc": metrics.get("objective"),
+        "test_acc": metrics.get("test_acc"),
+    }
+    study.set_user_attr("baselines", baselines)
 
 
 def trial_with_params(study: optuna.Study, params: dict[str, Any]) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -16,36 +16,40 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.config.validation import Settings, allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
-from kdsweep.sweep.settings import SearchSpace, check_enqueued
+from kdsweep.sweep.settings import SearchSpace, SweepSettings, check_enqueued
 from kdsweep.sweep.studies import build_pruner, check_storage_kind
 
-if TYPE_CHECKING:
-    from kdsweep.sweep.jobs import Sweep
 
-
-def check_sweep(sweep: Sweep, space: SearchSpace) -> None:
-    """Before anything is written: the settings, the search space, the config."""
-    sweep.settings.check()
-    choices = sweep.config.hydra.runtime.choices
+def check_sweep(
+    config: DictConfig,
+    sweep_settings: SweepSettings,
+    space: SearchSpace,
+    compose: Callable[[list[str]], DictConfig],
+    make_sampler: Callable[[int], Any],
+) -> None:
+    """Before anything is written: the settings, the search space, the config (``compose``
+    gives a job's config from its overrides, ``make_sampler`` builds the sampler)."""
+    sweep_settings.check()
+    choices = config.hydra.runtime.choices
     for name in space.distributions:
-        if name not in choices and OmegaConf.select(sweep.config, name) is None:
+        if name not in choices and OmegaConf.select(config, name) is None:
             raise KdsweepError(
                 f"search parameter {name} is not in the config (loss={choices.get('loss')}):"
                 " fix hydra.sweeper.params or pick a matching group"
             )
-    settings = validate(sweep.config)  # the loss's dry run included
+    settings = validate(config)  # the loss's dry run included
     tracking = settings.tracking
     # First of the slow checks: a storage server that does not answer costs its connect
     # timeout, and the bounds and dry runs below seconds more.
-    check_storage_kind(sweep.settings.storage, tracking.uri if tracking.enabled else None)
+    check_storage_kind(sweep_settings.storage, tracking.uri if tracking.enabled else None)
     problem = pair_problem(settings)
     if problem:
         raise KdsweepError(problem)
-    check_enqueued(space, sweep.settings.enqueue_trials)
-    _check_choices(sweep, space, choices)
-    _check_bounds(sweep.config, space, choices)
-    _check_sampler(sweep.make_sampler)
-    _check_pruner(sweep.settings.pruner, allowed_targets(sweep.config))
+    check_enqueued(space, sweep_settings.enqueue_trials)
+    _check_choices(compose, space, choices)
+    _check_bounds(config, space, choices)
+    _check_sampler(make_sampler)
+    _check_pruner(sweep_settings.pruner, allowed_targets(config))
     if settings.trainer.device != "auto":
         from kdsweep.training.devices import check_device
 
@@ -83,7 +87,9 @@ def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
 MAX_COMBINATIONS = 64
 
 
-def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
+def _check_choices(
+    compose: Callable[[list[str]], DictConfig], space: SearchSpace, groups: Any
+) -> None:
     """Each choice of a searched config group (model=choice(light, modified)), composed
     as its trials will be, must be a valid config in which every searched key exists:
     a missing option or a loss the student cannot serve would fail its trials."""
@@ -104,7 +110,7 @@ def _check_choices(sweep: Sweep, space: SearchSpace, groups: Any) -> None:
         picked = [f"{n}={v}" for n, v in zip(names, combination, strict=True)]
         where = f"search space {', '.join(picked)}"
         try:
-            config = sweep.compose([*space.fixed, *picked])
+            config = compose([*space.fixed, *picked])
             settings = validate(config)
         except (HydraException, OmegaConfBaseException, KdsweepError) as exc:  # no such option
             raise KdsweepError(f"{where}: {first_line(exc)}: remove the choice") from exc

@@ -30,15 +30,14 @@ from optuna.trial import TrialState
 
 from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.arms import Arm, plan_arms
-from kdsweep.sweep.jobs import Job, job_overrides
-from kdsweep.sweep.liveness import ask
+from kdsweep.sweep.jobs import Lock, Spec
 from kdsweep.sweep.settings import CONFIRM_SUFFIX
 from kdsweep.sweep.studies import NOT_PLANNED, count_states, drop_queued, trial_id
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.jobs import Sweep
-    from kdsweep.sweep.parent_run import ParentRun
-    from kdsweep.sweep.settings import SearchSpace
+    from omegaconf import DictConfig
+
+    from kdsweep.sweep.settings import SearchSpace, SweepSettings
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -105,40 +104,20 @@ def plan(
     return len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _ask(sweep: Sweep, companion: optuna.Study, base: list[str]) -> list[Job]:
-    """Up to n_jobs queued runs for this worker, claimed."""
-    with sweep.lock():
-        waiting = companion.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        jobs = []
-        for _ in range(min(sweep.settings.n_jobs, len(waiting))):
-            trial = ask(companion)
-            tid = sweep.claim(companion, trial, "confirm")
-            arm, seed = str(trial.user_attrs["arm"]), int(trial.user_attrs["seed"])
-            overrides = _overrides(sweep, companion, base, arm, seed, tid)
-            jobs.append(
-                Job(companion, trial, tid, "confirm", f"confirmation {arm} seed {seed}", overrides)
-            )
-            check_interrupt()
-        return jobs
-
-
-def _overrides(
-    sweep: Sweep, companion: optuna.Study, base: list[str], arm: str, seed: int, tid: int
-) -> list[str]:
+def confirmation_spec(companion: optuna.Study, trial: optuna.trial.Trial) -> Spec:
+    """A queued confirmation run's job: its arm's settings, its seed (the teacher's fixed
+    to the search's), its run's and folder's names."""
+    arm, seed = str(trial.user_attrs["arm"]), int(trial.user_attrs["seed"])
     recorded = companion.user_attrs["arms"][arm]
-    untaken = sweep.untaken_loss_keys if recorded.get("replaces_loss") else None
-    teacher_seed = companion.user_attrs.get("teacher_seed")
     context = [
         f"trainer.seed={seed}",
-        f"teacher.seed={teacher_seed}",
-        "sweep.role=confirm",
+        f"teacher.seed={companion.user_attrs.get('teacher_seed')}",
         f"sweep.arm={arm}",
-        f"sweep.trial_id={tid}",
-        f"sweep.study_name={companion.study_name}",
         f"tracking.run_name=confirm-{arm}-seed{seed}",
         f"hydra.sweep.subdir=confirm-{arm}-seed{seed}",
     ]
-    return job_overrides(base, recorded["overrides"], context, untaken)
+    label = f"confirmation {arm} seed {seed}"
+    return Spec(label, list(recorded["overrides"]), context, bool(recorded.get("replaces_loss")))
 
 
 def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, float]]]:
@@ -153,45 +132,33 @@ def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, floa
     return out
 
 
-def run_confirmation(
-    sweep: Sweep,
+def plan_confirmation(
+    storage: optuna.storages.BaseStorage,
+    lock: Lock,
+    settings: SweepSettings,
+    config: DictConfig,
     study: optuna.Study,
     companion: optuna.Study,
     space: SearchSpace,
-    parent: ParentRun,
-) -> optuna.Study | None:
-    """The confirmation stage, once the search is complete: the companion study if it
-    ran (even with nothing left to run), else None."""
-    s = sweep.settings
-    seeds = s.confirmation_seeds(OmegaConf.select(sweep.config, "trainer.seed"))
+) -> bool:
+    """Plan the confirmation stage once the search is complete (its runs are then asked
+    for from the companion's queue); False when it does not run now (no seeds, or search
+    trials still running elsewhere)."""
+    seeds = settings.confirmation_seeds(OmegaConf.select(config, "trainer.seed"))
     if not seeds:
-        return None
+        return False
     running = count_states(study)[TrialState.RUNNING]
     if running:
         log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
-        return None
-    arms = plan_arms(study, s.confirm.top_k, s.enqueue_trials, list(space.distributions))
-    with sweep.lock():
-        queued = plan(
-            sweep.storage, companion, arms, seeds, OmegaConf.select(sweep.config, "teacher.seed")
-        )
+        return False
+    top_k, names = settings.confirm.top_k, list(space.distributions)
+    arms = plan_arms(study, top_k, settings.enqueue_trials, names)
+    with lock():
+        queued = plan(storage, companion, arms, seeds, OmegaConf.select(config, "teacher.seed"))
     log.info(
         "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
         len(arms),
         len(seeds),
         queued,
     )
-    base = list(space.fixed)
-    if parent.run_id:
-        base.append(f"sweep.parent_run_id={parent.run_id}")
-    done = failures = 0
-    while jobs := _ask(sweep, companion, base):
-        log.debug("confirmation: %s", ", ".join(job.label for job in jobs))
-        states = sweep.run_jobs(jobs)
-        done += states.count(TrialState.COMPLETE)
-        failures += states.count(TrialState.FAIL)
-    if done or failures:
-        log.info("confirmation: %d run(s) done, %d failed", done, failures)
-    if failures:
-        log.warning("confirmation: %d run(s) failed; rerun the command to retry them", failures)
-    return companion
+    return True

@@ -35,11 +35,17 @@ from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import CommandFailed, KdsweepError, one_line
 from kdsweep.core.signals import check_interrupt, cooperative, interruptible
 from kdsweep.sweep.arms import describe_params, ranked_trials
-from kdsweep.sweep.baseline import enqueue_reference, run_baseline_once
+from kdsweep.sweep.baseline import (
+    baseline_spec,
+    baseline_wanted,
+    enqueue_reference,
+    new_running_trial,
+    record_baseline,
+)
 from kdsweep.sweep.checks import check_sweep
-from kdsweep.sweep.confirm import open_companion, run_confirmation
+from kdsweep.sweep.confirm import confirmation_spec, open_companion, plan_confirmation
 from kdsweep.sweep.drift import check_definition, data_fingerprint
-from kdsweep.sweep.jobs import Job, job_outcome, job_overrides, untaken_keys
+from kdsweep.sweep.jobs import Job, Spec, job_outcome, job_overrides, untaken_keys
 from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.liveness import Heartbeat, ask, claim_trial, heartbeat_options
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run
@@ -103,7 +109,8 @@ def _clock(seconds: float) -> str:
 
 class StudySweep:
     """The sweep's one state: its storage, the trials it has in flight, its launched
-    jobs. Its parts read it and call its methods; they never assign its fields."""
+    jobs. It asks for every job (``_jobs``) and runs it (``run_jobs``); its parts are
+    plain functions of the values it hands them."""
 
     def __init__(
         self,
@@ -139,7 +146,7 @@ class StudySweep:
             direction=s.direction,
             load_if_exists=True,
         )
-        check_definition(self, study, space, data)
+        check_definition(self.config, s, self.lock, study, space, data)
         study.set_user_attr("parts", part_names(self.config))  # what the report names
         parent = ParentRun.for_study(
             study, self.config, s.describe(self.sampler, space.distributions), lock=self.lock
@@ -184,7 +191,7 @@ class StudySweep:
         # A KdsweepError here, before any trial, is the command's one line (its boundary).
         with interruptible():  # the start-up checks write nothing
             space = search_space(s.params, arguments)
-            check_sweep(self, space)
+            check_sweep(self.config, s, space, self.compose, self.make_sampler)
         study, parent = self._open(space)
         log.info(
             "study %s in %s: %s sampler, %s pruner, n_trials=%d",
@@ -197,23 +204,27 @@ class StudySweep:
         try:
             return self._sweep(study, space, parent)
         except KeyboardInterrupt as exc:
-            clean_up_interrupted(self, self.in_flight, study, parent, exc)
+            clean_up_interrupted(
+                self.storage, self.lock, self.config, self.in_flight, study, parent, exc
+            )
             raise
 
     def _sweep(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> optuna.Study:
         s = self.settings
-        recover(self, study)
+        # What every job gets: the sweep's fixed overrides, and its parent run.
+        self.base, self.parent_run_id = list(space.fixed), parent.run_id
+        recover(self.storage, self.lock, self.config, study)
         # The CE baseline and the confirmation runs are trials of a companion study.
         companion = None
         if s.baselines or s.confirm.enabled:
             companion = open_companion(self.storage, s.study_name)
-            recover(self, companion)
-        enqueue_reference(self, study, space)
+            recover(self.storage, self.lock, self.config, companion)
+        enqueue_reference(self.storage, self.lock, s.enqueue_trials, study, space)
         if companion is not None and s.baselines:
-            run_baseline_once(self, study, companion, space.fixed, parent)
+            self._baseline(study, companion)
 
         failures = launched = 0
-        while jobs := self._ask(study, space, parent):
+        while jobs := self._search_trials(study, space):
             launched += len(jobs)
             failures += self.run_jobs(jobs).count(TrialState.FAIL)
             if failures > s.max_failure_rate * s.n_trials:
@@ -225,7 +236,7 @@ class StudySweep:
                 )
         confirm_study = None
         if companion is not None:
-            confirm_study = run_confirmation(self, study, companion, space, parent)
+            confirm_study = self._confirmation(study, companion, space)
         if self.job_idx == 0:
             log.info(
                 "study %s is complete (%d trials, confirmation done): nothing to train; raise"
@@ -239,6 +250,114 @@ class StudySweep:
         if failure is not None:
             raise CommandFailed(failure)
         return study
+
+    def _search_trials(self, study: optuna.Study, space: SearchSpace) -> list[Job]:
+        """New search trials for this worker (the queued references first), sampled, never
+        more than the study still needs."""
+        s = self.settings
+
+        def wanted() -> int:
+            counts = count_states(study)
+            done = sum(counts[state] for state in FINISHED_STATES)
+            remaining = s.n_trials - done - counts[TrialState.RUNNING]
+            if remaining <= 0 and counts[TrialState.RUNNING]:
+                log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
+            return max(0, min(s.n_jobs, remaining))
+
+        def spec(trial: optuna.trial.Trial) -> Spec:
+            # The job's folder is named by its Optuna trial number, as the report and MLflow
+            # name the trial (Hydra's own job index counts baselines and reruns too).
+            context = [
+                f"hydra.sweep.subdir=trial-{trial.number}",
+                f"sweep.trial_number={trial.number}",
+            ]
+            own = [f"{name}={value}" for name, value in trial.params.items()]
+            return Spec(f"trial {trial.number} ({describe_params(trial.params)})", own, context)
+
+        sample = lambda: ask(study, fixed_distributions=space.distributions)  # noqa: E731
+        return self._jobs(study, "trial", wanted, sample, spec)
+
+    def _baseline(self, study: optuna.Study, companion: optuna.Study) -> None:
+        """The CE baseline, once per study (kdsweep.sweep.baseline); a failed one is
+        trained again by a rerun."""
+        jobs = self._jobs(
+            companion,
+            "baseline",
+            lambda: int(baseline_wanted(study, companion)),
+            lambda: new_running_trial(self.storage, companion),
+            lambda _: baseline_spec(self.config.hydra.runtime.choices.get("model")),
+        )
+        if jobs and self.run_jobs(jobs) == [TrialState.COMPLETE]:
+            with self.lock():
+                record_baseline(
+                    study, self.storage.get_trial_user_attrs(jobs[0].tid).get("metrics")
+                )
+
+    def _confirmation(
+        self, study: optuna.Study, companion: optuna.Study, space: SearchSpace
+    ) -> optuna.Study | None:
+        """The confirmation stage, once the search is complete (kdsweep.sweep.confirm):
+        the companion study if it ran (even with nothing left to run), else None."""
+        s = self.settings
+        if not plan_confirmation(self.storage, self.lock, s, self.config, study, companion, space):
+            return None
+
+        def waiting() -> int:
+            queued = companion.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            return min(s.n_jobs, len(queued))
+
+        done = failures = 0
+        while jobs := self._jobs(
+            companion,
+            "confirm",
+            waiting,
+            lambda: ask(companion),
+            lambda trial: confirmation_spec(companion, trial),
+        ):
+            log.debug("confirmation: %s", ", ".join(job.label for job in jobs))
+            states = self.run_jobs(jobs)
+            done += states.count(TrialState.COMPLETE)
+            failures += states.count(TrialState.FAIL)
+        if done or failures:
+            log.info("confirmation: %d run(s) done, %d failed", done, failures)
+        if failures:
+            log.warning("confirmation: %d run(s) failed; rerun the command to retry them", failures)
+        return companion
+
+    def _jobs(
+        self,
+        study: optuna.Study,
+        role: str,
+        wanted: Callable[[], int],
+        new_trial: Callable[[], optuna.trial.Trial],
+        spec: Callable[[optuna.trial.Trial], Spec],
+    ) -> list[Job]:
+        """The one way to ask for jobs, whatever their role (trial, baseline, confirm):
+        under the study lock, ``wanted()`` new trials, each taken as this sweeper's (its
+        role, worker and first heartbeat: kdsweep.sweep.liveness) and given its overrides
+        (kdsweep.sweep.jobs.job_overrides), a signal honoured between two."""
+        jobs = []
+        with self.lock():
+            for _ in range(wanted()):
+                trial = new_trial()
+                study_id = self.storage.get_study_id_from_name(study.study_name)
+                tid = trial_id(self.storage, study_id, trial.number)
+                self.in_flight.add(tid)
+                claim_trial(self.storage, tid, role)
+                job = spec(trial)
+                context = [
+                    *job.context,
+                    f"sweep.role={role}",
+                    f"sweep.trial_id={tid}",
+                    f"sweep.study_name={study.study_name}",
+                ]
+                if self.parent_run_id:
+                    context.append(f"sweep.parent_run_id={self.parent_run_id}")
+                untaken = self.untaken_loss_keys if job.replaces_loss else None
+                overrides = job_overrides(self.base, job.own, context, untaken)
+                jobs.append(Job(study, trial, tid, role, job.label, overrides))
+                check_interrupt()  # between two asks: the claimed ones are in_flight
+        return jobs
 
     def launch(self, batch: list[list[str]]) -> list[JobReturn]:
         """Run a batch of jobs through Hydra's launcher (numbered on from job_idx)."""
@@ -258,15 +377,6 @@ class StudySweep:
             return 0
         return len(self.storage.get_all_trials(study_id, deepcopy=False))
 
-    def claim(self, study: optuna.Study, trial: optuna.trial.Trial, role: str) -> int:
-        """Take a trial just asked (under the lock) as this sweeper's: its role, its worker
-        and its first heartbeat (kdsweep.sweep.liveness). Returns its storage id."""
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        tid = trial_id(self.storage, study_id, trial.number)
-        self.in_flight.add(tid)
-        claim_trial(self.storage, tid, role)
-        return tid
-
     def run_jobs(self, jobs: list[Job]) -> list[TrialState]:
         """The one path of every job: launch the batch, beat for its trials while it runs,
         then tell each trial how its job ended."""
@@ -277,50 +387,6 @@ class StudySweep:
         states = [self._tell(job, ret) for job, ret in zip(jobs, returns, strict=True)]
         check_interrupt()  # every finished job is told first: no finished trial is lost
         return states
-
-    def _ask(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> list[Job]:
-        """New trials for this worker, sampled, never more than the study still needs."""
-        s = self.settings
-        with self.lock():
-            counts = count_states(study)
-            done = sum(counts[state] for state in FINISHED_STATES)
-            remaining = s.n_trials - done - counts[TrialState.RUNNING]
-            if remaining <= 0:
-                if counts[TrialState.RUNNING]:
-                    log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
-                return []
-            jobs = []
-            for _ in range(min(s.n_jobs, remaining)):
-                trial = ask(study, fixed_distributions=space.distributions)
-                tid = self.claim(study, trial, "trial")
-                label = f"trial {trial.number} ({describe_params(trial.params)})"
-                overrides = self._overrides(trial, tid, space.fixed, parent)
-                jobs.append(Job(study, trial, tid, "trial", label, overrides))
-                check_interrupt()  # between two asks: the claimed ones are in_flight
-        log.debug(
-            "study %s: %d/%d finished, launching trial(s) %s",
-            s.study_name,
-            done,
-            s.n_trials,
-            ", ".join(str(job.trial.number) for job in jobs),
-        )
-        return jobs
-
-    def _overrides(
-        self, trial: optuna.trial.Trial, tid: int, base: list[str], parent: ParentRun
-    ) -> list[str]:
-        context = [
-            # The job's folder is named by its Optuna trial number, as the report and MLflow
-            # name the trial (Hydra's own job index counts baselines and reruns too).
-            f"hydra.sweep.subdir=trial-{trial.number}",
-            f"sweep.trial_number={trial.number}",
-            f"sweep.trial_id={tid}",
-            f"sweep.study_name={self.settings.study_name}",
-        ]
-        if parent.run_id:
-            context.append(f"sweep.parent_run_id={parent.run_id}")
-        own = [f"{name}={value}" for name, value in trial.params.items()]
-        return job_overrides(base, own, context)
 
     def untaken_loss_keys(self, overrides: list[str]) -> list[str]:
         """The keys of the loss node a job with these overrides composes that its loss

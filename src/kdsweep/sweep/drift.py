@@ -31,8 +31,8 @@ from kdsweep.run.tracking import flatten
 if TYPE_CHECKING:
     import optuna
 
-    from kdsweep.sweep.jobs import Sweep
-    from kdsweep.sweep.settings import SearchSpace
+    from kdsweep.sweep.jobs import Lock
+    from kdsweep.sweep.settings import SearchSpace, SweepSettings
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -124,16 +124,18 @@ def check_data(study: optuna.Study, study_name: str, fingerprint: str | None) ->
 
 
 def check_definition(
-    sweep: Sweep, study: optuna.Study, space: SearchSpace, fingerprint: str | None
+    config: DictConfig,
+    s: SweepSettings,
+    lock: Lock,
+    study: optuna.Study,
+    space: SearchSpace,
+    fingerprint: str | None,
 ) -> None:
     """A study continues only with the settings and the data (``fingerprint``, as
     data_fingerprint gives it) that made it."""
-    s = sweep.settings
     searched = {name: str(dist) for name, dist in space.distributions.items()}
-    current = study_definition(
-        sweep.config, searched, {"direction": s.direction, "pruner": s.pruner}
-    )
-    with sweep.lock():
+    current = study_definition(config, searched, {"direction": s.direction, "pruner": s.pruner})
+    with lock():
         stored = study.user_attrs.get(DEFINITION_ATTR)
         changes = differences(stored, current) if stored is not None else []
         if changes and not s.allow_changed_settings:

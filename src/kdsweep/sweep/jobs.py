@@ -1,6 +1,6 @@
-"""What the sweep's parts share: the sweep they act for, as a protocol (its one
-implementation is ``kdsweep.sweep.core.StudySweep``), a job for one Optuna trial, and how
-a Hydra job ended."""
+"""A job for one Optuna trial: what it is (``Spec``), its overrides, and how it ended. The
+sweep asks for every job in one way (``kdsweep.sweep.core.StudySweep._jobs``): search
+trials (the references among them), the CE baseline and the confirmation runs."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ import contextlib
 import inspect
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
 if TYPE_CHECKING:
     import optuna
-    from omegaconf import DictConfig
-    from optuna.storages import BaseStorage
-    from optuna.trial import TrialState
 
-    from kdsweep.sweep.settings import SweepSettings
+
+#: The sweep's study lock (kdsweep.sweep.studies.study_lock), taken as ``with lock():``.
+Lock = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -35,26 +34,16 @@ class Job:
     overrides: list[str]
 
 
-class Sweep(Protocol):
-    """A running sweep, as its parts (checks, drift, baseline, confirm, recovery) see it."""
+@dataclass(frozen=True)
+class Spec:
+    """What one job is, besides its trial: how the console names it, its own settings on
+    top of the sweep's fixed overrides, what tells it where it belongs (its run's and
+    folder's names, its seed), and whether it trains another loss than the sweep's."""
 
-    config: DictConfig
-    settings: SweepSettings
-    storage: BaseStorage
-
-    def make_sampler(self, seed_offset: int) -> Any: ...
-
-    def compose(self, overrides: list[str]) -> DictConfig:
-        """The config a job with these overrides gets (Hydra's sweep config)."""
-        ...
-
-    def lock(self) -> contextlib.AbstractContextManager[None]: ...
-
-    def claim(self, study: optuna.Study, trial: optuna.trial.Trial, role: str) -> int: ...
-
-    def untaken_loss_keys(self, overrides: list[str]) -> list[str]: ...
-
-    def run_jobs(self, jobs: list[Job]) -> list[TrialState]: ...
+    label: str
+    own: list[str]
+    context: list[str] = field(default_factory=list)
+    replaces_loss: bool = False
 
 
 def sets_loss(override: str) -> bool:

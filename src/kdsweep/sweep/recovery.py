@@ -17,7 +17,10 @@ from kdsweep.sweep.parent_run import ParentRun, close_trial_run
 from kdsweep.sweep.studies import count_states
 
 if TYPE_CHECKING:
-    from kdsweep.sweep.jobs import Sweep
+    from omegaconf import DictConfig
+    from optuna.storages import BaseStorage
+
+    from kdsweep.sweep.jobs import Lock
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -38,18 +41,20 @@ INTERRUPTED = {
 }
 
 
-def recover(sweep: Sweep, study: optuna.Study) -> None:
+def recover(storage: BaseStorage, lock: Lock, config: DictConfig, study: optuna.Study) -> None:
     """Trials whose sweeper died (kdsweep.sweep.liveness) become FAIL and their MLflow
-    runs are closed: a rerun runs them again."""
-    with sweep.lock():
-        for trial in fail_dead_trials(sweep.storage, study):
+    runs (tracked as ``config`` says) are closed: a rerun runs them again."""
+    with lock():
+        for trial in fail_dead_trials(storage, study):
             said, reason = INTERRUPTED[trial.user_attrs.get("role", "trial")]
             log.warning(said, trial.number)
-            close_trial_run(sweep.config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason)
+            close_trial_run(config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason)
 
 
 def clean_up_interrupted(
-    sweep: Sweep,
+    storage: BaseStorage,
+    lock: Lock,
+    config: DictConfig,
     in_flight: Iterable[int],
     study: optuna.Study,
     parent: ParentRun,
@@ -59,15 +64,13 @@ def clean_up_interrupted(
     become FAIL (a rerun runs them again), their MLflow runs end KILLED, and the parent
     run ends KILLED unless other workers still run trials."""
     reason = f"interrupted by {interrupt_name(exc)}"
-    with contextlib.suppress(Exception), sweep.lock():
+    with contextlib.suppress(Exception), lock():
         for tid in in_flight:
-            trial = sweep.storage.get_trial(tid)
+            trial = storage.get_trial(tid)
             if trial.state != TrialState.RUNNING:
                 continue
-            sweep.storage.set_trial_user_attr(tid, "error", reason)
-            sweep.storage.set_trial_state_values(tid, TrialState.FAIL)
-            close_trial_run(
-                sweep.config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason, "KILLED"
-            )
+            storage.set_trial_user_attr(tid, "error", reason)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+            close_trial_run(config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason, "KILLED")
         if not count_states(study)[TrialState.RUNNING]:
             parent.end("KILLED")
