@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.stores import storage_file
@@ -206,3 +208,18 @@ def test_a_sampler_target_that_builds_something_else_is_refused() -> None:
     with pytest.raises(KdsweepError, match="built a dict, not an Optuna sampler"):
         _check_sampler(lambda seed_offset: {})
     _check_sampler(lambda seed_offset: optuna.samplers.RandomSampler(seed=seed_offset))
+
+
+def test_a_null_storage_reaches_the_jobs_as_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hydra.sweeper.storage=null: the sweeper used sqlite:///optuna.db while each job,
+    reading the sweeper's node, opened the storage "None" and every trial failed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from kdsweep.sweep import trial_hooks
+
+    sweeper = OmegaConf.create({"sweeper": {"storage": None, "pruner": None}})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: sweeper))
+    opened: dict[str, Any] = {}
+    monkeypatch.setattr(trial_hooks, "OptunaTrialHooks", lambda **kwargs: opened.update(kwargs))
+    trial_hooks.trial_hooks(OmegaConf.create({"sweep": {"trial_id": 0, "study_name": "s"}}))
+    assert opened["storage_url"] == SweepSettings.from_options(OPTIONS).storage

@@ -36,6 +36,13 @@ MAX_PLANNED_RUNS = 10_000
 EXTRA_ARMS = 3
 
 
+def storage_url(option: Any) -> str:
+    """The storage ``hydra.sweeper.storage`` names, for the sweeper and its jobs alike: null
+    is the default file, never an in-memory study (the jobs of a parallel launcher run in
+    other processes, and a rerun resumes from it); an empty text stays empty (refused)."""
+    return DEFAULT_STORAGE if option is None else str(option)
+
+
 @dataclass
 class ConfirmSettings:
     """``hydra.sweeper.confirm``: after the search, retrain the top_k configs, the best
@@ -105,7 +112,7 @@ class SweepSettings:
         # null picks the default; an empty text is refused by check() (storage= typed
         # with nothing after it is a mistake, not a request for the default).
         storage, study_name = values.pop("storage", None), values.pop("study_name", None)
-        values["storage"] = DEFAULT_STORAGE if storage is None else str(storage)
+        values["storage"] = storage_url(storage)
         values["study_name"] = DEFAULT_STUDY_NAME if study_name is None else str(study_name)
         values["params"] = {str(k): v for k, v in (values.pop("params", None) or {}).items()}
         values["pruner"] = dict(values.pop("pruner", None) or {})

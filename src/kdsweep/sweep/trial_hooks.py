@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import Abandoned
 from kdsweep.run.experiment import RunResult, TrialHooks
+from kdsweep.sweep.settings import storage_url
 from kdsweep.training.loop import EpochRecord
 
 
@@ -93,7 +94,7 @@ def trial_hooks(cfg: DictConfig) -> TrialHooks:
 
     sweeper = HydraConfig.get().sweeper
     return OptunaTrialHooks(
-        storage_url=str(sweeper.storage),
+        storage_url=storage_url(sweeper.storage),
         study_name=str(sweep.study_name),
         trial_id=int(sweep.trial_id),
         pruner_conf=sweeper.get("pruner"),
