@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,6 +24,7 @@ from kdsweep.config.schema import HYDRA_TARGETS
 from kdsweep.config.validation import validate
 from kdsweep.core.boundary import command
 from kdsweep.core.errors import ConfigError, KdsweepError, NonFiniteLossError, first_line
+from kdsweep.core.files import directory_problem
 from kdsweep.core.signals import cooperative
 
 log = logging.getLogger("kdsweep")
@@ -73,14 +73,10 @@ def unusable_output_dir(argv: Sequence[str]) -> str | None:
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
     values = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.startswith(f"{key}=")]
     given = values[-1] if values else ""
-    probe = Path(given.split("${")[0] or ".").expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:  # the nearest existing ancestor
-        probe = probe.parent
     where = f"{key}={given}" if given else f"the working directory ({key})"
-    if not probe.is_dir():
-        return f"{where} cannot be created ({probe} is a file): give {key} a writable directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{where} cannot be created ({probe} is not writable): give {key} another directory"
+    problem = directory_problem(given.split("${")[0] or ".", min_free=0)
+    if problem:
+        return f"{where} cannot be created ({problem}): give {key} a writable directory"
     return None
 
 

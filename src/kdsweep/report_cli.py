@@ -19,7 +19,7 @@ from typing import Any
 from kdsweep.core.boundary import command
 from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.secrets import mask_secrets
-from kdsweep.core.stores import database_tables, journal_file, storage_file, store_kind
+from kdsweep.core.stores import WHOSE, existing_store_kind, journal_file, storage_file
 
 PROG = "kdsweep-report"
 
@@ -54,18 +54,12 @@ def _open(url: str) -> Any:
             f"--storage {url}: no such file {str(path)!r}: pass the sweep's"
             " hydra.sweeper.storage (e.g. sqlite:///optuna.db)"
         )
-    if journal_file(url) is None:
-        kind = store_kind(database_tables(url))
-        if kind != "optuna":
-            whose = {
-                "mlflow": "an MLflow tracking database",
-                "empty": "an empty database",
-                "other": "a database without Optuna's tables",
-            }[kind]
-            raise KdsweepError(
-                f"--storage {url} is {whose}, not an Optuna storage: pass the"
-                " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
-            )
+    kind = existing_store_kind(url) or "empty"
+    if journal_file(url) is None and kind != "optuna":
+        raise KdsweepError(
+            f"--storage {url} is {WHOSE[kind]}, not an Optuna storage: pass the"
+            " sweep's hydra.sweeper.storage (e.g. sqlite:///optuna.db), not tracking.uri"
+        )
     return open_storage(url, read_only=True)
 
 

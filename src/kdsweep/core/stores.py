@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from kdsweep.core.errors import KdsweepError
 from kdsweep.core.files import file_lock
+
+T = TypeVar("T")
 
 JOURNAL_PREFIX = "journal:"
 # A SQLite store modified this recently may be one another worker is creating (its
@@ -27,6 +30,19 @@ CONNECT_TIMEOUT_S = 5
 #: PostgreSQL's advisory lock held while a program creates its tables in a database: above
 #: every crc32 (the keys of the study locks), so that no study name shares it.
 CREATION_LOCK_KEY = 2**32
+
+
+def attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """``call()``'s result and None, or None and what it raised. The one
+    place kdsweep catches what a store's client raises: MLflow's own errors, a server's
+    (through requests), a database driver's and an artifact store's (boto's, ...) share
+    no base class. A KdsweepError (already a line for the user) and an interrupt pass."""
+    try:
+        return call(), None
+    except KdsweepError:
+        raise
+    except Exception as exc:
+        return None, exc
 
 
 def journal_file(url: str) -> Path | None:
@@ -136,6 +152,27 @@ def store_kind(tables: set[str]) -> str:
     if tables >= MLFLOW_TABLES:
         return "mlflow"
     return "empty" if not tables else "other"
+
+
+#: A store's kind (store_kind) as a refusal names it.
+WHOSE = {
+    "optuna": "an Optuna storage (a sweep's hydra.sweeper.storage)",
+    "mlflow": "an MLflow tracking database",
+    "empty": "an empty database",
+    "other": "another program's database",
+}
+
+
+def existing_store_kind(url: str) -> str | None:
+    """The kind (store_kind) of the store at ``url``, read without writing; None for one
+    not made yet (a missing or empty file) and for a journal file. Every check of whose
+    store a URL names starts here; the driver's own errors pass."""
+    path = storage_file(url)
+    if journal_file(url) is not None or (
+        path is not None and (not path.is_file() or path.stat().st_size == 0)
+    ):
+        return None
+    return store_kind(database_tables(url))
 
 
 def half_created_sqlite(uri: str) -> str | None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kdsweep.config.schema import TrackingConf
 from kdsweep.core.errors import KdsweepError, first_line
@@ -25,14 +24,15 @@ from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import check_interrupt
 from kdsweep.core.stores import (
     CONNECT_TIMEOUT_S,
-    database_tables,
+    WHOSE,
+    attempt,
+    existing_store_kind,
     half_created_sqlite,
-    sqlite_tables,
     storage_file,
-    store_kind,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,13 +85,46 @@ def experiment_id(client: Any, name: str) -> str:
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
-    try:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
-    except Exception:
-        existing = client.get_experiment_by_name(name)
-        if existing is None:
-            raise
-        return existing.experiment_id
+    created, error = attempt(lambda: client.create_experiment(name, tags=EXPERIMENT_KIND))
+    if created is not None:
+        return created
+    existing = client.get_experiment_by_name(name)  # another worker's, made just before
+    if existing is None:
+        raise KdsweepError(
+            f"cannot create the MLflow experiment {name!r} ({first_line(error)}): fix"
+            " tracking.experiment"
+        ) from error
+    return existing.experiment_id
+
+
+# -- the failure policy of every MLflow call ---------------------------------------------
+# Before any work starts, a failed MLflow call is one line naming tracking.uri and the
+# command stops (exit 2): nothing was trained, nothing is left half-done. Once work has
+# begun, it is one line in the log; the work goes on, its records kept locally, and the
+# caller leaves MLflow alone for the rest of that work: a result is never lost to MLflow.
+UNTRACKED = "(tracking.enabled=false runs untracked)"
+
+
+def mlflow_required(uri: str, what: str, call: Callable[[], T]) -> T:
+    """``call()`` before any work: its failure is the command's one-line error."""
+    result, error = attempt(call)
+    if error is not None:
+        raise KdsweepError(
+            f"cannot {what} at tracking.uri={uri} ({first_line(error)}): start the server or"
+            f" fix tracking.uri {UNTRACKED}"
+        ) from error
+    return result  # type: ignore[return-value]  (None only as call()'s own result)
+
+
+def mlflow_best_effort(uri: str, consequence: str, call: Callable[[], object]) -> str | None:
+    """``call()`` once work has begun: its failure is one line in the log, saying what it
+    costs (``consequence``); returned so that the caller stops calling MLflow."""
+    _, error = attempt(call)
+    if error is None:
+        return None
+    line = first_line(error)
+    log.error("MLflow tracking at %s failed (%s): %s", uri, line[:200], consequence)
+    return line
 
 
 class RunTracker:
@@ -144,15 +177,12 @@ class RunTracker:
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        try:
+
+        def create() -> Any:
             client = client_for(self.conf.uri)
-            run = client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
-        except Exception as exc:
-            raise KdsweepError(
-                f"cannot start an MLflow run at tracking.uri={self.conf.uri}"
-                f" ({first_line(exc)}): start the server or fix tracking.uri"
-                " (tracking.enabled=false runs untracked)"
-            ) from None
+            return client.create_run(experiment_id(client, self.conf.experiment), tags=tags)
+
+        run = mlflow_required(self.conf.uri, "start an MLflow run", create)
         self.run_id = run.info.run_id
         self.record["run_id"] = self.run_id
         self.record["tags"].update(tags)
@@ -248,26 +278,23 @@ class RunTracker:
             where = "/".join(part for part in (artifact_path, folder) if part and part != ".")
             self._call(lambda c, f=path, w=where: c.log_artifact(self.run_id, str(f), w or None))
 
-    # -- failure policy ------------------------------------------------------------------
     def _call(self, action: Any) -> None:
+        """One MLflow call of the run, by the failure policy: after the first failure,
+        none."""
         if self.run_id is None or self.broken:
             return
-        try:
-            action(client_for(self.conf.uri))
-        except Exception as exc:
-            self.broken = first_line(exc)
-            log.error(
-                "MLflow tracking at %s failed (%s): training goes on untracked; this run's"
-                " params and metrics are kept in %s",
-                self.conf.uri,
-                self.broken[:200],
-                self.local_path.resolve(),
-            )
-            self.record["tracking_error"] = self.broken
+        consequence = (
+            "training goes on untracked; this run's params and metrics are kept in"
+            f" {self.local_path.resolve()}"
+        )
+        error = mlflow_best_effort(
+            self.conf.uri, consequence, lambda: action(client_for(self.conf.uri))
+        )
+        if error is not None:
+            self.broken = self.record["tracking_error"] = error
 
 
 PROBE_TIMEOUT_S = CONNECT_TIMEOUT_S
-UNTRACKED = "(tracking.enabled=false runs untracked)"
 
 
 def check_store(uri: str, reading: bool = False) -> None:
@@ -286,10 +313,8 @@ def check_store(uri: str, reading: bool = False) -> None:
     problem = _probe(uri, scheme)
     if problem is None and not reading:
         # It answers; whether it is MLflow (and lets us in) only MLflow's request says.
-        try:
-            client_for(uri).search_experiments(max_results=1)
-        except Exception as exc:
-            problem = first_line(exc)
+        _, error = attempt(lambda: client_for(uri).search_experiments(max_results=1))
+        problem = None if error is None else first_line(error)
     if problem:
         raise KdsweepError(
             f"MLflow does not answer at tracking.uri={uri} ({problem}): start the server or"
@@ -331,28 +356,21 @@ def _probe(uri: str, scheme: str) -> str | None:
         except (OSError, ValueError) as exc:
             return first_line(exc)
     if scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
-        try:
-            kind = store_kind(database_tables(uri, timeout_s=PROBE_TIMEOUT_S))
-        except Exception as exc:  # the driver's own error types: auth, unknown database
-            return first_line(exc)
+        kind, error = attempt(lambda: existing_store_kind(uri))
+        if error is not None:
+            return first_line(error)  # the driver's own: a refused login, an unknown database
         if kind == "optuna":
-            return "it holds an Optuna storage (a sweep's hydra.sweeper.storage), not MLflow's"
+            return f"it is {WHOSE[kind]}, not MLflow's"
     return None
 
 
 def _optuna_storage(uri: str) -> str | None:
     """The one line for a tracking.uri that names an Optuna storage: MLflow would add its
     tables beside the study's."""
-    path = storage_file(uri)
-    if path is None or not path.is_file() or path.stat().st_size == 0:
-        return None
-    try:
-        kind = store_kind(sqlite_tables(path))
-    except sqlite3.Error:
-        return None  # not a database at all: half_created_sqlite says so
+    kind, _ = attempt(lambda: existing_store_kind(uri))  # not a database: said before
     if kind != "optuna":
         return None
     return (
-        f"tracking.uri={uri} is an Optuna storage (a sweep's hydra.sweeper.storage), not an"
-        " MLflow database: point tracking.uri at another file, e.g. sqlite:///mlflow.db"
+        f"tracking.uri={uri} is {WHOSE[kind]}, not an MLflow database: point tracking.uri"
+        " at another file, e.g. sqlite:///mlflow.db"
     )

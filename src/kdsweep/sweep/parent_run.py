@@ -14,8 +14,14 @@ from omegaconf import DictConfig
 
 from kdsweep.config.schema import TrackingConf
 from kdsweep.config.validation import typed
-from kdsweep.core.errors import KdsweepError, first_line
-from kdsweep.run.tracking import client_for, experiment_id, flatten, git_commit
+from kdsweep.run.tracking import (
+    client_for,
+    experiment_id,
+    flatten,
+    git_commit,
+    mlflow_best_effort,
+    mlflow_required,
+)
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -45,59 +51,23 @@ class ParentRun:
                 study.set_user_attr(key, description[key])
             if not conf.enabled:
                 return cls(conf, None)
-            run_id = study.user_attrs.get("mlflow_parent_run_id")
-            try:
-                client = client_for(conf.uri)
-                if run_id is not None and not _run_exists(client, run_id):
-                    # The Optuna study is the source of truth: its parent run went with an
-                    # mlflow.db that was deleted, or tracking.uri now names another store.
-                    log.warning(
-                        "the study's MLflow parent run %s is not at tracking.uri=%s (deleted, or"
-                        " another store): a new parent run is created for study %s",
-                        run_id,
-                        conf.uri,
-                        description["study_name"],
-                    )
-                    run_id = None
-                if run_id is None:
-                    tags = {
-                        "mlflow.runName": f"sweep-{description['study_name']}",
-                        "kdsweep.role": "sweep",
-                    }
-                    commit = git_commit()
-                    if commit:
-                        tags["mlflow.source.git.commit"] = commit
-                    run = client.create_run(experiment_id(client, conf.experiment), tags=tags)
-                    run_id = run.info.run_id
-                    from mlflow.entities import Param
-
-                    params = [Param(k, str(v)) for k, v in flatten(description).items()]
-                    client.log_batch(run_id, params=params[:100])
-                    study.set_user_attr("mlflow_parent_run_id", run_id)
-                else:
-                    client.update_run(run_id, status="RUNNING")
-                client.set_tag(run_id, "n_trials_requested", str(description["n_trials"]))
-            except KdsweepError:
-                raise
-            except Exception as exc:
-                raise KdsweepError(
-                    f"cannot start the sweep's MLflow run at tracking.uri={conf.uri}"
-                    f" ({first_line(exc)}): start the server or fix tracking.uri"
-                ) from exc
+            run_id = mlflow_required(
+                conf.uri,
+                "start the sweep's MLflow run",
+                lambda: _open_parent(study, conf, description),
+            )
         return cls(conf, run_id)
 
     def end(self, status: str) -> None:
         """End the run (KILLED when the sweep was interrupted), without a summary."""
         if self.run_id is None:
             return
-        try:
-            client_for(self.conf.uri).set_terminated(self.run_id, status=status)
-        except Exception as exc:
-            log.error(
-                "MLflow: could not end the sweep's parent run %s: %s",
-                self.run_id,
-                first_line(exc),
-            )
+        run_id = self.run_id
+        mlflow_best_effort(
+            self.conf.uri,
+            f"the sweep's parent run {run_id} is not ended",
+            lambda: client_for(self.conf.uri).set_terminated(run_id, status=status),
+        )
 
     def finish(
         self,
@@ -111,26 +81,58 @@ class ParentRun:
         running (the last one ends it)."""
         if self.run_id is None:
             return
-        try:
+        run_id = self.run_id
+
+        def summarize() -> None:
             client = client_for(self.conf.uri)
             if best is not None:
-                client.log_metric(self.run_id, "best_value", float(best.value))
-                client.log_metric(self.run_id, "best_trial", float(best.number))
+                client.log_metric(run_id, "best_value", float(best.value))
+                client.log_metric(run_id, "best_trial", float(best.number))
                 for name, value in best.params.items():
-                    client.set_tag(self.run_id, f"best.{name}", str(value))
+                    client.set_tag(run_id, f"best.{name}", str(value))
             if description:
                 # MLflow's run description: the report's headline, first thing in the UI.
-                client.set_tag(self.run_id, "mlflow.note.content", description)
+                client.set_tag(run_id, "mlflow.note.content", description)
             for path in finished_files(report_files):
-                client.log_artifact(self.run_id, str(path), "report")
+                client.log_artifact(run_id, str(path), "report")
             if status is not None:
-                client.set_terminated(self.run_id, status=status)
-        except Exception as exc:
-            log.error(
-                "MLflow: could not finish the sweep's parent run %s: %s",
-                self.run_id,
-                first_line(exc),
-            )
+                client.set_terminated(run_id, status=status)
+
+        mlflow_best_effort(
+            self.conf.uri, f"the sweep's parent run {run_id} is not finished", summarize
+        )
+
+
+def _open_parent(study: optuna.Study, conf: TrackingConf, description: dict[str, Any]) -> str:
+    """The study's parent run id: its recorded run, reopened, or a new one."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    client = client_for(conf.uri)
+    if run_id is not None and not _run_exists(client, run_id):
+        # The Optuna study is the source of truth: its parent run went with an mlflow.db
+        # that was deleted, or tracking.uri now names another store.
+        log.warning(
+            "the study's MLflow parent run %s is not at tracking.uri=%s (deleted, or another"
+            " store): a new parent run is created for study %s",
+            run_id,
+            conf.uri,
+            description["study_name"],
+        )
+        run_id = None
+    if run_id is None:
+        tags = {"mlflow.runName": f"sweep-{description['study_name']}", "kdsweep.role": "sweep"}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run_id = client.create_run(experiment_id(client, conf.experiment), tags=tags).info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)) for k, v in flatten(description).items()]
+        client.log_batch(run_id, params=params[:100])
+        study.set_user_attr("mlflow_parent_run_id", run_id)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "n_trials_requested", str(description["n_trials"]))
+    return run_id
 
 
 def finished_files(paths: list[Path]) -> list[Path]:
@@ -169,13 +171,14 @@ def close_trial_run(
     FAILED, or KILLED for an interrupted one."""
     if not run_id:
         return
-    try:
-        conf = _tracking(config)
+    conf = _tracking(config)
+
+    def close() -> None:
         client = client_for(conf.uri)
         if client.get_run(run_id).info.status != "RUNNING":
             return
         client.set_tag(run_id, "kdsweep.state", state)
         client.set_tag(run_id, "error", message)
         client.set_terminated(run_id, status=status)
-    except Exception as exc:
-        log.error("MLflow: could not close trial run %s: %s", run_id, first_line(exc))
+
+    mlflow_best_effort(conf.uri, f"trial run {run_id} is left RUNNING", close)

@@ -25,12 +25,13 @@ from kdsweep.core.files import file_lock
 from kdsweep.core.stores import (
     CONNECT_TIMEOUT_S,
     JOURNAL_PREFIX,
+    WHOSE,
     advisory_lock,
+    attempt,
     creation_lock,
-    database_tables,
+    existing_store_kind,
     journal_file,
     storage_file,
-    store_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -47,42 +48,48 @@ def open_storage(
     ``heartbeat``: RDBStorage's heartbeat options, for the sweeper (the journal storage has
     no heartbeat in Optuna: kdsweep.sweep.liveness). ``read_only``: an existing storage
     that a reader (kdsweep-report) opens without writing, a read-only file included."""
-    try:
-        journal = journal_file(url)
-        if journal is not None:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(journal)))
-        engine_kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            # Parallel trials write to one file: wait for the lock instead of failing.
-            engine_kwargs = {"connect_args": {"timeout": 60}}
-        elif url.startswith("postgresql"):
-            engine_kwargs = {
-                "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
-                "pool_pre_ping": True,
-            }
-        path = storage_file(url)
-        if read_only and path is not None:
-            # SQLite's own read-only mode: no journal, no lock file, a read-only file works.
-            url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
-        # N workers started together on a new database race to create Optuna's tables, and
-        # the losers fail (duplicate key, table already exists): create them one at a time.
-        # A reader creates nothing, and takes no lock.
-        lock = contextlib.nullcontext() if read_only else creation_lock(url)
-        with lock, warnings.catch_warnings():
-            # Optuna marks heartbeat_interval experimental; it is the sweeper's liveness.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
-    except Exception as exc:
-        raise _cannot_open(url, exc) from None
+    storage, error = attempt(lambda: _open_storage(url, heartbeat, read_only))
+    if storage is None:
+        raise _cannot_open(url, error) from error
+    return storage
 
 
-def _cannot_open(url: str, exc: Exception) -> KdsweepError:
+def _open_storage(
+    url: str, heartbeat: Mapping[str, Any] | None, read_only: bool
+) -> optuna.storages.BaseStorage:
+    journal = journal_file(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Parallel trials write to one file: wait for the lock instead of failing.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        engine_kwargs = {
+            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            "pool_pre_ping": True,
+        }
+    path = storage_file(url)
+    if read_only and path is not None:
+        # SQLite's own read-only mode: no journal, no lock file, a read-only file works.
+        url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+    # N workers started together on a new database race to create Optuna's tables, and
+    # the losers fail (duplicate key, table already exists): create them one at a time.
+    # A reader creates nothing, and takes no lock.
+    lock = contextlib.nullcontext() if read_only else creation_lock(url)
+    with lock, warnings.catch_warnings():
+        # Optuna marks heartbeat_interval experimental; it is the sweeper's liveness.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **(heartbeat or {}))
+
+
+def _cannot_open(url: str, error: Exception) -> KdsweepError:
     return KdsweepError(
         f"cannot open the Optuna storage {url}"
-        f" ({first_line(exc)}):"
+        f" ({first_line(error)}):"
         " check hydra.sweeper.storage (e.g. sqlite:///optuna.db, journal:optuna.journal.log,"
         " postgresql://user@host/db)"
     )
@@ -99,19 +106,13 @@ def check_storage_kind(url: str, tracking_uri: str | None) -> None:
             f"hydra.sweeper.storage={url} is the store tracking.uri names:"
             " give the study its own database (e.g. sqlite:///optuna.db)"
         )
-    if journal_file(url) is not None or (
-        path is not None and (not path.is_file() or path.stat().st_size == 0)
-    ):
-        return  # a journal file, or a new database Optuna creates
-    try:
-        kind = store_kind(database_tables(url))
-    except Exception as exc:  # sqlite3's or a driver's own error types
-        raise _cannot_open(url, exc) from None
+    kind, error = attempt(lambda: existing_store_kind(url))
+    if error is not None:  # sqlite3's or a driver's own error types
+        raise _cannot_open(url, error) from error
     # A server's database may hold other programs' tables beside Optuna's; a file may not.
     if kind == "mlflow" or (kind == "other" and path is not None):
-        whose = "an MLflow tracking database" if kind == "mlflow" else "another program's database"
         raise KdsweepError(
-            f"hydra.sweeper.storage={url} is {whose}, not an Optuna storage:"
+            f"hydra.sweeper.storage={url} is {WHOSE[kind]}, not an Optuna storage:"
             " give the study its own database (e.g. sqlite:///optuna.db)"
         )
 
