@@ -191,6 +191,18 @@ ROWS = {
         (*SWEEP, "data=imagefolder", "data.root={looped}", "data.workers=0"),
         "train/a/loop/0.png is the same file as train/a/0.png",
     ),
+    # A broken image (issue 27: class 5) is found when the files are hashed, before the
+    # statistics, the teacher or the run: once a traceback after the teacher trained.
+    "image folder with a truncated PNG": Bad(
+        ("data=imagefolder", "data.root={broken}", "data.workers=0"),
+        "train/b/3.png is a broken image (truncated PNG file): replace it with a whole copy",
+    ),
+    "sweep over images with a truncated PNG": _slow(
+        Bad(
+            (*SWEEP, "data=imagefolder", "data.root={broken}", "data.workers=0"),
+            "train/b/3.png is a broken image",
+        )
+    ),
     # A teacher not clearly above chance stops the run: it would teach nothing (issue 27:
     # class 6). It stays cached, sealed: a reuse is refused again.
     "teacher near chance": Bad(
@@ -595,6 +607,11 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
         for i in range(12):
             Image.new("RGB", (8, 8), (i, i, i)).save(looped / "train" / name / f"{i}.png")
     (looped / "train" / "a" / "loop").symlink_to(looped / "train" / "a")
+    broken = tmp_path / "broken"  # train/b/3.png cut short: no IEND chunk
+    shutil.copytree(looped, broken, ignore=shutil.ignore_patterns("loop"))
+    (broken / "train" / "b" / "3.png").write_bytes(
+        (looped / "train" / "b" / "3.png").read_bytes()[:-12]
+    )
     untrained = tmp_path / "untrained.pt"  # a bare state_dict of the default teacher
     import torch
 
@@ -611,6 +628,7 @@ def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
         "other_teacher": other_teacher,
         "untrained": untrained,
         "looped": looped,
+        "broken": broken,
     }
 
 

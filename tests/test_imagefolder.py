@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def train_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def conf(root: Path, tmp_path: Path, **keys: object) -> ImageFolderData:
-    return ImageFolderData(root=str(root), workers=0, cache_dir=str(tmp_path), **keys)
+    return ImageFolderData(root=str(root), cache_dir=str(tmp_path), **{"workers": 0, **keys})
 
 
 def test_given_folders_are_the_splits(full_tree: Path, tmp_path: Path) -> None:
@@ -192,6 +193,218 @@ def test_an_image_that_vanishes_while_read_is_one_line(
     monkeypatch.setattr(imagefolder, "_read_file", vanishing)
     with pytest.raises(DataError, match=r"cannot read .*3\.png\.gone \(No such file"):
         conf(full_tree, tmp_path).load()
+
+
+def _png(root: Path) -> Path:
+    return root / "train" / "cat" / "0.png"
+
+
+def _cut_short(root: Path) -> str:
+    _png(root).write_bytes(_png(root).read_bytes()[:-12])  # no IEND chunk
+    return "train/cat/0.png is a broken image (truncated PNG file)"
+
+
+def _random_bytes(root: Path) -> str:
+    _png(root).write_bytes(np.random.default_rng(0).bytes(300))
+    return "train/cat/0.png is not an image PIL recognizes"
+
+
+def _zero_bytes(root: Path) -> str:
+    _png(root).write_bytes(b"")
+    return "train/cat/0.png is empty (0 bytes)"
+
+
+def _bomb(root: Path) -> str:
+    """A TIFF over PIL's decompression-bomb limit (lowered by the test to 2,000 pixels),
+    where PIL only warns, then decodes (up to twice the limit): refused before any decode."""
+    from PIL import Image
+
+    Image.new("L", (50, 50)).save(root / "train" / "dog" / "big.tiff", compression="tiff_deflate")
+    return "train/dog/big.tiff is too large to decode safely (Image size (2500 pixels) exceeds"
+
+
+def _tiff_named_png(root: Path) -> str:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(_png(root), format="TIFF")
+    return "train/cat/0.png holds a TIFF image under another format's name: convert it"
+
+
+def _float_pixels(root: Path) -> str:
+    from PIL import Image
+
+    Image.new("F", (8, 8), 0.5).save(root / "train" / "eel" / "f.tiff")
+    return "train/eel/f.tiff is a TIFF image in PIL mode F, which has no faithful RGB"
+
+
+def _no_extension(root: Path) -> str:
+    (root / "train" / "cat" / "photo").write_bytes(_png(root).read_bytes())
+    return "train/cat/photo is not named as an image"
+
+
+def _class_folder_a_file(root: Path) -> str:
+    (root / "train" / "fox").write_bytes(b"a zip, say")
+    return "train/fox is a file where train/ holds class folders"
+
+
+def _hidden_class_folder(root: Path) -> str:
+    (root / "train" / ".cache").mkdir()
+    return "train/.cache is a hidden folder where train/ holds class folders"
+
+
+def _unreadable(root: Path) -> str:
+    (root / "test" / "dog" / "1.png").chmod(0)  # tests run as root: open is refused below
+    return "cannot read " + str(root / "test" / "dog" / "1.png") + " (Permission denied)"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _cut_short,
+        _random_bytes,
+        _zero_bytes,
+        _bomb,
+        _tiff_named_png,
+        _float_pixels,
+        _no_extension,
+        _class_folder_a_file,
+        _hidden_class_folder,
+        _unreadable,
+    ],
+)
+def test_a_bad_file_is_one_line_at_load(
+    spoil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """Found when the files are listed and hashed, before any statistics or teacher."""
+    import builtins
+
+    from PIL import Image
+
+    from kdsweep.data import imagefolder
+
+    root = make_tree(tmp_path / "images", {"train": 4, "test": 2})
+    expected = spoil(root)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+
+    def as_a_user(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if os.stat(path).st_mode & 0o777 == 0:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(imagefolder, "open", as_a_user, raising=False)
+    with pytest.raises(DataError) as info:
+        conf(root, tmp_path / "cache").load()
+    message = str(info.value)
+    assert expected in message.replace(str(root) + "/", "") or expected in message, message
+    assert "\n" not in message and "BytesIO" not in message
+    assert not (tmp_path / "cache").exists()  # nothing computed, nothing cached
+
+
+def test_litter_is_skipped(tmp_path: Path) -> None:
+    """macOS's AppleDouble forks (._x.png, not images), .DS_Store, hidden files and
+    folders inside a class, Thumbs.db: left out, as if absent."""
+    root = make_tree(tmp_path / "images", {"train": 4, "test": 2})
+    clean = conf(root, tmp_path).load()
+    cat = root / "train" / "cat"
+    (cat / "._0.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (root / "train" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (cat / ".ipynb_checkpoints").mkdir()
+    (cat / ".ipynb_checkpoints" / "1-checkpoint.png").write_bytes((cat / "1.png").read_bytes())
+    (cat / "Thumbs.db").write_bytes(b"thumbnails")
+    littered = conf(root, tmp_path).load()
+    assert len(littered.train_y) == len(clean.train_y)
+    assert littered.fingerprint == clean.fingerprint
+
+
+def test_every_image_mode_decodes_to_rgb(tmp_path: Path) -> None:
+    """Palette, CMYK, grey with alpha and 16-bit TIFFs: RGB, the 16-bit scaled down (PIL's
+    convert("RGB") clips 16-bit grey to white)."""
+    from PIL import Image
+
+    grey = np.random.default_rng(2).integers(0, 256, size=(6, 5), dtype=np.uint8)
+    expected = torch.from_numpy(grey).expand(3, -1, -1)
+    wide = (grey.astype(np.uint16) << 8) | grey
+    Image.fromarray(wide).save(tmp_path / "deep.tiff")
+    assert Image.open(tmp_path / "deep.tiff").mode == "I;16"
+    assert torch.equal(load_image(str(tmp_path / "deep.tiff")), expected)
+    rgb = Image.fromarray(np.stack([grey, 255 - grey, grey // 2], axis=-1))
+    for name, image in {
+        "cmyk.tiff": rgb.convert("CMYK"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "palette.png": rgb.convert("P"),
+        "palette.bmp": rgb.convert("P"),
+        "grey-alpha.png": rgb.convert("LA"),
+    }.items():
+        image.save(tmp_path / name, **({"quality": 100} if name.endswith("jpg") else {}))
+        reference = torch.from_numpy(np.array(Image.open(tmp_path / name).convert("RGB")))
+        decoded = load_image(str(tmp_path / name))
+        assert decoded.shape == (3, 6, 5) and decoded.dtype == torch.uint8, name
+        difference = (decoded.int() - reference.permute(2, 0, 1).int()).abs().max()
+        assert difference <= 2, name  # JPEG's CMYK: PIL's and libjpeg's rounding
+
+
+def test_an_image_broken_while_training_is_one_line(full_tree: Path, tmp_path: Path) -> None:
+    """In a DataLoader worker: the worker's traceback is not the message."""
+    root = tmp_path / "images"
+    shutil.copytree(full_tree, root)
+    data = conf(root, tmp_path, workers=1).load()
+    (root / "train" / "dog" / "3.png").unlink()
+    with pytest.raises(DataError) as info:
+        list(data.train_x.batches(16))
+    message = str(info.value)
+    assert message.startswith(f"cannot read {root}/train/dog/3.png (No such file")
+    assert "\n" not in message and "worker" not in message
+
+
+def test_a_jpeg_cut_short_is_one_line_when_decoded(tmp_path: Path) -> None:
+    """PIL's verify() reads only a JPEG's header: the cut is found at its first decode,
+    named without torchvision's C++ source location."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (9, 99, 199)).save(tmp_path / "a.jpg")
+    whole = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError) as info:
+        load_image(str(tmp_path / "a.jpg"))
+    assert str(info.value).startswith(f"cannot read {tmp_path}/a.jpg (Image is incomplete")
+    assert ".cpp" not in str(info.value)
+
+
+def test_an_image_gone_mid_run_fails_its_run_in_one_line(
+    full_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path
+) -> None:
+    """Gone once the run has started (the data loaded, the teacher trained): one line
+    naming the file, exit 2, the MLflow run FAILED with the line as its error."""
+    from kdsweep.data import imagefolder
+    from kdsweep.run.masked_client import MaskedClient
+
+    runs: list[object] = []
+    create_run = MaskedClient.create_run
+
+    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        runs.append(create_run(*args, **kwargs))
+        return runs[-1]
+
+    real = imagefolder._decoded
+    gone = str(full_tree / "train" / "dog" / "3.png")
+
+    def vanishing(path: str) -> torch.Tensor:
+        if path == gone and runs:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real(path)
+
+    monkeypatch.setattr(MaskedClient, "create_run", recorded)
+    monkeypatch.setattr(imagefolder, "_decoded", vanishing)
+    shutil.copyfile(empty_mlflow_db, db_path(tmp_path))  # MLflow's migrations: 2-4 s
+    args = [*FOLDER, f"data.root={full_tree}", *isolated_overrides(tmp_path)]
+    result = run_in_process(tmp_path, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("kdsweep: error:")]
+    assert line.startswith(f"kdsweep: error: cannot read {gone} (No such file or directory)")
+    (logged,) = mlflow_runs(f"sqlite:///{db_path(tmp_path)}")
+    assert logged.info.status == "FAILED"
+    assert f"cannot read {gone}" in logged.data.tags["error"]
 
 
 def test_streamed_batches_follow_the_order(full_tree: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from kdsweep.core.errors import DataError
 from kdsweep.core.signals import check_interrupt
 
 if TYPE_CHECKING:
@@ -74,7 +75,12 @@ class ImageSplit:
             num_workers=self.workers,
             pin_memory=torch.device(self.device).type == "cuda",
         )
-        for index, (images, _) in zip(chunks, loader, strict=True):
+        batches = iter(loader)
+        for index in chunks:
+            try:
+                images, _ = next(batches)
+            except DataError as exc:  # an image gone or broken since the data loaded
+                raise _own_message(exc) from None
             check_interrupt()  # a signal stops every loop over a split between two batches
             yield index, self._normalized(images)
 
@@ -85,3 +91,11 @@ class ImageSplit:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)
+
+
+def _own_message(exc: DataError) -> DataError:
+    """The error a DataLoader worker raised, with its own one-line message: torch raises
+    it again in this process with the worker's traceback as the message, whose last line
+    is the error's own, after its type's name."""
+    last = str(exc).strip().splitlines()[-1]
+    return DataError(last.removeprefix(f"{DataError.__module__}.{DataError.__qualname__}: "))
