@@ -21,7 +21,7 @@ from _helpers import mlflow_runs, run_in_process, sweep_args, unique
 from conftest import db_path, isolated_overrides
 from kdsweep.core.errors import DataError
 from kdsweep.data import ImageFolderData, ImageSplit, load_splits
-from kdsweep.data.imagefolder import ResizedTo, load_image
+from kdsweep.data.imagefolder import ResizedTo, _check_image, load_image
 from kdsweep.nets import deep_nn
 from kdsweep.training.teacher_outputs import cached_source
 
@@ -317,16 +317,18 @@ def test_litter_is_skipped(tmp_path: Path) -> None:
 
 
 def test_every_image_mode_decodes_to_rgb(tmp_path: Path) -> None:
-    """Palette, CMYK, grey with alpha and 16-bit TIFFs: RGB, the 16-bit scaled down (PIL's
-    convert("RGB") clips 16-bit grey to white)."""
+    """Palette, CMYK, grey with alpha, 16-bit TIFF and PGM: RGB, the 16-bit scaled down
+    (PIL's convert("RGB") clips 16-bit grey to white)."""
     from PIL import Image
 
     grey = np.random.default_rng(2).integers(0, 256, size=(6, 5), dtype=np.uint8)
     expected = torch.from_numpy(grey).expand(3, -1, -1)
     wide = (grey.astype(np.uint16) << 8) | grey
-    Image.fromarray(wide).save(tmp_path / "deep.tiff")
-    assert Image.open(tmp_path / "deep.tiff").mode == "I;16"
-    assert torch.equal(load_image(str(tmp_path / "deep.tiff")), expected)
+    for name, mode in (("deep.tiff", "I;16"), ("deep.pgm", "I")):
+        Image.fromarray(wide).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
+        _check_image(str(tmp_path / name), (tmp_path / name).read_bytes())  # not refused
+        assert torch.equal(load_image(str(tmp_path / name)), expected), name
     rgb = Image.fromarray(np.stack([grey, 255 - grey, grey // 2], axis=-1))
     for name, image in {
         "cmyk.tiff": rgb.convert("CMYK"),

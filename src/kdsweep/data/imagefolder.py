@@ -139,8 +139,8 @@ def _decoded(path: str) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(path) as opened:
-            if opened.mode.startswith("I;16"):  # convert("RGB") would clip it to white
-                grey = np.asarray(opened, dtype=np.uint16) >> 8
+            if opened.mode.startswith("I"):  # 16-bit grey: convert("RGB") clips it to white
+                grey = np.asarray(opened).clip(0, 65535).astype(np.uint16) >> 8
                 image = torch.from_numpy(grey.astype(np.uint8)).expand(3, -1, -1).clone()
             else:
                 image = functional.pil_to_tensor(opened.convert("RGB"))
@@ -183,7 +183,7 @@ def _check_image(path: str, data: bytes) -> None:
                 f"{path} holds a {kind} image under another format's name: convert it to"
                 " PNG, or rename it with its format's extension"
             )
-    elif mode not in PIL_RGB_MODES:
+    elif mode not in PIL_RGB_MODES and (mode, kind) != ("I", "PPM"):  # a 16-bit PGM is I
         raise DataError(
             f"{path} is a {kind} image in PIL mode {mode}, which has no faithful RGB"
             " conversion: convert it to 8- or 16-bit RGB or greyscale"
