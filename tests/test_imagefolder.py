@@ -252,6 +252,11 @@ def _hidden_class_folder(root: Path) -> str:
     return "train/.cache is a hidden folder where train/ holds class folders"
 
 
+def _val_a_broken_link(root: Path) -> str:
+    (root / "val").symlink_to(root / "gone")
+    return "images/val is not a folder: data.root's val/ holds <class>/<images>"
+
+
 def _unreadable(root: Path) -> str:
     (root / "test" / "dog" / "1.png").chmod(0)  # tests run as root: open is refused below
     return "cannot read " + str(root / "test" / "dog" / "1.png") + " (Permission denied)"
@@ -269,6 +274,7 @@ def _unreadable(root: Path) -> str:
         _no_extension,
         _class_folder_a_file,
         _hidden_class_folder,
+        _val_a_broken_link,
         _unreadable,
     ],
 )

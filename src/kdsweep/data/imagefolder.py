@@ -224,6 +224,17 @@ def _folder(path: Path, transform: Any) -> Any:
         ) from None
 
 
+def _given(split: Path) -> bool:
+    """Whether data.root has this split's folder. Something else under its name (a file,
+    a broken link) is refused: taking a share of train/ instead would be silent."""
+    if os.path.lexists(split) and not split.is_dir():
+        raise DataError(
+            f"{split} is not a folder: data.root's {split.name}/ holds <class>/<images>;"
+            f" remove it to hold out a share of train/ as {split.name}"
+        )
+    return split.is_dir()
+
+
 def _check_class_folders(split: Path) -> None:
     """Only class folders stand in a split folder: a file there (an image outside any
     class, a class folder that is a file) or a hidden folder (which ImageFolder would
@@ -377,7 +388,7 @@ def load_imagefolder_splits(conf: ImageFolderData) -> TensorSplits:
     plain, augmented = _transforms(conf)
     train_folder = _folder(root / "train", plain)
     every = np.arange(len(train_folder))
-    given = {split: (root / split).is_dir() for split in ("val", "test")}
+    given = {split: _given(root / split) for split in ("val", "test")}
     parts: dict[str, tuple[Any, np.ndarray]] = {}
     folders = []  # val/ and test/, where given
     if given["test"]:
