@@ -188,16 +188,10 @@ def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
 
 def _optimizer(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     """An optimizer's node: torch.optim's, or a torch Optimizer subclass of the user's."""
-    target = _target(node, key, allowed)
-    made = _located(target)
     from torch.optim import Optimizer
 
-    if not (isinstance(made, type) and issubclass(made, Optimizer)):
-        raise ConfigError(
-            f"{key}._target_ must name a torch.optim class (a torch Optimizer), got"
-            f" {target.target!r}"
-        )
-    return target
+    target = _target(node, key, allowed)
+    return _subclass_of(Optimizer, "a torch.optim class (a torch Optimizer)", target, key)
 
 
 def _scheduler(node: Any, key: str, allowed: tuple[str, ...]) -> Target | None:
@@ -214,14 +208,18 @@ def _scheduler(node: Any, key: str, allowed: tuple[str, ...]) -> Target | None:
         and milestones == sorted(set(milestones))
     ):
         raise ConfigError(f"{key}.milestones must be increasing epochs >= 1, got {milestones}")
-    made = _located(target)
     from torch.optim.lr_scheduler import LRScheduler
 
-    if not (isinstance(made, type) and issubclass(made, LRScheduler)):
-        raise ConfigError(
-            f"{key}._target_ must name a torch LRScheduler class"
-            f" (torch.optim.lr_scheduler), got {target.target!r}"
-        )
+    what = "a torch LRScheduler class (torch.optim.lr_scheduler)"
+    return _subclass_of(LRScheduler, what, target, key)
+
+
+def _subclass_of(base: type, what: str, target: Target, key: str) -> Target:
+    """``target`` if it names a subclass of ``base`` (an optimizer, a schedule); else the
+    one line saying what ``key`` must name."""
+    made = _located(target)
+    if not (isinstance(made, type) and issubclass(made, base)):
+        raise ConfigError(f"{key}._target_ must name {what}, got {target.target!r}")
     return target
 
 
