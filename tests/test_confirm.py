@@ -309,11 +309,18 @@ def test_a_shipped_searchs_study_name_names_the_users_parts() -> None:
     from test_search_configs import _compose_with_hydra
 
     def name(*overrides: str) -> str:
+        from hydra.core.hydra_config import HydraConfig
+
         config = _compose_with_hydra("hparams_search=kd", *overrides)
         options = dict(direction="maximize", storage="sqlite:///x.db", n_trials=1, n_jobs=1)
         options |= dict(max_failure_rate=0.0, params={}, pruner={}, enqueue_trials=[])
         options |= dict(baselines=False, report_dir="r", heartbeat_interval=1, grace_period=2)
-        settings = SweepSettings(study_name=str(config.hydra.sweeper.study_name), **options)
+        HydraConfig.instance().set_config(config)  # the name reads hydra:runtime.choices
+        try:
+            study_name = str(config.hydra.sweeper.study_name)
+        finally:
+            HydraConfig.instance().cfg = None
+        settings = SweepSettings(study_name=study_name, **options)
         return named_for_parts(settings, config).study_name
 
     user_teacher = "teacher.model._target_=torchvision.models.resnet18"
