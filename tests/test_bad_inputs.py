@@ -836,6 +836,9 @@ def test_eval_of_a_store_without_its_client_is_one_line(
     assert err.startswith("kdsweep-eval: error: cannot load s3://bucket/x") and "boto3" in err
 
 
+LOSS_KEYS_OF_KD = ("~loss.temperature", "~loss.soft_target_weight", "~loss.ce_weight")
+
+
 def test_a_replaced_target_is_named_after_itself(settings) -> None:  # noqa: ANN001
     """Overriding only teacher.model._target_ kept the option's name: the log called a
     resnet18 teacher "deep". The name follows the target; an option's own stays."""
@@ -845,3 +848,8 @@ def test_a_replaced_target_is_named_after_itself(settings) -> None:  # noqa: ANN
     assert replaced.teacher_model.name == "resnet18"
     assert settings().teacher_model.name == "deep"
     assert settings("model.name=mine").model.name == "mine"
+    # A loss option starts from its class's schema node (no _target_ in its YAML): a
+    # replaced loss target is named after that target too.
+    ce = settings("loss._target_=kdsweep.losses.CrossEntropy", *LOSS_KEYS_OF_KD)
+    assert ce.loss.name == "CrossEntropy"
+    assert settings().loss.name == "kd"

@@ -26,7 +26,14 @@ from omegaconf.errors import OmegaConfBaseException
 from kdsweep import data as data_sets
 from kdsweep import losses
 from kdsweep.config.folder import config_dir
-from kdsweep.config.schema import SweepContext, TeacherConf, TrackingConf, TrainerConf
+from kdsweep.config.schema import (
+    PARTS,
+    SweepContext,
+    TeacherConf,
+    TrackingConf,
+    TrainerConf,
+    target_defaults,
+)
 from kdsweep.config.targets import Target, UnknownTarget
 from kdsweep.core.errors import ConfigError, first_line
 from kdsweep.core.files import directory_problem
@@ -149,16 +156,44 @@ def _shipped_names() -> dict[str, set[str]]:
     for group in ("model", "teacher", "loss", "data"):
         for path in (Path(config_dir()) / group).glob("*.yaml"):
             node = OmegaConf.load(path)
+            defaults = [str(d) for d in node.get("defaults", [])]
             node = node.get("model") if group == "teacher" else node
-            if isinstance(node, DictConfig) and node.get("name") and node.get("_target_"):
-                named.setdefault(str(node.name), set()).add(str(node._target_))
+            if not isinstance(node, DictConfig):
+                continue
+            # A loss or data option starts from its class's schema node
+            # (/schema/loss/<Class>@_here_, kdsweep.config.schema): the target is its class.
+            target = node.get("_target_") or _schema_target(group, defaults)
+            if target is not None:
+                name = node.get("name") or _class_defaults(group, target).get("name")
+                named.setdefault(str(name), set()).add(str(target))
     return named
+
+
+def _schema_target(group: str, defaults: list[str]) -> str | None:
+    """The target of the schema node an option file starts from, if it names one."""
+    if group not in PARTS:
+        return None
+    package = PARTS[group][0]
+    for entry in defaults:
+        if entry.startswith(f"/schema/{group}/"):
+            class_name = entry.removeprefix(f"/schema/{group}/").partition("@")[0]
+            return f"{package.__name__}.{class_name}"
+    return None
+
+
+def _class_defaults(group: str, target: str) -> dict[str, Any]:
+    """The fields' defaults of the kdsweep class ``target`` names (empty for others)."""
+    if group not in PARTS:
+        return {}
+    package = PARTS[group][0]
+    cls = getattr(package, target.rpartition(".")[2], None)
+    return target_defaults(package, cls) if isinstance(cls, type) else {}
 
 
 def _own_name(node: Any) -> Any:
     """The node without the ``name`` an option gave another target: overriding only
     ``teacher.model._target_`` keeps the replaced option's name (``deep``), and the part
-    is then named after its target instead (``resnet18``; a loss by its own default)."""
+    is then named after its target instead (``resnet18``, ``CrossEntropy``)."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node)
     if not isinstance(node, dict):
