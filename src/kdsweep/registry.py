@@ -24,11 +24,12 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kdsweep.core.errors import first_line
 from kdsweep.core.files import safe_name
 from kdsweep.core.formatting import mean_ci
+from kdsweep.core.stores import attempt
 from kdsweep.results.confirmed import confirmed_headline, confirmed_summary
 from kdsweep.run.student import ARTIFACT, DATA_TAG
+from kdsweep.run.tracking import mlflow_best_effort
 from kdsweep.sweep.arms import ranked_trials
 
 if TYPE_CHECKING:
@@ -67,16 +68,19 @@ def publish(
     registered version, or None."""
     if parent_run_id is None or best is None:
         return None
-    try:
+    registered: list[str | None] = [None]
+
+    def publish_models() -> None:
         client = registry_client(tracking_uri)
         runs = _trial_runs(client, study, best)
         log_teacher(client, parent_run_id, runs)
         if register:
             parts = study.user_attrs.get("parts")
-            return register_champion(client, study_name, best, confirm_study, parts)
-    except Exception as exc:
-        log.error("MLflow: could not publish the sweep's models: %s", first_line(exc))
-    return None
+            registered[0] = register_champion(client, study_name, best, confirm_study, parts)
+
+    # The sweep's results come first: MLflow's one rule once work has begun.
+    mlflow_best_effort(tracking_uri, "the sweep's models were not published", publish_models)
+    return registered[0]
 
 
 def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[Any]:
@@ -86,10 +90,10 @@ def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial
     for trial in order:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            try:
-                runs.append(client.get_run(run_id))
-            except Exception:  # a run deleted by hand: skip it
+            run, deleted = attempt(lambda run_id=run_id: client.get_run(run_id))
+            if deleted is not None:  # a run deleted by hand: skip it
                 continue
+            runs.append(run)
         if runs and "kdsweep.teacher.key" in runs[0].data.tags:
             break
     return runs
@@ -194,14 +198,16 @@ def register_champion(
         return None
     run = client.get_run(run_id)
     name = registered_name(study_name)
+    from mlflow.exceptions import MlflowException
+
     try:
         client.create_registered_model(
             name,
             description=f"The best distilled student of kdsweep study {study_name};"
             f" alias {ALIAS} = the current best.",
         )
-    except Exception as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     tags = version_tags(study_name, best, run)
     description = describe(study_name, best, run, confirm_study, parts)
@@ -256,10 +262,9 @@ def version_tags(study_name: str, best: optuna.trial.FrozenTrial, run: Any) -> d
 
 
 def _alias_version(client: Any, name: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, ALIAS).version)
-    except Exception:
-        return None
+    """The version the alias points at; None where there is none yet."""
+    version, _ = attempt(lambda: client.get_model_version_by_alias(name, ALIAS))
+    return None if version is None else str(version.version)
 
 
 def _quote(text: str) -> str:
