@@ -23,7 +23,7 @@ import inspect
 import os
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import hydra
@@ -209,6 +209,22 @@ class Target:
             if not fix:
                 raise ConfigError(f"{where}: {reason}") from None
             raise UnknownTarget(f"{where}: {reason}: {fix}", f"{reason}: {fix}") from None
+
+    def untaken_keys(self) -> list[str]:
+        """The node's keys that its callable does not take: not a field of a dataclass,
+        not a parameter of anything else (none if it takes ``**kwargs``)."""
+        made = self.locate()
+        if is_dataclass(made):
+            taken = {f.name for f in fields(made)}
+        else:
+            try:
+                parameters = inspect.signature(made).parameters.values()
+            except (TypeError, ValueError):
+                return []
+            if any(p.kind is p.VAR_KEYWORD for p in parameters):
+                return []
+            taken = {p.name for p in parameters}
+        return [k for k in self.node if k != "_target_" and k not in taken]
 
     def build(self, *args: Any, **offered: Any) -> Any:
         """Instantiate the target with ``args``, its arguments, and those of ``offered``

@@ -45,7 +45,7 @@ from kdsweep.sweep.baseline import (
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import confirmation_spec, open_companion, plan_confirmation
 from kdsweep.sweep.drift import check_definition, data_fingerprint
-from kdsweep.sweep.jobs import Job, Spec, job_outcome, job_overrides, untaken_keys
+from kdsweep.sweep.jobs import Job, Spec, job_outcome, job_overrides
 from kdsweep.sweep.live import LIVE
 from kdsweep.sweep.liveness import Heartbeat, ask, claim_trial, heartbeat_options
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run
@@ -399,8 +399,8 @@ class StudySweep:
 
             try:
                 node = OmegaConf.to_container(self.compose(overrides).loss)
-                made = Target("loss", node, allowed_targets(self.config)).locate()  # type: ignore[arg-type]
-                self._untaken[key] = untaken_keys(node, made)  # type: ignore[arg-type]
+                loss = Target("loss", node, allowed_targets(self.config))  # type: ignore[arg-type]
+                self._untaken[key] = loss.untaken_keys()
             except (HydraException, OmegaConfBaseException, KdsweepError):
                 self._untaken[key] = []
         return self._untaken[key]

@@ -5,10 +5,9 @@ trials (the references among them), the CE baseline and the confirmation runs.""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -72,22 +71,6 @@ def job_overrides(
     overrides = [o for o in base if not sets_loss(o)] + list(own)
     overrides += [f"~loss.{key}" for key in untaken_loss_keys(overrides)]
     return [*overrides, *context]
-
-
-def untaken_keys(node: dict[str, Any], made: Any) -> list[str]:
-    """The keys of a ``_target_`` node that its callable does not take: not a field of a
-    dataclass, not a parameter of anything else (none if it takes ``**kwargs``)."""
-    if is_dataclass(made):
-        taken = {f.name for f in fields(made)}
-    else:
-        try:
-            parameters = inspect.signature(made).parameters.values()
-        except (TypeError, ValueError):
-            return []
-        if any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return []
-        taken = {p.name for p in parameters}
-    return [k for k in node if k != "_target_" and k not in taken]
 
 
 def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
