@@ -445,6 +445,30 @@ ROWS = {
     "custom search space": _slow(
         Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")
     ),
+    # --- issue 26: several workers from one command ---
+    "zero workers": Bad((*SWEEP, "hydra.sweeper.workers=0"), "workers=0 is not a worker count"),
+    "workers neither auto nor a count": _slow(
+        Bad((*SWEEP, "hydra.sweeper.workers=many"), "workers=many is not a worker count")
+    ),
+    "zero workers per device": _slow(
+        Bad((*SWEEP, "hydra.sweeper.workers_per_device=0"), "workers_per_device=0 must be >= 1")
+    ),
+    "workers on an in-memory storage": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.workers=2", "hydra.sweeper.storage=sqlite://"),
+            "is in this process's memory: the workers=2 processes cannot share it",
+        )
+    ),
+    "workers with a launcher that runs jobs elsewhere": Bad(
+        (*SWEEP, "hydra.sweeper.workers=2", "hydra/launcher=submitit_local"),
+        "workers=2 with hydra/launcher=submitit_local: that launcher already runs the jobs",
+    ),
+    "workers with several jobs each": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.workers=2", "hydra.sweeper.n_jobs=2"),
+            "runs one trial per worker at a time: leave hydra.sweeper.n_jobs at 1",
+        )
+    ),
     # --- issue 21: absurd plans, reserved names, crossed stores, the whole search space ---
     "confirmation of a million seeds": Bad(
         (*SWEEP, "hydra.sweeper.confirm.enabled=true", "hydra.sweeper.confirm.seeds=1000000"),

@@ -194,3 +194,36 @@ def test_study_lock_does_not_block_journal_writes(tmp_path: Path) -> None:
     assert load_study(url, "locked").user_attrs == {"written": True}
     assert (tmp_path / "optuna.journal.log").is_file()
     assert not (tmp_path / "optuna.journal.log.lock").exists()  # Optuna's lock was released
+
+
+def test_auto_plans_workers_per_gpu_each_seeing_one_device() -> None:
+    """4 GPUs (a faked count), 2 workers per device: 8 workers, each GPU seen by two,
+    the GPUs filled before any doubles up; the cores shared out."""
+    from kdsweep.sweep.worker_slots import gpu_ids, plan_workers
+
+    slots = plan_workers("auto", 2, gpu_ids(4, None), cores=16, threads=0)
+    assert [s.index for s in slots] == list(range(1, 9))
+    visible = [s.environment()["CUDA_VISIBLE_DEVICES"] for s in slots]
+    assert visible == ["0", "1", "2", "3", "0", "1", "2", "3"]
+    assert {s.threads for s in slots} == {2}  # 16 cores / 8 workers
+    assert {s.environment()["OMP_NUM_THREADS"] for s in slots} == {"2"}
+    assert slots[5].label == "worker 6 (GPU 1)"
+    # The command's own CUDA_VISIBLE_DEVICES names the machine's ids the workers get.
+    pinned = plan_workers("auto", 1, gpu_ids(2, "4,6"), cores=16, threads=0)
+    assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in pinned] == ["4", "6"]
+    # A count round-robins over the GPUs.
+    three = plan_workers(3, 2, gpu_ids(2, None), cores=2, threads=0)
+    assert [s.gpu for s in three] == ["0", "1", "0"]
+    assert {s.threads for s in three} == {1}  # never fewer than one
+
+
+def test_auto_on_cpu_plans_as_many_workers_as_the_cores_allow() -> None:
+    from kdsweep.sweep.worker_slots import plan_workers
+
+    two = plan_workers("auto", 4, [], cores=2, threads=0)  # per device: no GPU, no effect
+    assert [(s.gpu, s.threads, s.device) for s in two] == [(None, 1, "cpu"), (None, 1, "cpu")]
+    assert "CUDA_VISIBLE_DEVICES" not in two[0].environment()
+    assert len(plan_workers("auto", 1, [], cores=8, threads=2)) == 4  # 2 threads each
+    assert len(plan_workers("auto", 1, [], cores=1, threads=4)) == 1  # always one
+    assert [s.threads for s in plan_workers(2, 1, [], cores=8, threads=0)] == [4, 4]
+    assert [s.threads for s in plan_workers(2, 1, [], cores=8, threads=3)] == [3, 3]  # theirs

@@ -46,6 +46,7 @@ def check_sweep(
     if problem:
         raise KdsweepError(problem)
     check_enqueued(space, sweep_settings.enqueue_trials)
+    _check_workers(config, sweep_settings)
     _check_choices(compose, space, choices)
     _check_bounds(config, space, choices)
     _check_sampler(make_sampler)
@@ -225,3 +226,23 @@ def _check_pruner(node: dict[str, Any], allowed: tuple[str, ...]) -> None:
             f" prune ({first_line(exc)}): fix its options, or pick"
             " another with hydra/sweeper/pruner=none|median|hyperband|successive_halving"
         ) from exc
+
+
+def _check_workers(config: DictConfig, settings: SweepSettings) -> None:
+    """Several workers each launch their trials one at a time, in their own process, with
+    Hydra's basic launcher: a launcher that already runs jobs in other processes or on
+    other machines (joblib, submitit) would stack a second fan-out on the first."""
+    if settings.workers == 1:
+        return
+    launcher = config.hydra.runtime.choices.get("hydra/launcher")
+    if launcher != "basic":
+        raise KdsweepError(
+            f"hydra.sweeper.workers={settings.workers} with hydra/launcher={launcher}: that"
+            " launcher already runs the jobs elsewhere; drop hydra/launcher (each worker"
+            " launches its own trials), or keep it with hydra.sweeper.workers=1"
+        )
+    if settings.n_jobs != 1:
+        raise KdsweepError(
+            f"hydra.sweeper.workers={settings.workers} runs one trial per worker at a time:"
+            f" leave hydra.sweeper.n_jobs at 1 (got {settings.n_jobs})"
+        )

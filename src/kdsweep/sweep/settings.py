@@ -13,6 +13,8 @@ from omegaconf import MISSING
 
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
+from kdsweep.core.stores import storage_file
+from kdsweep.sweep.worker_slots import AUTO
 
 if TYPE_CHECKING:  # optuna is imported when a sweep starts, not at plugin discovery
     from optuna.distributions import BaseDistribution
@@ -34,6 +36,12 @@ MAX_SEED = 2**32 - 1
 MAX_PLANNED_RUNS = 10_000
 #: The confirmation's arms besides the top_k: the ablation, the reference, CE default.
 EXTRA_ARMS = 3
+
+
+def in_memory(url: str) -> bool:
+    """Whether a storage URL names an in-memory database (``sqlite://``,
+    ``sqlite:///:memory:``), which no other process can open."""
+    return url.startswith("sqlite") and storage_file(url) is None
 
 
 def storage_url(option: Any) -> str:
@@ -80,6 +88,11 @@ class SweepSettings:
     n_trials: int = 20
     # Trials are launched n_jobs at a time (in parallel with the joblib launcher).
     n_jobs: int = 1
+    # Worker processes the command starts on the study, each a sweep loop of its own
+    # pinned to a device (kdsweep.sweep.workers): auto is one per visible GPU times
+    # workers_per_device, or on CPU one per trainer.threads cores; 1 is one loop here.
+    workers: Any = 1
+    workers_per_device: int = 1
     # Failed trials tolerated, as a fraction of n_trials, before the sweep stops.
     max_failure_rate: float = 0.25
     params: dict[str, str] | None = None
@@ -150,6 +163,7 @@ class SweepSettings:
             raise KdsweepError(f"hydra.sweeper.confirm.first_seed must be in [0, {MAX_SEED}]")
         self._check_planned_work()
         self._check_liveness()
+        self._check_workers()
 
     def _check_study_name(self) -> None:
         """A name no other study uses by construction, that each job reads back as it is."""
@@ -209,6 +223,27 @@ class SweepSettings:
             raise KdsweepError(
                 f"hydra.sweeper.grace_period={grace} must be at least twice"
                 f" heartbeat_interval={beat}, or live trials look dead: raise grace_period"
+            )
+
+    def _check_workers(self) -> None:
+        """workers: auto or a count; several need a storage other processes can open."""
+        workers = self.workers
+        counted = isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
+        if not (counted or workers == AUTO):
+            raise KdsweepError(
+                f"hydra.sweeper.workers={workers} is not a worker count: give auto (one per"
+                " GPU, or per trainer.threads cores) or a number >= 1"
+            )
+        if self.workers_per_device < 1:
+            raise KdsweepError(
+                f"hydra.sweeper.workers_per_device={self.workers_per_device} must be >= 1"
+                " (the workers each GPU runs at once)"
+            )
+        if workers != 1 and in_memory(self.storage):
+            raise KdsweepError(
+                f"hydra.sweeper.storage={self.storage} is in this process's memory: the"
+                f" workers={workers} processes cannot share it; give a file"
+                " (sqlite:///optuna.db, journal:optuna.journal.log) or a server"
             )
 
     @property
