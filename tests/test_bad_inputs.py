@@ -238,6 +238,10 @@ ROWS = {
     "width that builds no network": Bad(
         ("+model.width=0",), "model.width must be a finite number >= 0.03125 for light_nn"
     ),
+    "sweep over a width that builds no network": Bad(
+        (*SWEEP, "+model.width=choice(0,0.5)"),
+        "search space +model.width=CategoricalDistribution(choices=(0, 0.5)): at 0, model.width",
+    ),
     "width that leaves a layer empty": _slow(
         Bad(("model=resnet8x4", "+model.width=0.01"), "model.width must be a finite number")
     ),
@@ -441,6 +445,16 @@ ROWS = {
     "confirm top_k 0": _slow(Bad((*SWEEP, "hydra.sweeper.confirm.top_k=0"), "top_k >= 1")),
     "confirm first seed negative": _slow(
         Bad((*SWEEP, "hydra.sweeper.confirm.first_seed=-1"), "first_seed must be in")
+    ),
+    "unknown cost": Bad(
+        (*SWEEP, "hydra.sweeper.costs=[params,flops]"),
+        "hydra.sweeper.costs: unknown cost 'flops': pick from params, macs, latency_ms",
+    ),
+    "cost listed twice": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.costs=[params,macs,params]"),
+            "hydra.sweeper.costs lists params twice: name each cost once",
+        )
     ),
     "custom search space": _slow(
         Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")

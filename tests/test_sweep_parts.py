@@ -65,6 +65,18 @@ def test_settings_from_the_sweeper_options() -> None:
         SweepSettings.from_options({**OPTIONS, "direction": ["maximize", "minimize"]}).check()
 
 
+def test_costs_are_objectives_after_the_objective() -> None:
+    """No costs: today's single direction; each cost adds one minimized objective, in the
+    order given (the order of a completed trial's values)."""
+    assert SweepSettings.from_options(OPTIONS).directions == ["maximize"]
+    costs = SweepSettings.from_options({**OPTIONS, "costs": ["params", "latency_ms"]})
+    costs.check()
+    assert costs.directions == ["maximize", "minimize", "minimize"]
+    assert costs.costs == ["params", "latency_ms"]
+    minimized = SweepSettings.from_options({**OPTIONS, "direction": "minimize", "costs": ["macs"]})
+    assert minimized.directions == ["minimize", "minimize"]
+
+
 def test_trial_id_is_the_storage_id_of_a_trial_number(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     for name in ("other", "mine"):  # ids and numbers part ways in the second study

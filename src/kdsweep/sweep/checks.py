@@ -16,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.config.validation import Settings, allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
+from kdsweep.data import load_splits
+from kdsweep.run.plan import network
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, check_enqueued
 from kdsweep.sweep.studies import build_pruner, check_storage_kind
 
@@ -32,6 +34,8 @@ def check_sweep(
     sweep_settings.check()
     choices = config.hydra.runtime.choices
     for name in space.distributions:
+        if _appended(name):  # +model.width=choice(...): each trial adds the key
+            continue
         if name not in choices and OmegaConf.select(config, name) is None:
             raise KdsweepError(
                 f"search parameter {name} is not in the config (loss={choices.get('loss')}):"
@@ -62,6 +66,11 @@ def check_sweep(
     RunTracker(settings.tracking, "sweep").check()
 
 
+def _appended(name: str) -> bool:
+    """A searched key the trials append (``+model.width``): absent from the config."""
+    return name.startswith("+")
+
+
 def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
     """Each end of a searched range (and each choice) must be a valid setting:
     ``optimizer.lr=interval(0, 0.1)`` would fail the trials that draw near 0."""
@@ -72,11 +81,15 @@ def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
         if name in groups:  # a config group (optimizer=choice(adam, sgd_nesterov))
             continue
         values = getattr(dist, "choices", None) or (dist.low, dist.high)  # type: ignore[attr-defined]
+        # +model.width=choice(...) appends a key the options leave out: the key is model.width.
+        key = name.lstrip("+")
         for value in values:
             trial = OmegaConf.create(base)
-            OmegaConf.update(trial, name, value, force_add=True)
+            OmegaConf.update(trial, key, value, force_add=True)
             try:
-                validate(trial)  # the loss's dry run included: a formula that overflows
+                settings = validate(trial)  # the loss's dry run included: a formula that overflows
+                if key.startswith("model."):  # the student's own argument (its width): built
+                    network(settings.model, load_splits(settings.data))
             except ConfigError as exc:
                 raise KdsweepError(
                     f"search space {name}={dist}: at {value}, {exc}: narrow the range"
@@ -106,7 +119,7 @@ def _check_choices(
             for i, group in enumerate(options)
             for value in group
         ]
-    others = [n for n in space.distributions if n not in groups]
+    others = [n for n in space.distributions if n not in groups and not _appended(n)]
     for combination in combinations:
         picked = [f"{n}={v}" for n, v in zip(names, combination, strict=True)]
         where = f"search space {', '.join(picked)}"

@@ -109,6 +109,9 @@ class SweepSettings:
     heartbeat_interval: float = 10.0
     grace_period: float = 120.0
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    # What to minimize beside the objective (kdsweep.nets.costs: params, macs,
+    # latency_ms), each an objective of its own after it: [] is a single-objective study.
+    costs: list[str] = field(default_factory=list)
     # A study records the settings that define it (config, search space, pruner); a rerun
     # with other settings is refused unless this is true (kdsweep.sweep.drift).
     allow_changed_settings: bool = False
@@ -131,6 +134,7 @@ class SweepSettings:
         values["pruner"] = dict(values.pop("pruner", None) or {})
         values["enqueue_trials"] = [dict(t) for t in values.pop("enqueue_trials", None) or []]
         values["confirm"] = ConfirmSettings(**(values.pop("confirm", None) or {}))
+        values["costs"] = [str(name) for name in values.pop("costs", None) or []]
         return cls(**values)
 
     def check(self) -> None:
@@ -143,6 +147,7 @@ class SweepSettings:
             raise KdsweepError("hydra.sweeper.max_failure_rate must be in [0, 1]")
         if self.direction not in ("maximize", "minimize"):
             raise KdsweepError("hydra.sweeper.direction must be maximize or minimize")
+        self._check_costs()
         if self.confirm.seeds < 0 or self.confirm.top_k < 1:
             raise KdsweepError(
                 "hydra.sweeper.confirm.seeds must be >= 0 (0: no confirmation)"
@@ -164,6 +169,22 @@ class SweepSettings:
         self._check_planned_work()
         self._check_liveness()
         self._check_workers()
+
+    def _check_costs(self) -> None:
+        """Each cost one kdsweep measures, named once (each is an objective of the study)."""
+        from kdsweep.nets.costs import COSTS  # torch: imported when a sweep starts
+
+        known = ", ".join(COSTS)
+        for position, name in enumerate(self.costs):
+            if name not in COSTS:
+                raise KdsweepError(f"hydra.sweeper.costs: unknown cost {name!r}: pick from {known}")
+            if name in self.costs[:position]:
+                raise KdsweepError(f"hydra.sweeper.costs lists {name} twice: name each cost once")
+
+    @property
+    def directions(self) -> list[str]:
+        """The study's directions: the objective's, then one minimized per cost."""
+        return [self.direction, *["minimize"] * len(self.costs)]
 
     def _check_study_name(self) -> None:
         """A name no other study uses by construction, that each job reads back as it is."""
@@ -268,15 +289,22 @@ class SweepSettings:
         """What the study records about itself (its user attributes, the parent run's
         params); the storage URL with its password masked."""
 
-        return {
+        described = {
             "study_name": self.study_name,
             "sampler": type(sampler).__name__,
             "direction": self.direction,
             "n_trials": self.n_trials,
             "pruner": self.pruner_name,
             "storage": mask_secrets(self.storage),
-            "search_space": {name: mask_secrets(str(dist)) for name, dist in space.items()},
+            # +model.width (a key the trials append) is the key model.width; MLflow's
+            # param names take no "+".
+            "search_space": {
+                name.lstrip("+"): mask_secrets(str(dist)) for name, dist in space.items()
+            },
         }
+        if self.costs:  # a single-objective study's record stays as it was
+            described["costs"] = list(self.costs)
+        return described
 
 
 def _name(direction: Any) -> str:
