@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from kdsweep.config.targets import Target, build_network
+from kdsweep.core.cache import UNREADABLE_TORCH_FILE, load_plain
 from kdsweep.core.errors import CheckpointError, first_line
 from kdsweep.nets import network_of
 from kdsweep.run.serving import on_raw_pixels, raw_pixels, save_served_model
@@ -241,8 +242,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: give a state_dict file or a model URI")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        state = load_plain(path)
+    except UNREADABLE_TORCH_FILE as exc:
         reason = (
             "torch.load(weights_only=True) refused it" if "eights" in str(exc) else first_line(exc)
         )

@@ -19,7 +19,7 @@ import torch
 from kdsweep.config.schema import TrainerConf
 from kdsweep.config.targets import build_network
 from kdsweep.config.validation import Settings
-from kdsweep.core.cache import cached_artifact
+from kdsweep.core.cache import UNREADABLE_TORCH_FILE, cached_artifact, load_plain
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
 from kdsweep.core.files import file_hash, stable_hash
 from kdsweep.core.integrity import CHECKSUM_KEY, IntegrityError, content_digest, verified
@@ -78,8 +78,8 @@ def teacher_key(settings: Settings, data: TensorSplits) -> str:
 
 def _read_checkpoint(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle error, refused global...
+        return load_plain(path)
+    except UNREADABLE_TORCH_FILE as exc:
         raise CheckpointError(
             f"teacher checkpoint {path} is corrupt or not a torch file ({first_line(exc)}):"
             " delete it to retrain, or set teacher.checkpoint to a good file"
