@@ -6,7 +6,9 @@ or present but unreadable. Nothing is downloaded unless ``data.download`` is tru
 
 from __future__ import annotations
 
+import pickle
 import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,24 @@ CIFAR_HINT = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
+
+#: What torchvision's CIFAR classes raise on a copy they cannot use (read off
+#: torchvision/datasets/cifar.py and utils.py): RuntimeError (missing or failing its
+#: checksum), OSError (a file, a failed download: URLError), tarfile.TarError (a bad
+#: archive), and what unpickling a malformed batch file raises (UnpicklingError, EOFError,
+#: a missing key or class, a wrong type, an array that does not reshape to 3x32x32).
+UNREADABLE_CIFAR: tuple[type[Exception], ...] = (
+    RuntimeError,
+    OSError,
+    tarfile.TarError,
+    pickle.UnpicklingError,
+    EOFError,
+    LookupError,
+    AttributeError,
+    ImportError,
+    TypeError,
+    ValueError,
+)
 
 
 @dataclass
@@ -57,7 +77,7 @@ def load_cifar_splits(conf: CifarData) -> TensorSplits:
     try:
         train = cls(root=str(root), train=True, download=conf.download)
         test = cls(root=str(root), train=False, download=conf.download)
-    except Exception as exc:  # torchvision raises RuntimeError; a failed download, URLError
+    except UNREADABLE_CIFAR as exc:
         raise _cifar_error(conf, base, root, exc) from None
     train_x = np.asarray(train.data).transpose(0, 3, 1, 2)
     train_y = np.asarray(train.targets)
@@ -112,7 +132,7 @@ def _cifar_error(conf: CifarData, base: type, root: Path, exc: BaseException) ->
         try:  # every file is there: do they parse without the checksum?
             for train in (True, False):
                 _unverified(base)(root=str(root), train=train, download=False)
-        except Exception as unreadable:
+        except UNREADABLE_CIFAR as unreadable:
             exc = unreadable
         else:
             return DataError(

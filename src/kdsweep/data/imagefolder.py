@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,23 @@ def _litter(name: str) -> bool:
 TORCHVISION_SOURCE = re.compile(r"^\w+, \S+\.cpp:\d+, ")
 
 
+#: What PIL and torchvision.io raise on bytes they cannot decode (read off PIL's ImageFile
+#: and format plugins, torchvision/io/image.py): OSError (PIL's decoders, a missing file;
+#: UnidentifiedImageError), SyntaxError (a broken PNG or JPEG structure), ValueError,
+#: EOFError, TypeError, LookupError and struct.error (malformed headers and tag tables),
+#: RuntimeError (torchvision's C++ decoders; PIL's NotImplementedError).
+UNDECODABLE: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    TypeError,
+    LookupError,
+    struct.error,
+    RuntimeError,
+)
+
+
 def _unreadable(path: str, exc: BaseException) -> DataError:
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror
@@ -118,9 +136,11 @@ def load_image(path: str) -> torch.Tensor:
     """The image at ``path`` as a 3 x H x W uint8 RGB tensor (alpha dropped, grey
     repeated, 16-bit scaled down, a GIF's first frame), however it is stored. A file that
     cannot be read or decoded (gone, changed since it was checked) is a DataError naming it."""
+    from PIL import Image
+
     try:
         return _decoded(path)
-    except Exception as exc:  # whatever the decoder raises: one line naming the file
+    except (*UNDECODABLE, Image.DecompressionBombError) as exc:
         raise _unreadable(path, exc) from None
 
 
@@ -175,7 +195,7 @@ def _check_image(path: str, data: bytes) -> None:
         raise DataError(
             f"{path} is not an image PIL recognizes (another kind of file, or cut short): {fix}"
         ) from None
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on bad bytes
+    except UNDECODABLE as exc:
         raise DataError(f"{path} is a broken image ({first_line(exc)}): {fix}") from None
     if path.lower().endswith(FAST_DECODE_SUFFIXES):
         if kind not in FAST_DECODE_FORMATS:
