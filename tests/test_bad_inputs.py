@@ -456,6 +456,20 @@ ROWS = {
             "hydra.sweeper.costs lists params twice: name each cost once",
         )
     ),
+    # --- issue 25: the front of a search with costs ---
+    "confirm front_k 0": Bad(
+        (*SWEEP, "hydra.sweeper.confirm.front_k=0"),
+        "hydra.sweeper.confirm.front_k=0: give the number of front points to confirm, >= 1",
+    ),
+    "front tolerance negative": _slow(
+        Bad((*SWEEP, "hydra.sweeper.front.tolerance=-1"), "front.tolerance=-1.0 must be a finite")
+    ),
+    "front tolerance NaN": _slow(
+        Bad((*SWEEP, "hydra.sweeper.front.tolerance=nan"), "front.tolerance=nan must be a finite")
+    ),
+    "front tolerance infinite": _slow(
+        Bad((*SWEEP, "hydra.sweeper.front.tolerance=inf"), "front.tolerance=inf must be a finite")
+    ),
     "custom search space": _slow(
         Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")
     ),

@@ -317,3 +317,90 @@ def plot_all_curves(study: optuna.Study, summary: Summary, path: Path) -> str | 
         ax.set_xlabel("epoch")
         _finish(ax, "Validation accuracy per epoch, all trials", path)
     return None
+
+
+def plot_confirmed_front(summary: Summary, path: Path) -> str | None:
+    """The confirmed front: each point's KD test accuracy (mean, 95 % interval bars)
+    against its first cost, the same students without the teacher under it, dominated
+    points hollow and the first sentence's pick starred."""
+    front = summary.front
+    if front is None or not front.costs:
+        return "No confirmed front: the search had no costs or nothing was confirmed."
+    cost = front.costs[0]
+    kd = [p for p in front.points if p.kd.test and cost in p.costs]
+    if not kd:
+        return "No confirmed front yet: no front point has a confirmation run."
+    with _pyplot() as plt:
+        ax = plt.subplots(figsize=(7, 4.5))[1]
+
+        def curve(points: list, stats_of: Callable, label: str, style: dict) -> None:
+            xs = [p.costs[cost] for p in points]
+            stats = [stats_of(p) for p in points]
+            ys = [s.mean for s in stats]
+            errors = [0.0 if s.n < 2 else s.half_width for s in stats]
+            ax.errorbar(xs, ys, yerr=errors, capsize=3, label=label, **style)
+
+        curve(
+            kd,
+            lambda p: p.kd.test_stats,
+            "with the teacher (KD)",
+            {"color": "#3a7d44", "marker": "o"},
+        )
+        without = [p for p in kd if p.ablation is not None and p.ablation.test]
+        if without:
+            curve(
+                without,
+                lambda p: p.ablation.test_stats,
+                "same student, no teacher (CE)",
+                {"color": "#777", "marker": "s", "ls": "--"},
+            )
+        dominated = [p for p in kd if p.dominated]
+        if dominated:
+            ax.scatter(
+                [p.costs[cost] for p in dominated],
+                [p.kd.test_stats.mean for p in dominated],
+                s=120,
+                facecolors="none",
+                edgecolors="#b03a2e",
+                label="dominated when confirmed",
+                zorder=3,
+            )
+        if front.pick is not None and front.pick in kd:
+            ax.scatter(
+                [front.pick.costs[cost]],
+                [front.pick.kd.test_stats.mean],
+                label=f"pick ({front.pick.alias})",
+                zorder=4,
+                **MARKS["best"],
+            )
+        if min(p.costs[cost] for p in kd) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(cost)
+        ax.set_ylabel("test acc (%), mean and 95 % CI")
+        ax.set_title("Confirmed front")
+        ax.legend(fontsize=7, loc="best")
+        _save(ax.figure, path)
+    return None
+
+
+def plot_search_front(study: optuna.Study, summary: Summary, path: Path) -> str | None:
+    """The search's own front, drawn by Optuna (plot_pareto_front): every completed
+    trial's objective against its costs, the non-dominated ones highlighted."""
+    if len(study.directions) < 2:
+        return "No search front: the search had one objective."
+    if not summary.scored:
+        return "No search front: no trial completed."
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    from kdsweep.sweep.arms import cost_names
+
+    names = [*cost_names(study), OBJECTIVE]
+    if len(names) > 3:  # Optuna draws 2 or 3 objectives
+        return "The search's front has more than 3 objectives: not drawn (see the table)."
+    with _pyplot():
+        # The costs on x (and y), the accuracy last: the front read as accuracy against size.
+        ax = plot_pareto_front(
+            study, targets=lambda t: (*t.values[1:], t.values[0]), target_names=names
+        )
+        _save(ax.figure, path)
+    return None

@@ -38,12 +38,15 @@ from kdsweep.core.signals import check_interrupt
 from kdsweep.report.plots import (
     param_file,
     plot_all_curves,
+    plot_confirmed_front,
     plot_curves,
     plot_history,
     plot_importance,
     plot_param,
+    plot_search_front,
 )
 from kdsweep.results.confirmed import CONFIRMED_HEAD, confirmed_rows, resolution
+from kdsweep.results.front import FRONT_HEAD, front_rows
 from kdsweep.results.summary import (
     Summary,
     best_params,
@@ -59,7 +62,14 @@ from kdsweep.results.summary import (
 if TYPE_CHECKING:
     import optuna
 
-FIXED_PNGS = ("history.png", "importance.png", "curves.png", "all_curves.png")
+FIXED_PNGS = (
+    "history.png",
+    "importance.png",
+    "curves.png",
+    "all_curves.png",
+    "front.png",
+    "search_front.png",
+)
 
 
 # --------------------------------------------------------------------------- render
@@ -108,6 +118,9 @@ def _context(
         "confirmed_head": CONFIRMED_HEAD,
         "confirmed_rows": confirmed_rows(summary.confirmed) if summary.confirmed else [],
         "resolution": resolution(summary.confirmed) if summary.confirmed else "",
+        "front": summary.front,
+        "front_head": FRONT_HEAD,
+        "front_rows": front_rows(summary.front) if summary.front else [],
         "comparison": comparison(summary),
         "best_params": best_params(summary),
         "head": head,
@@ -195,7 +208,22 @@ def write_report_files(
     summary = summary or summarize(study, confirm_study)
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
-    drawers: list[tuple[str, str, Callable[[Path], str | None]]] = [
+    drawers: list[tuple[str, str, Callable[[Path], str | None]]] = []
+    if len(study.directions) > 1:  # a search with costs: its fronts first
+        drawers += [
+            (
+                "front.png",
+                "Confirmed front: test accuracy (95 % CI) with the teacher, and the same"
+                " students without it",
+                lambda p: plot_confirmed_front(summary, p),
+            ),
+            (
+                "search_front.png",
+                "The search's own front (one seed per trial, selected on val)",
+                lambda p: plot_search_front(study, summary, p),
+            ),
+        ]
+    drawers += [
         (
             "history.png",
             "Objective per trial, best so far, and the baselines",

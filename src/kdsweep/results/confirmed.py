@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from kdsweep.core.formatting import mean_ci
 from kdsweep.core.stats import PairedDiff, SeededArm
 from kdsweep.core.values import finite_number
+from kdsweep.sweep.arms import FRONT_ABLATION_PREFIX, FRONT_PREFIX
 from kdsweep.sweep.confirm import confirmed_results
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
             for base_key, _ in BASELINES:
                 if base_key != arm.key and base_key in by_key:
                     arm.diffs[base_key] = arm.diff(by_key[base_key], "test")
+        own_ablation = by_key.get(_front_ablation(arm.key))
+        if own_ablation is not None:  # a front point against itself without the teacher
+            arm.diffs["ablation"] = arm.diff(own_ablation, "test")
     done = sum(len(a.test) for a in arms)
     failures = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -127,24 +131,38 @@ def parts_text(parts: Mapping[str, str] | None) -> str:
     )
 
 
+def _front_ablation(key: str) -> str | None:
+    """The ablation arm of front point ``front-<trial>``: ``ablation-<trial>``."""
+    if not key.startswith(FRONT_PREFIX):
+        return None
+    return FRONT_ABLATION_PREFIX + key[len(FRONT_PREFIX) :]
+
+
 def unpaired(c: Confirmed) -> str | None:
-    """Why the confirmation cannot state its comparison: the best configuration and its
-    ablation share fewer seeds than an interval needs (2, or the one asked for), their
-    runs having failed. None when the comparison stands (or there is none to make)."""
-    top, ablation = c.arm("top1"), c.arm("ablation")
-    if top is None or ablation is None:
-        return None
-    diff = top.diffs.get("ablation")
-    paired = diff.n if diff is not None else 0
-    if paired >= min(2, len(c.seeds)):
-        return None
-    failed = next(iter(c.failures.items()), None)
-    why = f" ({failed[0]}: {failed[1]})" if failed else ""
-    return (
-        f"the confirmation could not pair its seeds: top1 and its ablation share {paired} of"
-        f" {len(c.seeds)} seed(s), {len(c.failures)} run(s) failed{why}; no champion is"
-        " registered: fix what failed (the report, MLflow tag 'error') and rerun the command"
-    )
+    """Why the confirmation cannot state its comparison: the best configuration (every
+    front point, after a search with costs) and its ablation share fewer seeds than an
+    interval needs (2, or the one asked for), their runs having failed. None when the
+    comparison stands (or there is none to make)."""
+    pairs = [("top1", "ablation")] + [
+        (a.key, key) for a in c.arms if (key := _front_ablation(a.key)) is not None
+    ]
+    for arm_key, ablation_key in pairs:
+        arm, ablation = c.arm(arm_key), c.arm(ablation_key)
+        if arm is None or ablation is None:
+            continue
+        diff = arm.diffs.get("ablation")
+        paired = diff.n if diff is not None else 0
+        if paired >= min(2, len(c.seeds)):
+            continue
+        failed = next(iter(c.failures.items()), None)
+        why = f" ({failed[0]}: {failed[1]})" if failed else ""
+        return (
+            f"the confirmation could not pair its seeds: {arm_key} and its ablation share"
+            f" {paired} of {len(c.seeds)} seed(s), {len(c.failures)} run(s) failed{why}; no"
+            " champion is registered: fix what failed (the report, MLflow tag 'error') and"
+            " rerun the command"
+        )
+    return None
 
 
 def _finite(value: Any) -> bool:

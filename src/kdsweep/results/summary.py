@@ -19,6 +19,7 @@ from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
+from kdsweep.results.front import ConfirmedFront, confirmed_front, front_headline
 from kdsweep.sweep.arms import ranked_trials
 from kdsweep.sweep.studies import count_states
 
@@ -78,6 +79,8 @@ class Summary:
     confirmed: Confirmed | None = None  # the confirmation stage's paired-seed results
     labels: str | None = None  # the labelled fractions, when not every label was used
     parts: dict[str, str] = field(default_factory=dict)  # loss, teacher, model: their names
+    # After a search with costs: its confirmed front (kdsweep.results.front).
+    front: ConfirmedFront | None = None
 
     @property
     def scored(self) -> list[TrialRow]:
@@ -195,9 +198,11 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     summary.labels = labels_line(attrs.get("definition"))
     parts = attrs.get("parts")
     summary.parts = {str(k): str(v) for k, v in parts.items()} if isinstance(parts, dict) else {}
+    summary.front = confirmed_front(study, summary.confirmed, confirm_study, baselines)
     if len(directions) > 1:
         summary.notes.append(
-            f"The study has {len(directions)} objectives; the report uses the first."
+            f"The study has {len(directions)} objectives (accuracy and its costs); the trial"
+            " table and the search's best use the first."
         )
     if best is not None and tutorial is not None and tutorial.value is not None:
         summary.gain_val = best.value - tutorial.value  # type: ignore[operator]
@@ -243,8 +248,11 @@ def state_line(summary: Summary) -> str:
 
 
 def lead(summary: Summary) -> str:
-    """The report's first sentence: the confirmed comparison where the sweep has one,
-    else the search's best, labelled as the unconfirmed, selected figure it is."""
+    """The report's first sentence: after a search with costs, the smallest confirmed
+    student within tolerance of the best; else the confirmed comparison where the sweep
+    has one, else the search's best, labelled as the unconfirmed, selected figure it is."""
+    if summary.front is not None:
+        return front_headline(summary.front, summary.parts)
     if summary.confirmed is not None:
         return confirmed_headline(summary.confirmed, summary.parts)
     return headline(summary)

@@ -136,6 +136,9 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
     }
     if plan.teacher is not None:
         metrics.update(plan.teacher.metrics)
+        # The teacher's size, what a student's is weighed against (a front's report). All
+        # its parameters: a frozen teacher has none that train.
+        metrics["teacher_params"] = float(sum(p.numel() for p in plan.teacher.model.parameters()))
     tracker.log_metrics(metrics)
     # The tested weights, kept (trainer.save_model): MLflow model, state_dict, teacher tags.
     from kdsweep.run.student import record_student

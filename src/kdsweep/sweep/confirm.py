@@ -11,6 +11,13 @@ fresh seeds, seed s meaning the same student initialisation and data order in ev
 - ``tutorial``: the enqueued reference setting (the first of ``enqueue_trials``);
 - ``ce_default``: a CE student at the sweep's default recipe.
 
+After a search with costs (several objectives) the confirmation confirms a list of
+points instead: at most ``confirm.front_k`` points of the search's front, spread over the
+costs (the most accurate, today's single best, among them), each as ``front-<trial>``
+beside its ablation ``ablation-<trial>`` (kdsweep.sweep.arms.plan_front_arms). The
+tolerance the report picks the smallest student with (``front.tolerance``) is recorded
+with the plan, so that kdsweep-report rebuilds the same report from the study.
+
 The runs are trials of the companion Optuna study ``<study>:confirm`` (one per arm and
 seed, the arm and seed in the trial's user attributes; the CE baseline is a trial there
 too), so they go through the search's one job path: the same launcher, claims and
@@ -29,7 +36,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from kdsweep.core.signals import check_interrupt
-from kdsweep.sweep.arms import Arm, plan_arms
+from kdsweep.sweep.arms import Arm, is_multi_objective, plan_arms, plan_front_arms
 from kdsweep.sweep.jobs import Lock, Spec
 from kdsweep.sweep.settings import CONFIRM_SUFFIX
 from kdsweep.sweep.studies import NOT_PLANNED, count_states, drop_queued, trial_id
@@ -40,6 +47,9 @@ if TYPE_CHECKING:
     from kdsweep.sweep.settings import SearchSpace, SweepSettings
 
 log = logging.getLogger("kdsweep.sweep")
+
+#: The companion's record of hydra.sweeper.front.tolerance (kdsweep.results.front).
+TOLERANCE_ATTR = "front_tolerance"
 
 #: A run that is done, in flight or queued: planned again only if it failed.
 _LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -151,10 +161,15 @@ def plan_confirmation(
     if running:
         log.info("confirmation: waits for %d search trial(s) still running elsewhere", running)
         return False
-    top_k, names = settings.confirm.top_k, list(space.distributions)
-    arms = plan_arms(study, top_k, settings.enqueue_trials, names)
+    if is_multi_objective(study):
+        arms = plan_front_arms(study, settings.confirm.front_k)
+    else:
+        top_k, names = settings.confirm.top_k, list(space.distributions)
+        arms = plan_arms(study, top_k, settings.enqueue_trials, names)
     with lock():
         queued = plan(storage, companion, arms, seeds, OmegaConf.select(config, "teacher.seed"))
+        if is_multi_objective(study):
+            companion.set_user_attr(TOLERANCE_ATTR, settings.front.tolerance)
     log.info(
         "confirmation: %d arm(s) x %d seed(s), %d run(s) to go",
         len(arms),

@@ -64,6 +64,18 @@ class ConfirmSettings:
     top_k: int = 3
     # Confirmation seeds are first_seed, first_seed + 1, ... (never the search's seed).
     first_seed: int = 1000
+    # After a search with costs: how many points of its front are confirmed (each beside
+    # its ablation), spread over the costs (kdsweep.sweep.arms.pick_front).
+    front_k: int = 5
+
+
+@dataclass
+class FrontSettings:
+    """``hydra.sweeper.front``: how a search with costs is read. The report's first
+    sentence names the smallest confirmed student whose confirmed val accuracy is within
+    ``tolerance`` points of the best confirmed one (kdsweep.results.front)."""
+
+    tolerance: float = 1.0
 
 
 @dataclass
@@ -112,6 +124,7 @@ class SweepSettings:
     # What to minimize beside the objective (kdsweep.nets.costs: params, macs,
     # latency_ms), each an objective of its own after it: [] is a single-objective study.
     costs: list[str] = field(default_factory=list)
+    front: FrontSettings = field(default_factory=FrontSettings)
     # A study records the settings that define it (config, search space, pruner); a rerun
     # with other settings is refused unless this is true (kdsweep.sweep.drift).
     allow_changed_settings: bool = False
@@ -135,6 +148,7 @@ class SweepSettings:
         values["enqueue_trials"] = [dict(t) for t in values.pop("enqueue_trials", None) or []]
         values["confirm"] = ConfirmSettings(**(values.pop("confirm", None) or {}))
         values["costs"] = [str(name) for name in values.pop("costs", None) or []]
+        values["front"] = FrontSettings(**(values.pop("front", None) or {}))
         return cls(**values)
 
     def check(self) -> None:
@@ -152,6 +166,18 @@ class SweepSettings:
             raise KdsweepError(
                 "hydra.sweeper.confirm.seeds must be >= 0 (0: no confirmation)"
                 " and confirm.top_k >= 1"
+            )
+        if self.confirm.front_k < 1:
+            raise KdsweepError(
+                f"hydra.sweeper.confirm.front_k={self.confirm.front_k}: give the number of"
+                " front points to confirm, >= 1 (confirm.enabled=false skips the confirmation)"
+            )
+        tolerance = self.front.tolerance
+        number = isinstance(tolerance, int | float) and not isinstance(tolerance, bool)
+        if not number or not math.isfinite(tolerance) or tolerance < 0:
+            raise KdsweepError(
+                f"hydra.sweeper.front.tolerance={tolerance} must be a finite number >= 0"
+                " (accuracy points below the best confirmed val accuracy; default 1.0)"
             )
         if not self.storage.strip():
             raise KdsweepError(
@@ -220,11 +246,14 @@ class SweepSettings:
             return
         seeds, top_k = self.confirm.seeds, self.confirm.top_k
         arms = min(top_k, self.n_trials) + EXTRA_ARMS
+        knob = "confirm.top_k"
+        if self.costs:  # a front point and its ablation each (kdsweep.sweep.arms)
+            arms, knob = 2 * min(self.confirm.front_k, self.n_trials), "confirm.front_k"
         if arms * seeds > MAX_PLANNED_RUNS:
             raise KdsweepError(
                 f"hydra.sweeper.confirm.seeds={seeds} plans up to {arms * seeds} confirmation"
                 f" runs ({arms} arms x {seeds} seeds), more than {MAX_PLANNED_RUNS}: lower"
-                " confirm.seeds or confirm.top_k"
+                f" confirm.seeds or {knob}"
             )
         # One seed more than asked: the search's own seed is skipped if it is in the range.
         first_seed = self.confirm.first_seed
