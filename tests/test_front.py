@@ -210,3 +210,18 @@ def test_front_k_and_tolerance_are_checked() -> None:
     for bad in (math.nan, math.inf, -0.5):
         with pytest.raises(KdsweepError, match="front.tolerance=.* must be a finite number >= 0"):
             check(tolerance=bad)
+
+
+@pytest.mark.slow  # matplotlib and Optuna's plots: ~4 s
+def test_the_report_leads_with_the_front_and_draws_both_fronts(tmp_path) -> None:  # noqa: ANN001
+    from kdsweep.report import lead, summarize
+    from kdsweep.report.plots import plot_confirmed_front, plot_search_front
+
+    study = _search(SEARCH)
+    companion = _confirm(study, {0: 80.0, 2: 95.6, 5: 94.0}, {0: 3.0, 2: 2.0, 5: 0.5})
+    summary = summarize(study, companion)
+    assert lead(summary).startswith("Smallest confirmed student within 1 points")
+    assert plot_confirmed_front(summary, tmp_path / "front.png") is None
+    assert plot_search_front(study, summary, tmp_path / "search_front.png") is None
+    assert (tmp_path / "front.png").stat().st_size > 1000
+    assert (tmp_path / "search_front.png").stat().st_size > 1000

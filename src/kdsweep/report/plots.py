@@ -402,5 +402,9 @@ def plot_search_front(study: optuna.Study, summary: Summary, path: Path) -> str 
         ax = plot_pareto_front(
             study, targets=lambda t: (*t.values[1:], t.values[0]), target_names=names
         )
+        if len(names) == 2:
+            costs = [t.values[1] for t in study.best_trials]
+            if costs and min(costs) > 0:  # sizes grow by factors, as on the confirmed front
+                ax.set_xscale("log")
         _save(ax.figure, path)
     return None
