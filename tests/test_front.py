@@ -7,6 +7,7 @@ directions, trials carrying the costs the sweep stores."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import optuna
 import pytest
@@ -50,18 +51,23 @@ def test_spread_picks_the_given_points_then_the_farthest() -> None:
     assert spread([], 3) == []
 
 
-def _search(points: list[tuple[float, float, float]], pruned: int = 2) -> optuna.Study:
+def _search(
+    points: list[tuple[float, float, float]], pruned: int = 2, run_ids: Sequence[str] = ()
+) -> optuna.Study:
     """A two-direction study: (width, val acc, params) per completed trial, and some
     pruned trials carrying their costs and curve, as the sweep stores them."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("costs", ["params"])
-    for width, acc, params in points:
+    for i, (width, acc, params) in enumerate(points):
+        attrs = {"costs": {"params": params}, "metrics": {"teacher_params": 1e6}}
+        if run_ids:
+            attrs["mlflow_run_id"] = run_ids[i]
         study.add_trial(
             create_trial(
                 params={"model.width": width, "optimizer.lr": 0.01},
                 distributions=WIDTH,
                 values=[acc, params],
-                user_attrs={"costs": {"params": params}, "metrics": {"teacher_params": 1e6}},
+                user_attrs=attrs,
             )
         )
     for i in range(pruned):
@@ -149,7 +155,7 @@ def test_the_confirmed_front_picks_the_smallest_within_tolerance() -> None:
     companion = _confirm(study, {0: 80.0, 2: 95.6, 5: 96.0}, {0: 3.0, 2: 2.0, 5: 0.0})
     confirmed = confirmed_summary(companion)
     assert confirmed is not None and unpaired(confirmed) is None
-    front = confirmed_front(study, confirmed, companion, {"teacher": {"test_acc": 97.0}})
+    front = confirmed_front(study, confirmed, companion)
     assert front is not None
     assert [p.alias for p in front.points] == ["front-1", "front-2", "front-3"]
     assert [p.trial for p in front.points] == [0, 2, 5]
@@ -225,3 +231,44 @@ def test_the_report_leads_with_the_front_and_draws_both_fronts(tmp_path) -> None
     assert plot_search_front(study, summary, tmp_path / "search_front.png") is None
     assert (tmp_path / "front.png").stat().st_size > 1000
     assert (tmp_path / "search_front.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # an MLflow store: ~5 s
+@pytest.mark.usefixtures("tracked_workdir")  # tmp_path/mlflow.db seeded
+def test_every_confirmed_point_is_a_registered_version_with_its_alias(tmp_path) -> None:  # noqa: ANN001
+    from kdsweep.publish import champion_trial
+    from kdsweep.registry import register_front, registry_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = registry_client(uri)
+    experiment = client.create_experiment("front")
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    run_ids = [client.create_run(experiment).info.run_id for _ in SEARCH]
+    for run_id in run_ids:
+        client.log_artifact(run_id, str(tmp_path / "MLmodel"), "student")
+    study = _search(SEARCH, run_ids=run_ids)
+    companion = _confirm(study, {0: 80.0, 2: 95.6, 5: 94.0}, {0: 3.0, 2: 2.0, 5: 0.5})
+    front = confirmed_front(study, confirmed_summary(companion), companion)
+    assert front is not None and front.pick is not None
+    aliases = register_front(client, "s", study, front, {"loss": "kd"})
+    assert set(aliases) == {"front-1", "front-2", "front-3", "champion"}
+    assert aliases["champion"] == aliases["front-2"]  # the first sentence's pick
+    runs = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.get_trials()}
+    for point in front.points:
+        version = client.get_model_version_by_alias("s-student", point.alias)
+        assert version.run_id == runs[point.trial]
+        assert version.tags["cost.params"] == f"{point.costs['params']:g}"
+        assert version.tags["confirmed.test_acc"].startswith(f"{point.kd.test_stats.mean:.2f} ±")
+        assert "confirmed.teacher_gain" in version.tags
+    assert client.get_model_version_by_alias("s-student", "front-3").tags["front.dominated"] == (
+        "true"
+    )
+    assert champion_trial(study, None, companion).number == 2  # type: ignore[union-attr]
+    # A rerun whose confirmed front is shorter: the same versions, no stale alias.
+    two = _confirm(study, {0: 80.0, 5: 94.0}, {0: 3.0, 5: 0.5})
+    shorter = confirmed_front(study, confirmed_summary(two), two)
+    assert shorter is not None
+    again = register_front(client, "s", study, shorter)
+    assert set(again) == {"front-1", "front-2", "champion"}
+    assert set(client.get_registered_model("s-student").aliases) == set(again)
+    assert len(client.search_model_versions("name='s-student'")) == 3

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from kdsweep.registry import publish
 from kdsweep.report import lead, report_dir_for, summarize, write_report_files
 from kdsweep.results.confirmed import best_confirmed, confirmed_summary, unpaired
+from kdsweep.results.front import confirmed_front
 from kdsweep.sweep.arms import ranked_trials
 from kdsweep.sweep.parent_run import ParentRun
 from kdsweep.sweep.settings import SweepSettings
@@ -81,9 +82,15 @@ def champion_trial(
     best: optuna.trial.FrozenTrial | None,
     confirm_study: optuna.Study | None,
 ) -> optuna.trial.FrozenTrial | None:
-    """The search trial whose configuration confirmed best (kdsweep.results.confirmed),
-    else the search's best."""
+    """The search trial whose configuration confirmed best (kdsweep.results.confirmed);
+    after a search with costs, the report's pick of its confirmed front (the smallest
+    within tolerance of the best confirmed val accuracy: kdsweep.results.front); else the
+    search's best."""
     confirmed = confirmed_summary(confirm_study)
+    front = confirmed_front(study, confirmed, confirm_study)
+    if front is not None and front.pick is not None:
+        number = front.pick.trial
+        return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     arm = best_confirmed(confirmed) if confirmed is not None else None
     if arm is None or best is None or arm.trial == best.number:
         return best

@@ -5,6 +5,9 @@ MLflow Model Registry.
   artifact (the checkpoint and ``teacher.json``: recipe, data fingerprint, accuracies),
   found through the tags a trial's run carries (kdsweep.student.record_student). A later
   invocation of the same study logs it again only if the teacher changed.
+- After a search with costs, every confirmed point of its front is a version, tagged with
+  its costs and confirmed accuracies, with the aliases ``front-1`` (the smallest) ..
+  ``front-k`` and ``champion`` on the report's pick (kdsweep.results.front).
 - The champion (the search's candidate that confirmed best: kdsweep.publish; without a
   confirmation stage the search's best trial, ties broken by val loss) becomes a version
   of the registered model ``<study>-student`` with the alias ``champion``; its
@@ -27,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 from kdsweep.core.files import safe_name
 from kdsweep.core.formatting import mean_ci
 from kdsweep.core.stores import attempt
-from kdsweep.results.confirmed import confirmed_headline, confirmed_summary
+from kdsweep.results.confirmed import ci, confirmed_headline, confirmed_summary
+from kdsweep.results.front import ConfirmedFront, ConfirmedPoint, confirmed_front, front_headline
 from kdsweep.run.student import ARTIFACT, DATA_TAG
 from kdsweep.run.tracking import mlflow_best_effort
-from kdsweep.sweep.arms import ranked_trials
+from kdsweep.sweep.arms import describe_costs, ranked_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -76,7 +80,11 @@ def publish(
         log_teacher(client, parent_run_id, runs)
         if register:
             parts = study.user_attrs.get("parts")
-            registered[0] = register_champion(client, study_name, best, confirm_study, parts)
+            front = confirmed_front(study, confirmed_summary(confirm_study), confirm_study)
+            if front is not None:  # a search with costs: every confirmed point
+                registered[0] = register_front(client, study_name, study, front, parts).get(ALIAS)
+            else:
+                registered[0] = register_champion(client, study_name, best, confirm_study, parts)
 
     # The sweep's results come first: MLflow's one rule once work has begun.
     mlflow_best_effort(tracking_uri, "the sweep's models were not published", publish_models)
@@ -185,19 +193,96 @@ def register_champion(
 ) -> str | None:
     """``best``'s student as a version of ``<study>-student`` with the alias ``champion``
     (moved from an earlier version if there is one). Returns the version."""
-    run_id = best.user_attrs.get("mlflow_run_id")
+    run = _student_run(client, best, "the best trial")
+    if run is None:
+        return None
+    name = registered_name(study_name)
+    _ensure_model(client, name, study_name)
+    tags = version_tags(study_name, best, run)
+    description = describe(study_name, best, run, confirm_study, parts)
+    version = _version_of(client, name, run, tags, description)
+    _point_alias(client, name, ALIAS, version, run.info.run_id)
+    return version
+
+
+def register_front(
+    client: Any,
+    study_name: str,
+    study: optuna.Study,
+    front: ConfirmedFront,
+    parts: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Every confirmed point of a search with costs as a version of ``<study>-student``,
+    tagged with its costs and confirmed accuracies: aliases ``front-1`` (the smallest)
+    .. ``front-k``, and ``champion`` on the report's pick (the smallest within tolerance
+    of the best confirmed val accuracy). ``front-`` aliases a shorter front no longer has
+    are removed. Returns alias -> version."""
+    name = registered_name(study_name)
+    _ensure_model(client, name, study_name)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    headline = front_headline(front, parts)
+    aliases: dict[str, str] = {}
+    for point in front.points:
+        trial = trials[point.trial]
+        run = _student_run(client, trial, f"front point {point.alias} (trial {point.trial})")
+        if run is None:
+            continue
+        tags = version_tags(study_name, trial, run) | front_tags(point)
+        description = (
+            f"{point.alias} of study {study_name}: trial #{point.trial}"
+            f" ({describe_costs(point.costs)}), confirmed over {point.kd.test_stats.n} fresh"
+            f" seed(s): test acc {mean_ci(point.kd.test_stats)} %, val acc"
+            f" {mean_ci(point.kd.val_stats)} % (mean ± 95 % CI half-width)"
+            + (" (dominated when confirmed)" if point.dominated else "")
+            + f".\n\n{headline}"
+        )
+        version = _version_of(client, name, run, tags, description)
+        _point_alias(client, name, point.alias, version, run.info.run_id)
+        aliases[point.alias] = version
+        if point is front.pick:
+            _point_alias(client, name, ALIAS, version, run.info.run_id)
+            aliases[ALIAS] = version
+    stale, _ = attempt(lambda: client.get_registered_model(name).aliases)
+    for alias in stale or {}:
+        if alias.startswith("front-") and alias not in aliases:
+            client.delete_registered_model_alias(name, alias)
+            log.info("registry: %s@%s removed: the confirmed front is shorter now", name, alias)
+    return aliases
+
+
+def front_tags(point: ConfirmedPoint) -> dict[str, str]:
+    """A front point's costs and confirmed accuracies, as version tags."""
+    tags = {f"cost.{name}": f"{value:g}" for name, value in point.costs.items()}
+    tags["front.alias"] = point.alias
+    tags["front.dominated"] = str(point.dominated).lower()
+    tags["confirmed.seeds"] = str(point.kd.test_stats.n)
+    tags["confirmed.test_acc"] = mean_ci(point.kd.test_stats)
+    tags["confirmed.val_acc"] = mean_ci(point.kd.val_stats)
+    if point.ablation is not None:
+        tags["confirmed.no_teacher_test_acc"] = mean_ci(point.ablation.test_stats)
+    if point.gain is not None and point.gain.n:
+        tags["confirmed.teacher_gain"] = ci(point.gain)
+    return tags
+
+
+def _student_run(client: Any, trial: optuna.trial.FrozenTrial, what: str) -> Any | None:
+    """The MLflow run of ``trial`` if it logged a student; else None, logged."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
     if not run_id:
-        log.info("registry: the best trial has no MLflow run; nothing registered")
+        log.info("registry: %s has no MLflow run; nothing registered", what)
         return None
     if not _has_student(client, run_id):
         log.info(
-            "registry: the best trial's run %s logged no student (trainer.save_model=none?);"
+            "registry: the run %s of %s logged no student (trainer.save_model=none?);"
             " nothing registered",
             run_id,
+            what,
         )
         return None
-    run = client.get_run(run_id)
-    name = registered_name(study_name)
+    return client.get_run(run_id)
+
+
+def _ensure_model(client: Any, name: str, study_name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -209,8 +294,12 @@ def register_champion(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    tags = version_tags(study_name, best, run)
-    description = describe(study_name, best, run, confirm_study, parts)
+
+
+def _version_of(client: Any, name: str, run: Any, tags: dict[str, str], description: str) -> str:
+    """The version of ``name`` holding ``run``'s student, its description and tags
+    brought up to date; a new version where there is none yet."""
+    run_id = run.info.run_id
     escaped = run_id.replace("'", "")
     existing = client.search_model_versions(f"name='{_quote(name)}' and run_id='{escaped}'")
     if existing:
@@ -218,22 +307,24 @@ def register_champion(
         client.update_model_version(name, version, description=description)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-    else:
-        created = client.create_model_version(
-            name,
-            source=f"{run.info.artifact_uri}/{ARTIFACT}",
-            run_id=run_id,
-            tags=tags,
-            description=description,
-        )
-        version = str(created.version)
-    previous = _alias_version(client, name)
-    client.set_registered_model_alias(name, ALIAS, version)
+        return version
+    created = client.create_model_version(
+        name,
+        source=f"{run.info.artifact_uri}/{ARTIFACT}",
+        run_id=run_id,
+        tags=tags,
+        description=description,
+    )
+    return str(created.version)
+
+
+def _point_alias(client: Any, name: str, alias: str, version: str, run_id: str) -> None:
+    previous = _alias_version(client, name, alias)
+    client.set_registered_model_alias(name, alias, version)
     if previous not in (None, version):
-        log.info("registry: %s@%s moved from version %s to %s", name, ALIAS, previous, version)
+        log.info("registry: %s@%s moved from version %s to %s", name, alias, previous, version)
     else:
-        log.info("registry: %s@%s is version %s (run %s)", name, ALIAS, version, run_id)
-    return version
+        log.info("registry: %s@%s is version %s (run %s)", name, alias, version, run_id)
 
 
 def version_tags(study_name: str, best: optuna.trial.FrozenTrial, run: Any) -> dict[str, str]:
@@ -261,9 +352,9 @@ def version_tags(study_name: str, best: optuna.trial.FrozenTrial, run: Any) -> d
     }
 
 
-def _alias_version(client: Any, name: str) -> str | None:
+def _alias_version(client: Any, name: str, alias: str = ALIAS) -> str | None:
     """The version the alias points at; None where there is none yet."""
-    version, _ = attempt(lambda: client.get_model_version_by_alias(name, ALIAS))
+    version, _ = attempt(lambda: client.get_model_version_by_alias(name, alias))
     return None if version is None else str(version.version)
 
 

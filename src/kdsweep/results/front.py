@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kdsweep.core.formatting import DASH, mean_ci
 from kdsweep.core.pareto import dominates, hypervolume
@@ -93,8 +93,6 @@ class ConfirmedFront:
     pick: ConfirmedPoint | None = None  # the smallest within tolerance of the best val
     best_val: float | None = None
     teacher_params: float | None = None
-    teacher_test: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     def point(self, trial: int) -> ConfirmedPoint | None:
         return next((p for p in self.points if p.trial == trial), None)
@@ -104,7 +102,6 @@ def confirmed_front(
     study: optuna.Study,
     confirmed: Confirmed | None,
     confirm_study: optuna.Study | None,
-    baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ConfirmedFront | None:
     """The confirmed front of a search with costs; None for a single-objective search or
     one without a confirmation of its front."""
@@ -131,8 +128,6 @@ def confirmed_front(
     front = ConfirmedFront(points, names, DEFAULT_TOLERANCE if tolerance is None else tolerance)
     _select(front)
     front.teacher_params = _teacher_params(study, confirmed_study=confirm_study)
-    teacher = (baselines or {}).get("teacher") or {}
-    front.teacher_test = finite_number(teacher.get("test_acc"))
     return front
 
 

@@ -198,7 +198,7 @@ def summarize(study: optuna.Study, confirm_study: optuna.Study | None = None) ->
     summary.labels = labels_line(attrs.get("definition"))
     parts = attrs.get("parts")
     summary.parts = {str(k): str(v) for k, v in parts.items()} if isinstance(parts, dict) else {}
-    summary.front = confirmed_front(study, summary.confirmed, confirm_study, baselines)
+    summary.front = confirmed_front(study, summary.confirmed, confirm_study)
     if len(directions) > 1:
         summary.notes.append(
             f"The study has {len(directions)} objectives (accuracy and its costs); the trial"
