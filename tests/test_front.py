@@ -150,8 +150,8 @@ def test_the_confirmed_front_picks_the_smallest_within_tolerance() -> None:
     study = _search(SEARCH)
     picks = [t.number for t in pick_front(study, 3)]
     assert picks == [0, 2, 5]
-    # Confirmed: #2 at 95.6, #5 at 96.0 (within 1 point), #0 far below; #5 confirms no
-    # better than #2 at 16x the size... #2 is the pick.
+    # Confirmed: #2 at 95.6, #5 at 96.0 (#2 within 1 point of it), #0 far below: #2, 16x
+    # smaller than #5, is the pick.
     companion = _confirm(study, {0: 80.0, 2: 95.6, 5: 96.0}, {0: 3.0, 2: 2.0, 5: 0.0})
     confirmed = confirmed_summary(companion)
     assert confirmed is not None and unpaired(confirmed) is None
@@ -163,7 +163,7 @@ def test_the_confirmed_front_picks_the_smallest_within_tolerance() -> None:
     assert front.best_val == pytest.approx(96.1)
     assert front.pick.gain is not None and front.pick.gain.mean == pytest.approx(2.0, abs=0.1)
     text = front_headline(front, {"loss": "kd", "teacher": "deep", "model": "light"})
-    assert text.startswith("Smallest confirmed student within 1 points of the best confirmed")
+    assert text.startswith("Smallest confirmed student within 1 point of the best confirmed")
     assert "#2 (width=1, lr=0.01; params=16,000) (loss=kd, teacher=deep, model=light)" in text
     assert "16,000 parameters (1.6 % of the teacher's 1,000,000)" in text
     assert "test accuracy 94.70 % [95 % CI" in text and "3 fresh seed(s)" in text
@@ -226,7 +226,7 @@ def test_the_report_leads_with_the_front_and_draws_both_fronts(tmp_path) -> None
     study = _search(SEARCH)
     companion = _confirm(study, {0: 80.0, 2: 95.6, 5: 94.0}, {0: 3.0, 2: 2.0, 5: 0.5})
     summary = summarize(study, companion)
-    assert lead(summary).startswith("Smallest confirmed student within 1 points")
+    assert lead(summary).startswith("Smallest confirmed student within 1 point of")
     assert plot_confirmed_front(summary, tmp_path / "front.png") is None
     assert plot_search_front(study, summary, tmp_path / "search_front.png") is None
     assert (tmp_path / "front.png").stat().st_size > 1000

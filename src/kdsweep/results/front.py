@@ -210,8 +210,9 @@ def front_headline(front: ConfirmedFront, parts: Mapping[str, str] | None = None
         accuracy = f"{test.mean:.2f} % [95 % CI {test.ci_low:.2f}, {test.ci_high:.2f}]"
     else:
         accuracy = f"{test.mean:.2f} % (n={test.n})" if test.n else DASH
+    unit = "point" if front.tolerance == 1 else "points"
     text = (
-        f"Smallest confirmed student within {front.tolerance:g} points of the best confirmed"
+        f"Smallest confirmed student within {front.tolerance:g} {unit} of the best confirmed"
         f" val accuracy ({front.best_val:.2f} %): {pick.label}{who}, {size_text(front, pick)};"
         f" test accuracy {accuracy} over {test.n} fresh seed(s)"
     )
