@@ -383,8 +383,8 @@ def test_an_image_gone_mid_run_fails_its_run_in_one_line(
 ) -> None:
     """Gone once the run has started (the data loaded, the teacher trained): one line
     naming the file, exit 2, the MLflow run FAILED with the line as its error."""
+    from kdsweep.core.masked_client import MaskedClient
     from kdsweep.data import imagefolder
-    from kdsweep.run.masked_client import MaskedClient
 
     runs: list[object] = []
     create_run = MaskedClient.create_run

@@ -110,7 +110,7 @@ def test_every_value_kdsweep_writes_to_mlflow_is_masked_then_clipped(
 
     from mlflow.entities import Param, RunTag
 
-    from kdsweep.run.masked_client import MAX_PARAM_LENGTH, MaskedClient
+    from kdsweep.core.masked_client import MAX_PARAM_LENGTH, MaskedClient
 
     shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -137,7 +137,7 @@ def load_uri(uri: str, tracking_uri: str, allowed: tuple[str, ...] = ()) -> Load
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from kdsweep.run.masked_client import fail_fast
+    from kdsweep.core.masked_client import fail_fast
     from kdsweep.run.serving import on_raw_pixels
     from kdsweep.run.student import SPEC, STATE_DICT, Logits, read_spec, read_state_dict
 

@@ -47,7 +47,7 @@ ALIAS = "champion"
 def registry_client(tracking_uri: str) -> Any:
     """A client whose Model Registry is the tracking store itself: never a registry URI
     that an environment variable (MLFLOW_REGISTRY_URI) or another caller left behind."""
-    from kdsweep.run.masked_client import MaskedClient  # imports MLflow
+    from kdsweep.core.masked_client import MaskedClient  # imports MLflow
 
     return MaskedClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 

@@ -60,7 +60,7 @@ def git_commit() -> str | None:
 
 @lru_cache(maxsize=8)
 def _client(uri: str) -> Any:
-    from kdsweep.run.masked_client import tracking_client  # imports MLflow
+    from kdsweep.core.masked_client import tracking_client  # imports MLflow
 
     return tracking_client(uri)
 

@@ -3,8 +3,9 @@ params, tags, descriptions and text artifacts pass :func:`mask_secrets` on the w
 
 Every client kdsweep makes is this one (kdsweep.run.tracking.client_for, the registry's),
 so a caller hands over values as they are (an error naming a storage URL, the resolved
-config) and no password reaches a run, a model version or the UI. Imported only where
-a client is made: it imports MLflow.
+config) and no password reaches a run, a model version or the UI. A masking boundary
+beside the log filter (kdsweep.core.secrets), so it lives with it on the ground floor.
+Imported only where a client is made: it imports MLflow.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ MAX_TAG_LENGTH = 8000
 
 def _masked_dict(values: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if values is None else {k: mask_value(v) for k, v in values.items()}
+
+
+def _param(value: Any) -> str:
+    return mask_secrets(str(value))[:MAX_PARAM_LENGTH]
 
 
 def _tag(value: Any) -> Any:
@@ -71,13 +76,12 @@ class MaskedClient(MlflowClient):
         return super().set_tag(run_id, key, _tag(value), *args, **kwargs)
 
     def log_param(self, run_id: str, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
-        value = str(mask_value(value))[:MAX_PARAM_LENGTH]
-        return super().log_param(run_id, key, value, *args, **kwargs)
+        return super().log_param(run_id, key, _param(value), *args, **kwargs)
 
     def log_batch(
         self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = (), **kwargs: Any
     ) -> Any:
-        params = [Param(p.key, mask_secrets(str(p.value))[:MAX_PARAM_LENGTH]) for p in params]
+        params = [Param(p.key, _param(p.value)) for p in params]
         tags = [RunTag(t.key, _tag(str(t.value))) for t in tags]
         return super().log_batch(run_id, metrics, params, tags, **kwargs)
 
