@@ -35,6 +35,7 @@ from typing import Any
 from kdsweep.core.boundary import command
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
 from kdsweep.core.files import atomic_write
+from kdsweep.core.stores import attempt
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
 #: The model URIs that MLflow resolves through the tracking store (tracking.uri).
@@ -299,10 +300,11 @@ def export(model: Any, example: Any, path: Path) -> float:
     import torch
     from torch.export import Dim
 
-    try:
-        program = torch.export.export(model, (example[:2],), dynamic_shapes=[{0: Dim.AUTO}])
-    except Exception as exc:
-        raise KdsweepError(f"torch.export cannot export this model: {first_line(exc)}") from exc
+    program, error = attempt(  # the model's own code and torch's tracer: any error is why
+        lambda: torch.export.export(model, (example[:2],), dynamic_shapes=[{0: Dim.AUTO}])
+    )
+    if error is not None:
+        raise KdsweepError(f"torch.export cannot export this model: {first_line(error)}") from error
     try:
         with atomic_write(path) as handle:
             torch.export.save(program, handle)

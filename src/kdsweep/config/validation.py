@@ -37,6 +37,7 @@ from kdsweep.config.schema import (
 from kdsweep.config.targets import Target, UnknownTarget
 from kdsweep.core.errors import ConfigError, first_line
 from kdsweep.core.files import directory_problem
+from kdsweep.core.stores import attempt
 from kdsweep.data import DataSet
 from kdsweep.losses import Objective, dry_run
 
@@ -288,15 +289,15 @@ def _built(node: Any, group: str, allowed: tuple[str, ...]) -> Any:
             f"{group}._target_ must be one of {names} or a subclass of"
             f" {package.__name__}.{kind.__name__}, got {target.target!r}{why}"
         )
-    try:
-        return target.build()
-    except Exception as exc:  # a user's class's own code too: any error is its reason
-        if isinstance(exc, (OmegaConfBaseException, ValueError)):  # a key, a range
-            raise _config_error(exc, group) from None
-        raise ConfigError(
-            f"{group}._target_={target.target} cannot be built"
-            f" ({type(exc).__name__}: {first_line(exc)})"
-        ) from exc
+    built, error = attempt(target.build)  # a user's class's own code too: any error is its reason
+    if error is None:
+        return built
+    if isinstance(error, (OmegaConfBaseException, ValueError)):  # a key, a range
+        raise _config_error(error, group) from None
+    raise ConfigError(
+        f"{group}._target_={target.target} cannot be built"
+        f" ({type(error).__name__}: {first_line(error)})"
+    ) from error
 
 
 def validate(cfg: DictConfig) -> Settings:

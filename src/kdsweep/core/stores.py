@@ -33,10 +33,13 @@ CREATION_LOCK_KEY = 2**32
 
 
 def attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
-    """``call()``'s result and None, or None and what it raised. The one
-    place kdsweep catches what a store's client raises: MLflow's own errors, a server's
-    (through requests), a database driver's and an artifact store's (boto's, ...) share
-    no base class. A KdsweepError (already a line for the user) and an interrupt pass."""
+    """``call()``'s result and None, or None and what it raised. The one place kdsweep
+    catches whatever a call raises, for code it does not own whose errors share no base
+    class: a store's client (MLflow's own errors, a server's through requests, a database
+    driver's, an artifact store's: boto's, ...) and the user's own code (the callable a
+    ``_target_`` names, a network's forward, a loss, what torch's tracers make of them).
+    The caller decides what the error means. A KdsweepError (already a line for the user)
+    and an interrupt pass."""
     try:
         return call(), None
     except KdsweepError:

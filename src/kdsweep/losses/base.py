@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar
 
+from kdsweep.core.stores import attempt
+
 if TYPE_CHECKING:
     import torch
 
@@ -185,19 +187,23 @@ def dry_run(loss: Objective) -> None:
             student_features=[draw(n, *m) for m in maps],
             teacher_features=[draw(n, *m) for m in maps],
         )
-        try:
+
+        def total() -> torch.Tensor:
             loss.attach(maps, maps)
-            total = loss(batch).total
-        except (ArithmeticError, RuntimeError) as exc:  # OverflowError; torch's overflow
-            if isinstance(exc, ArithmeticError) or "overflow" in str(exc):
+            return loss(batch).total
+
+        value, error = attempt(total)  # the loss's own code: any error
+        if error is not None:
+            # OverflowError (an ArithmeticError), or torch's overflow (a RuntimeError)
+            if isinstance(error, ArithmeticError) or (
+                isinstance(error, RuntimeError) and "overflow" in str(error)
+            ):
                 raise ValueError(
-                    f"{loss.settings()} overflows ({type(exc).__name__}) on a test batch"
-                ) from exc
-            return
-        except Exception:
-            return
-    if not torch.isfinite(total).all():
-        raise ValueError(f"{loss.settings()} gives a loss of {float(total)} on a test batch")
+                    f"{loss.settings()} overflows ({type(error).__name__}) on a test batch"
+                ) from error
+            return  # a batch this loss does not fit: left to its runs
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{loss.settings()} gives a loss of {float(value)} on a test batch")
     read: set[str] = batch.read  # type: ignore[attr-defined]
     if not _declares_flags(loss):
         for field in read:

@@ -13,6 +13,7 @@ import torch
 from kdsweep.config.targets import Target, build_network
 from kdsweep.config.validation import Settings
 from kdsweep.core.errors import ConfigError, first_line
+from kdsweep.core.stores import attempt
 from kdsweep.data import TensorSplits, load_splits
 from kdsweep.losses import Objective, Taps
 from kdsweep.nets import FeatureNet, as_feature_net, check_layers, hidden_pool_kernel, top_layers
@@ -111,12 +112,10 @@ def plan_run(settings: Settings) -> Plan:
 def network(target: Target, data: TensorSplits) -> torch.nn.Module:
     """The network ``target`` names, for this data's images and classes. What its
     callable raises (the user's code, torchvision's) is one line naming the key."""
-    try:
-        return build_network(target, data.input_shape, data.num_classes)
-    except ConfigError:
-        raise
-    except Exception as exc:  # the network's own code: any error is its reason
-        raise ConfigError(_cannot_build(target, exc)) from exc
+    net, error = attempt(lambda: build_network(target, data.input_shape, data.num_classes))
+    if error is not None:  # the network's own code: any error is its reason
+        raise ConfigError(_cannot_build(target, error)) from error
+    return net
 
 
 def _cannot_build(target: Target, exc: Exception) -> str:
@@ -154,10 +153,17 @@ def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> Non
     x, y = data.train_x[:2], data.train_y[:2]
     was_training = student.training
     student.eval()
-    failing = f"{what}: its forward fails on two training images of shape {tuple(x.shape)}"
+    # The user's forward and loss: any error they raise is their reason.
     try:
-        # The user's forward and loss: any error they raise is their reason.
-        logits, hidden, maps = student_forward(student, objective.needs_student_features)(x)
+        outputs, error = attempt(
+            lambda: student_forward(student, objective.needs_student_features)(x)
+        )
+        if error is not None:
+            raise ConfigError(
+                f"{what}: its forward fails on two training images of shape {tuple(x.shape)}"
+                f" ({type(error).__name__}: {first_line(error)})"
+            ) from error
+        logits, hidden, maps = outputs
         wanted = (len(x), data.num_classes)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != wanted:
             got = (
@@ -172,26 +178,29 @@ def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> Non
             )
         if objective.needs_teacher_features or objective.needs_student_features:
             return  # the feature losses' shapes were checked by attach (plan_run)
-        # The teacher's outputs as training gives them: made up, of their shapes (its
-        # hidden vector is pooled to the student's width), None where the loss's flags
-        # do not ask for them.
-        made_up = torch.Generator().manual_seed(0)
-        teacher = (
-            torch.randn(wanted, generator=made_up).to(logits.device)
-            if objective.needs_teacher_logits
-            else None,
-            torch.randn(hidden.shape, generator=made_up).to(hidden.device)
-            if objective.needs_teacher_hidden
-            else None,
-            None,
-        )
-        batch = step_inputs(y, (logits, hidden, maps), teacher, 1)
-        failing = f"loss={objective.name} fails on {what}'s outputs for two images"
-        objective(batch).total.backward()
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"{failing} ({type(exc).__name__}: {first_line(exc)})") from exc
+
+        def step() -> None:
+            # The teacher's outputs as training gives them: made up, of their shapes (its
+            # hidden vector is pooled to the student's width), None where the loss's flags
+            # do not ask for them.
+            made_up = torch.Generator().manual_seed(0)
+            teacher = (
+                torch.randn(wanted, generator=made_up).to(logits.device)
+                if objective.needs_teacher_logits
+                else None,
+                torch.randn(hidden.shape, generator=made_up).to(hidden.device)
+                if objective.needs_teacher_hidden
+                else None,
+                None,
+            )
+            objective(step_inputs(y, (logits, hidden, maps), teacher, 1)).total.backward()
+
+        _, error = attempt(step)
+        if error is not None:
+            raise ConfigError(
+                f"loss={objective.name} fails on {what}'s outputs for two images"
+                f" ({type(error).__name__}: {first_line(error)})"
+            ) from error
     finally:
         student.zero_grad(set_to_none=True)
         student.train(was_training)

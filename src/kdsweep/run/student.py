@@ -34,6 +34,7 @@ from torch import nn
 from kdsweep.config.targets import Target, build_network
 from kdsweep.core.cache import UNREADABLE_TORCH_FILE, load_plain
 from kdsweep.core.errors import CheckpointError, first_line
+from kdsweep.core.stores import attempt
 from kdsweep.nets import network_of
 from kdsweep.run.serving import on_raw_pixels, raw_pixels, save_served_model
 
@@ -113,7 +114,8 @@ def save_student(
     if folder.exists():
         shutil.rmtree(folder)
     info: dict[str, Any] = {"format": FORMAT, **asdict(spec), **(metadata or {})}
-    try:
+
+    def served() -> None:
         frozen = Logits(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format))
         save_served_model(
             on_raw_pixels(frozen, *normalization).eval(),
@@ -123,8 +125,10 @@ def save_student(
             raw_example[:2].detach().cpu().float().contiguous(),
             metadata={"kdsweep": info},
         )
-    except Exception as exc:  # the weights are kept whatever the tracer thinks
-        info["export_error"] = first_line(exc)
+
+    _, error = attempt(served)  # the network's code through torch.fx and MLflow: any error
+    if error is not None:  # the weights are kept whatever the tracer thinks
+        info["export_error"] = first_line(error)
         log.warning(
             "student: cannot save it as an MLflow model (%s); keeping its state_dict",
             info["export_error"],
