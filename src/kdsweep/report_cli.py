@@ -131,6 +131,9 @@ def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
 )
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from optuna.exceptions import OptunaError
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         storage = _open(args.storage)
         if args.list:
@@ -139,11 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         index = _report(storage, args.storage, args.study, args.out)
     except OSError as exc:
         raise KdsweepError(str(exc)) from exc
-    except Exception as exc:
-        # Storage back ends (SQLAlchemy, the journal) raise their own types for a
-        # locked, corrupt or unreachable database: one line, not a traceback.
-        if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "optuna", "psycopg2"):
-            raise
+    except (SQLAlchemyError, OptunaError) as exc:
+        # The storage back ends' own errors for a locked, corrupt or unreachable database
+        # (SQLAlchemy wraps the driver's, psycopg2's): one line, not a traceback.
         raise KdsweepError(f"{args.storage}: {type(exc).__name__}: {first_line(exc)}") from exc
     print(index)
     return 0

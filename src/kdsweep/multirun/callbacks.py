@@ -19,10 +19,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.formatting import DASH, mean_ci
@@ -140,47 +141,67 @@ def tutorial_table(results: Mapping[str, Sequence[Mapping[str, Any]]], data_name
     return header + "\n\n" + "\n".join(lines) + "\n\n" + notes + "\n"
 
 
+#: What a table's inputs raise when a job's record is damaged or partial (unreadable, not
+#: JSON, a key or a config node missing, a value of another type) or its folder is not
+#: writable: the table is skipped with a warning.
+UNUSABLE_JOBS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    LookupError,
+    TypeError,
+    AttributeError,
+    ArithmeticError,
+    OmegaConfBaseException,
+)
+
+
 class MultirunTable(Callback):
-    """Remembers when the multirun started: a reused ``hydra.sweep.dir`` still holds the
-    job folders of earlier multiruns, which must not count (kdsweep.multirun)."""
+    """A table a plain multirun ends with, written to ``file_name`` in the multirun
+    directory and printed: ``table`` makes it from this multirun's jobs (None: this is not
+    its kind of multirun). kdsweep's sweeps end with their own report instead. Remembers
+    when the multirun started: a reused ``hydra.sweep.dir`` still holds the job folders of
+    earlier multiruns, which must not count (kdsweep.multirun)."""
 
     started: float | None = None
+    file_name: ClassVar[str]
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
 
+    def table(self, config: DictConfig, sweep_dir: Path) -> str | None:
+        raise NotImplementedError
 
-class TutorialTable(MultirunTable):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             if is_kdsweep_sweep(config):
                 return
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            results = collect_results(sweep_dir, self.started)
-            if not any(name in TUTORIAL_ROWS for name in results):
-                return  # not a tutorial multirun
-            table = tutorial_table(results, str(config.data.name))
-            out = sweep_dir / "tutorial_comparison.md"
+            table = self.table(config, sweep_dir)
+            if table is None:
+                return
+            out = sweep_dir / self.file_name
             atomic_write_text(out, table)
-            print("\n" + table + f"\n(saved to {out})")
-        except Exception as exc:  # a table must never fail the multirun that trained
-            log.warning("tutorial table not written: %s: %s", type(exc).__name__, exc)
+        except UNUSABLE_JOBS as exc:  # a table must never fail the multirun that trained
+            log.warning("%s not written: %s: %s", self.file_name, type(exc).__name__, exc)
+            return
+        print("\n" + table + f"\n(saved to {out})")
+
+
+class TutorialTable(MultirunTable):
+    file_name = "tutorial_comparison.md"
+
+    def table(self, config: DictConfig, sweep_dir: Path) -> str | None:
+        results = collect_results(sweep_dir, self.started)
+        if not any(name in TUTORIAL_ROWS for name in results):
+            return None  # not a tutorial multirun
+        return tutorial_table(results, str(config.data.name))
 
 
 class SeedsTable(MultirunTable):
-    """Ends a plain multirun that repeats configurations over trainer.seed with
-    ``seeds_table.md`` in the multirun directory (and on stdout)."""
+    """A plain multirun that repeats configurations over trainer.seed: mean and 95 %
+    interval per configuration."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            if is_kdsweep_sweep(config):
-                return  # kdsweep's sweeps end with their own report
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            table = seeds_table(collect_jobs(sweep_dir, self.started))
-            if table is None:
-                return
-            out = sweep_dir / "seeds_table.md"
-            atomic_write_text(out, table)
-            print("\n" + table + f"\n(saved to {out})")
-        except Exception as exc:  # a table must never fail the multirun that trained
-            log.warning("seeds table not written: %s: %s", type(exc).__name__, exc)
+    file_name = "seeds_table.md"
+
+    def table(self, config: DictConfig, sweep_dir: Path) -> str | None:
+        return seeds_table(collect_jobs(sweep_dir, self.started))
