@@ -59,14 +59,10 @@ def git_commit() -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _client(uri: str) -> Any:
+def client_for(uri: str) -> Any:
     from kdsweep.core.masked_client import tracking_client  # imports MLflow
 
     return tracking_client(uri)
-
-
-def client_for(uri: str) -> Any:
-    return _client(uri)
 
 
 # MLflow 3 opens an experiment on its runs, not on the GenAI overview, when its kind says
