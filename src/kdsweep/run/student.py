@@ -37,6 +37,7 @@ from kdsweep.core.errors import CheckpointError, first_line
 from kdsweep.core.stores import attempt
 from kdsweep.nets import network_of
 from kdsweep.run.serving import on_raw_pixels, raw_pixels, save_served_model
+from kdsweep.training.teacher import training_recipe
 
 if TYPE_CHECKING:
     from kdsweep.run.plan import Plan
@@ -198,8 +199,9 @@ def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = No
 
 
 def teacher_recipe(plan: Plan) -> dict[str, Any]:
-    """What made the teacher: its recipe (as in kdsweep.teacher.teacher_key), its data's
-    fingerprint, its cache key and measured accuracies."""
+    """What made the teacher: the user's checkpoint, or the recipe its cache key hashes
+    (kdsweep.training.teacher.training_recipe); its data's fingerprint, its cache key and
+    measured accuracies."""
     settings = plan.settings
     teacher = plan.teacher
     recipe: dict[str, Any] = {
@@ -210,13 +212,7 @@ def teacher_recipe(plan: Plan) -> dict[str, Any]:
     if settings.teacher.checkpoint:
         recipe["checkpoint"] = str(settings.teacher.checkpoint)
     else:
-        recipe.update(
-            epochs=settings.teacher.epochs,
-            batch_size=settings.teacher.batch_size,
-            seed=settings.teacher.seed,
-            model=settings.teacher_model.identity(),
-            optimizer=settings.teacher_optimizer.identity(),
-        )
+        recipe.update(training_recipe(settings, plan.data))
     if teacher is not None:
         recipe["metrics"] = dict(teacher.metrics)
     return recipe

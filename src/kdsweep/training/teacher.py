@@ -58,7 +58,10 @@ class Teacher:
     trained_now: bool
 
 
-def teacher_key(settings: Settings, data: TensorSplits) -> str:
+def training_recipe(settings: Settings, data: TensorSplits) -> dict[str, Any]:
+    """What a teacher kdsweep trains is made from: its network, how it is trained, its
+    data. Its cache key is this recipe's hash (teacher_key); a run records it (the
+    ``kdsweep.teacher.recipe`` tag)."""
     recipe = {
         "model": settings.teacher_model.identity(),
         "epochs": settings.teacher.epochs,
@@ -73,7 +76,11 @@ def teacher_key(settings: Settings, data: TensorSplits) -> str:
         recipe["labels"] = [settings.teacher.labelled_fraction, settings.data.split_seed]
     if settings.trainer.precision != "fp32":  # likewise; bf16 autocast trains other weights
         recipe["precision"] = str(settings.trainer.precision)
-    return stable_hash(recipe)
+    return recipe
+
+
+def teacher_key(settings: Settings, data: TensorSplits) -> str:
+    return stable_hash(training_recipe(settings, data))
 
 
 def _read_checkpoint(path: Path) -> Any:
