@@ -470,6 +470,12 @@ ROWS = {
     "front tolerance infinite": _slow(
         Bad((*SWEEP, "hydra.sweeper.front.tolerance=inf"), "front.tolerance=inf must be a finite")
     ),
+    "costs with a pruner that keeps rungs": _slow(
+        Bad(
+            (*SWEEP, "hydra.sweeper.costs=[params]", "hydra/sweeper/pruner=hyperband"),
+            "hydra.sweeper.costs=['params'] with HyperbandPruner: its rungs cannot be kept",
+        )
+    ),
     "custom search space": _slow(
         Bad((*SWEEP, "hydra.sweeper.custom_search_space=a.b"), "is not supported")
     ),

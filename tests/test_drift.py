@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,12 +13,14 @@ import pytest
 from kdsweep.core.errors import KdsweepError
 from kdsweep.sweep.drift import (
     DATA_ATTR,
+    check_costs,
     check_definition,
     data_fingerprint,
     differences,
     drift_message,
     study_definition,
 )
+from kdsweep.sweep.settings import SweepSettings
 
 SPACE = {"loss.temperature": "FloatDistribution(high=10.0, log=False, low=1.0, step=None)"}
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 1}
@@ -90,14 +93,13 @@ def test_a_study_resumed_on_other_data_is_refused(
     )
     sweep = SimpleNamespace(
         config=config,
-        settings=SimpleNamespace(
-            study_name="kd-images", direction="maximize", pruner=MEDIAN,
-            allow_changed_settings=True,
+        settings=SweepSettings(
+            study_name="kd-images", pruner=MEDIAN, allow_changed_settings=True
         ),
         lock=contextlib.nullcontext,
     )  # fmt: skip
     space = SimpleNamespace(distributions={})
-    study = optuna.create_study(study_name="kd-images")
+    study = optuna.create_study(study_name="kd-images", direction="maximize")
     data = data_fingerprint(config, space.distributions)
     check_definition(
         sweep.config, sweep.settings, sweep.lock, study, space, data
@@ -127,3 +129,23 @@ def test_a_study_resumed_on_other_data_is_refused(
 def test_a_search_over_the_data_records_no_fingerprint(compose) -> None:
     assert data_fingerprint(compose(), {"data.split_seed": "IntDistribution"}) is None
     assert data_fingerprint(compose(), {}) != data_fingerprint(compose("data.split_seed=1"), {})
+
+
+def test_a_study_continues_only_with_the_costs_it_was_made_with() -> None:
+    """Its costs are objectives of the Optuna study: other costs (or none) are refused
+    whatever allow_changed_settings says; the same costs continue it."""
+    made = SweepSettings(study_name="front", costs=["params"], allow_changed_settings=True)
+    study = optuna.create_study(study_name="front", directions=made.directions)
+    check_costs(study, made, new=True)
+    assert study.user_attrs["costs"] == ["params"]
+    check_costs(study, made, new=False)
+    for costs in (["macs"], ["params", "macs"], []):
+        other = dataclasses.replace(made, costs=costs)
+        with pytest.raises(KdsweepError, match=r"hydra.sweeper.costs=\['params'\]") as caught:
+            check_costs(study, other, new=False)
+        assert "objectives cannot change" in str(caught.value)
+    # a single-objective study made before costs existed is refused costs too
+    plain = optuna.create_study(direction="maximize")
+    check_costs(plain, SweepSettings(), new=False)
+    with pytest.raises(KdsweepError, match="objectives cannot change"):
+        check_costs(plain, made, new=False)

@@ -39,7 +39,7 @@ def finish_sweep(
     if best is None:
         log.warning("no trial of study %s completed", settings.study_name)
     else:
-        log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
+        log.info("best trial %d: value %.4f, params %s", best.number, best.values[0], best.params)
         if Path(str(config.hydra.sweep.dir)).is_dir():  # a rerun that trained nothing made none
             _save_results(best, settings.study_name, Path(str(config.hydra.sweep.dir)))
     _record_teacher_baseline(study)
@@ -131,7 +131,7 @@ def _save_results(best: optuna.trial.FrozenTrial, study_name: str, sweep_dir: Pa
         "study_name": study_name,
         "best_trial": best.number,
         "best_params": best.params,
-        "best_value": best.value,
+        "best_value": best.values[0],  # the objective: the first value (then the costs)
     }
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

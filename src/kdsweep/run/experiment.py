@@ -48,8 +48,12 @@ class TrialHooks:
     """What a sweep trial adds to a run (see kdsweep.sweep.trial_hooks): per-epoch reports that
     may prune, and attributes for the study. A plain run uses this no-op."""
 
-    def on_start(self, run_id: str | None) -> None:
-        """Called once the MLflow run exists."""
+    #: The costs (kdsweep.nets.costs) the sweep weighs the trial by, measured before it
+    #: trains beside the ones every run logs.
+    costs: tuple[str, ...] = ()
+
+    def on_start(self, run_id: str | None, costs: dict[str, float]) -> None:
+        """Called once the MLflow run exists, with the student's measured costs."""
 
     def on_epoch(self, record: EpochRecord) -> None:
         """May raise optuna.TrialPruned."""
@@ -186,9 +190,8 @@ def run(
     tracker.check()
     plan = plan_run(settings)
     # The student's size, measured before it trains: what accuracy is weighed against.
-    size = measure_costs(
-        network_of(plan.student), plan.data.input_shape, plan.device, STUDENT_COSTS
-    )
+    measured = tuple(dict.fromkeys([*STUDENT_COSTS, *hooks.costs]))
+    size = measure_costs(network_of(plan.student), plan.data.input_shape, plan.device, measured)
     log.info(
         "student %s (%s parameters, %s MACs) on %s %s, loss %s, optimizer %s, device %s",
         settings.model.name,
@@ -211,7 +214,7 @@ def run(
         tracker.log_params(params)
         tracker.log_metrics({f"student_{name}": value for name, value in size.items()})
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        hooks.on_start(tracker.run_id)
+        hooks.on_start(tracker.run_id, size)
         result = execute(plan, tracker, hooks)
         hooks.on_finish(result)
     except BaseException as exc:

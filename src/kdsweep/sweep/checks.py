@@ -54,7 +54,7 @@ def check_sweep(
     _check_choices(compose, space, choices)
     _check_bounds(config, space, choices)
     _check_sampler(make_sampler)
-    _check_pruner(sweep_settings.pruner, allowed_targets(config))
+    _check_pruner(sweep_settings.pruner, allowed_targets(config), sweep_settings.costs)
     if settings.trainer.device != "auto":
         from kdsweep.training.devices import check_device
 
@@ -209,15 +209,26 @@ def _check_sampler(make_sampler: Callable[[int], Any]) -> None:
         )
 
 
-def _check_pruner(node: dict[str, Any], allowed: tuple[str, ...]) -> None:
+def _check_pruner(
+    node: dict[str, Any], allowed: tuple[str, ...], costs: list[str] | None = None
+) -> None:
     """The pruner is built once here and tried on a few reports of an in-memory study, so
     options its constructor accepts but its first decision fails on (HyperbandPruner's
-    reduction_factor=0) are one line at start-up, not a failed trial."""
+    reduction_factor=0) are one line at start-up, not a failed trial. With costs, kdsweep
+    prunes (kdsweep.sweep.cost_pruning): a pruner keeping rungs of its own cannot."""
     import optuna
+
+    from kdsweep.sweep.cost_pruning import RUNG_PRUNERS
 
     options = ", ".join(f"{k}={v}" for k, v in node.items() if k != "_target_")
     try:
         pruner = build_pruner(node, allowed)
+        if costs and isinstance(pruner, RUNG_PRUNERS):
+            raise KdsweepError(
+                f"hydra.sweeper.costs={costs} with {type(pruner).__name__}: its rungs cannot"
+                " be kept among the trials that cost no more than each other; use"
+                " hydra/sweeper/pruner=median (or none)"
+            )
         previous = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
         try:

@@ -44,6 +44,7 @@ from kdsweep.sweep.baseline import (
 )
 from kdsweep.sweep.checks import check_sweep
 from kdsweep.sweep.confirm import confirmation_spec, open_companion, plan_confirmation
+from kdsweep.sweep.cost_pruning import COSTS_ATTR
 from kdsweep.sweep.drift import check_definition, data_fingerprint
 from kdsweep.sweep.jobs import Job, Spec, job_outcome, job_overrides
 from kdsweep.sweep.live import LIVE
@@ -143,7 +144,7 @@ class StudySweep:
             storage=self.storage,
             sampler=self.sampler,
             pruner=build_pruner(s.pruner, allowed_targets(self.config)),
-            direction=s.direction,
+            directions=s.directions,  # the objective's, then one per cost (drift checks them)
             load_if_exists=True,
         )
         check_definition(self.config, s, self.lock, study, space, data)
@@ -162,7 +163,7 @@ class StudySweep:
         text = f"[{done}/{n}: {counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
         ranked = ranked_trials(study)
         if ranked:
-            text += f"; best {ranked[0].value:.2f} %"
+            text += f"; best {ranked[0].values[0]:.2f} %"
         ran = max(1, self.job_idx)
         eta = elapsed / ran * max(0, n - done)
         return f"{text}; {_clock(elapsed)}, ETA {_clock(eta)}]"
@@ -405,6 +406,19 @@ class StudySweep:
                 self._untaken[key] = []
         return self._untaken[key]
 
+    def _values(
+        self, study: optuna.Study, objective: float, user_attrs: dict[str, Any]
+    ) -> list[float]:
+        """A completed trial's values: its objective, then (a study with costs) the costs
+        its job measured before training, in the order of hydra.sweeper.costs."""
+        if len(study.directions) == 1:
+            return [objective]
+        costs = user_attrs.get(COSTS_ATTR) or {}
+        missing = [name for name in self.settings.costs if name not in costs]
+        if missing:
+            raise ValueError(f"the job stored no {', '.join(missing)} for its trial")
+        return [objective, *(float(costs[name]) for name in self.settings.costs)]
+
     def _tell(self, job: Job, ret: JobReturn) -> TrialState:
         value, error = job_outcome(ret)
         # Read back from the storage: the job wrote these attributes in its own process.
@@ -412,7 +426,7 @@ class StudySweep:
         state = None
         if error is None:
             try:
-                job.study.tell(job.trial, float(value))
+                job.study.tell(job.trial, self._values(job.study, float(value), user_attrs))
                 state = TrialState.COMPLETE
             except (TypeError, ValueError) as exc:
                 error = exc

@@ -7,6 +7,11 @@ is created. A later invocation whose definition differs is refused, naming the k
 the two ways out: a new ``hydra.sweeper.study_name``, or
 ``hydra.sweeper.allow_changed_settings=true`` to continue it deliberately.
 
+Its objectives are fixed when it is made: the costs it weighs beside its objective
+(``hydra.sweeper.costs``, each a direction of the Optuna study) are recorded, and a rerun
+with other costs is refused whatever ``allow_changed_settings`` says: the trials' values
+would mean other things.
+
 The data a study is made on is recorded too, as its fingerprint (the content of every
 split): the same settings over changed files (an image folder edited, CIFAR's files
 replaced) would rank trials of two data sets together. That is refused whatever
@@ -38,6 +43,9 @@ log = logging.getLogger("kdsweep.sweep")
 
 DEFINITION_ATTR = "definition"
 DATA_ATTR = "data_fingerprint"
+#: The costs a study minimizes beside its objective, in the order of its values (absent:
+#: none, a single-objective study).
+COSTS_ATTR = "costs"
 
 #: Config keys that do not change what a trial measures: where it is logged, cached or run,
 #: how it reports progress, what it keeps.
@@ -123,6 +131,21 @@ def check_data(study: optuna.Study, study_name: str, fingerprint: str | None) ->
         raise KdsweepError(data_drift_message(study_name, recorded, fingerprint))
 
 
+def check_costs(study: optuna.Study, s: SweepSettings, new: bool) -> None:
+    """Record the costs a new study weighs; refuse to continue a study with other costs
+    (or, one made elsewhere, other directions)."""
+    recorded = list(study.user_attrs.get(COSTS_ATTR) or [])
+    directions = [d.name.lower() for d in study.directions]
+    if new and not recorded and s.costs:
+        study.set_user_attr(COSTS_ATTR, list(s.costs))
+    elif recorded != s.costs or directions != s.directions:
+        raise KdsweepError(
+            f"study {s.study_name} was made with hydra.sweeper.costs={recorded} (directions"
+            f" {directions}), not {s.costs}: a study's objectives cannot change; name a new"
+            " study with hydra.sweeper.study_name=..., or rerun it with its own costs"
+        )
+
+
 def check_definition(
     config: DictConfig,
     s: SweepSettings,
@@ -140,7 +163,9 @@ def check_definition(
         changes = differences(stored, current) if stored is not None else []
         if changes and not s.allow_changed_settings:
             raise KdsweepError(drift_message(s.study_name, changes))
-        check_data(study, s.study_name, fingerprint)  # written only once nothing refused
+        # Written only once nothing refused.
+        check_costs(study, s, new=stored is None and not study.get_trials(deepcopy=False))
+        check_data(study, s.study_name, fingerprint)
         if changes:
             log.warning(
                 "study %s continues with changed settings: %s", s.study_name, "; ".join(changes)

@@ -86,10 +86,12 @@ class ParentRun:
         def summarize() -> None:
             client = client_for(self.conf.uri)
             if best is not None:
-                client.log_metric(run_id, "best_value", float(best.value))
+                client.log_metric(run_id, "best_value", float(best.values[0]))
                 client.log_metric(run_id, "best_trial", float(best.number))
                 for name, value in best.params.items():
-                    client.set_tag(run_id, f"best.{name}", str(value))
+                    client.set_tag(
+                        run_id, f"best.{name.lstrip('+')}", str(value)
+                    )  # +model.width: MLflow takes no "+"
             if description:
                 # MLflow's run description: the report's headline, first thing in the UI.
                 client.set_tag(run_id, "mlflow.note.content", description)

@@ -1,6 +1,11 @@
 """The job's side of a sweep trial: report each epoch's validation accuracy to the trial
 through the shared storage (so the pruner can stop it), and leave the trial the
-attributes the report is built from (MLflow run id, learning curves, final metrics).
+attributes the report is built from (MLflow run id, learning curves, final metrics, and
+the student's costs where the sweep weighs them: ``hydra.sweeper.costs``).
+
+A study with costs has several directions, which Optuna's ``Trial.report`` refuses: the
+trial's curve is its ``history``, and the pruner judges it against the trials that cost
+no more than it (kdsweep.sweep.cost_pruning).
 
 The sweeper passes the trial's identity as ``sweep.*`` overrides; storage and pruner come
 from the sweeper's own config, which every job sees as ``hydra.sweeper``.
@@ -28,27 +33,38 @@ class OptunaTrialHooks(TrialHooks):
         pruner_conf: Any,
         prune: bool,
         allowed: tuple[str, ...] = (),
+        costs: tuple[str, ...] = (),
     ) -> None:
         import optuna
 
         from kdsweep.sweep.studies import build_pruner, shared_storage
 
+        self.pruner = build_pruner(pruner_conf, allowed)
         study = optuna.load_study(
             study_name=study_name,
             storage=shared_storage(storage_url),
-            pruner=build_pruner(pruner_conf, allowed),
+            pruner=self.pruner,
             # The job never samples: a cheap sampler keeps loading the trial fast.
             sampler=optuna.samplers.RandomSampler(),
         )
         # Trial(study, trial_id) is Optuna's public constructor; the id is the storage's
         # (kdsweep.sweep.studies.trial_id), passed by the sweeper as sweep.trial_id.
         self.trial = optuna.trial.Trial(study, trial_id)
+        self.study = study
         self.curve: list[dict[str, float]] = []
         self.prune = prune
+        self.costs = costs
+        self.measured: dict[str, float] = {}
 
-    def on_start(self, run_id: str | None) -> None:
+    def on_start(self, run_id: str | None, costs: dict[str, float]) -> None:
         if run_id:
             self.trial.set_user_attr("mlflow_run_id", run_id)
+        if self.costs:
+            from kdsweep.sweep.cost_pruning import COSTS_ATTR
+
+            # The sweeper tells the trial these as its values after the objective.
+            self.measured = {name: costs[name] for name in self.costs}
+            self.trial.set_user_attr(COSTS_ATTR, self.measured)
 
     def on_epoch(self, record: EpochRecord) -> None:
         import optuna
@@ -65,19 +81,39 @@ class OptunaTrialHooks(TrialHooks):
             return  # a measurement: nothing to prune, its curve is stored at the end
         try:
             self.trial.set_user_attr("history", self.curve)
-            self.trial.report(record.val_acc, record.epoch)
+            if not self.costs:  # with costs, history is the curve the pruning reads
+                self.trial.report(record.val_acc, record.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # The sweeper failed this trial (it was interrupted, or found it stale) while a
             # launcher's child (submitit) went on: stop, and end the run KILLED.
 
             raise Abandoned("the sweeper stopped this trial (it was interrupted)") from None
-        if self.trial.should_prune():
+        if self._should_prune():
             # Stored, not only raised: the sweeper reads it even when the exception comes
             # back from another process in a different shape.
             self.trial.set_user_attr("pruned", True)
             raise optuna.TrialPruned(
                 f"pruned after epoch {record.epoch} (val acc {record.val_acc:.2f}%)"
             )
+
+    def _should_prune(self) -> bool:
+        if not self.costs:
+            return self.trial.should_prune()
+        from optuna.trial import TrialState
+
+        from kdsweep.sweep.cost_pruning import beaten_by_cheaper, curve
+
+        finished = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        return beaten_by_cheaper(
+            self.pruner,
+            self.study.directions[0],
+            self.trial.number,
+            curve(self.curve),
+            self.measured,
+            finished,
+        )
 
     def on_finish(self, result: RunResult) -> None:
         if not self.prune:
@@ -102,4 +138,6 @@ def trial_hooks(cfg: DictConfig) -> TrialHooks:
         # The baseline and the confirmation runs are measurements, not candidates: they
         # always run to the end.
         prune=sweep.get("role") == "trial",
+        # The search study's objectives after the first (its companion has one).
+        costs=tuple(sweeper.get("costs") or ()) if sweep.get("role") == "trial" else (),
     )
