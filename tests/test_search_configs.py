@@ -100,7 +100,12 @@ def _confirmed(workdir: Path, cache: Path, *config: str) -> None:
     assert states(load_trials(storage, study)) == {"COMPLETE": 2}
     companion = load_study(storage, f"{study}:confirm")
     arms = companion.user_attrs["current_arms"]
-    assert {"top1", "ablation", "ce_default"} <= set(arms)
+    if load_study(storage, study).user_attrs.get("costs"):
+        # A search with costs confirms its front: each point beside its ablation.
+        points = {arm.removeprefix("front-") for arm in arms if arm.startswith("front-")}
+        assert points and set(arms) == {f"{k}-{p}" for k in ("front", "ablation") for p in points}
+    else:
+        assert {"top1", "ablation", "ce_default"} <= set(arms)
     runs = {
         (t.user_attrs.get("role"), t.user_attrs.get("arm"), t.user_attrs.get("seed")): t.state.name
         for t in companion.trials
