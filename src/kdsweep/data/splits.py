@@ -171,24 +171,15 @@ class TensorSplits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
+    PARTS: ClassVar[tuple[str, ...]] = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+
     def to(self, device: torch.device | str) -> TensorSplits:
-        names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
-        return replace(self, **{name: getattr(self, name).to(device) for name in names})
+        return replace(self, **{name: getattr(self, name).to(device) for name in self.PARTS})
 
     @property
     def nbytes(self) -> int:
         """Bytes the splits hold in memory (a streamed split's images hold none)."""
-        return sum(
-            part.nbytes
-            for part in (
-                self.train_x,
-                self.train_y,
-                self.val_x,
-                self.val_y,
-                self.test_x,
-                self.test_y,
-            )
-        )
+        return sum(getattr(self, name).nbytes for name in self.PARTS)
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
