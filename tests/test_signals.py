@@ -529,3 +529,49 @@ def test_a_clean_up_that_fails_after_a_signal_is_still_an_interrupt(sig: signal.
     )
     assert done.returncode == EXIT[sig], done.stderr
     assert done.stderr.splitlines() == [f"fake: interrupted by {sig.name}: nothing was written"]
+
+
+@pytest.mark.slow  # a command and its two workers, signalled mid-trial, then run again
+def test_a_signalled_command_stops_its_workers_and_the_same_command_resumes(
+    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
+) -> None:
+    """hydra.sweeper.workers=2, SIGTERM to the command alone (`kill PID`): it passes the
+    signal on, every worker ends its trial FAIL and its run KILLED, the command says one
+    line and exits 143 with no worker left; the same command then completes the study."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    study = unique("sig-workers")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    workers = ["hydra.sweeper.workers=2", "hydra.sweeper.allow_changed_settings=true"]
+    long = ["trainer.epochs=500", "trainer.progress=log"]
+    proc = start(tmp_path, sweep_args(tmp_path, study, 3, *workers, *long, cache_dir=teacher_cache))
+    try:
+
+        def both_training() -> bool:
+            running = [t for t in load_trials(storage, study) if t.state.name == "RUNNING"]
+            training = [t for t in running if t.user_attrs.get("history")]
+            return len({t.user_attrs["worker"] for t in training}) == 2
+
+        wait_for(both_training, 600, "both workers' trials in training", proc)
+        proc.send_signal(signal.SIGTERM)
+        done = finish(proc, timeout=120)
+    finally:
+        kill_group(proc)
+    assert done.returncode == 143, done.stderr[-3000:]
+    _one_line(done.stderr, "SIGTERM")
+    assert not _children_alive(proc.pid)  # every worker had ended when the command did
+    trials = load_trials(storage, study)
+    assert states(trials) == {"FAIL": 2}
+    runs = mlflow_runs(tracking)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    sweep_runs = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [r.info.status for r in sweep_runs] == ["KILLED"]
+
+    # The same command (its trials 1 epoch now, a change it allows) completes the study.
+    again = finish(
+        start(tmp_path, sweep_args(tmp_path, study, 3, *workers, cache_dir=teacher_cache)), 900
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert states(load_trials(storage, study)) == {"FAIL": 2, "COMPLETE": 3}
+    sweep_runs = [r for r in mlflow_runs(tracking) if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [r.info.status for r in sweep_runs] == ["FINISHED"]

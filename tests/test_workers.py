@@ -14,15 +14,18 @@ from _helpers import (
     drop_study,
     finish,
     fresh_postgres_db_fixture,  # noqa: F401  (the fresh_postgres_db fixture)
+    kill_group,
     load_study,
     load_trials,
     mlflow_client,
     mlflow_runs,
     postgres_url_fixture,  # noqa: F401  (the postgres_url fixture)
+    run,
     start,
     states,
     sweep_args,
     unique,
+    wait_for,
 )
 
 N_TRIALS = 5
@@ -227,3 +230,110 @@ def test_auto_on_cpu_plans_as_many_workers_as_the_cores_allow() -> None:
     assert len(plan_workers("auto", 1, [], cores=1, threads=4)) == 1  # always one
     assert [s.threads for s in plan_workers(2, 1, [], cores=8, threads=0)] == [4, 4]
     assert [s.threads for s in plan_workers(2, 1, [], cores=8, threads=3)] == [3, 3]  # theirs
+
+
+def _overlap(a, b) -> bool:  # noqa: ANN001  (two FrozenTrials)
+    return a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+
+
+@pytest.mark.slow  # a command and its two workers' processes, ~1-2 min on 2 busy cores
+def test_one_command_runs_a_sweep_on_two_workers(tmp_path: Path, teacher_cache: Path) -> None:
+    """hydra.sweeper.workers=2: both workers train at once (their trials overlap in time),
+    the study gets exactly n_trials, the confirmation's runs are shared out and complete,
+    and the command alone writes the one report under the one parent run."""
+    study_name = unique("cmd-workers")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = sweep_args(
+        tmp_path,
+        study_name,
+        4,
+        "hydra.sweeper.workers=2",
+        "hydra.sweeper.confirm.enabled=true",
+        "hydra.sweeper.confirm.seeds=1",
+        "hydra.sweeper.confirm.top_k=1",
+        "trainer.epochs=3",
+        cache_dir=teacher_cache,
+    )
+    proc = run(tmp_path, args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for worker in ("worker 1 (cpu)", "worker 2 (cpu)"):
+        assert re.search(rf"{re.escape(worker)}: trial \d+ \(.*\): (COMPLETE|PRUNED)", console)
+
+    trials = load_trials(storage, study_name)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4 and len(trials) == 4  # exactly n_trials, none failed
+    by_worker: dict[str, list] = {}
+    for trial in trials:
+        by_worker.setdefault(trial.user_attrs["worker"], []).append(trial)
+    assert len(by_worker) == 2
+    first, second = by_worker.values()
+    assert any(_overlap(a, b) for a in first for b in second)  # no batch barrier, no idle
+
+    confirm = load_trials(storage, f"{study_name}:confirm")
+    assert states(confirm) == {"COMPLETE": 4}  # top1, ablation, reference, CE default
+    study = load_study(storage, study_name)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    runs = mlflow_runs(tracking)
+    parents = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
+    assert [p.info.run_id for p in parents] == [parent_id]
+    assert len(children_of(runs, parent_id)) == len(runs) - 1 == 4 + 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert list((tmp_path / "reports").iterdir()) == [tmp_path / "reports" / study_name]
+    assert (tmp_path / "reports" / study_name / "index.html").is_file()
+    assert console.count("report: ") == 1  # written once, by the command
+    # Each worker's own lines went to its log file, beside the trials' folders.
+    logs = sorted(p.name for p in (tmp_path / "multirun" / "workers").iterdir())
+    assert logs == ["worker-1.log", "worker-2.log"]
+
+
+@pytest.mark.slow  # a command, two workers and a third started in place of a killed one
+def test_a_killed_worker_is_replaced_and_its_trial_run_again(
+    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
+) -> None:
+    """SIGKILL to one worker mid-trial: the command fails that trial, queues it again with
+    the same parameters, starts the worker again and says so; the sweep ends with every
+    trial accounted for and nothing RUNNING."""
+    import os
+    import shutil
+    import signal
+
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    study_name = unique("kill-worker")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = sweep_args(
+        tmp_path,
+        study_name,
+        4,
+        "hydra.sweeper.workers=2",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=8",
+        cache_dir=teacher_cache,
+    )
+    proc = start(tmp_path, args)
+    try:
+
+        def training() -> object:
+            running = [t for t in load_trials(storage, study_name) if t.state.name == "RUNNING"]
+            return next((t for t in running if t.user_attrs.get("history")), None)
+
+        victim = wait_for(training, 600, "a trial in training", proc)
+        os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+        done = finish(proc, timeout=900)
+    finally:
+        kill_group(proc)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    assert re.search(r"worker \d \(cpu\) died \(killed by SIGKILL\).*starting it again", console)
+
+    trials = load_trials(storage, study_name)
+    assert states(trials) == {"COMPLETE": 4, "FAIL": 1}
+    (killed,) = [t for t in trials if t.state.name == "FAIL"]
+    assert killed.number == victim.number
+    (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retried.state.name == "COMPLETE" and retried.params == victim.params
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    statuses = {r.info.run_id: r.info.status for r in runs}
+    assert statuses[killed.user_attrs["mlflow_run_id"]] == "FAILED"

@@ -50,14 +50,19 @@ class KdsweepSweeper(Sweeper):
         from kdsweep.publish import finish_sweep
         from kdsweep.sweep.core import StudySweep
         from kdsweep.sweep.settings import SweepSettings
+        from kdsweep.sweep.workers import Workers, finished_by_the_command, worker_number
 
         settings = SweepSettings.from_options(self.options)
+        worker = worker_number()  # one of the workers a command started (hydra.sweeper.workers)
         sweep = StudySweep(
             self.config,
             settings,
             self.launcher,
             self.make_sampler,
-            finish=finish_sweep,
+            finish=finished_by_the_command if worker else finish_sweep,
             compose=self.compose,
+            worker=worker,
         )
+        if settings.workers != 1 and not worker:
+            return Workers(sweep, finish_sweep).run(arguments)
         return sweep.run(arguments)

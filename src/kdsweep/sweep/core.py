@@ -63,6 +63,12 @@ from kdsweep.sweep.studies import (
 
 log = logging.getLogger("kdsweep.sweep")
 
+#: A command's worker N offsets its sampler's seed by N times this (more than any study's
+#: trial count, the offset of a resumed study).
+WORKER_SEED_STRIDE = 1_000_000
+#: How often a command's worker whose search is done looks at the others' trials.
+WORKER_POLL_S = 0.5
+
 
 class Finish(Protocol):
     """What ends an invocation: the best trial, the report and the registry
@@ -121,8 +127,12 @@ class StudySweep:
         make_sampler: Callable[[int], Any],
         finish: Finish,
         compose: Callable[[list[str]], DictConfig],
+        worker: int = 0,
     ) -> None:
         self.config, self.settings = config, settings
+        # N > 0: worker N of those a command started (kdsweep.sweep.workers). That command
+        # checked the settings, and owns the report, the registration and the parent run.
+        self.worker = worker
         self.finish = finish  # what ends an invocation: results, report, registry (kdsweep.publish)
         self.launcher, self.make_sampler = launcher, make_sampler
         self.compose = compose  # a job's config from its overrides (Hydra's config loader)
@@ -138,7 +148,9 @@ class StudySweep:
         self.storage = shared_storage(
             s.storage, heartbeat_options(s.heartbeat_interval, s.grace_period)
         )
-        self.sampler = self.make_sampler(self._existing_trials())
+        # Workers started together find the same trials: each offsets its sampler's seed
+        # by its number too, or they would all draw the same random start-up trials.
+        self.sampler = self.make_sampler(self._existing_trials() + WORKER_SEED_STRIDE * self.worker)
         study = optuna.create_study(
             study_name=s.study_name,
             storage=self.storage,
@@ -154,8 +166,9 @@ class StudySweep:
         )
         return study, parent
 
-    def progress(self, study: optuna.Study) -> str:
-        """``[7/20: 3 pruned, 0 failed; best 97.92 %; 0:45, ETA 1:20]``, plain text."""
+    def progress(self, study: optuna.Study, ran: int | None = None) -> str:
+        """``[7/20: 3 pruned, 0 failed; best 97.92 %; 0:45, ETA 1:20]``, plain text; the
+        ETA from the jobs run so far (``ran``; default: those this sweeper launched)."""
         counts = count_states(study)
         done = sum(counts[state] for state in FINISHED_STATES)
         n = self.settings.n_trials
@@ -164,7 +177,7 @@ class StudySweep:
         ranked = ranked_trials(study)
         if ranked:
             text += f"; best {ranked[0].values[0]:.2f} %"
-        ran = max(1, self.job_idx)
+        ran = max(1, self.job_idx if ran is None else ran)
         eta = elapsed / ran * max(0, n - done)
         return f"{text}; {_clock(elapsed)}, ETA {_clock(eta)}]"
 
@@ -178,6 +191,18 @@ class StudySweep:
             return self._run(arguments)
 
     def _run(self, arguments: list[str]) -> optuna.Study:
+        space, study, parent = self.start(arguments)
+        try:
+            return self._sweep(study, space, parent)
+        except KeyboardInterrupt as exc:
+            clean_up_interrupted(
+                self.storage, self.lock, self.config, self.in_flight, study, parent, exc
+            )
+            raise
+
+    def start(self, arguments: list[str]) -> tuple[SearchSpace, optuna.Study, ParentRun]:
+        """Check the settings (unless a worker: its command did), then open the study and
+        its parent run: the search space, the study, the parent run."""
         s = self.settings
         # Optuna's own lines ("A new study created...") through Hydra's logging, so the
         # console filter treats them as the other libraries' chatter.
@@ -192,7 +217,8 @@ class StudySweep:
         # A KdsweepError here, before any trial, is the command's one line (its boundary).
         with interruptible():  # the start-up checks write nothing
             space = search_space(s.params, arguments)
-            check_sweep(self.config, s, space, self.compose, self.make_sampler)
+            if not self.worker:
+                check_sweep(self.config, s, space, self.compose, self.make_sampler)
         study, parent = self._open(space)
         log.info(
             "study %s in %s: %s sampler, %s pruner, n_trials=%d",
@@ -202,13 +228,7 @@ class StudySweep:
             s.pruner_name,
             s.n_trials,
         )
-        try:
-            return self._sweep(study, space, parent)
-        except KeyboardInterrupt as exc:
-            clean_up_interrupted(
-                self.storage, self.lock, self.config, self.in_flight, study, parent, exc
-            )
-            raise
+        return space, study, parent
 
     def _sweep(self, study: optuna.Study, space: SearchSpace, parent: ParentRun) -> optuna.Study:
         s = self.settings
@@ -225,7 +245,12 @@ class StudySweep:
             self._baseline(study, companion)
 
         failures = launched = 0
-        while jobs := self._search_trials(study, space):
+        while True:
+            jobs = self._search_trials(study, space)
+            if not jobs:
+                if self._waited_for_other_workers(study):
+                    continue
+                break
             launched += len(jobs)
             failures += self.run_jobs(jobs).count(TrialState.FAIL)
             if failures > s.max_failure_rate * s.n_trials:
@@ -261,7 +286,7 @@ class StudySweep:
             counts = count_states(study)
             done = sum(counts[state] for state in FINISHED_STATES)
             remaining = s.n_trials - done - counts[TrialState.RUNNING]
-            if remaining <= 0 and counts[TrialState.RUNNING]:
+            if remaining <= 0 and counts[TrialState.RUNNING] and not self.worker:
                 log.info("%d trials still running in other workers", counts[TrialState.RUNNING])
             return max(0, min(s.n_jobs, remaining))
 
@@ -277,6 +302,17 @@ class StudySweep:
 
         sample = lambda: ask(study, fixed_distributions=space.distributions)  # noqa: E731
         return self._jobs(study, "trial", wanted, sample, spec)
+
+    def _waited_for_other_workers(self, study: optuna.Study) -> bool:
+        """A command's worker whose search is done waits while other workers' trials run
+        (a moment, then True: look again): a killed worker's trial is queued again, and
+        the confirmation, which every worker takes its share of, starts once the search
+        is complete. False when nothing runs, or outside a command's workers."""
+        if not self.worker or not count_states(study)[TrialState.RUNNING]:
+            return False
+        with interruptible():  # a wait in which nothing is written
+            time.sleep(WORKER_POLL_S)
+        return True
 
     def _baseline(self, study: optuna.Study, companion: optuna.Study) -> None:
         """The CE baseline, once per study (kdsweep.sweep.baseline); a failed one is

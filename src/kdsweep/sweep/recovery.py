@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.core.errors import interrupt_name
 from kdsweep.sweep.liveness import fail_dead_trials
@@ -41,14 +43,27 @@ INTERRUPTED = {
 }
 
 
-def recover(storage: BaseStorage, lock: Lock, config: DictConfig, study: optuna.Study) -> None:
+def recover(
+    storage: BaseStorage, lock: Lock, config: DictConfig, study: optuna.Study, retry: bool = False
+) -> list[FrozenTrial]:
     """Trials whose sweeper died (kdsweep.sweep.liveness) become FAIL and their MLflow
-    runs (tracked as ``config`` says) are closed: a rerun runs them again."""
+    runs (tracked as ``config`` says) are closed: a rerun runs them again. With ``retry``
+    (a worker of the command died mid-sweep), each search trial is queued again at once
+    with the same parameters, under the same lock, for the next worker that asks (Optuna's
+    RetryHeartbeatStaleTrialCallback, once per trial); the failed trials are returned."""
+    with warnings.catch_warnings():  # Optuna marks it experimental; it is the retry we want
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        again = RetryHeartbeatStaleTrialCallback(max_retry=1)
     with lock():
-        for trial in fail_dead_trials(storage, study):
-            said, reason = INTERRUPTED[trial.user_attrs.get("role", "trial")]
+        failed = fail_dead_trials(storage, study)
+        for trial in failed:
+            role = trial.user_attrs.get("role", "trial")
+            said, reason = INTERRUPTED[role]
             log.warning(said, trial.number)
             close_trial_run(config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason)
+            if retry and role == "trial":
+                again(study, trial)
+    return failed
 
 
 def clean_up_interrupted(
