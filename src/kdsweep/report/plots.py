@@ -22,6 +22,7 @@ import numpy as np
 from kdsweep.core.errors import one_line
 from kdsweep.core.files import atomic_save_figure
 from kdsweep.results.summary import Summary, TrialRow, finite
+from kdsweep.sweep.arms import cost_names
 
 if TYPE_CHECKING:
     import optuna
@@ -391,8 +392,6 @@ def plot_search_front(study: optuna.Study, summary: Summary, path: Path) -> str 
     if not summary.scored:
         return "No search front: no trial completed."
     from optuna.visualization.matplotlib import plot_pareto_front
-
-    from kdsweep.sweep.arms import cost_names
 
     names = [*cost_names(study), OBJECTIVE]
     if len(names) > 3:  # Optuna draws 2 or 3 objectives
