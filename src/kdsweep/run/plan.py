@@ -59,22 +59,12 @@ def plan_run(settings: Settings) -> Plan:
     student_taps, teacher_taps = settings.loss.taps()
     student = network(settings.model, data).to(device)
     student = hooked(student, student_taps, "student", settings)
-    dry_step(settings, student, data)
+    probe, loss_modules = teacher_probe(settings, student, teacher_taps, data, device)
+    dry_step(settings, student, data, probe)
     teacher = train_source = val_source = None
-    if settings.uses_teacher:
+    if probe is not None:
         objective = settings.loss
-        kernel, loss_modules = 1, []
-        # Shapes only: an untrained teacher of the same network tells them (a pair the
-        # loss cannot compare is refused before the teacher trains), and a network that
-        # cannot be built is named before the teacher's training would build it.
-        probe = network(settings.teacher_model, data)
-        if objective.needs_teacher_hidden or objective.needs_teacher_features:
-            probe = hooked(probe.to(device).eval(), teacher_taps, "teacher", settings)
-            if objective.needs_teacher_hidden:
-                widths = [hidden_width(net, data.train_x[:1]) for net in (probe, student)]
-                kernel = hidden_pool_kernel(*widths)
-            if objective.needs_teacher_features:
-                loss_modules = attach_loss(settings, student, probe, data)
+        kernel = probe.pool_kernel
         teacher = prepare_teacher(settings, data, device)
         teacher_net = as_feature_net(teacher.model, teacher_taps.features, teacher_taps.hidden)
         # Outputs of a named hidden layer are other outputs: cached under their own key.
@@ -140,12 +130,38 @@ def _cannot_build(target: Target, exc: Exception) -> str:
     return f"{target.key}._target_={target.target} cannot be built ({reason})"
 
 
-def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> None:
-    """The student's forward pass and the loss on two training images, once, before the
-    teacher trains and the MLflow run exists: a network that has nothing to train, whose
-    forward raises or gives something other than one logit per class, or a loss that
-    fails on its outputs is one line now, not a traceback in the run's first batch. In
-    eval mode and with its gradients cleared after: nothing the run keeps changes."""
+def teacher_probe(
+    settings: Settings, student: FeatureNet, taps: Taps, data: TensorSplits, device: torch.device
+) -> tuple[TeacherSource | None, list[torch.nn.Module]]:
+    """Shapes only: the teacher's network, untrained, hooked as the loss reads it and run
+    live (its hidden vector pooled to the student's width), and the modules a feature loss
+    trains with the student. A pair the loss cannot compare is refused before the teacher
+    trains, and a network that cannot be built is named before its training would build
+    it. None and no modules for a loss without a teacher."""
+    objective = settings.loss
+    if not objective.uses_teacher:
+        return None, []
+    probe = network(settings.teacher_model, data).to(device).eval()
+    probe = hooked(probe, taps, "teacher", settings)
+    kernel = 1
+    if objective.needs_teacher_hidden:
+        widths = [hidden_width(net, data.train_x[:1]) for net in (probe, student)]
+        kernel = hidden_pool_kernel(*widths)
+    modules = (
+        attach_loss(settings, student, probe, data) if objective.needs_teacher_features else []
+    )
+    return TeacherSource(model=probe, pool_kernel=kernel), modules
+
+
+def dry_step(
+    settings: Settings, student: FeatureNet, data: TensorSplits, teacher: TeacherSource | None
+) -> None:
+    """The student's forward pass and the loss on two training images (with ``teacher``'s
+    outputs, teacher_probe's), once, before the teacher trains and the MLflow run exists:
+    a network that has nothing to train, whose forward raises or gives something other
+    than one logit per class, or a loss that fails on its outputs is one line now, not a
+    traceback in the run's first batch. In eval mode and with its gradients cleared
+    after: nothing the run keeps changes."""
     what = f"model={settings.model.name} ({settings.model.target})"
     objective = settings.loss
     if not any(p.requires_grad for p in student.parameters()):
@@ -180,20 +196,8 @@ def dry_step(settings: Settings, student: FeatureNet, data: TensorSplits) -> Non
             return  # the feature losses' shapes were checked by attach (plan_run)
 
         def step() -> None:
-            # The teacher's outputs as training gives them: made up, of their shapes (its
-            # hidden vector is pooled to the student's width), None where the loss's flags
-            # do not ask for them.
-            made_up = torch.Generator().manual_seed(0)
-            teacher = (
-                torch.randn(wanted, generator=made_up).to(logits.device)
-                if objective.needs_teacher_logits
-                else None,
-                torch.randn(hidden.shape, generator=made_up).to(hidden.device)
-                if objective.needs_teacher_hidden
-                else None,
-                None,
-            )
-            objective(step_inputs(y, (logits, hidden, maps), teacher, 1)).total.backward()
+            taught = teacher.for_batch(torch.arange(len(y)), x) if teacher else (None, None)
+            objective(step_inputs(y, (logits, hidden, maps), (*taught, None), 1)).total.backward()
 
         _, error = attempt(step)
         if error is not None:
