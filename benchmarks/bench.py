@@ -16,13 +16,17 @@ Rows (targets and measured figures: docs/performance.md):
   f  GPU only: bf16 + channels_last (+ compile) vs fp32 img/s for the student (KD,
      batch 128) and the teacher (CE, batch 512); host syncs per KD epoch
   g  CPU: a digits run (8x8, LightNN) with 1 torch thread vs torch's default          (reported)
+  i  a pruned 20-trial KD sweep on 2 CPU slots: hydra.sweeper.workers=2 (1 thread each)
+     i1 wall time vs Hydra's joblib launcher, 2 jobs per batch (1 thread each)       >= 1.2x
+     i2 slot utilization with workers: trial runs' time / (2 x the search's wall)   >= 0.9
+     i3 wall time vs one sweep loop (workers=1, torch's default threads)          (reported)
   h  a generated ImageFolder of 3x32x32 PNGs (>= 20,000 by default), KD epoch img/s:
      h1 streamed (teacher outputs cached by index, memory-mapped) vs the seed loop  >= 3x
      h2 streamed vs the same images decoded into memory                            >= 0.5x
      h3 the streamed run's peak RSS growth / the decoded training split            < 0.25
 
 Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data group);
-c and d run the real ``kdsweep -m`` command line on ``digits`` as subprocesses; h writes
+c, d and i run the real ``kdsweep -m`` command line on ``digits`` as subprocesses; h writes
 its image folder into the work directory (``data=imagefolder``, streamed.py).
 Progress goes to stderr, the table to stdout. Timings are medians of interleaved repeats
 after a warm-up, but a shared machine is noisy: rerun before believing a FAIL.
@@ -55,7 +59,7 @@ if _HERE not in sys.path:
 
 from table import Row, format_table, mb, notes  # noqa: E402
 
-ROW_KEYS = "abcdefgh"
+ROW_KEYS = "abcdefghi"
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,45 @@ def row_d(workdir: Path, device: Any, sizes: Sizes) -> Row:
     row.passed = row.figure < 1.0
     row.details = fig
     return row
+
+
+def rows_i(workdir: Path, device: Any, sizes: Sizes, args: argparse.Namespace) -> list[Row]:
+    from sweeps import measure_workers
+
+    trials = min(sizes.sweep_trials, 20)
+    speed = Row("i1", f"KD sweep, {trials} trials: workers=2 vs joblib 2/batch", ">= 1.2x")
+    busy = Row("i2", "slot utilization: workers=2 (joblib 2/batch)", ">= 0.9")
+    single = Row("i3", "KD sweep wall: workers=2 vs workers=1", "report")
+    rows = [speed, busy, single]
+    try:
+        fig = measure_workers(
+            workdir,
+            workdir / "cache",
+            trials,
+            sizes.sweep_epochs,
+            args.seed,
+            [f"trainer.device={device}"],
+            sizes.sweep_timeout_s,
+            progress,
+        )
+    except Exception as exc:
+        for row in rows:
+            row.error = _one_line(exc)
+        return rows
+    workers, joblib, one = fig["workers2"], fig["joblib2"], fig["workers1"]
+    speed.kdsweep, speed.baseline = f"{workers['wall_s']:.0f} s", f"{joblib['wall_s']:.0f} s"
+    speed.figure = joblib["wall_s"] / workers["wall_s"]
+    speed.figure_text = f"{speed.figure:.2f}x"
+    speed.passed = speed.figure >= 1.2
+    speed.details = fig
+    busy.kdsweep, busy.baseline = f"{workers['utilization']:.2f}", f"{joblib['utilization']:.2f}"
+    busy.figure = float(workers["utilization"])
+    busy.figure_text = f"{busy.figure:.2f}"
+    busy.passed = busy.figure >= 0.9
+    single.kdsweep, single.baseline = f"{workers['wall_s']:.0f} s", f"{one['wall_s']:.0f} s"
+    single.figure = one["wall_s"] / workers["wall_s"]
+    single.figure_text = f"{single.figure:.2f}x"
+    return rows
 
 
 def row_g(sizes: Sizes) -> Row:
@@ -386,6 +429,8 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
             guarded("f", "GPU levers", "report", lambda: rows_f(data, device, sizes))
         if "g" in args.only and device.type == "cpu":
             guarded("g", "CPU threads", "report", lambda: row_g(sizes))
+        if "i" in args.only:
+            guarded("i", "sweep workers", ">= 1.2x", lambda: rows_i(workdir, device, sizes, args))
         if "h" in args.only:
             guarded(
                 "h", "streamed ImageFolder", ">= 3x", lambda: rows_h(workdir, sizes, args.workers)

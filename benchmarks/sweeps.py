@@ -44,6 +44,8 @@ class SweepOutcome:
     trial_wall_s: list[float] = field(default_factory=list)
     # Per trial (but the last): next trial's start - this trial's start - its own run time.
     trial_gaps_s: list[float] = field(default_factory=list)
+    # Each finished (complete or pruned) trial's start and end, in seconds since the epoch.
+    trial_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 def sweep_command(
@@ -122,6 +124,11 @@ def read_study(storage_url: str, study_name: str) -> dict:
             if "wall_seconds" in t.user_attrs.get("metrics", {})
         ],
         "trial_gaps_s": _gaps(trials),
+        "trial_spans": [
+            (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+            for t in trials
+            if t.state.is_finished() and t.datetime_start and t.datetime_complete
+        ],
     }
 
 
@@ -270,3 +277,104 @@ def measure_trial_overhead(
         "states": [o.states for o in outcomes],
         "commands": [" ".join(o.command[1:]) for o in outcomes],
     }
+
+
+def trial_run_spans(tracking_uri: str) -> list[tuple[float, float]]:
+    """Each search trial's MLflow run, start to end in seconds: the trial's own work
+    (training, evaluation, logging) in whichever process ran it. Optuna's trial times
+    cannot serve for a batch launcher: its trials are told when the whole batch ends."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "tags.`kdsweep.role` = 'trial'", max_results=10_000)
+    return [(r.info.start_time / 1000, r.info.end_time / 1000) for r in runs if r.info.end_time]
+
+
+def slot_utilization(spans: Sequence[tuple[float, float]], slots: int) -> tuple[float, float]:
+    """The trials' busy time over ``slots`` x the search's wall time (its first trial's
+    start to its last trial's end): 1.0 when no slot ever waits. Returns (utilization,
+    search wall time in s)."""
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    busy = sum(end - start for start, end in spans)
+    return busy / (slots * wall), wall
+
+
+def measure_workers(
+    root: Path,
+    cache_dir: Path,
+    n_trials: int,
+    epochs: int,
+    seed: int,
+    extra: Sequence[str],
+    timeout: float,
+    progress: Progress,
+) -> dict[str, object]:
+    """Row i: the pruned KD sweep on 2 CPU slots, three ways, one after the other on the
+    same machine: ``hydra.sweeper.workers=2`` (one thread each), Hydra's joblib launcher
+    with 2 jobs per batch (one thread each), and one sweep loop (``workers=1``, torch's
+    default threads). The teacher is trained into the shared cache first. Utilization is
+    from the trials' MLflow runs (trial_run_spans)."""
+    common = [
+        f"trainer.epochs={epochs}",
+        *PRUNING_DATA,
+        f"hydra.sweeper.sampler.seed={seed}",
+        "hydra/sweeper/pruner=median",
+        # Extra runs, not trials: the comparison is about the search's slots.
+        "hydra.sweeper.baselines=false",
+        "hydra.sweeper.confirm.enabled=false",
+        *extra,
+    ]
+    teacher_dir = root / "i-teacher"
+    teacher_dir.mkdir(parents=True, exist_ok=False)
+    teacher_run = [
+        sys.executable, "-m", "kdsweep", "trainer.epochs=1", "tracking.enabled=false",
+        f"cache_dir={cache_dir}", f"hydra.run.dir={teacher_dir / 'out'}",
+        *(o for o in common if not o.startswith(("hydra.sweeper.", "hydra/sweeper"))),
+    ]  # fmt: skip
+    progress("i: training the teacher once, into the sweeps' shared cache")
+    _stream(teacher_run, teacher_dir, "i-teacher", timeout, progress)
+    ways = {
+        "workers2": (2, ["hydra.sweeper.workers=2", "trainer.threads=1"]),
+        "joblib2": (
+            2,
+            [
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2",
+                "hydra.sweeper.n_jobs=2",
+                "trainer.threads=1",
+            ],
+        ),
+        "workers1": (1, []),
+    }
+    figures: dict[str, object] = {"trials": n_trials, "epochs_per_trial": epochs}
+    for name, (slots, overrides) in ways.items():
+        outcome = run_sweep(
+            root / f"i-{name}",
+            f"i-{name}",
+            n_trials,
+            cache_dir,
+            ["hparams_search=kd"],
+            [*common, *overrides],
+            timeout,
+            progress,
+        )
+        finished = len(outcome.trial_spans)
+        if finished != n_trials:
+            raise RuntimeError(f"row i, {name}: {finished} of {n_trials} trials finished")
+        runs = trial_run_spans(f"sqlite:///{root / f'i-{name}' / 'mlflow.db'}")
+        utilization, search_wall = slot_utilization(runs, slots)
+        # From Optuna's ask-to-tell times: what holds a slot, the job's set-up included
+        # (with joblib, also the wait for the batch's slowest trial).
+        occupancy, _ = slot_utilization(outcome.trial_spans, slots)
+        figures[name] = {
+            "slots": slots,
+            "wall_s": outcome.wall_s,
+            "search_wall_s": search_wall,
+            "utilization": utilization,
+            "ask_to_tell_occupancy": occupancy,
+            "mean_trial_run_s": sum(end - start for start, end in runs) / len(runs),
+            "states": outcome.states,
+            "command": " ".join(outcome.command[1:]),
+        }
+    return figures

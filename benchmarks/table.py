@@ -84,6 +84,22 @@ def notes(rows: list[Row]) -> list[str]:
             f" {d['states_pruned']} vs {d['states_unpruned']}; sweep walls (teacher"
             f" trained beforehand) {d['wall_s_pruned']:.0f} s vs {d['wall_s_unpruned']:.0f} s"
         )
+    if (i := by_key.get("i1")) and i.details:
+        d = i.details
+        ways = "; ".join(
+            f"{name} {d[name]['states']}, search {d[name]['search_wall_s']:.0f} s,"
+            f" utilization {d[name]['utilization']:.2f}, ask-to-tell occupancy"
+            f" {d[name]['ask_to_tell_occupancy']:.2f}, mean trial run"
+            f" {d[name]['mean_trial_run_s']:.1f} s"
+            for name in ("workers2", "joblib2", "workers1")
+        )
+        out.append(
+            f"i: {d['trials']} trials x {d['epochs_per_trial']} epochs on digits, median"
+            " pruner, no baseline or confirmation, teacher trained beforehand; wall = the"
+            " whole command (process start-ups included); utilization = the trials' MLflow"
+            " runs' time / (slots x first run start to last run end); occupancy = the same"
+            f" from Optuna's ask-to-tell times (job set-up included); {ways}"
+        )
     if (d_row := by_key.get("d")) and d_row.details:
         d = d_row.details
         walls = ", ".join(f"{w:.1f}" for w in d["wall_s"])

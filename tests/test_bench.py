@@ -94,6 +94,33 @@ def test_smoke_rows_c_d_run_real_sweeps(tmp_path, capsys):
     assert list((tmp_path / "work").glob("run-*/d-3/multirun_reports"))
 
 
+def test_slot_utilization_is_busy_time_over_slots_times_the_search_wall():
+    from sweeps import slot_utilization
+
+    assert slot_utilization([(0.0, 10.0), (0.0, 10.0)], 2) == (1.0, 10.0)
+    # A batch waits for its slowest trial: the pruned one's slot idles half the batch.
+    assert slot_utilization([(0.0, 10.0), (0.0, 5.0)], 2) == (0.75, 10.0)
+    assert slot_utilization([(0.0, 4.0), (4.0, 10.0)], 1) == (1.0, 10.0)
+
+
+@pytest.mark.slow
+def test_smoke_row_i_runs_the_three_sweeps(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = bench.main(
+        ["--smoke", "--only", "i", "--device", "cpu", "--json", str(out),
+         "--workdir", str(tmp_path / "work")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    rows = _rows_by_key(json.loads(out.read_text()))
+    assert sorted(rows) == ["i1", "i2", "i3"]
+    for row in rows.values():
+        _assert_numeric(row)
+    details = rows["i1"]["details"]
+    for way in ("workers2", "joblib2", "workers1"):
+        assert 0 < details[way]["utilization"] <= 1.0 + 1e-9, details[way]
+    assert "hydra.sweeper.workers=2" in details["workers2"]["command"]
+
+
 def test_seed_kd_formula_equals_kdsweep_objective():
     torch.manual_seed(0)
     student, teacher = torch.randn(16, 10), torch.randn(16, 10) * 3
