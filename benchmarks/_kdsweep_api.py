@@ -4,9 +4,10 @@ The benchmark imports kdsweep like any user would; the other modules of ``benchm
 kdsweep's Python API from here only, so a change to that API is an edit of this file (and
 of the call sites named beside each symbol). Importing this module imports torch.
 
-The benchmark also uses kdsweep's command line (``python -m kdsweep``, rows c and d, see
-sweeps.py) and its config groups by name (``data=digits``, ``loss=ce``,
-``hparams_search=kd``, ``hydra/sweeper=kdsweep``, ``optimizer.lr``, ``trainer.*``).
+The benchmark also uses kdsweep's command line (``python -m kdsweep``, rows c, d, i and j,
+see sweeps.py and fronts.py) and its config groups by name (``data=digits``, ``loss=ce``,
+``hparams_search=kd``, ``hparams_search=kd_front``, ``hydra/sweeper=kdsweep``,
+``optimizer.lr``, ``trainer.*``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,18 @@ from kdsweep.data import DigitsData, ImageFolderData, SyntheticData, TensorSplit
 # Objectives: CrossEntropy(), KnowledgeDistillation(temperature=, ...) (loops, gpu, memory).
 from kdsweep.losses import CrossEntropy, KnowledgeDistillation
 
-# Models: deep_nn / light_nn(input_shape, num_classes) -> SeedNet (loops, gpu, memory).
+# Models: deep_nn / light_nn(input_shape, num_classes, width=) -> SeedNet (loops, gpu,
+# memory, fronts).
 from kdsweep.nets import SeedNet, deep_nn, light_nn
+
+# Costs: measure_costs(network, input_shape, device, which) -> {name: value}; COSTS, the
+# names it measures (fronts).
+from kdsweep.nets.costs import COSTS, measure_costs
+
+# A search's front: front_trials(study) -> its non-dominated completed trials;
+# front_hypervolume(study, reference) -> float, objectives minimized (fronts).
+from kdsweep.results.front import front_hypervolume
+from kdsweep.sweep.arms import front_trials
 
 # A teacher's outputs per batch: TeacherSource(logits=) (loops, gpu, memory).
 from kdsweep.training.batches import TeacherSource
@@ -44,6 +55,7 @@ from kdsweep.training.loop import fit
 from kdsweep.training.teacher_outputs import cached_source
 
 __all__ = [
+    "COSTS",
     "CrossEntropy",
     "DigitsData",
     "ImageFolderData",
@@ -56,7 +68,10 @@ __all__ = [
     "cached_source",
     "deep_nn",
     "fit",
+    "front_hypervolume",
+    "front_trials",
     "light_nn",
     "load_splits",
+    "measure_costs",
     "resolve_device",
 ]

@@ -24,9 +24,13 @@ Rows (targets and measured figures: docs/performance.md):
      h1 streamed (teacher outputs cached by index, memory-mapped) vs the seed loop  >= 3x
      h2 streamed vs the same images decoded into memory                            >= 0.5x
      h3 the streamed run's peak RSS growth / the decoded training split            < 0.25
+  j  the accuracy-vs-size search (hparams_search=kd_front, costs [params]), same seed:
+     j1 epochs saved by kdsweep's cost-aware pruning vs the same sweep unpruned      >= 40%
+     j2 hypervolume of the pruned sweep's front / the unpruned one's                >= 0.98
+     j3 measuring a trial's costs (params, macs) / one digits trial's wall time      < 5%
 
 Rows a, b and e run on synthetic 3x32x32 data (kdsweep's ``synthetic`` data group);
-c, d and i run the real ``kdsweep -m`` command line on ``digits`` as subprocesses; h writes
+c, d, i and j run the real ``kdsweep -m`` command line on ``digits`` as subprocesses; h writes
 its image folder into the work directory (``data=imagefolder``, streamed.py).
 Progress goes to stderr, the table to stdout. Timings are medians of interleaved repeats
 after a warm-up, but a shared machine is noisy: rerun before believing a FAIL.
@@ -59,7 +63,7 @@ if _HERE not in sys.path:
 
 from table import Row, format_table, mb, notes  # noqa: E402
 
-ROW_KEYS = "abcdefghi"
+ROW_KEYS = "abcdefghij"
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,50 @@ def rows_h(workdir: Path, sizes: Sizes, workers: int) -> list[Row]:
     return [seed_row, memory_row, rss_row]
 
 
+def rows_j(workdir: Path, device: Any, sizes: Sizes, args: argparse.Namespace) -> list[Row]:
+    from fronts import measure_cost_measurement, measure_front_pruning
+
+    epochs_row = Row("j1", "front sweep epochs saved: cost-aware median vs none", ">= 40%")
+    volume_row = Row("j2", "front hypervolume: pruned / unpruned sweep", ">= 0.98")
+    costs_row = Row("j3", "measuring a trial's costs / a digits trial", "< 5%")
+    rows = [epochs_row, volume_row, costs_row]
+    try:
+        fig = measure_front_pruning(
+            workdir,
+            workdir / "cache",
+            sizes.sweep_trials,
+            sizes.sweep_epochs,
+            args.seed,
+            [f"trainer.device={device}"],
+            sizes.sweep_timeout_s,
+            progress,
+        )
+        fig.update(measure_cost_measurement(max(3, sizes.ce_repeats), progress))
+    except Exception as exc:
+        for row in rows:
+            row.error = _one_line(exc)
+        return rows
+    epochs_row.kdsweep = str(fig["epochs_pruned"])
+    epochs_row.baseline = str(fig["epochs_unpruned"])
+    epochs_row.figure = float(fig["epochs_saved"])
+    epochs_row.figure_text = f"{100 * epochs_row.figure:.0f}%"
+    epochs_row.passed = epochs_row.figure >= 0.40
+    volume_row.kdsweep = f"{fig['hypervolume_pruned']:,.0f}"
+    volume_row.baseline = f"{fig['hypervolume_unpruned']:,.0f}"
+    volume_row.figure = float(fig["hypervolume_ratio"])
+    volume_row.figure_text = f"{volume_row.figure:.3f}"
+    volume_row.passed = volume_row.figure >= 0.98
+    trial_s = float(fig["trial_wall_s_median"])
+    costs_row.kdsweep = f"{1000 * fig['trial_costs_s']:.1f} ms"
+    costs_row.baseline = f"{trial_s:.2f} s/trial"
+    costs_row.figure = float(fig["trial_costs_s"]) / trial_s
+    costs_row.figure_text = f"{100 * costs_row.figure:.2f}%"
+    costs_row.passed = costs_row.figure < 0.05
+    for row in rows:
+        row.details = fig
+    return rows
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
@@ -359,7 +407,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=ROW_KEYS, help="rows to run, e.g. 'ab' (default all)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--pruner", default="median", help="row c's pruner (default median)")
-    parser.add_argument("--seed", type=int, default=42, help="row c's sampler seed")
+    parser.add_argument("--seed", type=int, default=42, help="rows c, i and j's sampler seed")
     parser.add_argument(
         "--repeats", type=int, help="timed repeats of rows a and b (default: per mode)"
     )
@@ -435,6 +483,8 @@ def run_bench(argv: list[str] | None = None) -> tuple[list[Row], dict[str, Any]]
             guarded(
                 "h", "streamed ImageFolder", ">= 3x", lambda: rows_h(workdir, sizes, args.workers)
             )
+        if "j" in args.only:
+            guarded("j", "front sweep", ">= 40%", lambda: rows_j(workdir, device, sizes, args))
 
     elapsed = time.perf_counter() - started
     threads = torch.get_num_threads()

@@ -116,8 +116,12 @@ def read_study(storage_url: str, study_name: str) -> dict:
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
     return {
         "states": states,
-        "epochs_trained": sum(len(t.intermediate_values) for t in trials),
-        "best_value": max((t.value for t in complete if t.value is not None), default=None),
+        # A study with costs keeps its curves in "history" only (kdsweep.sweep.cost_pruning).
+        "epochs_trained": sum(
+            max(len(t.intermediate_values), len(t.user_attrs.get("history") or [])) for t in trials
+        ),
+        # The objective is a trial's first value (a study with costs has more).
+        "best_value": max((t.values[0] for t in complete if t.values), default=None),
         "trial_wall_s": [
             float(t.user_attrs["metrics"]["wall_seconds"])
             for t in complete
@@ -167,6 +171,27 @@ def run_sweep(
     return SweepOutcome(command=command, wall_s=wall, **summary)
 
 
+def train_teacher(
+    root: Path,
+    row: str,
+    cache_dir: Path,
+    overrides: Sequence[str],
+    timeout: float,
+    progress: Progress,
+) -> None:
+    """Train the teacher the sweeps' ``overrides`` use into their shared cache first, so
+    that no compared sweep's wall time holds its one-time training."""
+    teacher_dir = root / f"{row}-teacher"
+    teacher_dir.mkdir(parents=True, exist_ok=False)
+    teacher_run = [
+        sys.executable, "-m", "kdsweep", "trainer.epochs=1", "tracking.enabled=false",
+        f"cache_dir={cache_dir}", f"hydra.run.dir={teacher_dir / 'out'}",
+        *(o for o in overrides if not o.startswith("hydra.sweeper.")),
+    ]  # fmt: skip
+    progress(f"{row}: training the teacher once, into the sweeps' shared cache")
+    _stream(teacher_run, teacher_dir, f"{row}-teacher", timeout, progress)
+
+
 def measure_pruning(
     root: Path,
     cache_dir: Path,
@@ -188,17 +213,7 @@ def measure_pruning(
         *extra,
     ]
     search = ["hparams_search=kd"]
-    # Train the teacher into the shared cache first, so that neither sweep's wall time
-    # holds its one-time training.
-    teacher_dir = root / "c-teacher"
-    teacher_dir.mkdir(parents=True, exist_ok=False)
-    teacher_run = [
-        sys.executable, "-m", "kdsweep", "trainer.epochs=1", "tracking.enabled=false",
-        f"cache_dir={cache_dir}", f"hydra.run.dir={teacher_dir / 'out'}",
-        *(o for o in common if not o.startswith("hydra.sweeper.")),
-    ]  # fmt: skip
-    progress("c: training the teacher once, into the sweeps' shared cache")
-    _stream(teacher_run, teacher_dir, "c-teacher", timeout, progress)
+    train_teacher(root, "c", cache_dir, common, timeout, progress)
     outcomes = {}
     for name in (pruner, "none"):
         outcomes[name] = run_sweep(

@@ -121,6 +121,26 @@ def test_smoke_row_i_runs_the_three_sweeps(tmp_path, capsys):
     assert "hydra.sweeper.workers=2" in details["workers2"]["command"]
 
 
+@pytest.mark.slow
+def test_smoke_row_j_runs_two_front_sweeps(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = bench.main(
+        ["--smoke", "--only", "j", "--device", "cpu", "--json", str(out),
+         "--workdir", str(tmp_path / "work")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    rows = _rows_by_key(json.loads(out.read_text()))
+    assert sorted(rows) == ["j1", "j2", "j3"]
+    for row in rows.values():
+        _assert_numeric(row)
+    j = rows["j1"]["details"]
+    # 3 trials of 1 epoch, unpruned: 3 epochs; both fronts against one reference point
+    assert j["epochs_unpruned"] == 3 and 0 < j["epochs_pruned"] <= 3
+    assert j["hypervolume_unpruned"] > 0 and j["reference_point"]["val_acc"] == 0.0
+    assert 0 < j["trial_costs_s"] <= j["all_costs_s"]
+    assert list((tmp_path / "work").glob("run-*/j-median/optuna.db"))
+
+
 def test_seed_kd_formula_equals_kdsweep_objective():
     torch.manual_seed(0)
     student, teacher = torch.randn(16, 10), torch.randn(16, 10) * 3
