@@ -115,6 +115,15 @@ def test_a_front_sweep_confirms_its_points_and_every_output_agrees(swept: Path) 
     assert champion.version == aliases[front.pick.alias]
     smallest = client.get_model_version_by_alias(f"{STUDY}-student", "front-1")
     assert float(smallest.tags["cost.params"]) == min(p.costs["params"] for p in front.points)
+    # Each point serves like the champion: the smallest loads and answers as its width.
+    import torch
+
+    from kdsweep.evaluate import load_uri
+
+    loaded = load_uri(f"models:/{STUDY}-student@front-1", f"sqlite:///{swept / 'mlflow.db'}")
+    assert loaded.model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    served = sum(p.numel() for p in loaded.model.parameters())
+    assert served == min(p.costs["params"] for p in front.points)
 
     # kdsweep-report rebuilds the same report from the stored study.
     out = swept / "rebuilt"
