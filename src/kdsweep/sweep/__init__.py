@@ -18,6 +18,9 @@ The parts:
 - ``recovery``: what a dead or interrupted sweeper left behind, made whole.
 - ``studies``: Optuna storages, the pruner, the cross-process study lock, trial ids.
 - ``liveness``: whether a trial's sweeper is alive: Optuna's heartbeat, and its pid.
+- ``workers``: ``hydra.sweeper.workers``: one command starts K sweep loops on the study,
+  watches them, replaces a dead one once, and finishes the sweep itself.
+- ``worker_slots``: which worker sees which GPU and how many CPU threads each gets (pure).
 - ``parent_run``: the study's MLflow parent run; closing runs a dead job left open.
 - ``live``: the one live progress line on a terminal.
 - ``trial_hooks``: the job's side: per-epoch reports to its trial, so the pruner can act.
