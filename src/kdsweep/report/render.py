@@ -129,7 +129,7 @@ def _context(
         "plots": plots,
         "notes": notes,
         "generated": f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        "storage": mask_secrets(storage) if storage else None,
+        "storage": storage,
     }
 
 
@@ -269,10 +269,15 @@ def write_report_files(
         if stale.name not in written and stale.is_file():
             stale.unlink()
 
-    atomic_write_text(out / "trials.csv", _csv(summary))
+    def write(path: Path, text: str) -> None:
+        # The report's files are a boundary of their own: what they show (the storage URL,
+        # a failed trial's error, a parameter) is masked once, here, as it is written.
+        atomic_write_text(path, mask_secrets(text))
+
+    write(out / "trials.csv", _csv(summary))
     context = _context(summary, plots, notes, storage_url)
     env = _templates()
-    atomic_write_text(out / "report.md", env.get_template("report.md.j2").render(context))
+    write(out / "report.md", env.get_template("report.md.j2").render(context))
     index = out / "index.html"
-    atomic_write_text(index, env.get_template("index.html.j2").render(context))
+    write(index, env.get_template("index.html.j2").render(context))
     return [*(out / name for name in sorted(written)), out / "trials.csv", out / "report.md", index]

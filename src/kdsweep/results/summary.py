@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
-from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.values import finite_number
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
 from kdsweep.results.front import ConfirmedFront, confirmed_front, front_headline
@@ -115,8 +114,8 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     state = trial.state.name
     note = ""
     if state == "FAIL":
-        # An error attribute is text from anywhere (a library, another tool): masked here.
-        note = mask_secrets(str(attrs.get("error") or "failed"))
+        # Masked when written (core.errors.one_line, at the sweep's tell).
+        note = str(attrs.get("error") or "failed")
     elif state == "PRUNED":
         note = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
     elif state == "RUNNING":
