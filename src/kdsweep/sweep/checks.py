@@ -16,8 +16,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdsweep.config.validation import Settings, allowed_targets, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
-from kdsweep.data import load_splits
-from kdsweep.run.plan import network
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, check_enqueued
 from kdsweep.sweep.studies import build_pruner, check_storage_kind
 
@@ -89,6 +87,10 @@ def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
             try:
                 settings = validate(trial)  # the loss's dry run included: a formula that overflows
                 if key.startswith("model."):  # the student's own argument (its width): built
+                    # Deferred: torch's import (seconds) would delay every sweep's start.
+                    from kdsweep.data import load_splits
+                    from kdsweep.run.plan import network
+
                     network(settings.model, load_splits(settings.data))
             except ConfigError as exc:
                 raise KdsweepError(
