@@ -198,7 +198,9 @@ class SweepSettings:
 
     def _check_costs(self) -> None:
         """Each cost one kdsweep measures, named once (each is an objective of the study)."""
-        from kdsweep.nets.costs import COSTS  # torch: imported when a sweep starts
+        if not self.costs:
+            return  # a single-objective sweep starts without importing torch here
+        from kdsweep.nets.costs import COSTS  # torch: imported when a sweep with costs starts
 
         known = ", ".join(COSTS)
         for position, name in enumerate(self.costs):
