@@ -131,6 +131,14 @@ def test_kdsweep_eval_scores_the_logged_model_on_raw_pixels(
     with torch.no_grad():
         program = torch.export.load(str(exported)).module()(torch.from_numpy(raw)).numpy()
     np.testing.assert_allclose(program, pyfunc_logits(student, raw), atol=1e-5)
+    # MLflow's global URIs are left as found: a later client naming another store
+    # registers there (a pinned registry once sent it to the evaluated store).
+    from mlflow.tracking import MlflowClient
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    MlflowClient(tracking_uri=other).create_registered_model("elsewhere")
+    registered = MlflowClient(tracking_uri=other, registry_uri=other).search_registered_models()
+    assert [model.name for model in registered] == ["elsewhere"]
 
 
 def test_export_never_replaces_a_file_silently_nor_blames_the_model(

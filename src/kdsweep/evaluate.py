@@ -110,14 +110,17 @@ def _store(tracking_uri: str) -> Iterator[None]:
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved_env = {name: os.environ.get(name) for name in names}
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
+        # Put back what was set, not what it resolved to: pinning the resolved registry
+        # kept every later client of this process on that store, whatever tracking URI it
+        # named. None is MLflow's own "not set" (both setters accept it and then follow the
+        # environment, as at import).
+        mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved_env["MLFLOW_REGISTRY_URI"])
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
