@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,17 +21,18 @@ from _helpers import (
     load_trials,
     mlflow_runs,
     run,
-    start,
     states,
     sweep_args,
     unique,
 )
+from conftest import cli_env
 from kdsweep.report import report_dir_for
 
 N_TRIALS = 6
 INTERRUPTIONS = 10
 MAX_ATTEMPTS = 30
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+STARTUP_LIMIT_SECONDS = 300
 # What the console says the sweep was doing, newest first: for the failure message and
 # the check that the interruptions fell in several phases.
 PHASES = (
@@ -45,6 +48,33 @@ def _phase(output: str) -> str:
     last = {name: output.rfind(marker) for name, marker in PHASES}
     name, position = max(last.items(), key=lambda item: item[1])
     return name if position >= 0 else "start-up"
+
+
+def _start_logged(workdir: Path, args: list[str], attempt: int) -> tuple[subprocess.Popen, Path]:
+    """The sweep in its own process group, its console (stdout and stderr) in a file that
+    can be read while it runs."""
+    console = workdir / f"attempt-{attempt:02d}.log"
+    with console.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kdsweep", *args],
+            cwd=workdir,
+            env=cli_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, console
+
+
+def _seconds_to_leave_start_up(proc: subprocess.Popen, console: Path) -> float:
+    """Seconds from ``proc``'s start until its console names a phase (the teacher, a
+    trial, ...): this machine's start-up time, the unit of the signals' delays."""
+    began = time.monotonic()
+    while _phase(console.read_text()) == "start-up":
+        assert proc.poll() is None, f"the sweep ended in start-up: {console.read_text()[-3000:]}"
+        assert time.monotonic() - began < STARTUP_LIMIT_SECONDS, "no phase after start-up"
+        time.sleep(0.1)
+    return time.monotonic() - began
 
 
 @pytest.mark.slow
@@ -65,13 +95,19 @@ def test_a_sweep_signalled_ten_times_at_random_points_ends_complete(tmp_path: Pa
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     rng = random.Random(20261129)
     hits = []  # the signals that reached a running sweep
-    for _ in range(MAX_ATTEMPTS):
+    startup = None  # seconds this machine takes to start a sweep: set by the first attempt
+    for attempt in range(MAX_ATTEMPTS):
         if len(hits) == INTERRUPTIONS:
             break
         sig = rng.choice(SIGNALS)
-        delay = rng.uniform(3.0, 12.0)
-        proc = start(tmp_path, args)
-        time.sleep(delay)
+        proc, console = _start_logged(tmp_path, args, attempt)
+        began = time.monotonic()
+        if startup is None:
+            startup = _seconds_to_leave_start_up(proc, console)
+        # From half a start-up to a few past it: delays in seconds put every signal in
+        # start-up on a loaded machine (as in CI once), delays in start-ups do not.
+        delay = startup * rng.uniform(0.5, 2.5)
+        time.sleep(max(0.0, began + delay - time.monotonic()))
         running = proc.poll() is None
         if running:
             if sig == signal.SIGTERM:
@@ -79,17 +115,19 @@ def test_a_sweep_signalled_ten_times_at_random_points_ends_complete(tmp_path: Pa
             else:
                 kill_group(proc, sig)  # SIGKILL of everything, or Ctrl-C's whole group
         try:
-            out, err = proc.communicate(timeout=180)
+            proc.wait(timeout=180)
         finally:
             kill_group(proc)
+        output = console.read_text()
         if proc.returncode not in (0, -9, 130, 143):
-            pytest.fail(f"an interrupted sweep exited {proc.returncode}: {err[-3000:]}")
+            pytest.fail(f"an interrupted sweep exited {proc.returncode}: {output[-3000:]}")
         if sig != signal.SIGKILL and proc.returncode in (130, 143):
-            assert "Traceback" not in err, err[-3000:]
+            assert "Traceback" not in output, output[-3000:]
         if running:  # a sweep that had already finished was not interrupted
-            hits.append((sig.name, round(delay, 1), proc.returncode, _phase(out + err)))
+            hits.append((sig.name, round(delay, 1), proc.returncode, _phase(output)))
     assert len(hits) == INTERRUPTIONS, hits
-    print("interruptions (signal, delay s, exit code, phase):", *hits, sep="\n  ")
+    print(f"start-up {startup:.1f} s; interruptions (signal, delay s, exit code, phase):")
+    print(*hits, sep="\n  ")
     final = run(tmp_path, args, timeout=900)
     assert final.returncode == 0, f"{hits}\n{final.stderr[-3000:]}"
     # The interruptions fell in more than one phase of the sweep (as the console shows
