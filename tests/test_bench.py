@@ -44,6 +44,7 @@ def tiny_data():
     return load_splits(SyntheticData(size=300, test_size=20))
 
 
+@pytest.mark.slow  # three benchmark rows: ~13 s
 def test_smoke_rows_a_b_e_produce_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = bench.main(["--smoke", "--only", "abe", "--device", "cpu", "--json", str(out)])

@@ -170,7 +170,9 @@ PAIRS = {
 }
 
 
-@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "wrn" else n for n in PAIRS]
+)  # the wide ResNets: ~10 s
 def test_cli_distils_each_pair(tracked_workdir: Path, name: str) -> None:
     """The CLI's entry point, in this process, tracking into a seeded database."""
     overrides = PAIRS[name]

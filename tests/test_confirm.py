@@ -62,12 +62,14 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> 
     return workdir
 
 
+@pytest.mark.slow  # the module's confirmed sweep: ~19 s
 def test_every_arm_runs_once_per_fresh_seed(confirmed: Path) -> None:
     done = _done(confirmed)
     assert set(done) == {(arm, seed) for arm in ARMS for seed in (1000, 1001)}
     assert set(done.values()) == {1}  # exactly once each
 
 
+@pytest.mark.slow  # the module's confirmed sweep
 def test_confirmation_runs_are_tagged_children_of_the_sweep(confirmed: Path) -> None:
     runs = mlflow_runs(f"sqlite:///{confirmed / 'mlflow.db'}")
     (parent,) = [r for r in runs if r.data.tags.get("kdsweep.role") == "sweep"]
@@ -90,6 +92,7 @@ def test_confirmation_runs_are_tagged_children_of_the_sweep(confirmed: Path) -> 
     assert "vs the same recipe without a teacher" in parent.data.tags["mlflow.note.content"]
 
 
+@pytest.mark.slow  # the module's confirmed sweep
 def test_the_report_leads_with_the_paired_comparison(confirmed: Path) -> None:
     (folder,) = (confirmed / "reports").iterdir()
     report = (folder / "report.md").read_text()

@@ -378,6 +378,7 @@ def test_a_jpeg_cut_short_is_one_line_when_decoded(tmp_path: Path) -> None:
     assert ".cpp" not in str(info.value)
 
 
+@pytest.mark.slow  # a run through the CLI: ~6 s
 def test_an_image_gone_mid_run_fails_its_run_in_one_line(
     full_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path
 ) -> None:

@@ -87,6 +87,7 @@ def _run_args(tmp_path: Path, url: str, cache: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # starts an MLflow server: ~12 s
 def test_run_is_read_back_from_the_server(
     tmp_path: Path, mlflow_server: tuple[str, subprocess.Popen], teacher_cache: Path
 ) -> None:

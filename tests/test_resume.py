@@ -164,6 +164,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow  # waits out a heartbeat: ~5 s
 def test_trials_expire_with_their_sweeper(tmp_path: Path) -> None:
     import socket
     import time
@@ -270,6 +271,7 @@ def test_a_killed_reference_trial_and_baseline_run_again(
     ]
 
 
+@pytest.mark.slow  # two sweeps through the CLI: ~12 s
 def test_a_study_whose_parent_run_is_gone_gets_a_new_one(
     tmp_path: Path, teacher_cache: Path
 ) -> None:

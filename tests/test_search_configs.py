@@ -144,6 +144,7 @@ def test_each_experiment_runs_through_a_confirmation(
     )
 
 
+@pytest.mark.slow  # a sweep through its confirmation: ~7 s
 def test_a_confirmation_that_cannot_pair_its_seeds_fails_and_registers_nothing(
     tracked_workdir: Path, teacher_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,6 +82,7 @@ def silent_server(silent_port: int) -> str:
     return f"http://127.0.0.1:{silent_port}"
 
 
+@pytest.mark.slow  # waits out the store's timeout: ~5 s
 def test_a_tracking_server_that_never_answers_fails_within_seconds(silent_server: str) -> None:
     message, seconds = _check_fails(silent_server)
     assert seconds < FAST_ENOUGH_S

@@ -179,6 +179,7 @@ def test_too_many_failures_stop_the_sweep(tracked_workdir: Path, teacher_cache: 
     assert [t.state for t in load(tracked_workdir, "fail0").trials] == [TrialState.FAIL]
 
 
+@pytest.mark.slow  # a pruned sweep: ~5 s
 def test_pruned_trials_agree_between_optuna_and_mlflow(
     tracked_workdir: Path, teacher_cache: Path
 ) -> None:
@@ -223,6 +224,7 @@ def test_pruned_trials_agree_between_optuna_and_mlflow(
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow  # joblib's processes each import torch: ~22 s
 def test_joblib_launcher_runs_trials_in_other_processes(tracked_workdir: Path) -> None:
     proc = run_cli(
         tracked_workdir,

@@ -15,6 +15,7 @@ from _helpers import FAST, load_trials, run, run_in_process, states, sweep_args
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # four sweeps through the CLI: ~9 s
 def test_changed_settings_are_refused_and_nothing_to_do_is_said(
     tracked_workdir: Path, teacher_cache: Path
 ) -> None:

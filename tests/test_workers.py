@@ -130,6 +130,7 @@ def test_workers_create_a_new_sqlite_storage_together(tmp_path: Path) -> None:
     assert _open_together(f"sqlite:///{tmp_path / 'optuna.db'}") == ["ok"] * 4
 
 
+@pytest.mark.slow  # four processes each open the store: ~8 s
 @pytest.mark.postgres
 def test_workers_create_a_new_postgresql_storage_together(fresh_postgres_db: str) -> None:
     assert _open_together(fresh_postgres_db) == ["ok"] * 4
