@@ -338,3 +338,58 @@ def test_a_killed_worker_is_replaced_and_its_trial_run_again(
     assert "RUNNING" not in {r.info.status for r in runs}
     statuses = {r.info.run_id: r.info.status for r in runs}
     assert statuses[killed.user_attrs["mlflow_run_id"]] == "FAILED"
+
+
+@pytest.mark.slow  # a command and its two workers, killed, then the same command again
+def test_workers_end_with_a_killed_command_and_the_same_command_completes(
+    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
+) -> None:
+    """SIGKILL to the command alone (a signal it cannot pass on): its workers end too,
+    failing the trials they were training, rather than training on for a command that is
+    gone; the same command then ends the sweep with n_trials and nothing RUNNING."""
+    import os
+    import shutil
+    import signal
+
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    study_name = unique("kill-command")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = sweep_args(
+        tmp_path,
+        study_name,
+        4,
+        "hydra.sweeper.workers=2",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=8",
+        cache_dir=teacher_cache,
+    )
+    proc = start(tmp_path, args)
+    try:
+
+        def training() -> object:
+            running = [t for t in load_trials(storage, study_name) if t.state.name == "RUNNING"]
+            return [t for t in running if t.user_attrs.get("history")]
+
+        wait_for(training, 600, "a trial in training", proc)
+        os.kill(proc.pid, signal.SIGKILL)  # the command only: its workers get nothing from it
+        proc.wait(timeout=30)  # reaped, so its process group holds only its workers
+
+        def workers_gone() -> bool:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(workers_gone, 30, "the workers to end with their command")
+    finally:
+        kill_group(proc)
+    left = states(load_trials(storage, study_name))
+    assert "RUNNING" not in left and left.get("FAIL", 0) >= 1, left  # ended mid-trial
+    assert left.get("COMPLETE", 0) < 4, left  # not trained on to the end
+
+    done = run(tmp_path, args, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert states(load_trials(storage, study_name))["COMPLETE"] == 4
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "RUNNING" not in {r.info.status for r in runs}

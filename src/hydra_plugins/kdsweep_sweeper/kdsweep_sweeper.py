@@ -50,10 +50,17 @@ class KdsweepSweeper(Sweeper):
         from kdsweep.publish import finish_sweep
         from kdsweep.sweep.core import StudySweep
         from kdsweep.sweep.settings import SweepSettings
-        from kdsweep.sweep.workers import Workers, finished_by_the_command, worker_number
+        from kdsweep.sweep.workers import (
+            Workers,
+            end_with_the_command,
+            finished_by_the_command,
+            worker_number,
+        )
 
         settings = SweepSettings.from_options(self.options)
         worker = worker_number()  # one of the workers a command started (hydra.sweeper.workers)
+        if worker:
+            end_with_the_command()
         sweep = StudySweep(
             self.config,
             settings,

@@ -16,11 +16,13 @@ killed and its trials failed here, so the command ends within 5 s with nothing R
 and rerunning it resumes. A worker that dies (SIGKILL, out of memory) has its trial
 failed and queued again with the same parameters, and is started again, once; a second
 death ends the sweep with one line. A worker that fails with its own line (too many
-failed trials, say) ends the sweep with that line.
+failed trials, say) ends the sweep with that line. A command killed itself takes its
+workers with it (the kernel sends them SIGTERM: ``end_with_the_command``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -48,6 +50,10 @@ log = logging.getLogger("kdsweep.sweep")
 
 #: Set in a worker's environment (to its number): the sweep it runs is one of a command's.
 WORKER_ENV = "KDSWEEP_SWEEP_WORKER"
+#: Set in a worker's environment (to its command's pid): the process it ends with.
+COMMAND_ENV = "KDSWEEP_SWEEP_COMMAND"
+#: Linux's prctl option that has the kernel signal a process when its parent ends.
+_PR_SET_PDEATHSIG = 1
 #: How long a signalled worker may take to end its trial and runs before it is killed:
 #: with the command's own clean-up after it, the command ends within 5 s.
 STOP_WAIT_S = 3.0
@@ -65,6 +71,23 @@ def worker_number() -> int:
     """N if this process is worker N of a command (1..K), else 0."""
     value = os.environ.get(WORKER_ENV, "")
     return int(value) if value.isdigit() else 0
+
+
+def end_with_the_command() -> None:
+    """In a worker: a SIGTERM when its command ends, however it ends. The command forwards
+    the signals it gets, but not SIGKILL (nor an out-of-memory kill): without this its
+    workers would train on for a command that is gone, beside the ones a rerun starts.
+    SIGTERM ends the worker as it ends a sweep (its trial failed, its run closed), so the
+    rerun runs that trial again. The kernel's parent-death signal (Linux; elsewhere a
+    killed command's workers run on until the study has its trials)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot follow the command (prctl: errno %d)", ctypes.get_errno())
+        return
+    if str(os.getppid()) != os.environ.get(COMMAND_ENV):  # it ended before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def finished_by_the_command(*_args: Any, **_kwargs: Any) -> None:
@@ -203,7 +226,12 @@ class Workers:
     def _start(self, slot: WorkerSlot) -> None:
         path = self.log_file(slot)
         path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **slot.environment(), WORKER_ENV: str(slot.index)}
+        env = {
+            **os.environ,
+            **slot.environment(),
+            WORKER_ENV: str(slot.index),
+            COMMAND_ENV: str(os.getpid()),
+        }
         with path.open("ab") as output:  # a replaced worker writes on after the first
             proc = subprocess.Popen(
                 self._command(slot), env=env, stdout=output, stderr=subprocess.STDOUT
