@@ -48,7 +48,8 @@ def measure_front_pruning(
     timeout: float,
     progress: Progress,
 ) -> dict[str, object]:
-    """Rows j1 and j2: the kd_front sweep with the median pruner and with none."""
+    """Rows j1 and j2: the kd_front sweep with its own pruner (median among the
+    cheaper-or-equal trials, from the first finished) and with none."""
     from _kdsweep_api import front_hypervolume, front_trials
 
     common = [
@@ -62,7 +63,8 @@ def measure_front_pruning(
     ]
     train_teacher(root, "j", cache_dir, common, timeout, progress)
     outcomes, studies = {}, {}
-    for name in ("median", "none"):
+    arms = {"pruned": [], "none": ["hydra/sweeper/pruner=none"]}
+    for name, pruner in arms.items():
         workdir = root / f"j-{name}"
         outcomes[name] = run_sweep(
             workdir,
@@ -70,7 +72,7 @@ def measure_front_pruning(
             n_trials,
             cache_dir,
             SEARCH,
-            [f"hydra/sweeper/pruner={name}", *common],
+            [*pruner, *common],
             timeout,
             progress,
         )
@@ -81,18 +83,18 @@ def measure_front_pruning(
     largest = max(t.values[1] for front in fronts.values() for t in front)
     reference = (0.0, 1.1 * largest)  # minimized terms: -accuracy, params
     volumes = {name: front_hypervolume(study, reference) for name, study in studies.items()}
-    pruned, full = outcomes["median"], outcomes["none"]
+    pruned, full = outcomes["pruned"], outcomes["none"]
     return {
         "trials": n_trials,
         "epochs_per_trial": epochs,
         "epochs_pruned": pruned.epochs_trained,
         "epochs_unpruned": full.epochs_trained,
         "epochs_saved": 1 - pruned.epochs_trained / full.epochs_trained,
-        "hypervolume_pruned": volumes["median"],
+        "hypervolume_pruned": volumes["pruned"],
         "hypervolume_unpruned": volumes["none"],
-        "hypervolume_ratio": volumes["median"] / volumes["none"],
+        "hypervolume_ratio": volumes["pruned"] / volumes["none"],
         "reference_point": {"val_acc": 0.0, "params": reference[1]},
-        "front_pruned": [[t.number, *t.values] for t in fronts["median"]],
+        "front_pruned": [[t.number, *t.values] for t in fronts["pruned"]],
         "front_unpruned": [[t.number, *t.values] for t in fronts["none"]],
         "states_pruned": pruned.states,
         "states_unpruned": full.states,

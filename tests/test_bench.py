@@ -139,7 +139,7 @@ def test_smoke_row_j_runs_two_front_sweeps(tmp_path, capsys):
     assert j["epochs_unpruned"] == 3 and 0 < j["epochs_pruned"] <= 3
     assert j["hypervolume_unpruned"] > 0 and j["reference_point"]["val_acc"] == 0.0
     assert 0 < j["trial_costs_s"] <= j["all_costs_s"]
-    assert list((tmp_path / "work").glob("run-*/j-median/optuna.db"))
+    assert list((tmp_path / "work").glob("run-*/j-pruned/optuna.db"))
 
 
 def test_seed_kd_formula_equals_kdsweep_objective():
