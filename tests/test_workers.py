@@ -4,10 +4,15 @@ under one parent run; and the submitit launcher runs a sweep end to end."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+from optuna.trial import FrozenTrial
 
 from _helpers import (
     children_of,
@@ -289,6 +294,38 @@ def test_one_command_runs_a_sweep_on_two_workers(tmp_path: Path, teacher_cache: 
     assert logs == ["worker-1.log", "worker-2.log"]
 
 
+def _two_workers_training(
+    workdir: Path, name: str, cache: Path, empty_mlflow_db: Path
+) -> tuple[subprocess.Popen, list[str], str, str, FrozenTrial]:
+    """A command of two workers on 4 unpruned trials of 8 epochs (its MLflow store made
+    beforehand), started and waited for until a trial is training: (the command's process,
+    its arguments, the storage, the study's name, that trial)."""
+    shutil.copyfile(empty_mlflow_db, workdir / "mlflow.db")
+    study_name = unique(name)
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    args = sweep_args(
+        workdir,
+        study_name,
+        4,
+        "hydra.sweeper.workers=2",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=8",
+        cache_dir=cache,
+    )
+    proc = start(workdir, args)
+
+    def training() -> FrozenTrial | None:
+        running = [t for t in load_trials(storage, study_name) if t.state.name == "RUNNING"]
+        return next((t for t in running if t.user_attrs.get("history")), None)
+
+    try:
+        trial = wait_for(training, 600, "a trial in training", proc)
+    except BaseException:
+        kill_group(proc)
+        raise
+    return proc, args, storage, study_name, trial
+
+
 @pytest.mark.slow  # a command, two workers and a third started in place of a killed one
 def test_a_killed_worker_is_replaced_and_its_trial_run_again(
     tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
@@ -296,30 +333,10 @@ def test_a_killed_worker_is_replaced_and_its_trial_run_again(
     """SIGKILL to one worker mid-trial: the command fails that trial, queues it again with
     the same parameters, starts the worker again and says so; the sweep ends with every
     trial accounted for and nothing RUNNING."""
-    import os
-    import shutil
-    import signal
-
-    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
-    study_name = unique("kill-worker")
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = sweep_args(
-        tmp_path,
-        study_name,
-        4,
-        "hydra.sweeper.workers=2",
-        "hydra/sweeper/pruner=none",
-        "trainer.epochs=8",
-        cache_dir=teacher_cache,
+    proc, _, storage, study_name, victim = _two_workers_training(
+        tmp_path, "kill-worker", teacher_cache, empty_mlflow_db
     )
-    proc = start(tmp_path, args)
     try:
-
-        def training() -> object:
-            running = [t for t in load_trials(storage, study_name) if t.state.name == "RUNNING"]
-            return next((t for t in running if t.user_attrs.get("history")), None)
-
-        victim = wait_for(training, 600, "a trial in training", proc)
         os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
         done = finish(proc, timeout=900)
     finally:
@@ -347,30 +364,10 @@ def test_workers_end_with_a_killed_command_and_the_same_command_completes(
     """SIGKILL to the command alone (a signal it cannot pass on): its workers end too,
     failing the trials they were training, rather than training on for a command that is
     gone; the same command then ends the sweep with n_trials and nothing RUNNING."""
-    import os
-    import shutil
-    import signal
-
-    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
-    study_name = unique("kill-command")
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = sweep_args(
-        tmp_path,
-        study_name,
-        4,
-        "hydra.sweeper.workers=2",
-        "hydra/sweeper/pruner=none",
-        "trainer.epochs=8",
-        cache_dir=teacher_cache,
+    proc, args, storage, study_name, _ = _two_workers_training(
+        tmp_path, "kill-command", teacher_cache, empty_mlflow_db
     )
-    proc = start(tmp_path, args)
     try:
-
-        def training() -> object:
-            running = [t for t in load_trials(storage, study_name) if t.state.name == "RUNNING"]
-            return [t for t in running if t.user_attrs.get("history")]
-
-        wait_for(training, 600, "a trial in training", proc)
         os.kill(proc.pid, signal.SIGKILL)  # the command only: its workers get nothing from it
         proc.wait(timeout=30)  # reaped, so its process group holds only its workers
 
