@@ -532,12 +532,24 @@ def test_a_clean_up_that_fails_after_a_signal_is_still_an_interrupt(sig: signal.
 
 
 @pytest.mark.slow  # a command and its two workers, signalled mid-trial, then run again
+@pytest.mark.parametrize(
+    ("sig", "whole_group", "code"),
+    [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)],
+    ids=["SIGTERM-to-the-command", "Ctrl-C-to-the-group"],
+)
 def test_a_signalled_command_stops_its_workers_and_the_same_command_resumes(
-    tmp_path: Path, teacher_cache: Path, empty_mlflow_db: Path
+    tmp_path: Path,
+    teacher_cache: Path,
+    empty_mlflow_db: Path,
+    sig: signal.Signals,
+    whole_group: bool,
+    code: int,
 ) -> None:
-    """hydra.sweeper.workers=2, SIGTERM to the command alone (`kill PID`): it passes the
-    signal on, every worker ends its trial FAIL and its run KILLED, the command says one
-    line and exits 143 with no worker left; the same command then completes the study."""
+    """hydra.sweeper.workers=2, SIGTERM to the command alone (`kill PID`: it passes the
+    signal on), or Ctrl-C (SIGINT to the command and its workers at once, which the
+    command passes on again): every worker ends its trial FAIL and its run KILLED, the
+    command says one line and exits 143 / 130 with no worker left; the same command then
+    completes the study."""
     shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     study = unique("sig-workers")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -553,12 +565,15 @@ def test_a_signalled_command_stops_its_workers_and_the_same_command_resumes(
             return len({t.user_attrs["worker"] for t in training}) == 2
 
         wait_for(both_training, 600, "both workers' trials in training", proc)
-        proc.send_signal(signal.SIGTERM)
+        if whole_group:
+            kill_group(proc, sig)
+        else:
+            proc.send_signal(sig)
         done = finish(proc, timeout=120)
     finally:
         kill_group(proc)
-    assert done.returncode == 143, done.stderr[-3000:]
-    _one_line(done.stderr, "SIGTERM")
+    assert done.returncode == code, done.stderr[-3000:]
+    _one_line(done.stderr, sig.name)
     assert not _children_alive(proc.pid)  # every worker had ended when the command did
     trials = load_trials(storage, study)
     assert states(trials) == {"FAIL": 2}
