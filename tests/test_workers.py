@@ -378,7 +378,7 @@ def test_workers_end_with_a_killed_command_and_the_same_command_completes(
                 return True
             return False
 
-        wait_for(workers_gone, 30, "the workers to end with their command")
+        wait_for(workers_gone, 90, "the workers to end with their command")
     finally:
         kill_group(proc)
     left = states(load_trials(storage, study_name))
