@@ -149,11 +149,9 @@ def pair_problem(settings: Settings) -> str | None:
     The message names the fix. None if they train together, or the loss has no teacher."""
     import torch
 
-    from kdsweep.config.targets import build_network
     from kdsweep.data import load_splits
-    from kdsweep.nets import hidden_pool_kernel
-    from kdsweep.run.plan import attach_loss, hidden_width, hooked
-    from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
+    from kdsweep.run.plan import hooked, network, teacher_probe
+    from kdsweep.training.batches import step_inputs, student_forward
 
     loss = settings.loss
     if not loss.uses_teacher:
@@ -165,21 +163,15 @@ def pair_problem(settings: Settings) -> str | None:
             data = load_splits(settings.data)
             x, y = data.train_x[:2], data.train_y[:2]
             student_taps, teacher_taps = loss.taps()
-            student = build_network(settings.model, data.input_shape, data.num_classes)
-            student = hooked(student, student_taps, "student", settings)
-            teacher = build_network(settings.teacher_model, data.input_shape, data.num_classes)
-            teacher = hooked(teacher.eval(), teacher_taps, "teacher", settings)
-            kernel = 1
-            if loss.needs_teacher_hidden:
-                kernel = hidden_pool_kernel(
-                    hidden_width(teacher, x[:1]), hidden_width(student, x[:1])
-                )
-            if loss.needs_teacher_features:
-                attach_loss(settings, student, teacher, data)
+            student = hooked(network(settings.model, data), student_taps, "student", settings)
+            # The run's own probe (kdsweep.run.plan), on the CPU as the data is here.
+            teacher, _ = teacher_probe(settings, student, teacher_taps, data, torch.device("cpu"))
+            if teacher is None:  # only for a loss without a teacher, returned above
+                return None
+            # The loss itself, feature maps included (a run's dry step leaves those to
+            # the shapes its attach checks).
             maps = loss.needs_student_features or loss.needs_teacher_features
-            taught = TeacherSource(model=teacher, pool_kernel=kernel).with_features(
-                torch.arange(len(y)), x, loss.needs_teacher_features
-            )
+            taught = teacher.with_features(torch.arange(len(y)), x, loss.needs_teacher_features)
             loss(step_inputs(y, student_forward(student, maps)(x), taught, 1))
         except KdsweepError as exc:  # the layers' and widths' own lines name the fix
             return str(exc)
