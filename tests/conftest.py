@@ -382,8 +382,8 @@ def tracked_workdir(tmp_path: Path, empty_mlflow_db: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache_dir holding the 1-epoch digits teacher every FAST kd run uses, trained once
+def cached_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of the 1-epoch digits teacher every FAST kd run uses, trained once
     per test session (in this process) so runs and sweeps in many tests do not each train
     it. Defined here, not imported into test modules: an imported fixture is set up once
     per module that imports it."""
@@ -394,8 +394,14 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     cache = tmp_path_factory.mktemp("teacher_cache")
     settings = settings_for("teacher.epochs=1", f"cache_dir={cache}")
-    prepare_teacher(settings, load_splits(settings.data), torch.device("cpu"))
-    return cache
+    return prepare_teacher(settings, load_splits(settings.data), torch.device("cpu")).path
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(cached_teacher: Path) -> Path:
+    """The cache_dir holding ``cached_teacher`` (tests that share it may add other
+    teachers there: name ``cached_teacher`` for that one's file)."""
+    return cached_teacher.parents[1]
 
 
 @pytest.fixture

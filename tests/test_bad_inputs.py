@@ -646,10 +646,10 @@ ROWS = {
 
 
 @pytest.fixture(scope="module")
-def other_teacher(teacher_cache: Path) -> Path:
-    """A real kdsweep teacher checkpoint, trained on digits with data.split_seed=0."""
-    (path,) = (teacher_cache / "teachers").glob("*.pt")
-    return path
+def other_teacher(cached_teacher: Path) -> Path:
+    """A real kdsweep teacher checkpoint, trained on digits with data.split_seed=0 (the
+    session's cached teacher, whatever other teachers its cache holds by now)."""
+    return cached_teacher
 
 
 def _paths(tmp_path: Path, other_teacher: Path) -> dict[str, Path]:
