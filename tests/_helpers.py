@@ -94,6 +94,20 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
 
 
+def group_alive(pgid: int) -> bool:
+    """Any process left in process group ``pgid`` (a sweeper's, with its workers or
+    launcher children; Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None
 ) -> Any:

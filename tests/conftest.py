@@ -138,20 +138,16 @@ def start_cli(
     workdir: Path, *overrides: str, isolate: bool = True, **popen: Any
 ) -> subprocess.Popen:
     """Start ``python -m kdsweep <overrides>`` with cwd ``workdir`` (so MLflow's default
-    ``./mlruns`` artifact folder lands there too) and pipes for stdout/stderr. With
-    ``isolate`` the ``isolated_overrides(workdir)`` are added (see ``cli_args``): the
-    given overrides win over them; flags such as ``-m`` may be given anywhere."""
+    ``./mlruns`` artifact folder lands there too) and pipes for stdout/stderr (unless
+    ``popen`` sends them elsewhere). With ``isolate`` the ``isolated_overrides(workdir)``
+    are added (see ``cli_args``): the given overrides win over them; flags such as ``-m``
+    may be given anywhere."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     args = cli_args(workdir if isolate else None, overrides)
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
     return subprocess.Popen(
-        [sys.executable, "-m", "kdsweep", *args],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,
+        [sys.executable, "-m", "kdsweep", *args], cwd=workdir, env=cli_env(), **options
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from _helpers import (
     load_trials,
     mlflow_runs,
     run,
+    start,
     states,
     sweep_args,
     unique,
 )
-from conftest import cli_env
 from kdsweep.report import report_dir_for
 
 N_TRIALS = 6
@@ -51,18 +50,11 @@ def _phase(output: str) -> str:
 
 
 def _start_logged(workdir: Path, args: list[str], attempt: int) -> tuple[subprocess.Popen, Path]:
-    """The sweep in its own process group, its console (stdout and stderr) in a file that
+    """The sweep as ``start`` starts it, its console (stdout and stderr) in a file that
     can be read while it runs."""
     console = workdir / f"attempt-{attempt:02d}.log"
     with console.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kdsweep", *args],
-            cwd=workdir,
-            env=cli_env(),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start(workdir, args, stdout=sink, stderr=subprocess.STDOUT)
     return proc, console
 
 

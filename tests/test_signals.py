@@ -17,6 +17,7 @@ import pytest
 
 from _helpers import (
     finish,
+    group_alive,
     kill_group,
     load_trials,
     mlflow_runs,
@@ -119,7 +120,7 @@ def test_a_signalled_sweep_fails_its_trials_and_kills_its_runs(
     killed = [r for r in runs if r.data.tags.get("kdsweep.role") == "trial"]
     assert {r.info.status for r in killed} == {"KILLED"}
     if launcher == "joblib":  # the workers went with the sweeper
-        wait_for(lambda: not _children_alive(proc.pid), 30, "the launcher's workers to end")
+        wait_for(lambda: not group_alive(proc.pid), 30, "the launcher's workers to end")
 
     # A rerun completes the study (with 1-epoch trials now: a deliberate change of settings);
     # it is no signal test, so it runs in this process.
@@ -129,19 +130,6 @@ def test_a_signalled_sweep_fails_its_trials_and_kills_its_runs(
     resumed = run_in_process(tmp_path, again)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert states(load_trials(storage, study))["COMPLETE"] == 3
-
-
-def _children_alive(pgid: int) -> bool:
-    """Any process left in the sweeper's process group (Linux /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) == pgid:
-                return True
-        except (ProcessLookupError, PermissionError):
-            continue
-    return False
 
 
 @pytest.fixture
@@ -574,7 +562,7 @@ def test_a_signalled_command_stops_its_workers_and_the_same_command_resumes(
         kill_group(proc)
     assert done.returncode == code, done.stderr[-3000:]
     _one_line(done.stderr, sig.name)
-    assert not _children_alive(proc.pid)  # every worker had ended when the command did
+    assert not group_alive(proc.pid)  # every worker had ended when the command did
     trials = load_trials(storage, study)
     assert states(trials) == {"FAIL": 2}
     runs = mlflow_runs(tracking)

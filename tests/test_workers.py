@@ -19,6 +19,7 @@ from _helpers import (
     drop_study,
     finish,
     fresh_postgres_db_fixture,  # noqa: F401  (the fresh_postgres_db fixture)
+    group_alive,
     kill_group,
     load_study,
     load_trials,
@@ -370,15 +371,7 @@ def test_workers_end_with_a_killed_command_and_the_same_command_completes(
     try:
         os.kill(proc.pid, signal.SIGKILL)  # the command only: its workers get nothing from it
         proc.wait(timeout=30)  # reaped, so its process group holds only its workers
-
-        def workers_gone() -> bool:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_for(workers_gone, 90, "the workers to end with their command")
+        wait_for(lambda: not group_alive(proc.pid), 90, "the workers to end with their command")
     finally:
         kill_group(proc)
     left = states(load_trials(storage, study_name))
