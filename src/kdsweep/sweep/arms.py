@@ -77,17 +77,7 @@ def plan_arms(
         label = f"#{trial.number} ({describe_params(trial.params)})"
         arms.append(Arm(f"top{rank}", label, tuple(_overrides(trial.params)), trial.number))
     if ranked:
-        best = ranked[0]
-        recipe = _overrides({k: v for k, v in best.params.items() if not k.startswith("loss")})
-        arms.append(
-            Arm(
-                "ablation",
-                "same recipe, no teacher (CE)",
-                (*recipe, "loss=ce"),
-                best.number,
-                replaces_loss=True,
-            )
-        )
+        arms.append(_ablation("ablation", "same recipe, no teacher (CE)", ranked[0]))
     if enqueued:
         reference = {k: v for k, v in enqueued[0].items() if k in space}
         arms.append(
@@ -176,17 +166,15 @@ def plan_front_arms(study: optuna.Study, front_k: int) -> list[Arm]:
                 trial.number,
             )
         )
-        recipe = _overrides({k: v for k, v in trial.params.items() if not k.startswith("loss")})
-        arms.append(
-            Arm(
-                f"{FRONT_ABLATION_PREFIX}{trial.number}",
-                f"#{trial.number} without teacher (CE)",
-                (*recipe, "loss=ce"),
-                trial.number,
-                replaces_loss=True,
-            )
-        )
+        label = f"#{trial.number} without teacher (CE)"
+        arms.append(_ablation(f"{FRONT_ABLATION_PREFIX}{trial.number}", label, trial))
     return arms
+
+
+def _ablation(key: str, label: str, trial: optuna.trial.FrozenTrial) -> Arm:
+    """The trial's recipe without its teacher: its parameters less the loss's, with CE."""
+    recipe = _overrides({k: v for k, v in trial.params.items() if not k.startswith("loss")})
+    return Arm(key, label, (*recipe, "loss=ce"), trial.number, replaces_loss=True)
 
 
 def _overrides(params: dict[str, Any]) -> list[str]:
