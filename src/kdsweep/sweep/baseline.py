@@ -12,9 +12,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from kdsweep.sweep.jobs import Lock, Spec
+from kdsweep.sweep.jobs import Lock, Spec, drop_unplanned
 from kdsweep.sweep.settings import SearchSpace
-from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
 
 log = logging.getLogger("kdsweep.sweep")
 
@@ -38,12 +37,7 @@ def enqueue_reference(
         {k: v for k, v in values.items() if k in space.distributions} for values in enqueue_trials
     ]
     with lock():
-        study_id = storage.get_study_id_from_name(study.study_name)
-        dropped = 0
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if not any(_has_values(trial, params) for params in given):
-                drop_queued(storage, trial_id(storage, study_id, trial.number), NOT_PLANNED)
-                dropped += 1
+        dropped = drop_unplanned(storage, study, lambda t: any(_has_values(t, p) for p in given))
         if dropped:
             log.info(
                 "%d queued trial(s) of an earlier hydra.sweeper.enqueue_trials are not in"

@@ -37,9 +37,9 @@ from optuna.trial import TrialState
 
 from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.arms import Arm, is_multi_objective, plan_arms, plan_front_arms
-from kdsweep.sweep.jobs import Lock, Spec
+from kdsweep.sweep.jobs import Lock, Spec, drop_unplanned
 from kdsweep.sweep.settings import CONFIRM_SUFFIX
-from kdsweep.sweep.studies import NOT_PLANNED, count_states, drop_queued, trial_id
+from kdsweep.sweep.studies import count_states
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -88,16 +88,8 @@ def plan(
     companion.set_user_attr("seeds", seeds)
     companion.set_user_attr("teacher_seed", teacher_seed)
     wanted = {(arm.key, seed) for arm in arms for seed in seeds}
-    have, dropped = set(), 0
-    study_id = storage.get_study_id_from_name(companion.study_name)
-    for t in companion.get_trials(deepcopy=False, states=_LIVE):
-        key = (t.user_attrs.get("arm"), t.user_attrs.get("seed"))
-        if t.state == TrialState.WAITING and key not in wanted:
-            drop_queued(storage, trial_id(storage, study_id, t.number), NOT_PLANNED)
-            dropped += 1
-            check_interrupt()
-        else:
-            have.add(key)
+    dropped = drop_unplanned(storage, companion, lambda t: _arm_seed(t) in wanted)
+    have = {_arm_seed(t) for t in companion.get_trials(deepcopy=False, states=_LIVE)}
     if dropped:
         log.info(
             "confirmation: %d queued run(s) of an earlier plan are not in this one"
@@ -112,6 +104,10 @@ def plan(
                 companion.enqueue_trial({}, user_attrs={"arm": arm.key, "seed": seed})
                 check_interrupt()
     return len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _arm_seed(trial: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
+    return trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
 
 
 def confirmation_spec(companion: optuna.Study, trial: optuna.trial.Trial) -> Spec:
@@ -134,7 +130,7 @@ def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, floa
     """arm -> seed -> final metrics of its completed confirmation runs."""
     out: dict[str, dict[int, dict[str, float]]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+        arm, seed = _arm_seed(trial)
         metrics = trial.user_attrs.get("metrics")
         if arm is None or seed is None or not metrics:
             continue

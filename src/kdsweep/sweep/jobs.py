@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
+from optuna.trial import TrialState
+
+from kdsweep.core.signals import check_interrupt
+from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
 
 if TYPE_CHECKING:
     import optuna
@@ -71,6 +75,24 @@ def job_overrides(
     overrides = [o for o in base if not sets_loss(o)] + list(own)
     overrides += [f"~loss.{key}" for key in untaken_loss_keys(overrides)]
     return [*overrides, *context]
+
+
+def drop_unplanned(
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    planned: Callable[[optuna.trial.FrozenTrial], bool],
+) -> int:
+    """Fail each queued (WAITING) trial of ``study`` that is not ``planned`` now (an
+    earlier invocation's plan), so a rerun runs exactly what its settings plan. Called
+    under the study lock; a signal is honoured between two writes. Returns how many."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    dropped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if not planned(trial):
+            drop_queued(storage, trial_id(storage, study_id, trial.number), NOT_PLANNED)
+            dropped += 1
+            check_interrupt()
+    return dropped
 
 
 def job_outcome(ret: JobReturn) -> tuple[Any, BaseException | None]:
