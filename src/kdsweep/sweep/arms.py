@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdsweep.core.pareto import spread
+from kdsweep.sweep.jobs import sets_loss
 
 #: The arms of a front point and of its ablation: ``front-<trial>``, ``ablation-<trial>``,
 #: named by the search trial they repeat, so that a rerun whose front moved confirms the
@@ -173,7 +174,7 @@ def plan_front_arms(study: optuna.Study, front_k: int) -> list[Arm]:
 
 def _ablation(key: str, label: str, trial: optuna.trial.FrozenTrial) -> Arm:
     """The trial's recipe without its teacher: its parameters less the loss's, with CE."""
-    recipe = _overrides({k: v for k, v in trial.params.items() if not k.startswith("loss")})
+    recipe = _overrides({k: v for k, v in trial.params.items() if not sets_loss(k)})
     return Arm(key, label, (*recipe, "loss=ce"), trial.number, replaces_loss=True)
 
 
