@@ -136,8 +136,9 @@ class SweepSettings:
         """From the keyword arguments Hydra instantiates the sweeper with (its config
         node's values). An unknown option is a TypeError, as for a call."""
         values = dict(options)
+        # hydra-optuna-sweeper's Direction enum -> its name; anything else as text.
         direction = values.pop("direction", None)
-        values["direction"] = direction if isinstance(direction, str) else _name(direction)
+        values["direction"] = str(getattr(direction, "name", direction))
         # null picks the default; an empty text is refused by check() (storage= typed
         # with nothing after it is a mistake, not a request for the default).
         storage, study_name = values.pop("storage", None), values.pop("study_name", None)
@@ -336,11 +337,6 @@ class SweepSettings:
         if self.costs:  # a single-objective study's record stays as it was
             described["costs"] = list(self.costs)
         return described
-
-
-def _name(direction: Any) -> str:
-    """hydra-optuna-sweeper's Direction enum -> its name; anything else as text."""
-    return str(getattr(direction, "name", direction))
 
 
 @dataclass(frozen=True)
