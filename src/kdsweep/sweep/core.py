@@ -25,7 +25,9 @@ from typing import Any, Protocol
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from kdsweep.config.folder import config_dir
@@ -431,9 +433,6 @@ class StudySweep:
         override list; [] when it does not compose: the job says why."""
         key = tuple(overrides)
         if key not in self._untaken:
-            from hydra.errors import HydraException
-            from omegaconf.errors import OmegaConfBaseException
-
             try:
                 node = OmegaConf.to_container(self.compose(overrides).loss)
                 loss = Target("loss", node, allowed_targets(self.config))  # type: ignore[arg-type]
