@@ -46,15 +46,11 @@ def enqueue_reference(
             )
         if not given:
             return
-        reference_number = None
-        for index, params in enumerate(given):
-            number = trial_with_params(study, params)
-            if number is None:
+        for params in given:
+            if trial_with_params(study, params) is None:
                 study.enqueue_trial(params, user_attrs={ENQUEUED_PARAMS: params})
-                number = trial_with_params(study, params)
-            if index == 0:
-                reference_number = number
         study.set_user_attr("enqueued", True)
+        reference_number = trial_with_params(study, given[0])
         if reference_number is not None:
             study.set_user_attr("tutorial_trial_number", reference_number)
 
