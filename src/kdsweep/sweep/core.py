@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
@@ -72,21 +72,11 @@ WORKER_SEED_STRIDE = 1_000_000
 WORKER_POLL_S = 0.5
 
 
-class Finish(Protocol):
-    """What ends an invocation: the best trial, the report and the registry
-    (``kdsweep.publish.finish_sweep``, handed in by the Hydra plugin, since publishing
-    reads the results and so sits above the sweep). Returns why the invocation failed
-    (one line), or None."""
-
-    def __call__(
-        self,
-        study: optuna.Study,
-        config: DictConfig,
-        settings: SweepSettings,
-        parent: ParentRun,
-        aborted: bool,
-        confirm_study: optuna.Study | None = None,
-    ) -> str | None: ...
+#: What ends an invocation: the best trial, the report and the registry, called as
+#: ``kdsweep.publish.finish_sweep`` is declared (handed in by the Hydra plugin, since
+#: publishing reads the results and so sits above the sweep). Returns why the invocation
+#: failed (one line), or None.
+Finish = Callable[..., str | None]
 
 
 def named_for_parts(settings: SweepSettings, config: DictConfig) -> SweepSettings:
