@@ -76,7 +76,7 @@ def plan_arms(
     ranked = ranked_trials(study)
     for rank, trial in enumerate(ranked[:top_k], start=1):
         label = f"#{trial.number} ({describe_params(trial.params)})"
-        arms.append(Arm(f"top{rank}", label, tuple(_overrides(trial.params)), trial.number))
+        arms.append(Arm(f"top{rank}", label, tuple(param_overrides(trial.params)), trial.number))
     if ranked:
         arms.append(_ablation("ablation", "same recipe, no teacher (CE)", ranked[0]))
     if enqueued:
@@ -85,7 +85,7 @@ def plan_arms(
             Arm(
                 "tutorial",
                 f"reference ({describe_params(reference)})",
-                tuple(_overrides(reference)),
+                tuple(param_overrides(reference)),
             )
         )
     arms.append(Arm("ce_default", "CE student, default recipe", ("loss=ce",), replaces_loss=True))
@@ -163,7 +163,7 @@ def plan_front_arms(study: optuna.Study, front_k: int) -> list[Arm]:
             Arm(
                 f"{FRONT_PREFIX}{trial.number}",
                 label,
-                tuple(_overrides(trial.params)),
+                tuple(param_overrides(trial.params)),
                 trial.number,
             )
         )
@@ -174,9 +174,10 @@ def plan_front_arms(study: optuna.Study, front_k: int) -> list[Arm]:
 
 def _ablation(key: str, label: str, trial: optuna.trial.FrozenTrial) -> Arm:
     """The trial's recipe without its teacher: its parameters less the loss's, with CE."""
-    recipe = _overrides({k: v for k, v in trial.params.items() if not sets_loss(k)})
+    recipe = param_overrides({k: v for k, v in trial.params.items() if not sets_loss(k)})
     return Arm(key, label, (*recipe, "loss=ce"), trial.number, replaces_loss=True)
 
 
-def _overrides(params: dict[str, Any]) -> list[str]:
+def param_overrides(params: dict[str, Any]) -> list[str]:
+    """A trial's parameters as the overrides that set them (``loss.temperature=2.4``)."""
     return [f"{name}={value}" for name, value in params.items()]

@@ -36,7 +36,7 @@ from kdsweep.config.targets import Target
 from kdsweep.config.validation import allowed_targets
 from kdsweep.core.errors import CommandFailed, KdsweepError, one_line
 from kdsweep.core.signals import check_interrupt, cooperative, interruptible
-from kdsweep.sweep.arms import describe_params, ranked_trials
+from kdsweep.sweep.arms import describe_params, param_overrides, ranked_trials
 from kdsweep.sweep.baseline import (
     baseline_spec,
     baseline_wanted,
@@ -289,7 +289,7 @@ class StudySweep:
                 f"hydra.sweep.subdir=trial-{trial.number}",
                 f"sweep.trial_number={trial.number}",
             ]
-            own = [f"{name}={value}" for name, value in trial.params.items()]
+            own = param_overrides(trial.params)
             return Spec(f"trial {trial.number} ({describe_params(trial.params)})", own, context)
 
         sample = lambda: ask(study, fixed_distributions=space.distributions)  # noqa: E731
