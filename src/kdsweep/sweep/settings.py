@@ -226,11 +226,12 @@ class SweepSettings:
         # Each job learns its study as the override sweep.study_name=NAME: a name Hydra
         # reads as something else (a,b is a choice; ${x} an interpolation) is refused.
         from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
 
         try:
             parsed = OverridesParser.create().parse_override(f"sweep.study_name={name}")
             plain = not parsed.is_sweep_override() and parsed.value() == name
-        except Exception:
+        except HydraException:  # the parser's OverrideParseException: not an override
             plain = False
         if not plain or "${" in name:
             raise KdsweepError(
