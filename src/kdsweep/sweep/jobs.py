@@ -1,6 +1,7 @@
-"""A job for one Optuna trial: what it is (``Spec``), its overrides, and how it ended. The
-sweep asks for every job in one way (``kdsweep.sweep.core.StudySweep._jobs``): search
-trials (the references among them), the CE baseline and the confirmation runs."""
+"""A job for one Optuna trial: what it is (``Spec``), its overrides, how it ended, and the
+queued trials a plan no longer holds. The sweep asks for every job in one way
+(``kdsweep.sweep.core.StudySweep._jobs``): search trials (the references among them), the
+CE baseline and the confirmation runs."""
 
 from __future__ import annotations
 
@@ -8,17 +9,14 @@ import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
 from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
-
-if TYPE_CHECKING:
-    import optuna
-
 
 #: The sweep's study lock (kdsweep.sweep.studies.study_lock), taken as ``with lock():``.
 Lock = Callable[[], contextlib.AbstractContextManager[None]]
