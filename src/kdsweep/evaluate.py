@@ -29,12 +29,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdsweep.core.boundary import command
 from kdsweep.core.errors import CheckpointError, KdsweepError, first_line
-from kdsweep.core.files import atomic_write
+from kdsweep.core.files import atomic_write, directory_problem
 from kdsweep.core.stores import attempt
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "http")
@@ -42,20 +43,16 @@ URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs
 STORE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
+@dataclass
 class Loaded:
     """A model ready to score: a callable on image batches, and what it expects (raw
     pixels, as kdsweep's MLflow models take them, or normalized images)."""
 
-    def __init__(
-        self,
-        model: Any,
-        input_shape: list[int] | None,
-        num_classes: int | None,
-        source: str,
-        takes_raw_pixels: bool = False,
-    ):
-        self.model, self.input_shape, self.num_classes = model, input_shape, num_classes
-        self.source, self.takes_raw_pixels = source, takes_raw_pixels
+    model: Any
+    input_shape: list[int] | None
+    num_classes: int | None
+    source: str
+    takes_raw_pixels: bool = False
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,10 +93,6 @@ def compose(overrides: list[str]) -> Any:
     finally:
         GlobalHydra.instance().clear()
     return validate(cfg)
-
-
-def is_uri(text: str) -> bool:
-    return text.startswith(URI_SCHEMES)
 
 
 @contextlib.contextmanager
@@ -289,12 +282,10 @@ def export_problem(path: Path, overwrite: bool) -> str | None:
         return f"--export {path} is a folder, not a file: name the file, e.g. {example}"
     if path.exists() and not overwrite:
         return f"--export {path} exists: pass --overwrite to replace it, or {fix}"
-    folder = next((p for p in path.parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        return f"--export {path}: {folder} is a file, not a folder: {fix}"
-    if folder is not None and not os.access(folder, os.W_OK):
-        return f"--export {path}: the folder {folder} is not writable: {fix}"
-    return None
+    problem = directory_problem(path.parent, min_free=0)
+    if problem is not None and problem.endswith(" is a file"):
+        problem += ", not a folder"
+    return None if problem is None else f"--export {path}: {problem}: {fix}"
 
 
 def export(model: Any, example: Any, path: Path) -> float:
@@ -336,7 +327,7 @@ def evaluate_model(
         from kdsweep.data import load_splits
         from kdsweep.run.serving import on_raw_pixels, raw_pixels
 
-        if is_uri(source):
+        if source.startswith(URI_SCHEMES):
             loaded = load_uri(source, settings.tracking.uri, settings.model.allowed)
         else:
             loaded = load_file(Path(source).expanduser(), settings)
