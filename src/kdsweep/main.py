@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from kdsweep.config.folder import config_dir
 from kdsweep.config.schema import HYDRA_TARGETS
@@ -84,9 +84,6 @@ def composition_error(exc: BaseException) -> str | None:
     """The one line for a command line Hydra refused while composing (an unknown option
     or key, a wrong type, a choice outside its Enum), or None for an error that is not
     Hydra's."""
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException, ValidationError
-
     if not isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
     cause = exc.__cause__

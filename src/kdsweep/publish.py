@@ -35,7 +35,7 @@ def finish_sweep(
     """Returns why the invocation failed (a confirmation that could not pair its seeds),
     or None."""
     still_running = count_states(study)[TrialState.RUNNING] > 0
-    best = _best_trial(study)
+    best = next(iter(ranked_trials(study)), None)  # ties broken by val loss
     if best is None:
         log.warning("no trial of study %s completed", settings.study_name)
     else:
@@ -117,12 +117,6 @@ def _unconfirmed(confirm_study: optuna.Study | None) -> str | None:
         return None  # other workers finish it, and judge it
     confirmed = confirmed_summary(confirm_study)
     return unpaired(confirmed) if confirmed is not None else None
-
-
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best completed trial, ties broken by val loss (None if none completed)."""
-    ranked = ranked_trials(study)
-    return ranked[0] if ranked else None
 
 
 def _save_results(best: optuna.trial.FrozenTrial, study_name: str, sweep_dir: Path) -> None:

@@ -136,9 +136,7 @@ def fail_dead_trials(storage: BaseStorage, study: optuna.Study) -> list[FrozenTr
 
 def _worker_is_dead(worker: str | None) -> bool:
     """True if the sweeper ran on this host and its process is gone."""
-    if not worker or ":" not in worker:
-        return False
-    host, _, pid = worker.rpartition(":")
+    host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname():
         return False
     try:

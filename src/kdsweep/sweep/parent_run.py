@@ -89,9 +89,8 @@ class ParentRun:
                 client.log_metric(run_id, "best_value", float(best.values[0]))
                 client.log_metric(run_id, "best_trial", float(best.number))
                 for name, value in best.params.items():
-                    client.set_tag(
-                        run_id, f"best.{name.lstrip('+')}", str(value)
-                    )  # +model.width: MLflow takes no "+"
+                    # +model.width: MLflow takes no "+"
+                    client.set_tag(run_id, f"best.{name.lstrip('+')}", str(value))
             if description:
                 # MLflow's run description: the report's headline, first thing in the UI.
                 client.set_tag(run_id, "mlflow.note.content", description)

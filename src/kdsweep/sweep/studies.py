@@ -189,10 +189,6 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) 
     PostgreSQL advisory lock for a server; no lock (with a warning) elsewhere. What runs
     under it writes to the storage; a signal is raised at the next check
     (core.signals.check_interrupt), never inside a write."""
-    yield from _held_lock(storage, url, study_name)
-
-
-def _held_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
     lock_file = _lock_file_for(url)
     if lock_file is not None:
         with file_lock(lock_file):

@@ -144,12 +144,13 @@ class Workers:
         self.companion = None
         if s.baselines or s.confirm.enabled:
             self.companion = open_companion(sweep.storage, s.study_name)
-        threads = int(OmegaConf.select(sweep.config, "trainer.threads", default=0) or 0)
-        device = str(OmegaConf.select(sweep.config, "trainer.device", default="auto"))
+        self.threads = int(OmegaConf.select(sweep.config, "trainer.threads", default=0) or 0)
+        self.device = str(OmegaConf.select(sweep.config, "trainer.device", default="auto"))
+        gpus = machine_gpus(self.device)
         self.slots = plan_workers(
-            s.workers, s.workers_per_device, machine_gpus(device), machine_cores(), threads
+            s.workers, s.workers_per_device, gpus, machine_cores(), self.threads
         )
-        self.reported = {(t.study_name, n) for t, n in self._finished_trials()}
+        self.reported = {(study.study_name, t.number) for study, t in self._finished_trials()}
         try:
             for study in self._studies():  # what an earlier command left, once, before any worker
                 recover(sweep.storage, sweep.lock, sweep.config, study)
@@ -196,7 +197,7 @@ class Workers:
         """``python -m kdsweep -m`` with the command's overrides, as one worker of it."""
         config, s = self.sweep.config, self.sweep.settings
         hydra = config.hydra
-        own_threads = int(OmegaConf.select(config, "trainer.threads", default=0) or 0) > 0
+        own_threads = self.threads > 0
         replaced = _REPLACED if own_threads else (*_REPLACED, "trainer.threads")
         given = [*hydra.overrides.hydra, *hydra.overrides.task]
         args = ["-m", *(o for o in given if _key(str(o)) not in replaced)]
@@ -207,8 +208,7 @@ class Workers:
         ]
         if not own_threads:
             args.append(f"trainer.threads={slot.threads}")
-        device = str(OmegaConf.select(config, "trainer.device", default="auto"))
-        if slot.gpu is not None and device.startswith("cuda:"):
+        if slot.gpu is not None and self.device.startswith("cuda:"):
             args.append("trainer.device=cuda")  # its one visible GPU
         for source in hydra.runtime.config_sources:
             if source.provider == "command-line":  # --config-dir
@@ -286,13 +286,14 @@ class Workers:
         """A worker ended with an error of its own: the other workers stop, the sweep ends
         with its line (and the report of what was done)."""
         line = _last_error_line(self.log_file(slot))
-        self._stop(signal.SIGTERM)
         self._abort(
             f"{slot.label} failed: {line or f'exit code {code}, see {self.log_file(slot)}'}"
         )
 
     def _abort(self, message: str) -> None:
+        """The other workers stop; the sweep ends with ``message`` (and the report)."""
         sweep = self.sweep
+        self._stop(signal.SIGTERM)
         self._say_new_trials()
         self.finish(self.study, sweep.config, sweep.settings, self.parent, aborted=True)
         raise CommandFailed(message)
@@ -320,9 +321,9 @@ class Workers:
 
     # --- the console ---
 
-    def _finished_trials(self) -> list[tuple[optuna.Study, int]]:
+    def _finished_trials(self) -> list[tuple[optuna.Study, FrozenTrial]]:
         return [
-            (study, trial.number)
+            (study, trial)
             for study in self._studies()
             for trial in study.get_trials(deepcopy=False, states=_FINISHED)
         ]
@@ -331,12 +332,11 @@ class Workers:
         """A line for each search trial finished since the last look, naming its worker
         and device, then the live progress line; confirmation and baseline runs in the
         log file only (debug), as in one sweep process."""
-        for study in self._studies():
-            for trial in study.get_trials(deepcopy=False, states=_FINISHED):
-                if (study.study_name, trial.number) in self.reported:
-                    continue
-                self.reported.add((study.study_name, trial.number))
-                self._say(study, trial)
+        for study, trial in self._finished_trials():
+            if (study.study_name, trial.number) in self.reported:
+                continue
+            self.reported.add((study.study_name, trial.number))
+            self._say(study, trial)
 
     def _say(self, study: optuna.Study, trial: FrozenTrial) -> None:
         s = self.sweep.settings
@@ -352,7 +352,6 @@ class Workers:
             self.search_failed += 1
             log.warning("%s: trial %d: FAIL: %s", who, trial.number, error)
             if self.search_failed > s.max_failure_rate * s.n_trials:
-                self._stop(signal.SIGTERM)
                 self._abort(
                     f"{self.search_failed} trials failed, more than"
                     f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
