@@ -76,8 +76,7 @@ def publish(
 
     def publish_models() -> None:
         client = registry_client(tracking_uri)
-        runs = _trial_runs(client, study, best)
-        log_teacher(client, parent_run_id, runs)
+        log_teacher(client, parent_run_id, _teacher_run(client, study, best))
         if register:
             parts = study.user_attrs.get("parts")
             front = confirmed_front(study, confirmed_summary(confirm_study), confirm_study)
@@ -91,28 +90,27 @@ def publish(
     return registered[0]
 
 
-def _trial_runs(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[Any]:
-    """The MLflow runs of the best trial, then the other completed trials (best first)."""
+def _teacher_run(client: Any, study: optuna.Study, best: optuna.trial.FrozenTrial) -> Any | None:
+    """The first MLflow run that names its teacher, of the best trial, then the other
+    completed trials (best first); None if none does."""
     order = [best] + [t for t in ranked_trials(study) if t.number != best.number]
-    runs = []
     for trial in order:
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            run, deleted = attempt(lambda run_id=run_id: client.get_run(run_id))
-            if deleted is not None:  # a run deleted by hand: skip it
-                continue
-            runs.append(run)
-        if runs and "kdsweep.teacher.key" in runs[0].data.tags:
-            break
-    return runs
+        if not run_id:
+            continue
+        run, deleted = attempt(lambda run_id=run_id: client.get_run(run_id))
+        # A run deleted by hand is skipped.
+        if deleted is None and "kdsweep.teacher.key" in run.data.tags:
+            return run
+    return None
 
 
-def log_teacher(client: Any, parent_run_id: str, runs: list[Any]) -> bool:
-    """The teacher's checkpoint and recipe as the parent run's ``teacher/`` artifact, once."""
+def log_teacher(client: Any, parent_run_id: str, source: Any | None) -> bool:
+    """The teacher's checkpoint and recipe (from the trial run ``source``) as the parent
+    run's ``teacher/`` artifact, once."""
     import tempfile
     from pathlib import Path
 
-    source = next((r for r in runs if "kdsweep.teacher.key" in r.data.tags), None)
     if source is None:
         return False
     tags = source.data.tags

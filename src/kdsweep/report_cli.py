@@ -63,14 +63,13 @@ def _open(url: str) -> Any:
     return open_storage(url, read_only=True)
 
 
-def _list(storage: Any, url: str) -> None:
+def _list(storage: Any, url: str, names: list[str]) -> None:
     import optuna
     from optuna.trial import TrialState
 
     from kdsweep.sweep.arms import ranked_trials
     from kdsweep.sweep.studies import count_states
 
-    names = sorted(s.study_name for s in storage.get_all_studies())
     if not names:
         print(f"no studies in {mask_secrets(url)}")
         return
@@ -99,9 +98,7 @@ def _list(storage: Any, url: str) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _report(storage: Any, url: str, name: str, out: str | None) -> Path:
-
-    names = sorted(s.study_name for s in storage.get_all_studies())
+def _report(storage: Any, url: str, names: list[str], name: str, out: str | None) -> Path:
     if name not in names:
         known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         hint = f"studies there: {known}" if names else "it has no studies"
@@ -136,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         storage = _open(args.storage)
+        names = sorted(s.study_name for s in storage.get_all_studies())
         if args.list:
-            _list(storage, args.storage)
+            _list(storage, args.storage, names)
             return 0
-        index = _report(storage, args.storage, args.study, args.out)
+        index = _report(storage, args.storage, names, args.study, args.out)
     except OSError as exc:
         raise KdsweepError(str(exc)) from exc
     except (SQLAlchemyError, OptunaError) as exc:

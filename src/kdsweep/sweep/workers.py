@@ -93,7 +93,6 @@ def end_with_the_command() -> None:
 def finished_by_the_command(*_args: Any, **_kwargs: Any) -> None:
     """A worker's end of its sweep (its ``Finish``): nothing; the report, the registration
     and the parent run's end are its command's."""
-    return None
 
 
 def _key(override: str) -> str:
