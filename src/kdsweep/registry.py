@@ -138,11 +138,6 @@ def log_teacher(client: Any, parent_run_id: str, source: Any | None) -> bool:
     return True
 
 
-def _has_student(client: Any, run_id: str) -> bool:
-    names = {item.path for item in client.list_artifacts(run_id, ARTIFACT)}
-    return f"{ARTIFACT}/MLmodel" in names
-
-
 def describe(
     study_name: str,
     best: optuna.trial.FrozenTrial,
@@ -269,7 +264,8 @@ def _student_run(client: Any, trial: optuna.trial.FrozenTrial, what: str) -> Any
     if not run_id:
         log.info("registry: %s has no MLflow run; nothing registered", what)
         return None
-    if not _has_student(client, run_id):
+    names = {item.path for item in client.list_artifacts(run_id, ARTIFACT)}
+    if f"{ARTIFACT}/MLmodel" not in names:
         log.info(
             "registry: the run %s of %s logged no student (trainer.save_model=none?);"
             " nothing registered",
@@ -299,7 +295,8 @@ def _version_of(client: Any, name: str, run: Any, tags: dict[str, str], descript
     brought up to date; a new version where there is none yet."""
     run_id = run.info.run_id
     escaped = run_id.replace("'", "")
-    existing = client.search_model_versions(f"name='{_quote(name)}' and run_id='{escaped}'")
+    quoted = name.replace("'", "\\'")
+    existing = client.search_model_versions(f"name='{quoted}' and run_id='{escaped}'")
     if existing:
         version = str(max(int(v.version) for v in existing))
         client.update_model_version(name, version, description=description)
@@ -317,7 +314,8 @@ def _version_of(client: Any, name: str, run: Any, tags: dict[str, str], descript
 
 
 def _point_alias(client: Any, name: str, alias: str, version: str, run_id: str) -> None:
-    previous = _alias_version(client, name, alias)
+    found, _ = attempt(lambda: client.get_model_version_by_alias(name, alias))
+    previous = None if found is None else str(found.version)
     client.set_registered_model_alias(name, alias, version)
     if previous not in (None, version):
         log.info("registry: %s@%s moved from version %s to %s", name, alias, previous, version)
@@ -348,13 +346,3 @@ def version_tags(study_name: str, best: optuna.trial.FrozenTrial, run: Any) -> d
         "config": " ".join([config, *fixed]).strip()[:4000],
         "config_artifact": f"runs:/{run.info.run_id}/config.yaml",
     }
-
-
-def _alias_version(client: Any, name: str, alias: str = ALIAS) -> str | None:
-    """The version the alias points at; None where there is none yet."""
-    version, _ = attempt(lambda: client.get_model_version_by_alias(name, alias))
-    return None if version is None else str(version.version)
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "\\'")
