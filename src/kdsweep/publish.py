@@ -40,8 +40,9 @@ def finish_sweep(
         log.warning("no trial of study %s completed", settings.study_name)
     else:
         log.info("best trial %d: value %.4f, params %s", best.number, best.values[0], best.params)
-        if Path(str(config.hydra.sweep.dir)).is_dir():  # a rerun that trained nothing made none
-            _save_results(best, settings.study_name, Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():  # a rerun that trained nothing made none
+            _save_results(best, settings.study_name, sweep_dir)
     _record_teacher_baseline(study)
     report_dir = report_dir_for(settings.report_dir, settings.study_name)
     report_files: list[Path] = []
@@ -127,7 +128,6 @@ def _save_results(best: optuna.trial.FrozenTrial, study_name: str, sweep_dir: Pa
         "best_params": best.params,
         "best_value": best.values[0],  # the objective: the first value (then the costs)
     }
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
 
 
