@@ -245,13 +245,9 @@ class StudySweep:
                 break
             launched += len(jobs)
             failures += self.run_jobs(jobs).count(TrialState.FAIL)
-            if failures > s.max_failure_rate * s.n_trials:
+            if too_many := s.too_many_failures(failures, launched):
                 self.finish(study, self.config, self.settings, parent, aborted=True)
-                raise CommandFailed(
-                    f"{failures} of {launched} trials failed, more than"
-                    f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
-                    " see the trials' errors in the report or MLflow (tag 'error')"
-                )
+                raise CommandFailed(too_many)
         confirm_study = None
         if companion is not None:
             confirm_study = self._confirmation(study, companion, space)

@@ -306,6 +306,17 @@ class SweepSettings:
         target = str(self.pruner.get("_target_") or "")
         return target.rpartition(".")[2] if target and target != NOP_PRUNER else "none"
 
+    def too_many_failures(self, failed: int, launched: int) -> str | None:
+        """The line that stops a sweep once more of its search trials failed (of
+        ``launched``) than ``max_failure_rate`` allows, or None while they are within it."""
+        if failed <= self.max_failure_rate * self.n_trials:
+            return None
+        return (
+            f"{failed} of {launched} trials failed, more than"
+            f" max_failure_rate={self.max_failure_rate} of n_trials={self.n_trials}:"
+            " see the trials' errors in the report or MLflow (tag 'error')"
+        )
+
     def confirmation_seeds(self, search_seed: int | None) -> list[int]:
         """The fresh seeds of the confirmation stage ([] when it is off): consecutive
         from confirm.first_seed, skipping the search's own seed."""

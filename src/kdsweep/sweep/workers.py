@@ -350,12 +350,9 @@ class Workers:
                 return
             self.search_failed += 1
             log.warning("%s: trial %d: FAIL: %s", who, trial.number, error)
-            if self.search_failed > s.max_failure_rate * s.n_trials:
-                self._abort(
-                    f"{self.search_failed} trials failed, more than"
-                    f" max_failure_rate={s.max_failure_rate} of n_trials={s.n_trials}:"
-                    " see the trials' errors in the report or MLflow (tag 'error')"
-                )
+            finished = self.search_failed + self.search_done
+            if too_many := s.too_many_failures(self.search_failed, finished):
+                self._abort(too_many)
             return
         self.search_done += 1
         progress = self.sweep.progress(study, ran=self.search_done)
