@@ -199,10 +199,9 @@ class RunTracker:
 
         items = {k: str(v) for k, v in params.items()}
         self.record["params"].update(items)
+        # MLflow's client sends them in batches of the 100 its stores take at most.
         entries = [Param(k, v) for k, v in items.items()]
-        for chunk in range(0, len(entries), 100):  # MLflow takes at most 100 params a batch
-            batch = entries[chunk : chunk + 100]
-            self._call(lambda c, b=batch: c.log_batch(self.run_id, params=b))
+        self._call(lambda c: c.log_batch(self.run_id, params=entries))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
