@@ -117,10 +117,6 @@ def advisory_lock(engine: Any, key: int) -> Iterator[None]:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
-def creation_lock_file(path: Path) -> Path:
-    return path.with_name(path.name + ".lock.init")
-
-
 @contextlib.contextmanager
 def creation_lock(url: str) -> Iterator[None]:
     """Held while a program creates (or migrates) its tables in the store behind ``url``,
@@ -135,7 +131,7 @@ def creation_lock(url: str) -> Iterator[None]:
         # create or migrate the store, and a reader must not fail making a lock file.
         yield
     elif path is not None:
-        with file_lock(creation_lock_file(path)):
+        with file_lock(path.with_name(path.name + ".lock.init")):
             yield
     elif url.startswith("postgresql"):
         engine = server_engine(url)
@@ -148,16 +144,7 @@ def creation_lock(url: str) -> Iterator[None]:
         yield
 
 
-def store_kind(tables: set[str]) -> str:
-    """Whose tables these are: "optuna", "mlflow", "empty" or "other"."""
-    if tables >= OPTUNA_TABLES:
-        return "optuna"
-    if tables >= MLFLOW_TABLES:
-        return "mlflow"
-    return "empty" if not tables else "other"
-
-
-#: A store's kind (store_kind) as a refusal names it.
+#: A store's kind (existing_store_kind) as a refusal names it.
 WHOSE = {
     "optuna": "an Optuna storage (a sweep's hydra.sweeper.storage)",
     "mlflow": "an MLflow tracking database",
@@ -167,15 +154,21 @@ WHOSE = {
 
 
 def existing_store_kind(url: str) -> str | None:
-    """The kind (store_kind) of the store at ``url``, read without writing; None for one
-    not made yet (a missing or empty file) and for a journal file. Every check of whose
-    store a URL names starts here; the driver's own errors pass."""
+    """Whose tables the store at ``url`` holds: "optuna", "mlflow", "empty" or "other",
+    read without writing; None for one not made yet (a missing or empty file) and for a
+    journal file. Every check of whose store a URL names starts here; the driver's own
+    errors pass."""
     path = storage_file(url)
     if journal_file(url) is not None or (
         path is not None and (not path.is_file() or path.stat().st_size == 0)
     ):
         return None
-    return store_kind(database_tables(url))
+    tables = database_tables(url)
+    if tables >= OPTUNA_TABLES:
+        return "optuna"
+    if tables >= MLFLOW_TABLES:
+        return "mlflow"
+    return "empty" if not tables else "other"
 
 
 def half_created_sqlite(uri: str) -> str | None:
