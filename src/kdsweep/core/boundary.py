@@ -21,7 +21,7 @@ from collections.abc import Callable
 from signal import Signals
 from typing import ParamSpec, TypeVar
 
-from kdsweep.core.errors import KdsweepError, NonFiniteLossError, interrupt_name, report_error
+from kdsweep.core.errors import KdsweepError, NonFiniteLossError, interrupt_name, one_line
 from kdsweep.core.signals import (
     check_interrupt,
     command_finished,
@@ -66,7 +66,7 @@ def command(
                     print(f"{prog}: interrupted by {name}: {left}", file=sys.stderr)
                     raise SystemExit(code) from None
                 if isinstance(exc, (KdsweepError, NonFiniteLossError)):
-                    report_error(exc, prog)
+                    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
                     raise SystemExit(exc.exit_code) from None
                 raise
 

@@ -1,7 +1,5 @@
 """Errors a user can fix: they are reported as one line, never as a traceback."""
 
-import sys
-
 from kdsweep.core.secrets import mask_secrets
 
 
@@ -59,11 +57,6 @@ def one_line(exc: BaseException, limit: int = LINE_LIMIT) -> str:
         return text
     tail = (limit - len(_CLIPPED)) // 3
     return text[: limit - len(_CLIPPED) - tail] + _CLIPPED + text[-tail:]
-
-
-def report_error(exc: BaseException, prog: str = "kdsweep") -> None:
-    """The one line a command prints for an error the user can fix."""
-    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
 
 
 def first_line(exc: BaseException) -> str:
