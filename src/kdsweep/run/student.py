@@ -49,8 +49,7 @@ FORMAT = "kdsweep-student/2"  # 2: the MLflow model takes raw pixels
 ARTIFACT = "student"  # the run's artifact folder, and the job's output subfolder
 STATE_DICT = "state_dict.pt"
 SPEC = "kdsweep.json"
-#: Run tags the sweep reads back (kdsweep.registry): the teacher and the data.
-TEACHER_TAGS = ("kdsweep.teacher.key", "kdsweep.teacher.checkpoint", "kdsweep.teacher.recipe")
+#: The run's data tag, which the registry reads back (with the teacher's tags).
 DATA_TAG = "kdsweep.data.fingerprint"
 
 
@@ -94,10 +93,6 @@ class Logits(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def save_student(
     model: nn.Module,
     spec: StudentSpec,
@@ -137,19 +132,17 @@ def save_student(
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-    torch.save(cpu_state_dict(model), folder / STATE_DICT)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    torch.save(state, folder / STATE_DICT)
     (folder / SPEC).write_text(json.dumps(info, indent=2, default=str))
     return folder
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = None) -> dict:
+def record_student(plan: Plan, tracker: RunTracker) -> dict:
     """Tag the run with its teacher and data, then (``trainer.save_model=best``) save the
-    tested student under ``output_dir/student`` and log it as the run's ``student``
-    artifact. Returns the cost as metrics (seconds, bytes), which are logged too."""
+    tested student in the job's output directory (``student/``, beside results.json) and
+    log it as the run's ``student`` artifact. Returns the cost as metrics (seconds,
+    bytes), which are logged too."""
     settings, data = plan.settings, plan.data
     tags = {DATA_TAG: data.fingerprint}
     teacher = plan.teacher
@@ -177,16 +170,18 @@ def record_student(plan: Plan, tracker: RunTracker, output_dir: Path | None = No
         "teacher_key": teacher.key if teacher is not None else None,
         "run_id": tracker.run_id,
     }
-    base = Path(output_dir) if output_dir is not None else tracker.local_path.parent
     normalization = (data.input_mean, data.input_std)
     raw_example = raw_pixels(data.test_x[:2].cpu(), *normalization)
-    folder = save_student(plan.student, spec, normalization, raw_example, base / ARTIFACT, metadata)
+    folder = tracker.local_path.parent / ARTIFACT
+    save_student(plan.student, spec, normalization, raw_example, folder, metadata)
     tracker.log_artifacts(folder, ARTIFACT)
     if tracker.run_id and not tracker.broken:
         tracker.set_tags({"kdsweep.student": f"runs:/{tracker.run_id}/{ARTIFACT}"})
     cost = {
         "student_save_seconds": time.perf_counter() - started,
-        "student_save_bytes": float(folder_bytes(folder)),
+        "student_save_bytes": float(
+            sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        ),
     }
     tracker.log_metrics(cost)
     log.info(
