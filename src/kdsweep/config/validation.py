@@ -71,7 +71,7 @@ def _config_error(exc: Exception, where: str) -> ConfigError:
     if isinstance(exc, OmegaConfBaseException):
         key = getattr(exc, "full_key", None)
         prefix = f"{where}.{key}" if key else where
-        return ConfigError(f"{prefix}: {str(exc).splitlines()[0]}")
+        return ConfigError(f"{prefix}: {first_line(exc)}")
     return ConfigError(str(exc))
 
 
@@ -308,7 +308,7 @@ def validate(cfg: DictConfig) -> Settings:
         ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
     except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        raise ConfigError(first_line(exc)) from None
     for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(f"config group '{group}' is missing: pick one, e.g. {group}=...")
