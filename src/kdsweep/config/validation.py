@@ -163,32 +163,24 @@ def _shipped_names() -> dict[str, set[str]]:
                 continue
             # A loss or data option starts from its class's schema node
             # (/schema/loss/<Class>@_here_, kdsweep.config.schema): the target is its class.
-            target = node.get("_target_") or _schema_target(group, defaults)
+            schema = _schema_node(group, defaults)
+            target = node.get("_target_") or schema.get("_target_")
             if target is not None:
-                name = node.get("name") or _class_defaults(group, target).get("name")
+                name = node.get("name") or schema.get("name")
                 named.setdefault(str(name), set()).add(str(target))
     return named
 
 
-def _schema_target(group: str, defaults: list[str]) -> str | None:
-    """The target of the schema node an option file starts from, if it names one."""
-    if group not in PARTS:
-        return None
-    package = PARTS[group][0]
+def _schema_node(group: str, defaults: list[str]) -> dict[str, Any]:
+    """The ``_target_`` node, with its class's defaults, of the schema an option file
+    starts from (empty if it names none)."""
+    prefix = f"/schema/{group}/"
     for entry in defaults:
-        if entry.startswith(f"/schema/{group}/"):
-            class_name = entry.removeprefix(f"/schema/{group}/").partition("@")[0]
-            return f"{package.__name__}.{class_name}"
-    return None
-
-
-def _class_defaults(group: str, target: str) -> dict[str, Any]:
-    """The fields' defaults of the kdsweep class ``target`` names (empty for others)."""
-    if group not in PARTS:
-        return {}
-    package = PARTS[group][0]
-    cls = getattr(package, target.rpartition(".")[2], None)
-    return target_defaults(package, cls) if isinstance(cls, type) else {}
+        if group in PARTS and entry.startswith(prefix):
+            package = PARTS[group][0]
+            cls = getattr(package, entry.removeprefix(prefix).partition("@")[0], None)
+            return target_defaults(package, cls) if isinstance(cls, type) else {}
+    return {}
 
 
 def _own_name(node: Any) -> Any:
