@@ -202,16 +202,11 @@ def _network(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
     name may lead elsewhere: kdsweep.nets.cifar.torch.hub.load), and a class be an
     nn.Module (what a function returns is checked when it is built:
     kdsweep.config.targets.build_network)."""
-    target = _target(_own_name(node), key, allowed)
-    made = _located(target)
     from torch import nn
 
-    if made is None or (isinstance(made, type) and not issubclass(made, nn.Module)):
-        raise ConfigError(
-            f"{key}._target_ must name a torch nn.Module class or a function that returns"
-            f" one, got {target.target!r}"
-        )
-    return target
+    target = _target(_own_name(node), key, allowed)
+    what = "a torch nn.Module class or a function that returns one"
+    return _subclass_of(nn.Module, what, target, key, functions=True)
 
 
 def _optimizer(node: Any, key: str, allowed: tuple[str, ...]) -> Target:
@@ -242,11 +237,14 @@ def _scheduler(node: Any, key: str, allowed: tuple[str, ...]) -> Target | None:
     return _subclass_of(LRScheduler, what, target, key)
 
 
-def _subclass_of(base: type, what: str, target: Target, key: str) -> Target:
-    """``target`` if it names a subclass of ``base`` (an optimizer, a schedule); else the
-    one line saying what ``key`` must name."""
+def _subclass_of(
+    base: type, what: str, target: Target, key: str, functions: bool = False
+) -> Target:
+    """``target`` if it names a subclass of ``base`` (a network, an optimizer, a schedule)
+    or, with ``functions``, a function (what it returns is checked when it is built);
+    else the one line saying what ``key`` must name."""
     made = _located(target)
-    if not (isinstance(made, type) and issubclass(made, base)):
+    if made is None or not (issubclass(made, base) if isinstance(made, type) else functions):
         raise ConfigError(f"{key}._target_ must name {what}, got {target.target!r}")
     return target
 
