@@ -218,13 +218,13 @@ def run(
         result = execute(plan, tracker, hooks)
         hooks.on_finish(result)
     except BaseException as exc:
-        status, state = _ending(exc)
-        if state == "PRUNED":
+        if type(exc).__name__ == "TrialPruned":
             # Stopped on purpose, not an error: KILLED, the reason in its own tag.
-            tracker.set_tags({"kdsweep.state": state, "kdsweep.pruned": str(exc)})
-            tracker.finish(status)
+            tracker.set_tags({"kdsweep.state": "PRUNED", "kdsweep.pruned": str(exc)})
+            tracker.finish("KILLED")
         else:
-            tracker.set_tags({"kdsweep.state": state})
+            tracker.set_tags({"kdsweep.state": "FAIL"})
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             tracker.finish(status, error=f"{type(exc).__name__}: {exc}")
         raise
     tracker.set_tags({"kdsweep.state": "COMPLETE"})
@@ -236,12 +236,3 @@ def run(
         result.metrics["test_acc"],
     )
     return result
-
-
-def _ending(exc: BaseException) -> tuple[str, str]:
-    """MLflow status and kdsweep state for a run that raised."""
-    if type(exc).__name__ == "TrialPruned":
-        return "KILLED", "PRUNED"
-    if isinstance(exc, KeyboardInterrupt):
-        return "KILLED", "FAIL"
-    return "FAILED", "FAIL"
