@@ -77,26 +77,24 @@ def plan_run(settings: Settings) -> Plan:
                 " runs live on every batch",
                 objective.name,
             )
-            source = live_source(teacher_net, kernel)
-            return Plan(settings, device, data, student, teacher, source, source, loss_modules)
+        cache = settings.teacher.cache_outputs and not objective.needs_teacher_features
         need = {
             "need_logits": objective.needs_teacher_logits,
             "need_hidden": objective.needs_teacher_hidden,
             "pool_kernel": kernel,
         }
-        if settings.teacher.cache_outputs:
-            val_source = cached_source(
-                teacher_net, outputs_key, "val", data.val_x, settings.cache_dir, **need
+
+        def source(split: str, images: torch.Tensor, cached: bool) -> TeacherSource:
+            if not cached:
+                return live_source(teacher_net, kernel)
+            return cached_source(
+                teacher_net, outputs_key, split, images, settings.cache_dir, **need
             )
-        else:
-            val_source = live_source(teacher_net, kernel)
-        if settings.teacher.cache_outputs and not settings.data.augment:
-            train_source = cached_source(
-                teacher_net, outputs_key, "train", data.train_x, settings.cache_dir, **need
-            )
-        else:  # augmented images differ every epoch: the teacher must see each one
-            train_source = live_source(teacher_net, kernel)
-    return Plan(settings, device, data, student, teacher, train_source, val_source)
+
+        val_source = source("val", data.val_x, cache)
+        # Augmented images differ every epoch: the teacher must see each one.
+        train_source = source("train", data.train_x, cache and not settings.data.augment)
+    return Plan(settings, device, data, student, teacher, train_source, val_source, loss_modules)
 
 
 def network(target: Target, data: TensorSplits) -> torch.nn.Module:
