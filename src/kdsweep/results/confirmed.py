@@ -10,7 +10,7 @@ only what the interval supports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,12 +71,14 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
     sizes: dict[str, int] = {}
     for key in keys:
         runs = {seed: m for seed, m in results.get(key, {}).items() if seed in seeds}
-        test = {s: float(m["test_acc"]) for s, m in runs.items() if _finite(m.get("test_acc"))}
-        val = {s: float(m["objective"]) for s, m in runs.items() if _finite(m.get("objective"))}
+        test, val = (
+            {s: v for s, m in runs.items() if (v := finite_number(m.get(name))) is not None}
+            for name in ("test_acc", "objective")
+        )
         for m in runs.values():
             for name in ("val_size", "test_size"):
-                if _finite(m.get(name)):
-                    sizes[name] = int(m[name])
+                if (size := finite_number(m.get(name))) is not None:
+                    sizes[name] = int(size)
         label = str(recorded[key].get("label", key))
         arms.append(ArmResult(key, label, val=val, test=test, trial=recorded[key].get("trial")))
     by_key = {a.key: a for a in arms}
@@ -106,6 +108,17 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
     )
 
 
+def mean_vals(arms: Sequence[SeededArm]) -> list[float]:
+    """Each arm's mean val accuracy over the seeds all of them completed (each arm's own
+    seeds where they share none); every arm must have a val run."""
+    shared = set.intersection(*(set(a.val) for a in arms)) or None
+    means = []
+    for arm in arms:
+        seeds = shared or arm.val
+        means.append(sum(arm.val[s] for s in seeds) / len(seeds))
+    return means
+
+
 def best_confirmed(c: Confirmed) -> ArmResult | None:
     """The search's candidate (a top arm) that confirmed best: the highest mean val
     accuracy (the objective, not test: test stays unseen by every choice) over the seeds
@@ -113,13 +126,8 @@ def best_confirmed(c: Confirmed) -> ArmResult | None:
     tops = [a for a in c.arms if a.key.startswith("top") and a.val and a.trial is not None]
     if not tops:
         return None
-    paired = set.intersection(*(set(a.val) for a in tops)) or None
-
-    def mean_val(arm: ArmResult) -> float:
-        seeds = paired or arm.val
-        return sum(arm.val[s] for s in seeds) / len(seeds)
-
-    return max(tops, key=lambda a: (mean_val(a), -tops.index(a)))
+    means = mean_vals(tops)
+    return tops[max(range(len(tops)), key=lambda i: (means[i], -i))]
 
 
 def parts_text(parts: Mapping[str, str] | None) -> str:
@@ -165,10 +173,6 @@ def unpaired(c: Confirmed) -> str | None:
     return None
 
 
-def _finite(value: Any) -> bool:
-    return finite_number(value) is not None
-
-
 def ci(diff: PairedDiff) -> str:
     if diff.n < 2:
         return f"{diff.mean:+.2f} pt (n={diff.n})"
@@ -176,6 +180,16 @@ def ci(diff: PairedDiff) -> str:
         f"{diff.mean:+.2f} pt [95 % CI {diff.ci_low:+.2f}, {diff.ci_high:+.2f}],"
         f" p={diff.p_ttest:.2g} (paired t), p={diff.p_wilcoxon:.2g} (Wilcoxon)"
     )
+
+
+def gain_verdict(diff: PairedDiff, who: str, where: str, without: str) -> str:
+    """What a paired gain over the same run without the teacher supports, in words:
+    ``who`` helps or hurts (``where``), or no significant gain from it."""
+    if not diff.significant:
+        return f"no significant gain from {who}{where}"
+    if diff.mean > 0:
+        return f"{who} helps{where}"
+    return f"{who} hurts{where}: {without} is better"
 
 
 def confirmed_headline(c: Confirmed, parts: Mapping[str, str] | None = None) -> str:
@@ -192,12 +206,7 @@ def confirmed_headline(c: Confirmed, parts: Mapping[str, str] | None = None) -> 
             f"Confirmation incomplete: {diff.n} paired seed(s) of {top.label}{who} and its"
             f" teacher-less ablation ({c.done} of {c.planned} runs done)."
         )
-    if not diff.significant:
-        verdict = "no significant gain from distillation"
-    elif diff.mean > 0:
-        verdict = "distillation helps"
-    else:
-        verdict = "distillation hurts: the same recipe without the teacher is better"
+    verdict = gain_verdict(diff, "distillation", "", "the same recipe without the teacher")
     text = (
         f"{top.label}{who} vs the same recipe without a teacher: {ci(diff)}, {diff.n} paired"
         f" seeds (test accuracy): {verdict}."

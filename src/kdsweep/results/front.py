@@ -20,10 +20,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdsweep.core.formatting import DASH, mean_ci
-from kdsweep.core.pareto import dominates, hypervolume
+from kdsweep.core.pareto import hypervolume, non_dominated
 from kdsweep.core.stats import PairedDiff
 from kdsweep.core.values import finite_number
-from kdsweep.results.confirmed import ArmResult, Confirmed, ci, parts_text
+from kdsweep.results.confirmed import (
+    ArmResult,
+    Confirmed,
+    ci,
+    gain_verdict,
+    mean_vals,
+    parts_text,
+)
 from kdsweep.sweep.arms import (
     FRONT_ABLATION_PREFIX,
     FRONT_PREFIX,
@@ -38,18 +45,6 @@ from kdsweep.sweep.confirm import TOLERANCE_ATTR
 
 if TYPE_CHECKING:
     import optuna
-
-__all__ = [
-    "ConfirmedFront",
-    "ConfirmedPoint",
-    "DEFAULT_TOLERANCE",
-    "FRONT_HEAD",
-    "confirmed_front",
-    "front_headline",
-    "front_hypervolume",
-    "front_rows",
-    "hypervolume",
-]
 
 DEFAULT_TOLERANCE = 1.0
 #: How the report names each cost.
@@ -94,9 +89,6 @@ class ConfirmedFront:
     best_val: float | None = None
     teacher_params: float | None = None
 
-    def point(self, trial: int) -> ConfirmedPoint | None:
-        return next((p for p in self.points if p.trial == trial), None)
-
 
 def confirmed_front(
     study: optuna.Study,
@@ -120,7 +112,7 @@ def confirmed_front(
     if not points:
         return None
     names = cost_names(study)
-    points.sort(key=lambda p: (*(p.costs.get(n, math.inf) for n in names), p.trial))
+    points.sort(key=lambda p: (*_costs(p, names), p.trial))
     for rank, point in enumerate(points, start=1):
         point.alias = f"front-{rank}"
     attrs = confirm_study.user_attrs if confirm_study is not None else {}
@@ -137,24 +129,22 @@ def _select(front: ConfirmedFront) -> None:
     scored = [p for p in front.points if p.kd.val]
     if not scored:
         return
-    shared = set.intersection(*(set(p.kd.val) for p in scored)) or None
-    for p in scored:
-        seeds = shared or p.kd.val
-        p.mean_val = sum(p.kd.val[s] for s in seeds) / len(seeds)
-    for p in scored:
-        mine = [-p.mean_val, *(p.costs.get(n, math.inf) for n in front.costs)]  # type: ignore[operator]
-        p.dominated = any(
-            dominates([-q.mean_val, *(q.costs.get(n, math.inf) for n in front.costs)], mine)  # type: ignore[operator]
-            for q in scored
-            if q is not p
-        )
-    front.best_val = max(p.mean_val for p in scored)  # type: ignore[type-var]
+    means = mean_vals([p.kd for p in scored])
+    vectors = [[-mean, *_costs(p, front.costs)] for p, mean in zip(scored, means, strict=True)]
+    kept = non_dominated(vectors)
+    for i, p in enumerate(scored):
+        p.mean_val = means[i]
+        p.dominated = i not in kept
+    front.best_val = max(means)
     within = [p for p in scored if p.mean_val >= front.best_val - front.tolerance]  # type: ignore[operator]
     # Points are smallest first: the first within tolerance is the smallest (ties in cost
     # go to the higher val accuracy).
-    front.pick = min(
-        within, key=lambda p: (*(p.costs.get(n, math.inf) for n in front.costs), -p.mean_val)
-    )
+    front.pick = min(within, key=lambda p: (*_costs(p, front.costs), -p.mean_val))
+
+
+def _costs(point: ConfirmedPoint, names: Sequence[str]) -> tuple[float, ...]:
+    """The point's costs in the order of ``names``, a missing one infinite."""
+    return tuple(point.costs.get(n, math.inf) for n in names)
 
 
 def _teacher_params(study: optuna.Study, confirmed_study: optuna.Study | None) -> float | None:
@@ -186,14 +176,6 @@ def size_text(front: ConfirmedFront, point: ConfirmedPoint) -> str:
     return text
 
 
-def _verdict(gain: PairedDiff) -> str:
-    if not gain.significant:
-        return "no significant gain from the teacher at that size"
-    if gain.mean > 0:
-        return "the teacher helps at that size"
-    return "the teacher hurts at that size: the same student without it is better"
-
-
 def front_headline(front: ConfirmedFront, parts: Mapping[str, str] | None = None) -> str:
     """The report's first sentence: the smallest confirmed student within tolerance of the
     best confirmed val accuracy, its size against the teacher's, its test accuracy with a
@@ -220,9 +202,10 @@ def front_headline(front: ConfirmedFront, parts: Mapping[str, str] | None = None
     if gain is None or gain.n < 2:
         n = 0 if gain is None else gain.n
         return text + f"; the teacher's gain needs 2 paired seeds with its ablation, {n} done."
+    verdict = gain_verdict(gain, "the teacher", " at that size", "the same student without it")
     return (
         text + f"; against the same student and recipe without the teacher: {ci(gain)},"
-        f" {gain.n} paired seeds: {_verdict(gain)}."
+        f" {gain.n} paired seeds: {verdict}."
     )
 
 
