@@ -28,13 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 from kdsweep.core.files import atomic_write_text
 from kdsweep.core.formatting import DASH, mean_ci
 from kdsweep.core.stats import arm_stats
+from kdsweep.core.values import finite_number
 from kdsweep.multirun.jobs import (
     FINISHED,
     as_mapping,
     collect_jobs,
     collect_results,
     is_kdsweep_sweep,
-    number,
     objective_acc,
 )
 from kdsweep.multirun.seeds_table import seeds_table
@@ -81,8 +81,8 @@ def _accuracies(
     vals, tests = [], []
     for record in records:
         metrics = as_mapping(record.get("metrics"))
-        v = objective_acc(metrics) if val == "objective" else number(metrics, val)
-        t = number(metrics, test)
+        v = objective_acc(metrics) if val == "objective" else finite_number(metrics.get(val))
+        t = finite_number(metrics.get(test))
         if record.get("status") == FINISHED and v is not None and t is not None:
             vals.append(v)
             tests.append(t)

@@ -75,7 +75,7 @@ class Job:
             return None
 
     def metric(self, name: str) -> float | None:
-        return number(self.metrics, name)
+        return finite_number(self.metrics.get(name))
 
     def val_acc(self) -> float | None:
         return objective_acc(self.metrics)
@@ -85,15 +85,11 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def number(metrics: Mapping[str, Any], name: str) -> float | None:
-    return finite_number(metrics.get(name))
-
-
 def objective_acc(metrics: Mapping[str, Any]) -> float | None:
     """The run's val accuracy at its objective epoch (best by default): the epoch whose
     weights test_acc measured."""
-    value = number(metrics, "objective")
-    return value if value is not None else number(metrics, "best_val_acc")
+    value = finite_number(metrics.get("objective"))
+    return value if value is not None else finite_number(metrics.get("best_val_acc"))
 
 
 def override_key(override: str) -> str:

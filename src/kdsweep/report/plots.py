@@ -87,9 +87,9 @@ def _save(fig: Figure, path: Path) -> None:
     )
 
 
-def _finish(ax: Axes, title: str, path: Path) -> None:
-    """The labels (y is always val accuracy), a legend; saved."""
-    ax.set_ylabel(OBJECTIVE)
+def _finish(ax: Axes, title: str, path: Path, ylabel: str = OBJECTIVE) -> None:
+    """The labels (y is val accuracy unless told), a legend; saved."""
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     for points in ax.collections:  # Optuna labels its infeasible trials even when none is
         if not len(points.get_offsets()):
@@ -103,8 +103,10 @@ def _pruned(summary: Summary) -> list[TrialRow]:
     return [r for r in summary.rows if r.state == "PRUNED" and r.intermediate]
 
 
-def _last_value(row: TrialRow) -> float:
-    return row.intermediate[max(row.intermediate)]
+def _mark_pruned(ax: Axes, rows: list[TrialRow], x: Callable[[TrialRow], Any], label: str) -> None:
+    """Pruned trials as grey crosses at their last value."""
+    ys = [r.intermediate[max(r.intermediate)] for r in rows]
+    ax.scatter([x(r) for r in rows], ys, marker="x", color="#aaa", label=label)
 
 
 def _baseline_lines(ax: Axes, summary: Summary) -> None:
@@ -132,8 +134,7 @@ def plot_history(study: optuna.Study, summary: Summary, path: Path) -> str | Non
             ax = plt.subplots()[1]
             ax.set_xlabel("Trial")
         if pruned:
-            xs, ys = [r.number for r in pruned], [_last_value(r) for r in pruned]
-            ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last epoch)")
+            _mark_pruned(ax, pruned, lambda r: r.number, "pruned (last epoch)")
         _baseline_lines(ax, summary)
         low, high = zoom_band(summary)
         if low is not None and high is not None:
@@ -230,8 +231,7 @@ def plot_param(study: optuna.Study, summary: Summary, name: str, path: Path) -> 
         # Pruned trials show where the search gave up, which the completed ones alone hide.
         pruned = [r for r in _pruned(summary) if name in r.params]
         if pruned:
-            xs, ys = [on_x(r.params[name]) for r in pruned], [_last_value(r) for r in pruned]
-            ax.scatter(xs, ys, marker="x", color="#aaa", label="pruned (last value)")
+            _mark_pruned(ax, pruned, lambda r: on_x(r.params[name]), "pruned (last value)")
         ax.autoscale(axis="x")  # pruned trials may lie outside the completed ones' range
         for label, row in (("best", summary.best), ("tutorial", summary.tutorial)):
             if row is not None and row.value is not None and name in row.params:
@@ -377,10 +377,7 @@ def plot_confirmed_front(summary: Summary, path: Path) -> str | None:
         if min(p.costs[cost] for p in kd) > 0:
             ax.set_xscale("log")
         ax.set_xlabel(cost)
-        ax.set_ylabel("test acc (%), mean and 95 % CI")
-        ax.set_title("Confirmed front")
-        ax.legend(fontsize=7, loc="best")
-        _save(ax.figure, path)
+        _finish(ax, "Confirmed front", path, ylabel="test acc (%), mean and 95 % CI")
     return None
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.formatting import accuracy, fmt, pct, points, seconds
-from kdsweep.core.values import finite_number
+from kdsweep.core.values import finite_number as finite
 from kdsweep.results.confirmed import Confirmed, confirmed_headline, confirmed_summary, parts_text
 from kdsweep.results.front import ConfirmedFront, confirmed_front, front_headline
 from kdsweep.sweep.arms import ranked_trials
@@ -90,14 +90,6 @@ class Summary:
 # --------------------------------------------------------------------------- data
 
 
-finite = finite_number  # the report's name for it
-
-
-def _objective(trial: optuna.trial.FrozenTrial) -> float | None:
-    values = trial.values
-    return finite(values[0]) if values else None
-
-
 def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     attrs = trial.user_attrs
     metrics = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
@@ -120,9 +112,11 @@ def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
         note = f"pruned after epoch {last_epoch}" if last_epoch is not None else "pruned"
     elif state == "RUNNING":
         note = f"running, epoch {last_epoch}" if last_epoch is not None else "running"
-    value = _objective(trial) if state == "COMPLETE" else None
-    if value is None and state == "COMPLETE":
-        value = finite(metrics.get("objective"))
+    value = None
+    if state == "COMPLETE":
+        value = finite(trial.values[0]) if trial.values else None
+        if value is None:
+            value = finite(metrics.get("objective"))
     run_id = attrs.get("mlflow_run_id")
     return TrialRow(
         number=trial.number,
@@ -263,9 +257,9 @@ def headline(summary: Summary) -> str:
     best = summary.best
     if best is None:
         return f"No completed trial yet: {state_line(summary)}."
-    n = sum(1 for r in summary.rows if r.state == "COMPLETE")
     text = (
-        f"Search only, not confirmed (one seed, best of {n} on val: optimistically"
+        f"Search only, not confirmed (one seed, best of {summary.counts['COMPLETE']} on val:"
+        " optimistically"
         f" biased). Best trial #{best.number}: {pct(best.value)} val"
     )
     if best.test_acc is not None:
