@@ -1,6 +1,6 @@
 """The multirun report of a sweep, rebuilt from the stored Optuna study alone (no training).
 
-This package re-exports the public names of the report and of what it reads:
+This package re-exports what its callers use: the summary, its first sentences, the files:
 
 - :mod:`kdsweep.results.summary` reads the study into a :class:`Summary` and words it;
 - :mod:`kdsweep.results.confirmed` (with :mod:`kdsweep.core.stats`): the confirmation
@@ -20,37 +20,13 @@ them may be missing.
 
 from __future__ import annotations
 
-from kdsweep.core.formatting import DASH
-from kdsweep.report.render import (
-    FIXED_PNGS,
-    report_dir_for,
-    write_report,
-    write_report_files,
-)
-from kdsweep.results.summary import (
-    PARAM_ORDER,
-    STATES,
-    Summary,
-    TrialRow,
-    comparison,
-    headline,
-    lead,
-    state_line,
-    summarize,
-)
+from kdsweep.report.render import report_dir_for, write_report, write_report_files
+from kdsweep.results.summary import headline, lead, summarize
 
 __all__ = [
-    "DASH",
-    "FIXED_PNGS",
-    "PARAM_ORDER",
-    "STATES",
-    "Summary",
-    "TrialRow",
-    "comparison",
     "headline",
     "lead",
     "report_dir_for",
-    "state_line",
     "summarize",
     "write_report",
     "write_report_files",

@@ -334,27 +334,18 @@ def plot_confirmed_front(summary: Summary, path: Path) -> str | None:
     with _pyplot() as plt:
         ax = plt.subplots(figsize=(7, 4.5))[1]
 
-        def curve(points: list, stats_of: Callable, label: str, style: dict) -> None:
+        def curve(points: list, arms: list, label: str, **style: Any) -> None:
             xs = [p.costs[cost] for p in points]
-            stats = [stats_of(p) for p in points]
+            stats = [arm.test_stats for arm in arms]
             ys = [s.mean for s in stats]
             errors = [0.0 if s.n < 2 else s.half_width for s in stats]
             ax.errorbar(xs, ys, yerr=errors, capsize=3, label=label, **style)
 
-        curve(
-            kd,
-            lambda p: p.kd.test_stats,
-            "with the teacher (KD)",
-            {"color": "#3a7d44", "marker": "o"},
-        )
+        curve(kd, [p.kd for p in kd], "with the teacher (KD)", color="#3a7d44", marker="o")
         without = [p for p in kd if p.ablation is not None and p.ablation.test]
         if without:
-            curve(
-                without,
-                lambda p: p.ablation.test_stats,
-                "same student, no teacher (CE)",
-                {"color": "#777", "marker": "s", "ls": "--"},
-            )
+            arms = [p.ablation for p in without]
+            curve(without, arms, "same student, no teacher (CE)", color="#777", marker="s", ls="--")
         dominated = [p for p in kd if p.dominated]
         if dominated:
             ax.scatter(
