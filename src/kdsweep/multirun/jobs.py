@@ -36,9 +36,7 @@ class Job:
 
     @property
     def run_name(self) -> str | None:
-        name = self.record.get("run_name") or as_mapping(self.record.get("tags")).get(
-            "mlflow.runName"
-        )
+        name = self.record.get("run_name")
         return str(name) if name else None
 
     @property
