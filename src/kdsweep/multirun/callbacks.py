@@ -1,12 +1,12 @@
 """Hydra callbacks that end a plain multirun with a table, read from each job's results.json
-(kdsweep.tracking.RunTracker writes it whether or not MLflow tracks the run), so they work
+(kdsweep.run.tracking.RunTracker writes it whether or not MLflow tracks the run), so they work
 with any launcher, including ones that run the jobs in other processes.
 
 - TutorialTable ends ``kdsweep -m 'experiment=glob(tutorial_*)'`` with the PyTorch KD
   tutorial's comparison table, beside the tutorial's published CIFAR-10 figures.
 - SeedsTable ends a multirun over seeds (``kdsweep -m trainer.seed=range(5) loss=kd,ce``)
   with each configuration's mean and 95 % interval over its seeds and, with two or more
-  configurations, the paired difference of each against a baseline (kdsweep.seeds_table).
+  configurations, the paired difference of each against a baseline (kdsweep.multirun.seeds_table).
 
 Neither acts on kdsweep's own sweeps (they end with their report), and neither may crash a
 multirun: a job whose files cannot be read is logged and left out.

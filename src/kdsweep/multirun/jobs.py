@@ -1,5 +1,5 @@
 """The jobs of a plain multirun, read back from their output folders: each job's
-results.json (kdsweep.tracking.RunTracker writes it whether or not MLflow tracks the run)
+results.json (kdsweep.run.tracking.RunTracker writes it whether or not MLflow tracks the run)
 and its ``.hydra/overrides.yaml``, so any launcher works, including ones that run the jobs
 in other processes. A job whose files cannot be read is logged and left out.
 """

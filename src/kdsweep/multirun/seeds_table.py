@@ -1,7 +1,7 @@
 """The seeds table: a plain multirun over seeds (``kdsweep -m trainer.seed=range(5)
 loss=kd,ce``) summed up as each configuration's mean and 95 % interval over its seeds and,
 with two or more configurations, the paired difference of each against a baseline
-(kdsweep.report.stats). Written by the SeedsTable callback (kdsweep.callbacks)."""
+(kdsweep.core.stats). Written by the SeedsTable callback (kdsweep.multirun.callbacks)."""
 
 from __future__ import annotations
 

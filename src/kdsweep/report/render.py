@@ -14,7 +14,7 @@ CSV, and the plots; and name the folder a study's report goes to.
 
 The pages are rendered from ``templates/index.html.j2`` (autoescaped) and
 ``templates/report.md.j2`` (every interpolated cell goes through the ``md`` filter,
-:func:`md_cell`). :mod:`kdsweep.report.summary` reads the study and words the report,
+:func:`md_cell`). :mod:`kdsweep.results.summary` reads the study and words the report,
 :mod:`kdsweep.report.plots` draws the figures. Every file is written atomically.
 """
 
@@ -99,7 +99,7 @@ def _templates() -> jinja2.Environment:
 def _context(
     summary: Summary, plots: list[tuple[str, str]], notes: list[str], storage: str | None
 ) -> dict[str, Any]:
-    """What both templates show; all wording comes from :mod:`kdsweep.report.summary`."""
+    """What both templates show; all wording comes from :mod:`kdsweep.results.summary`."""
     head, body = trial_table(summary)
     rows = []
     for row, cells in zip(summary.rows, body, strict=True):
@@ -166,7 +166,7 @@ def _csv(summary: Summary) -> str:
 # A study name is user input: as a folder name it must stay one harmless path component.
 def report_dir_for(root: str | Path, study_name: str) -> Path:
     """The report folder of ``study_name``: one path component directly inside ``root``
-    (:func:`kdsweep.files.safe_name`). ``/home/me/.ssh``, ``..`` or ``a/../../b`` must
+    (:func:`kdsweep.core.files.safe_name`). ``/home/me/.ssh``, ``..`` or ``a/../../b`` must
     never name a folder outside ``root``: the sweep uploads its report folder to MLflow."""
     folder = Path(root) / safe_name(study_name)
     # Belt and braces: the name cannot climb out, and this proves it.

@@ -3,7 +3,7 @@
 ``summarize(study)`` turns the stored Optuna study into a :class:`Summary` (one
 :class:`TrialRow` per trial, the best trial, the tutorial-default trial, the baselines);
 ``headline``, ``state_line``, ``comparison`` and ``trial_table`` turn it into the text both
-the HTML and the Markdown report show (numbers written by kdsweep.formatting). See
+the HTML and the Markdown report show (numbers written by kdsweep.core.formatting). See
 :mod:`kdsweep.report` for the attributes read from the study; every one of them may be
 missing.
 """
