@@ -106,7 +106,7 @@ def confirmed_front(
             continue
         trial = by_number[arm.trial]
         ablation = confirmed.arm(FRONT_ABLATION_PREFIX + arm.key[len(FRONT_PREFIX) :])
-        gain = arm.diff(ablation, "test") if ablation is not None else None
+        gain = arm.diffs.get("ablation")  # kd - ablation, paired by confirmed_summary
         costs = trial_costs(study, trial) if trial.values else {}
         points.append(ConfirmedPoint(trial.number, arm.key, arm.label, costs, arm, ablation, gain))
     if not points:
