@@ -21,7 +21,8 @@ import numpy as np
 
 from kdsweep.core.errors import one_line
 from kdsweep.core.files import atomic_save_figure
-from kdsweep.results.summary import Summary, TrialRow, finite
+from kdsweep.core.values import finite_number
+from kdsweep.results.summary import Summary, TrialRow
 from kdsweep.sweep.arms import cost_names
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def plot_param(study: optuna.Study, summary: Summary, name: str, path: Path) -> 
 
 
 def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    pairs = [(finite(h.get("epoch")), finite(h.get(key))) for h in history]
+    pairs = [(finite_number(h.get("epoch")), finite_number(h.get(key))) for h in history]
     kept = [(x, y) for x, y in pairs if x is not None and y is not None]
     return [x for x, _ in kept], [y for _, y in kept]
 

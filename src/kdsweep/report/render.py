@@ -35,6 +35,7 @@ from kdsweep.core.files import atomic_write_text, safe_name
 from kdsweep.core.formatting import fmt, pct, points
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.signals import check_interrupt
+from kdsweep.core.values import finite_number
 from kdsweep.report.plots import (
     param_file,
     plot_all_curves,
@@ -51,7 +52,6 @@ from kdsweep.results.summary import (
     Summary,
     best_params,
     comparison,
-    finite,
     headline,
     lead,
     state_line,
@@ -154,7 +154,7 @@ def _csv(summary: Summary) -> str:
             "mlflow_run_id": r.mlflow_run_id,
             "note": r.note,
         }
-        values.update({k: finite(r.metrics.get(k)) for k in metric_keys})
+        values.update({k: finite_number(r.metrics.get(k)) for k in metric_keys})
         values.update(r.params)
         writer.writerow(["" if values.get(k) is None else values[k] for k in head])
     return buffer.getvalue()
