@@ -3,6 +3,7 @@ sweeper settings, trial ids and a job's outcome."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,26 @@ def test_job_outcome() -> None:
     failed.return_value = ValueError("temperature must be > 0")
     value, error = job_outcome(failed)
     assert value is None and isinstance(error, ValueError)
+
+
+def test_the_parent_run_records_every_setting_of_the_sweep(tmp_path: Path) -> None:
+    """A sweep described by more than the 100 params an MLflow batch holds keeps them all
+    on its parent run (it kept the first 100 and dropped the rest, silently)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from kdsweep.sweep.parent_run import ParentRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = optuna.create_study(study_name="s")
+    space = {f"loss.w{i:03d}": f"interval(0, {i + 1})" for i in range(150)}
+    description = {"study_name": "s", "search_space": space, "sampler": "TPE", "n_trials": 3}
+    config = OmegaConf.create({"tracking": {"uri": uri}})
+    parent = ParentRun.for_study(study, config, description, contextlib.nullcontext)
+    params = MlflowClient(uri).get_run(parent.run_id).data.params
+    assert len([k for k in params if k.startswith("search_space.")]) == 150
+    assert params["search_space.loss.w149"] == "interval(0, 150)"
 
 
 def test_the_parent_run_uploads_only_finished_report_files(tmp_path: Path, caplog) -> None:

@@ -128,7 +128,7 @@ def _open_parent(study: optuna.Study, conf: TrackingConf, description: dict[str,
         from mlflow.entities import Param
 
         params = [Param(k, str(v)) for k, v in flatten(description).items()]
-        client.log_batch(run_id, params=params[:100])
+        client.log_batch(run_id, params=params)  # MLflow's client sends 100 at a time
         study.set_user_attr("mlflow_parent_run_id", run_id)
     else:
         client.update_run(run_id, status="RUNNING")
