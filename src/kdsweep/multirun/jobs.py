@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdsweep.core.errors import first_line
 from kdsweep.core.values import finite_number
 
 log = logging.getLogger("kdsweep")
@@ -121,7 +122,7 @@ def collect_jobs(sweep_dir: Path, since: float | None = None) -> list[Job]:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
-            log.warning("multirun table: skipping %s (%s)", path, str(exc).splitlines()[0])
+            log.warning("multirun table: skipping %s (%s)", path, first_line(exc))
             continue
         overrides: list[str] | None = None
         overrides_file = path.parent / ".hydra" / "overrides.yaml"

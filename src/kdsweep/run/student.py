@@ -243,7 +243,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "torch.load(weights_only=True) refused it" if "eights" in str(exc) else first_line(exc)
         )
         raise CheckpointError(
-            f"{path} is corrupt or not a state_dict saved by torch.save ({reason[:120]})"
+            f"{path} is corrupt or not a state_dict saved by torch.save ({reason})"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state_dict (a dict of tensors)")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
-from kdsweep.core.errors import KdsweepError
+from kdsweep.core.errors import KdsweepError, first_line
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.core.stores import storage_file
 from kdsweep.sweep.worker_slots import AUTO
@@ -368,7 +368,7 @@ def search_space(params: Mapping[str, Any], arguments: list[str]) -> SearchSpace
         space, fixed, fixed_overrides = _parse_overrides(sweeper_params + arguments)
     except ValueError as exc:  # an empty or reversed range, log of a range through 0...
         raise KdsweepError(
-            f"search space: {str(exc).splitlines()[0]}: give each interval/range low < high"
+            f"search space: {first_line(exc)}: give each interval/range low < high"
             " (and low > 0 under tag(log, ...)) in hydra.sweeper.params or the command line"
         ) from None
     for name, dist in space.items():
