@@ -15,10 +15,16 @@ from kdsweep.config.folder import config_dir
 TARGETS = {"loss": "loss._target_", "teacher": "teacher.model._target_", "model": "model._target_"}
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override names: 'trainer.seed=3', '+trainer.seed=3',
+    '~trainer.seed' -> 'trainer.seed'."""
+    return override.lstrip("+~").partition("=")[0]
+
+
 def _replaced(config: DictConfig) -> set[str]:
     """The parts whose _target_ the command line replaced."""
     task = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-    keys = {str(o).partition("=")[0].lstrip("+") for o in task}
+    keys = {override_key(str(o)) for o in task}
     return {part for part, key in TARGETS.items() if key in keys}
 
 

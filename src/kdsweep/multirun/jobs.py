@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdsweep.config.parts import override_key
 from kdsweep.core.errors import first_line
 from kdsweep.core.values import finite_number
 
@@ -89,11 +90,6 @@ def objective_acc(metrics: Mapping[str, Any]) -> float | None:
     weights test_acc measured."""
     value = finite_number(metrics.get("objective"))
     return value if value is not None else finite_number(metrics.get("best_val_acc"))
-
-
-def override_key(override: str) -> str:
-    """'trainer.seed=3' / '+trainer.seed=3' / '~trainer.seed' -> 'trainer.seed'."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _job_order(directory: Path) -> tuple[int, float, str]:

@@ -10,9 +10,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kdsweep.config.parts import override_key
 from kdsweep.core.formatting import DASH, mean_ci, p_value
 from kdsweep.core.stats import SeededArm, verdict
-from kdsweep.multirun.jobs import SEED_KEY, Job, override_key
+from kdsweep.multirun.jobs import SEED_KEY, Job
 
 log = logging.getLogger("kdsweep")
 

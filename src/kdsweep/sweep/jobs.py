@@ -15,6 +15,7 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
+from kdsweep.config.parts import override_key
 from kdsweep.core.signals import check_interrupt
 from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
 
@@ -50,7 +51,7 @@ class Spec:
 def sets_loss(override: str) -> bool:
     """Whether an override picks or sets the loss (loss=ce, loss.temperature=4,
     +loss.x=1, ~loss.x)."""
-    key = override.lstrip("+~").partition("=")[0]
+    key = override_key(override)
     return key == "loss" or key.startswith("loss.")
 
 

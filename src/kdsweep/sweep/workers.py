@@ -36,6 +36,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from kdsweep.config.parts import override_key
 from kdsweep.core.errors import CommandFailed, Interrupted
 from kdsweep.core.signals import check_interrupt, cooperative, interruptible
 from kdsweep.sweep.arms import describe_params
@@ -93,10 +94,6 @@ def end_with_the_command() -> None:
 def finished_by_the_command(*_args: Any, **_kwargs: Any) -> None:
     """A worker's end of its sweep (its ``Finish``): nothing; the report, the registration
     and the parent run's end are its command's."""
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").partition("=")[0]
 
 
 def machine_gpus(device: str) -> list[str]:
@@ -199,7 +196,7 @@ class Workers:
         own_threads = self.threads > 0
         replaced = _REPLACED if own_threads else (*_REPLACED, "trainer.threads")
         given = [*hydra.overrides.hydra, *hydra.overrides.task]
-        args = ["-m", *(o for o in given if _key(str(o)) not in replaced)]
+        args = ["-m", *(o for o in given if override_key(str(o)) not in replaced)]
         args += [
             "hydra.sweeper.workers=1",
             f"hydra.sweep.dir={self.sweep_dir}",
