@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from kdsweep.core.cache import cached_artifact
-from kdsweep.core.files import atomic_write, stable_hash
+from kdsweep.core.files import atomic_write, file_hash, stable_hash
 from kdsweep.core.integrity import content_digest
 from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
@@ -108,11 +108,7 @@ def _cached_rows(
         and this teacher's output shape."""
         if header["shape"] != shape:
             raise ValueError(f"outputs of shape {header['shape']}, this teacher gives {shape}")
-        digest = hashlib.sha256()
-        with rows.open("rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-        if digest.hexdigest() != header["rows_sha256"]:
+        if file_hash(rows, length=64) != header["rows_sha256"]:
             raise ValueError(f"{rows.name} does not match its checksum")
         size = math.prod(shape)
         return torch.from_file(str(rows), shared=False, size=size, dtype=torch.float32).view(shape)
