@@ -26,9 +26,13 @@ class TeacherSource:
     def for_batch(
         self, index: torch.Tensor, inputs: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The teacher's logits and hidden vector for the batch ``inputs`` (rows ``index``
+        of its split), on the inputs' device: a memory-mapped cache serves them on the CPU."""
         if self.model is None:
-            logits = None if self.logits is None else self.logits.index_select(0, index)
-            hidden = None if self.hidden is None else self.hidden.index_select(0, index)
+            logits, hidden = (
+                None if t is None else t.index_select(0, index).to(inputs.device, non_blocking=True)
+                for t in (self.logits, self.hidden)
+            )
             return logits, hidden
         with torch.no_grad():
             logits, hidden = self.model.forward_with_hidden(inputs)

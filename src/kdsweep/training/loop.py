@@ -96,16 +96,6 @@ def _batches(
             yield index, images.index_select(0, index)
 
 
-def _on(device: torch.device, taught: Taught) -> Taught:
-    """The teacher's outputs on ``device``: a memory-mapped cache serves them on the CPU."""
-    logits, hidden, maps = taught
-    return (
-        None if logits is None else logits.to(device, non_blocking=True),
-        None if hidden is None else hidden.to(device, non_blocking=True),
-        maps,
-    )
-
-
 def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - context manager
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -141,7 +131,7 @@ def evaluate(
         with _autocast(device, precision):
             student = forward(x)
         taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
-        out = objective(step_inputs(y, student, _on(device, taught), epoch))
+        out = objective(step_inputs(y, student, taught, epoch))
         loss_sum += out.total * len(y)
         correct += (student[0].argmax(dim=1) == y).sum()
     model.train(was_training)
@@ -175,7 +165,7 @@ class TrainStep:
         with _autocast(device, self.precision):
             student = self.forward(x)
         try:
-            out = self.objective(step_inputs(y, student, _on(device, taught), epoch))
+            out = self.objective(step_inputs(y, student, taught, epoch))
         except ArithmeticError as exc:  # Python arithmetic on a setting (tau**2 at 1e200)
             raise NonFiniteLossError(
                 f"the loss overflows ({type(exc).__name__}) in epoch {epoch}: check the"
