@@ -104,13 +104,18 @@ def _load_weights(model: FeatureNet, state: Any, path: Path) -> None:
         ) from exc
 
 
-def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
-    expected = {
+def _made_for(settings: Settings, data: TensorSplits) -> dict[str, Any]:
+    """What a kdsweep checkpoint records of the network it holds (the network's target and
+    arguments: plain values, as weights_only loading refuses anything else)."""
+    return {
         "architecture": settings.teacher_model.identity(),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
     }
-    for key, value in expected.items():
+
+
+def _check_payload(payload: Any, path: Path, settings: Settings, data: TensorSplits) -> None:
+    for key, value in _made_for(settings, data).items():
         if payload.get(key) != value:
             raise CheckpointError(
                 f"teacher checkpoint {path} has {key}={payload.get(key)}, this run needs {value}:"
@@ -304,11 +309,7 @@ def _cached_teacher(settings: Settings, data: TensorSplits, device: torch.device
         model, metrics = _train_teacher(settings, data, device)
         return {
             "format": CHECKPOINT_FORMAT,
-            # The network's target and arguments (plain values: weights_only loading
-            # refuses anything else).
-            "architecture": settings.teacher_model.identity(),
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
+            **_made_for(settings, data),
             "data_fingerprint": data.fingerprint,
             "metrics": metrics,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
