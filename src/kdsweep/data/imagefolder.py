@@ -411,19 +411,20 @@ def load_imagefolder_splits(conf: ImageFolderData) -> TensorSplits:
     given = {split: _given(root / split) for split in ("val", "test")}
     parts: dict[str, tuple[Any, np.ndarray]] = {}
     folders = []  # val/ and test/, where given
+
+    def own_folder(split: str) -> tuple[Any, np.ndarray]:
+        folder = _folder(root / split, plain)
+        _same_classes(train_folder, folder, split)
+        folders.append(folder)
+        return _subset(folder, np.arange(len(folder)))
+
     if given["test"]:
-        test_folder = _folder(root / "test", plain)
-        _same_classes(train_folder, test_folder, "test")
-        folders.append(test_folder)
-        parts["test"] = _subset(test_folder, np.arange(len(test_folder)))
+        parts["test"] = own_folder("test")
     else:
         every, held = _split(len(every), conf.test_fraction, TEST_SEED)
         parts["test"] = _subset(train_folder, held)
     if given["val"]:
-        val_folder = _folder(root / "val", plain)
-        _same_classes(train_folder, val_folder, "val")
-        folders.append(val_folder)
-        parts["val"] = _subset(val_folder, np.arange(len(val_folder)))
+        parts["val"] = own_folder("val")
     else:
         try:
             conf.check_split(len(every))
