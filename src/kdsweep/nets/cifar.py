@@ -15,6 +15,8 @@ names are the reference's too, so a RepDistiller state_dict (e.g. a pretrained t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -216,37 +218,23 @@ X4_FILTERS = (32, 64, 128, 256)
 # WRN-40-2 2.26M (teacher).
 
 
-def resnet8x4(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    returns_hidden: bool = False,
-    width: float = 1.0,
-) -> CifarResNet:
-    return CifarResNet(8, X4_FILTERS, input_shape, num_classes, returns_hidden, width)
+def _builder(name: str, net: Callable[..., FeatureNet], *spec: object) -> Callable[..., FeatureNet]:
+    """The builder conf/model and conf/teacher name as ``kdsweep.nets.<name>``: ``net`` with
+    its published ``spec`` (depth, then filters or widen factor)."""
+
+    def build(
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        returns_hidden: bool = False,
+        width: float = 1.0,
+    ) -> FeatureNet:
+        return net(*spec, input_shape, num_classes, returns_hidden, width)
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
-def resnet32x4(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    returns_hidden: bool = False,
-    width: float = 1.0,
-) -> CifarResNet:
-    return CifarResNet(32, X4_FILTERS, input_shape, num_classes, returns_hidden, width)
-
-
-def wrn_16_2(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    returns_hidden: bool = False,
-    width: float = 1.0,
-) -> WideResNet:
-    return WideResNet(16, 2, input_shape, num_classes, returns_hidden, width)
-
-
-def wrn_40_2(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    returns_hidden: bool = False,
-    width: float = 1.0,
-) -> WideResNet:
-    return WideResNet(40, 2, input_shape, num_classes, returns_hidden, width)
+resnet8x4 = _builder("resnet8x4", CifarResNet, 8, X4_FILTERS)
+resnet32x4 = _builder("resnet32x4", CifarResNet, 32, X4_FILTERS)
+wrn_16_2 = _builder("wrn_16_2", WideResNet, 16, 2)
+wrn_40_2 = _builder("wrn_40_2", WideResNet, 40, 2)
