@@ -20,10 +20,6 @@ from kdsweep.nets.feature import FeatureNet
 from kdsweep.nets.width import scaled
 
 
-def _conv(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU()]
-
-
 class SeedNet(FeatureNet):
     """Conv features -> flatten -> MLP classifier, the shape of both seed networks. Its
     stages end at its two max-pools."""
@@ -95,7 +91,7 @@ def _seed_net(
             layers.append(nn.MaxPool2d(2, 2))
         else:
             out = widths.pop(0)
-            layers += _conv(channels, out)
+            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.ReLU()]
             channels = out
     features = nn.Sequential(*layers)
     return SeedNet(
