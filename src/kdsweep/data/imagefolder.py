@@ -440,19 +440,14 @@ def load_imagefolder_splits(conf: ImageFolderData) -> TensorSplits:
         parts["train"] = _subset(copy.copy(train_folder), every)
         parts["train"][0].dataset.transform = augmented
 
-    def split(name: str) -> tuple[ImageSplit, torch.Tensor]:
-        subset, labels = parts[name]
-        images = ImageSplit(subset, tuple(mean), tuple(std), digests[name], conf.workers)
-        return images, torch.from_numpy(labels.astype(np.int64))
-
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = map(split, ("train", "val", "test"))
+    splits: dict[str, Any] = {}
+    for name, (subset, labels) in parts.items():
+        splits[f"{name}_x"] = ImageSplit(
+            subset, tuple(mean), tuple(std), digests[name], conf.workers
+        )
+        splits[f"{name}_y"] = torch.from_numpy(labels.astype(np.int64))
     return TensorSplits(
-        train_x=train_x,  # type: ignore[arg-type]
-        train_y=train_y,
-        val_x=val_x,  # type: ignore[arg-type]
-        val_y=val_y,
-        test_x=test_x,  # type: ignore[arg-type]
-        test_y=test_y,
+        **splits,
         num_classes=len(train_folder.classes),
         fingerprint=fingerprint,
         input_mean=tuple(mean),
