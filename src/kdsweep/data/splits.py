@@ -14,7 +14,6 @@ tensors are made, so a config is checked without it.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     import torch
 
     from kdsweep.data.streamed import ImageSplit
-
-log = logging.getLogger(__name__)
 
 # Colour images that random crop + flip make sense for.
 AUGMENTABLE = ("cifar10", "cifar100", "synthetic", "imagefolder")
