@@ -28,7 +28,7 @@ import numpy as np
 from kdsweep.core.cache import cached_artifact
 from kdsweep.core.errors import DataError, first_line
 from kdsweep.core.files import stable_hash
-from kdsweep.data.splits import DataSet, TensorSplits, _split
+from kdsweep.data.splits import TEST_SEED, DataSet, TensorSplits, _split
 from kdsweep.data.streamed import ImageSplit
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# digits' fixed test seed too: the test split never moves with data.split_seed.
-TEST_SEED = 12345
 HOW_TO_PROVIDE = "a folder holding train/<class>/<images> (val/ and test/ alike, optional)"
 
 

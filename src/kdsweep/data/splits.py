@@ -33,6 +33,9 @@ DIGITS_IMAGES = 1797
 MAX_SEED = 2**32 - 1
 # The label of a training image whose label is hidden (the losses treat any label < 0 so).
 UNLABELLED = -1
+# The seed of a test split held out of the training images (digits', an image folder's
+# without test/): the test split never moves with data.split_seed, which reshuffles val.
+TEST_SEED = 12345
 # Mixed into split_seed so that which labels are kept is not tied to which images are val.
 LABELS_STREAM = 20
 
@@ -267,8 +270,7 @@ def load_digits_splits(conf: DigitsData) -> TensorSplits:
     bunch = load_digits()
     images = bunch.images.reshape(-1, 1, 8, 8).astype(np.float32)
     targets = bunch.target
-    # Fixed seed for the test split: changing split_seed reshuffles val, never test.
-    train_idx, test_idx = _split(len(images), conf.test_fraction, seed=12345)
+    train_idx, test_idx = _split(len(images), conf.test_fraction, seed=TEST_SEED)
     return assemble(
         images[train_idx], targets[train_idx], images[test_idx], targets[test_idx], conf, 10
     )
