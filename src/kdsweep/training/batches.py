@@ -3,14 +3,37 @@ from a cache or computed live), the student's forward pass, and the StepInputs t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from kdsweep.core.signals import check_interrupt
+from kdsweep.data import ImageSplit
 from kdsweep.losses import StepInputs
 from kdsweep.nets import as_feature_net, pool_hidden
+
+Images = torch.Tensor | ImageSplit
+
+
+def batches_of(
+    images: Images, batch_size: int, order: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(sample indices, images) per batch in ``order`` (None: as stored): indexed from an
+    in-memory tensor, or streamed through a split's DataLoader: every pass over a split
+    (training, evaluation, the teacher's cached outputs) goes through here."""
+    if isinstance(images, ImageSplit):
+        yield from images.batches(batch_size, order)
+        return
+    for start in range(0, len(images), batch_size):
+        check_interrupt()  # a signal stops the loop between two batches
+        if order is None:  # a view, no copy
+            stop = min(start + batch_size, len(images))
+            yield torch.arange(start, stop, device=images.device), images[start:stop]
+        else:
+            index = order[start : start + batch_size]
+            yield index, images.index_select(0, index)
 
 
 @dataclass

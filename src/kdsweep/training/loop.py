@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -23,10 +23,8 @@ from torch import nn
 from kdsweep.config.schema import TrainerConf
 from kdsweep.config.targets import Target
 from kdsweep.core.errors import NonFiniteLossError
-from kdsweep.core.signals import check_interrupt
-from kdsweep.data import ImageSplit
 from kdsweep.losses import LossOutput, Objective
-from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
+from kdsweep.training.batches import Images, TeacherSource, batches_of, step_inputs, student_forward
 from kdsweep.training.optim import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -74,26 +72,7 @@ class FitResult:
 
 EpochCallback = Callable[[EpochRecord], None]
 Augment = Callable[[torch.Tensor], torch.Tensor]
-Images = torch.Tensor | ImageSplit
 Taught = tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]
-
-
-def _batches(
-    images: Images, batch_size: int, order: torch.Tensor | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(sample indices, images) per batch in ``order`` (None: as stored): indexed from an
-    in-memory tensor, or streamed through a split's DataLoader."""
-    if isinstance(images, ImageSplit):
-        yield from images.batches(batch_size, order)
-        return
-    for start in range(0, len(images), batch_size):
-        check_interrupt()  # a signal stops the loop between two batches
-        if order is None:  # a view, no copy
-            stop = min(start + batch_size, len(images))
-            yield torch.arange(start, stop, device=images.device), images[start:stop]
-        else:
-            index = order[start : start + batch_size]
-            yield index, images.index_select(0, index)
 
 
 def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - context manager
@@ -126,7 +105,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     forward = student_forward(model, objective.needs_student_features)
     teacher_maps = objective.needs_teacher_features
-    for index, x in _batches(inputs, batch_size):
+    for index, x in batches_of(inputs, batch_size):
         y = labels.index_select(0, index.to(device))
         with _autocast(device, precision):
             student = forward(x)
@@ -270,7 +249,7 @@ def fit(
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(n, device=device, generator=generator)
-        batches = _batches(train_x, batch, order)
+        batches = batches_of(train_x, batch, order)
         if show_bar:
             from tqdm.auto import tqdm
 

@@ -29,10 +29,9 @@ import torch
 from kdsweep.core.cache import cached_artifact
 from kdsweep.core.files import atomic_write, file_hash, stable_hash
 from kdsweep.core.integrity import content_digest
-from kdsweep.core.signals import check_interrupt
 from kdsweep.data import ImageSplit
 from kdsweep.nets import FeatureNet, pool_hidden
-from kdsweep.training.batches import TeacherSource
+from kdsweep.training.batches import TeacherSource, batches_of
 
 KINDS = ("logits", "hidden")
 # 256 images a batch, not more: DeepNN's first activations are 0.5 MB per 32x32 image,
@@ -126,12 +125,7 @@ def _output_batches(
     """The teacher's ``kind`` outputs on ``inputs``, in sample order, as float32 CPU
     batches."""
     model.eval()
-    if isinstance(inputs, ImageSplit):
-        images: Iterator[torch.Tensor] = (batch for _, batch in inputs.batches(BATCH))
-    else:
-        images = (inputs[start : start + BATCH] for start in range(0, len(inputs), BATCH))
-    for batch in images:
-        check_interrupt()  # a signal stops the pass between two batches
+    for _, batch in batches_of(inputs, BATCH):
         logits, hidden = model.forward_with_hidden(batch)
         yield (logits if kind == "logits" else hidden).float().cpu().contiguous()
 
