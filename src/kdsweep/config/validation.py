@@ -290,13 +290,18 @@ def _built(node: Any, group: str, allowed: tuple[str, ...]) -> Any:
     ) from error
 
 
+def plain_config(cfg: DictConfig, enum_to_str: bool = False) -> dict[str, Any]:
+    """The config as plain values, its interpolations resolved against the whole tree,
+    without the ``hydra`` node (Hydra's own, and half-filled inside a sweeper)."""
+    ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    return OmegaConf.to_container(ours, resolve=True, enum_to_str=enum_to_str)  # type: ignore[return-value]
+
+
 def validate(cfg: DictConfig) -> Settings:
     """Check the composed config once and return it typed. Raises ConfigError (one line)."""
     try:
         # Resolve interpolations against the whole tree before groups are checked alone.
-        # (The hydra node is Hydra's own, and half-filled inside a sweeper: leave it out.)
-        ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-        cfg = OmegaConf.create(OmegaConf.to_container(ours, resolve=True))
+        cfg = OmegaConf.create(plain_config(cfg))
     except OmegaConfBaseException as exc:
         raise ConfigError(first_line(exc)) from None
     for group in ("data", "model", "teacher", "loss", "optimizer", "trainer", "tracking"):

@@ -14,7 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdsweep.config.validation import Settings, allowed_targets, validate
+from kdsweep.config.validation import Settings, allowed_targets, plain_config, validate
 from kdsweep.core.errors import ConfigError, KdsweepError, first_line
 from kdsweep.sweep.settings import SearchSpace, SweepSettings, check_enqueued
 from kdsweep.sweep.studies import build_pruner, check_storage_kind
@@ -72,9 +72,7 @@ def _appended(name: str) -> bool:
 def _check_bounds(config: DictConfig, space: SearchSpace, groups: Any) -> None:
     """Each end of a searched range (and each choice) must be a valid setting:
     ``optimizer.lr=interval(0, 0.1)`` would fail the trials that draw near 0."""
-
-    ours = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    base = OmegaConf.to_container(ours, resolve=True)
+    base = plain_config(config)
     for name, dist in space.distributions.items():
         if name in groups:  # a config group (optimizer=choice(adam, sgd_nesterov))
             continue

@@ -25,9 +25,9 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from kdsweep.config.validation import validate
+from kdsweep.config.validation import plain_config, validate
 from kdsweep.core.errors import KdsweepError
 from kdsweep.core.secrets import mask_secrets
 from kdsweep.data import load_splits
@@ -68,9 +68,7 @@ def study_definition(
     config: DictConfig, search_space: Mapping[str, Any], sweeper: Mapping[str, Any]
 ) -> dict[str, str]:
     """The settings that define the study's objective, flat, as text (JSON-safe)."""
-    ours = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    resolved = OmegaConf.to_container(ours, resolve=True, enum_to_str=True)
-    flat = flatten(resolved)
+    flat = flatten(plain_config(config, enum_to_str=True))
     defining = {
         key: value
         for key, value in flat.items()
