@@ -260,6 +260,11 @@ def test_every_confirmed_point_is_a_registered_version_with_its_alias(tmp_path) 
         assert version.tags["cost.params"] == f"{point.costs['params']:g}"
         assert version.tags["confirmed.test_acc"].startswith(f"{point.kd.test_stats.mean:.2f} ±")
         assert "confirmed.teacher_gain" in version.tags
+        n = point.kd.test_stats.n
+        assert (
+            f"confirmed over {n} fresh seed(s): test acc {version.tags['confirmed.test_acc']} %"
+            in (version.description)
+        )
     assert client.get_model_version_by_alias("s-student", "front-3").tags["front.dominated"] == (
         "true"
     )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdsweep.core.files import safe_name
 from kdsweep.core.formatting import mean_ci
+from kdsweep.core.stats import SeededArm
 from kdsweep.core.stores import attempt
 from kdsweep.results.confirmed import ci, confirmed_headline, confirmed_summary
 from kdsweep.results.front import ConfirmedFront, ConfirmedPoint, confirmed_front, front_headline
@@ -168,11 +169,7 @@ def describe(
         lines.append("No confirmation stage: these figures are the search's own.")
     else:
         if arm is not None and arm.test_stats.n:
-            lines.append(
-                f"Confirmed over {arm.test_stats.n} fresh seed(s): test acc"
-                f" {mean_ci(arm.test_stats)} %, val acc {mean_ci(arm.val_stats)} %"
-                " (mean ± 95 % CI half-width)."
-            )
+            lines.append(f"Confirmed {_confirmed_over(arm)}.")
         lines.append(confirmed_headline(confirmed, parts))
     return "\n\n".join(lines)
 
@@ -223,9 +220,7 @@ def register_front(
         tags = version_tags(study_name, trial, run) | front_tags(point)
         description = (
             f"{point.alias} of study {study_name}: trial #{point.trial}"
-            f" ({describe_costs(point.costs)}), confirmed over {point.kd.test_stats.n} fresh"
-            f" seed(s): test acc {mean_ci(point.kd.test_stats)} %, val acc"
-            f" {mean_ci(point.kd.val_stats)} % (mean ± 95 % CI half-width)"
+            f" ({describe_costs(point.costs)}), confirmed {_confirmed_over(point.kd)}"
             + (" (dominated when confirmed)" if point.dominated else "")
             + f".\n\n{headline}"
         )
@@ -241,6 +236,14 @@ def register_front(
             client.delete_registered_model_alias(name, alias)
             log.info("registry: %s@%s removed: the confirmed front is shorter now", name, alias)
     return aliases
+
+
+def _confirmed_over(arm: SeededArm) -> str:
+    """ "over 5 fresh seed(s): test acc .. %, val acc .. % (mean ± 95 % CI half-width)"""
+    return (
+        f"over {arm.test_stats.n} fresh seed(s): test acc {mean_ci(arm.test_stats)} %,"
+        f" val acc {mean_ci(arm.val_stats)} % (mean ± 95 % CI half-width)"
+    )
 
 
 def front_tags(point: ConfirmedPoint) -> dict[str, str]:
