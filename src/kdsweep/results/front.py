@@ -34,6 +34,7 @@ from kdsweep.results.confirmed import (
 from kdsweep.sweep.arms import (
     FRONT_ABLATION_PREFIX,
     FRONT_PREFIX,
+    cost_amount,
     cost_names,
     describe_costs,
     front_trials,
@@ -168,8 +169,7 @@ def size_text(front: ConfirmedFront, point: ConfirmedPoint) -> str:
     value = point.costs.get(name)
     if value is None:
         return ""
-    amount = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-    text = f"{amount} {COST_WORDS.get(name, name)}"
+    text = f"{cost_amount(value)} {COST_WORDS.get(name, name)}"
     if name == "params" and front.teacher_params:
         share = 100 * value / front.teacher_params
         text += f" ({share:.3g} % of the teacher's {front.teacher_params:,.0f})"

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdsweep.config.validation import Settings, validate
 from kdsweep.data.splits import hide_labels
 from kdsweep.losses import CrossEntropy
-from kdsweep.nets import network_of
+from kdsweep.nets import count_parameters, network_of
 from kdsweep.nets.costs import measure_costs
 from kdsweep.run.plan import Plan, plan_run
 from kdsweep.run.tracking import RunTracker, flatten
@@ -142,7 +142,7 @@ def execute(plan: Plan, tracker: RunTracker, hooks: TrialHooks) -> RunResult:
         metrics.update(plan.teacher.metrics)
         # The teacher's size, what a student's is weighed against (a front's report). All
         # its parameters: a frozen teacher has none that train.
-        metrics["teacher_params"] = float(sum(p.numel() for p in plan.teacher.model.parameters()))
+        metrics["teacher_params"] = float(count_parameters(plan.teacher.model))
     tracker.log_metrics(metrics)
     # The tested weights, kept (trainer.save_model): MLflow model, state_dict, teacher tags.
     from kdsweep.run.student import record_student

@@ -143,12 +143,14 @@ def pick_front(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return [front[i] for i in sorted(picked)]
 
 
+def cost_amount(value: float) -> str:
+    """A cost as people read it: ``12,345`` from 100 up, ``0.21`` below."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def describe_costs(costs: dict[str, float]) -> str:
     """``params=12,345, latency_ms=0.21``: a point's costs, short."""
-    return ", ".join(
-        f"{name}={value:,.0f}" if abs(value) >= 100 else f"{name}={value:.3g}"
-        for name, value in costs.items()
-    )
+    return ", ".join(f"{name}={cost_amount(value)}" for name, value in costs.items())
 
 
 def plan_front_arms(study: optuna.Study, front_k: int) -> list[Arm]:
