@@ -59,3 +59,20 @@ def test_a_narrower_student_costs_less(target: str) -> None:
     assert narrow["params"] < full["params"] and narrow["macs"] < full["macs"]
     # about a quarter: the products between two scaled layers dominate
     assert narrow["macs"] < 0.4 * full["macs"]
+
+
+def test_an_evaluation_that_fails_leaves_the_network_in_training_mode() -> None:
+    """kdsweep.training.loop.evaluate puts the network back in the mode it found it in
+    (nets.eval_mode), also when the loss raises midway (it stayed in eval mode)."""
+    from kdsweep.losses import CrossEntropy
+    from kdsweep.training.loop import evaluate
+
+    class Failing(CrossEntropy):
+        def __call__(self, inputs: object) -> None:  # type: ignore[override]
+            raise RuntimeError("the loss fails")
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).train()
+    images, labels = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="the loss fails"):
+        evaluate(net, Failing(), images, labels, None, batch_size=2)
+    assert net.training

@@ -19,6 +19,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdsweep.core.errors import ConfigError
+from kdsweep.nets.feature import eval_mode
 
 # Timing one network stops after this much measuring (blocked_autorange's min_run_time;
 # a forward that takes longer is timed once or twice): a trial's measure stays under a
@@ -72,10 +73,5 @@ def measure_costs(
             f"unknown cost {unknown[0]!r}: the costs kdsweep measures are {', '.join(COSTS)}"
         )
     image = torch.zeros(1, *(int(d) for d in input_shape), device=device)
-    was_training = network.training
-    network.eval()  # no dropout, and BatchNorm's running statistics left as they are
-    try:
-        costs = {name: MEASURES[name](network, image) for name in which}
-    finally:
-        network.train(was_training)
-    return costs
+    with eval_mode(network):
+        return {name: MEASURES[name](network, image) for name in which}

@@ -16,7 +16,14 @@ from kdsweep.core.errors import ConfigError, first_line
 from kdsweep.core.stores import attempt
 from kdsweep.data import TensorSplits, load_splits
 from kdsweep.losses import Objective, Taps
-from kdsweep.nets import FeatureNet, as_feature_net, check_layers, hidden_pool_kernel, top_layers
+from kdsweep.nets import (
+    FeatureNet,
+    as_feature_net,
+    check_layers,
+    eval_mode,
+    hidden_pool_kernel,
+    top_layers,
+)
 from kdsweep.training.batches import TeacherSource, step_inputs, student_forward
 from kdsweep.training.devices import resolve_device
 from kdsweep.training.teacher import Teacher, prepare_teacher
@@ -165,10 +172,8 @@ def dry_step(
     if not any(p.requires_grad for p in student.parameters()):
         raise ConfigError(f"{what} has no trainable parameters: there is nothing to train")
     x, y = data.train_x[:2], data.train_y[:2]
-    was_training = student.training
-    student.eval()
     # The user's forward and loss: any error they raise is their reason.
-    try:
+    with eval_mode(student):
         outputs, error = attempt(
             lambda: student_forward(student, objective.needs_student_features)(x)
         )
@@ -198,14 +203,12 @@ def dry_step(
             objective(step_inputs(y, (logits, hidden, maps), (*taught, None), 1)).total.backward()
 
         _, error = attempt(step)
+        student.zero_grad(set_to_none=True)
         if error is not None:
             raise ConfigError(
                 f"loss={objective.name} fails on {what}'s outputs for two images"
                 f" ({type(error).__name__}: {first_line(error)})"
             ) from error
-    finally:
-        student.zero_grad(set_to_none=True)
-        student.train(was_training)
 
 
 def hooked(model: torch.nn.Module, taps: Taps, side: str, settings: Settings) -> FeatureNet:
@@ -236,11 +239,8 @@ def hooked(model: torch.nn.Module, taps: Taps, side: str, settings: Settings) ->
 @torch.no_grad()
 def hidden_width(net: FeatureNet, probe: torch.Tensor) -> int:
     """The width of ``net``'s hidden vector, read off one image in eval mode."""
-    was_training = net.training
-    net.eval()
-    width = int(net.forward_with_hidden(probe)[1].shape[1])
-    net.train(was_training)
-    return width
+    with eval_mode(net):
+        return int(net.forward_with_hidden(probe)[1].shape[1])
 
 
 @torch.no_grad()
@@ -251,10 +251,8 @@ def attach_loss(
     mode); it refuses pairs it cannot compare (one line, before any MLflow run) and
     returns the modules it trains with the student, on the student's device."""
     probe = data.train_x[:1]
-    was_training = student.training
-    student.eval()
-    student_maps = [tuple(m.shape[1:]) for m in student.forward_with_features(probe)[2]]
-    student.train(was_training)
+    with eval_mode(student):
+        student_maps = [tuple(m.shape[1:]) for m in student.forward_with_features(probe)[2]]
     teacher_maps = [tuple(m.shape[1:]) for m in teacher.forward_with_features(probe)[2]]
     try:
         modules = settings.loss.attach(student_maps, teacher_maps)

@@ -24,6 +24,7 @@ from kdsweep.config.schema import TrainerConf
 from kdsweep.config.targets import Target
 from kdsweep.core.errors import NonFiniteLossError
 from kdsweep.losses import LossOutput, Objective
+from kdsweep.nets import eval_mode
 from kdsweep.training.batches import Images, TeacherSource, batches_of, step_inputs, student_forward
 from kdsweep.training.optim import build_scheduler
 
@@ -98,22 +99,20 @@ def evaluate(
 ) -> tuple[float, float]:
     """(mean objective loss, accuracy in %) over a split, in eval mode; ``epoch`` is the
     training epoch it follows (losses with a warm-up weigh their terms by it)."""
-    was_training = model.training
-    model.eval()
     device = labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     forward = student_forward(model, objective.needs_student_features)
     teacher_maps = objective.needs_teacher_features
-    for index, x in batches_of(inputs, batch_size):
-        y = labels.index_select(0, index.to(device))
-        with _autocast(device, precision):
-            student = forward(x)
-        taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
-        out = objective(step_inputs(y, student, taught, epoch))
-        loss_sum += out.total * len(y)
-        correct += (student[0].argmax(dim=1) == y).sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for index, x in batches_of(inputs, batch_size):
+            y = labels.index_select(0, index.to(device))
+            with _autocast(device, precision):
+                student = forward(x)
+            taught = teacher.with_features(index, x, teacher_maps) if teacher else (None,) * 3
+            out = objective(step_inputs(y, student, taught, epoch))
+            loss_sum += out.total * len(y)
+            correct += (student[0].argmax(dim=1) == y).sum()
     return loss_sum.item() / len(inputs), 100.0 * correct.item() / len(inputs)
 
 
