@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from kdsweep.config.parts import override_key
 from kdsweep.core.signals import check_interrupt
-from kdsweep.sweep.studies import NOT_PLANNED, drop_queued, trial_id
+from kdsweep.sweep.studies import NOT_PLANNED, fail_trial, trial_id
 
 #: The sweep's study lock (kdsweep.sweep.studies.study_lock), taken as ``with lock():``.
 Lock = Callable[[], contextlib.AbstractContextManager[None]]
@@ -88,7 +88,7 @@ def drop_unplanned(
     dropped = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if not planned(trial):
-            drop_queued(storage, trial_id(storage, study_id, trial.number), NOT_PLANNED)
+            fail_trial(storage, trial_id(storage, study_id, trial.number), NOT_PLANNED)
             dropped += 1
             check_interrupt()
     return dropped

@@ -22,7 +22,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsweep.sweep.studies import trial_id
+from kdsweep.sweep.studies import fail_trial, trial_id
 
 WORKER_ATTR = "worker"
 
@@ -120,8 +120,7 @@ def fail_dead_trials(storage: BaseStorage, study: optuna.Study) -> list[FrozenTr
             continue
         tid = trial_id(storage, study_id, trial.number)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(tid, "error", "interrupted")
-            if storage.set_trial_state_values(tid, TrialState.FAIL):
+            if fail_trial(storage, tid, "interrupted"):
                 failed.append(trial)
     if rdb := _beating(storage):
         callback = rdb.get_heartbeat_stale_trial_callback()

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kdsweep.core.errors import interrupt_name
 from kdsweep.sweep.liveness import fail_dead_trials
 from kdsweep.sweep.parent_run import ParentRun, close_trial_run
-from kdsweep.sweep.studies import count_states
+from kdsweep.sweep.studies import count_states, fail_trial
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -84,8 +84,7 @@ def clean_up_interrupted(
             trial = storage.get_trial(tid)
             if trial.state != TrialState.RUNNING:
                 continue
-            storage.set_trial_user_attr(tid, "error", reason)
-            storage.set_trial_state_values(tid, TrialState.FAIL)
+            fail_trial(storage, tid, reason)
             close_trial_run(config, trial.user_attrs.get("mlflow_run_id"), "FAIL", reason, "KILLED")
         if not count_states(study)[TrialState.RUNNING]:
             parent.end("KILLED")

@@ -208,11 +208,12 @@ def trial_id(storage: optuna.storages.BaseStorage, study_id: int, number: int) -
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
-def drop_queued(storage: optuna.storages.BaseStorage, tid: int, reason: str) -> None:
-    """Fail a queued (WAITING) trial that the current settings no longer plan, with the
-    reason as its error: a rerun runs exactly what its settings plan."""
+def fail_trial(storage: optuna.storages.BaseStorage, tid: int, reason: str) -> bool:
+    """Fail a trial with ``reason`` as its error: a queued one the current settings no
+    longer plan (a rerun runs exactly what its settings plan), one whose sweeper died or
+    was interrupted (a rerun runs it again). False if it had finished meanwhile."""
     storage.set_trial_user_attr(tid, "error", reason)
-    storage.set_trial_state_values(tid, TrialState.FAIL)
+    return storage.set_trial_state_values(tid, TrialState.FAIL)
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
