@@ -354,3 +354,72 @@ def test_per_epoch_metrics_are_written_as_they_come_and_all_by_finish(
     tracker.finish("KILLED")  # an interrupted run keeps its curve too
     history = client.get_metric_history(tracker.run_id, "val_acc")
     assert [(m.step, m.value) for m in history] == [(1, 91.0), (2, 92.0), (3, 93.0)]
+
+
+def _tracker(tmp_path: Path, empty_mlflow_db: Path) -> Any:
+    from kdsweep.config.schema import TrackingConf
+    from kdsweep.run.tracking import RunTracker
+
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    conf = TrackingConf(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = RunTracker(conf, "run", local_dir=tmp_path)
+    tracker.start()
+    return tracker
+
+
+def test_a_run_whose_tracking_broke_is_ended_failed_not_left_running(
+    tmp_path: Path, empty_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an MLflow call fails mid-run the run logs no more, but it is still ended:
+    FAILED (its MLflow record is incomplete), tagged with where the whole record is."""
+    tracker = _tracker(tmp_path, empty_mlflow_db)
+    real_log_batch = MlflowClient.log_batch
+
+    def store_gone(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the store went away")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", store_gone)
+    tracker.log_metrics({"val_acc": 50.0}, step=1)
+    monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
+    tracker.log_metrics({"val_acc": 60.0}, step=2)  # not sent: tracking stopped at the failure
+    tracker.finish()
+    run = MlflowClient(tracker.conf.uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert "the store went away" in run.data.tags["error"]
+    assert str((tmp_path / "results.json").resolve()) in run.data.tags["error"]
+    assert "val_acc" not in run.data.metrics
+    record = yaml.safe_load((tmp_path / "results.json").read_text())
+    assert record["status"] == "FINISHED" and len(record["history"]) == 2
+
+
+def test_two_runs_adding_the_same_dataset_at_once_both_log_it(
+    tmp_path: Path, empty_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers started together race to add one dataset to MLflow (it looks for the row,
+    then inserts it: the loser fails on the unique key). The loser tries again and links
+    the winner's row, instead of giving up tracking for the whole run (which left its run
+    RUNNING in the PostgreSQL workers test)."""
+    from types import SimpleNamespace
+
+    from kdsweep.run.tracking import RunTracker
+
+    tracker: RunTracker = _tracker(tmp_path, empty_mlflow_db)
+    real_log_inputs = MlflowClient.log_inputs
+    calls: list[int] = []
+
+    def lost_the_race(self: MlflowClient, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            other = MlflowClient(tracker.conf.uri).create_run("0").info.run_id
+            real_log_inputs(self, other, *args[1:], **kwargs)  # the winner adds the row first
+            raise RuntimeError("UNIQUE constraint failed: datasets.experiment_id, ...")
+        real_log_inputs(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", lost_the_race)
+    splits = SimpleNamespace(
+        train_y=[0] * 8, val_y=[0] * 2, test_y=[0] * 2, num_classes=2, input_shape=(1, 8, 8)
+    )
+    tracker.log_dataset("digits", SimpleNamespace(fingerprint="abc123", **vars(splits)))
+    assert tracker.broken is None and len(calls) == 2
+    (dataset_input,) = MlflowClient(tracker.conf.uri).get_run(tracker.run_id).inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "abc123"

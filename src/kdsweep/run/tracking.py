@@ -185,13 +185,38 @@ class RunTracker:
         self.record["status"] = status
         if error:
             self.set_tags({"error": error})
-        self._call(lambda c: c.set_terminated(self.run_id, status=status))
+        if self.broken:
+            self._end_untracked(status, error)
+        else:
+            self._call(lambda c: c.set_terminated(self.run_id, status=status))
         try:
             # The local record's boundary, as MaskedClient is MLflow's.
             text = mask_secrets(json.dumps(self.record, indent=2, default=str))
             atomic_write_text(self.local_path, text)
         except OSError as exc:
             log.warning("could not write %s: %s", self.local_path, exc)
+
+    def _end_untracked(self, status: str, error: str | None) -> None:
+        """A run whose tracking broke midway is not left RUNNING: one last call ends it
+        (FAILED where the work finished: its MLflow record is incomplete), tagged with
+        where its whole record is. If MLflow still does not answer, a warning says so."""
+        run_id = self.run_id
+        why = (
+            f"MLflow tracking failed during the run ({self.broken}): its params and metrics"
+            f" are in {self.local_path.resolve()}"
+        )
+
+        def end(client: Any) -> None:
+            client.set_tag(run_id, "error", f"{error}; {why}" if error else why)
+            client.set_terminated(run_id, status="FAILED" if status == "FINISHED" else status)
+
+        _, failed = attempt(lambda: end(client_for(self.conf.uri)))
+        if failed is not None:
+            log.warning(
+                "the MLflow run %s stays RUNNING: ending it failed too (%s)",
+                run_id,
+                first_line(failed),
+            )
 
     # -- logging -------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -244,7 +269,16 @@ class RunTracker:
         )
         context = InputTag(key="mlflow.data.context", value="training")
         self.record["dataset"] = {"name": name, "digest": data.fingerprint, **sizes}
-        self._call(lambda c: c.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [context])]))
+        inputs = [DatasetInput(dataset, [context])]
+
+        def log_inputs(client: Any) -> None:
+            # Runs started together race to add the same dataset: MLflow's SQL store looks
+            # for it, then inserts it, and the loser's write fails on the unique key and is
+            # rolled back whole. Tried again, it finds the winner's dataset and links it.
+            if attempt(lambda: client.log_inputs(self.run_id, datasets=inputs))[1] is not None:
+                client.log_inputs(self.run_id, datasets=inputs)
+
+        self._call(log_inputs)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call(lambda c: c.log_text(self.run_id, text, artifact_file))
