@@ -338,7 +338,9 @@ ROWS = {
         ("loss=at", "loss.student_layers=[nope]"), "model=light has no layer 'nope'"
     ),
     # --- the cache folder ---
-    "cache_dir is a file": Bad(("cache_dir={afile}",), "is a file): give cache_dir a writable"),
+    "cache_dir is a file": Bad(
+        ("cache_dir={afile}",), "is a file, not a folder): give cache_dir a writable"
+    ),
     "cache_dir under a file": _slow(Bad(("cache_dir={afile}/sub",), "cannot hold the teacher")),
     # --- splits that leave nothing to test, validate or train on ---
     "no test image": Bad(("data.test_fraction=0.0001",), "leaves no test image"),

@@ -283,8 +283,6 @@ def export_problem(path: Path, overwrite: bool) -> str | None:
     if path.exists() and not overwrite:
         return f"--export {path} exists: pass --overwrite to replace it, or {fix}"
     problem = directory_problem(path.parent, min_free=0)
-    if problem is not None and problem.endswith(" is a file"):
-        problem += ", not a folder"
     return None if problem is None else f"--export {path}: {problem}: {fix}"
 
 

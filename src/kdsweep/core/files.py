@@ -125,7 +125,7 @@ def directory_problem(path: str | Path, min_free: int = MIN_FREE_BYTES) -> str |
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return f"{probe} is a file"
+        return f"{probe} is a file, not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable"
     free = shutil.disk_usage(probe).free
