@@ -20,7 +20,7 @@ from kdsweep.core.formatting import mean_ci
 from kdsweep.core.stats import PairedDiff, SeededArm
 from kdsweep.core.values import finite_number
 from kdsweep.sweep.arms import FRONT_ABLATION_PREFIX, FRONT_PREFIX
-from kdsweep.sweep.confirm import confirmed_results
+from kdsweep.sweep.confirm import arm_seed, confirmed_results
 
 if TYPE_CHECKING:
     import optuna
@@ -93,7 +93,7 @@ def confirmed_summary(study: optuna.Study | None) -> Confirmed | None:
     done = sum(len(a.test) for a in arms)
     failures = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+        arm, seed = arm_seed(trial)
         if arm in keys and seed in seeds and seed not in by_key[arm].test:
             failures.setdefault(f"{arm} seed {seed}", str(trial.user_attrs.get("error", "")))
     return Confirmed(

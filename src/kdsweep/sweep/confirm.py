@@ -88,8 +88,8 @@ def plan(
     companion.set_user_attr("seeds", seeds)
     companion.set_user_attr("teacher_seed", teacher_seed)
     wanted = {(arm.key, seed) for arm in arms for seed in seeds}
-    dropped = drop_unplanned(storage, companion, lambda t: _arm_seed(t) in wanted)
-    have = {_arm_seed(t) for t in companion.get_trials(deepcopy=False, states=_LIVE)}
+    dropped = drop_unplanned(storage, companion, lambda t: arm_seed(t) in wanted)
+    have = {arm_seed(t) for t in companion.get_trials(deepcopy=False, states=_LIVE)}
     if dropped:
         log.info(
             "confirmation: %d queued run(s) of an earlier plan are not in this one"
@@ -106,7 +106,8 @@ def plan(
     return len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _arm_seed(trial: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
+def arm_seed(trial: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
+    """The arm and the seed a confirmation run (a companion study's trial) was queued for."""
     return trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
 
 
@@ -130,7 +131,7 @@ def confirmed_results(study: optuna.Study) -> dict[str, dict[int, dict[str, floa
     """arm -> seed -> final metrics of its completed confirmation runs."""
     out: dict[str, dict[int, dict[str, float]]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        arm, seed = _arm_seed(trial)
+        arm, seed = arm_seed(trial)
         metrics = trial.user_attrs.get("metrics")
         if arm is None or seed is None or not metrics:
             continue
