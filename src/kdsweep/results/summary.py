@@ -259,8 +259,7 @@ def headline(summary: Summary) -> str:
         return f"No completed trial yet: {state_line(summary)}."
     text = (
         f"Search only, not confirmed (one seed, best of {summary.counts['COMPLETE']} on val:"
-        " optimistically"
-        f" biased). Best trial #{best.number}: {pct(best.value)} val"
+        f" optimistically biased). Best trial #{best.number}: {pct(best.value)} val"
     )
     if best.test_acc is not None:
         text += f", {pct(best.test_acc)} test"
